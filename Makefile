@@ -1,0 +1,37 @@
+# Two commands set everything up on a fresh machine (Python 3.11, pip, git):
+#   make repro   venv + install + `dvc repro` on params.yaml
+#   make test    venv + install + the whole test suite
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+INSTALLED := $(VENV)/.installed
+# stages call `python`, dvc and mlflow: run them with the venv first on PATH
+RUN := PATH="$(BIN):$$PATH"
+
+.PHONY: setup repro test bench seed-config quick-sweep sweep report gpu-setup clean-mlflow
+
+$(INSTALLED): pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(INSTALLED)
+
+setup: $(INSTALLED)
+
+repro: $(INSTALLED)
+	$(RUN) dvc repro
+
+test: $(INSTALLED)
+	$(RUN) python -m pytest
+
+# The seed's full-scale configuration (GPU advised): 64 filters, lr 1e-5, 250k images/class,
+# 1,024 held out, batch 256, 4,680 epochs, Keras-2 clipped BCE.
+seed-config: $(INSTALLED)
+	$(RUN) dvc exp run -n seed-full-scale \
+	  -S data.per_class=251024 -S split.val_per_class=1024 -S model.filters=64 \
+	  -S optimizer.learning_rate=1e-5 -S train.epochs=4680 -S train.batch_size=256 \
+	  -S loss.name=binary_crossentropy -S loss.form=keras2_clipped
+
+# On a machine with an NVIDIA GPU: swap the CPU build of TensorFlow for the CUDA one.
+gpu-setup: $(INSTALLED)
+	$(BIN)/python -m pip uninstall --yes tensorflow-cpu
+	$(BIN)/python -m pip install "tensorflow[and-cuda]==2.21.0"

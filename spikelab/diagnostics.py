@@ -1,0 +1,99 @@
+"""Per-epoch diagnostics of the optimizer state and the model: the mechanism behind a spike.
+
+Computed at each epoch's end, from the real Keras variables:
+- grad_norm: global gradient norm of the training loss on a fixed probe batch (the first
+  `diagnostics.probe_size` training images, the same every epoch, so epochs compare);
+- update_rms: root-mean-square of the weight change over the epoch, and update_rms_over_lr;
+- Adam family only: adam_ratio_max / adam_ratio_p99 of |m_hat / (sqrt(v_hat) + epsilon)|,
+  v_below_eps_fraction (share of weights with sqrt(v_hat) < epsilon), v_sqrt_median;
+- weight_norm_<layer> for every layer with a kernel (the last layer is `logits`);
+- logit_max_abs on the probe batch, saturated_fraction (probe samples whose softmax is past the
+  Keras-2 clip, so the clipped loss gives them zero gradient) and saturated_wrong_fraction (those
+  among them that are classified wrong: the dead samples).
+Training accuracy is Keras's own `accuracy` metric, already in the logs.
+"""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from spikelab.losses import KERAS2_EPSILON
+from spikelab.model import logits_model
+
+ADAM_KEYS = ("adam_ratio_max", "adam_ratio_p99", "v_below_eps_fraction", "v_sqrt_median")
+
+
+def adam_state_stats(optimizer: keras.optimizers.Optimizer) -> dict:
+    """Statistics of m_hat / (sqrt(v_hat) + eps) over every weight, from the optimizer's slots."""
+    step = float(optimizer.iterations.numpy())
+    if step == 0:
+        return {key: float("nan") for key in ADAM_KEYS}
+    # Keras 3 keeps the slots in these lists, ordered like model.trainable_variables
+    velocities = optimizer._velocity_hats if optimizer.amsgrad else optimizer._velocities
+    m = np.concatenate([np.ravel(v.numpy()) for v in optimizer._momentums])
+    v = np.concatenate([np.ravel(v.numpy()) for v in velocities])
+    m_hat = m / (1.0 - optimizer.beta_1**step)
+    v_sqrt = np.sqrt(v / (1.0 - optimizer.beta_2**step))
+    ratio = np.abs(m_hat) / (v_sqrt + optimizer.epsilon)
+    return {
+        "adam_ratio_max": float(ratio.max()),
+        "adam_ratio_p99": float(np.percentile(ratio, 99)),
+        "v_below_eps_fraction": float(np.mean(v_sqrt < optimizer.epsilon)),
+        "v_sqrt_median": float(np.median(v_sqrt)),
+    }
+
+
+def saturation_stats(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """From (n, 2) logits and one-hot labels: the samples the clipped loss no longer trains."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    saturated = probabilities.min(axis=1) < KERAS2_EPSILON
+    wrong = probabilities.argmax(axis=1) != labels.argmax(axis=1)
+    return {
+        "logit_max_abs": float(np.abs(logits).max()),
+        "saturated_fraction": float(saturated.mean()),
+        "saturated_wrong_fraction": float((saturated & wrong).mean()),
+    }
+
+
+class Diagnostics(keras.callbacks.Callback):
+    """Adds the diagnostics to each epoch's logs, so every logger downstream records them."""
+
+    def __init__(self, probe_x: np.ndarray, probe_y: np.ndarray, loss_fn):
+        super().__init__()
+        self.probe_x = tf.constant(probe_x)
+        self.probe_y = tf.constant(probe_y)
+        self.loss_fn = loss_fn
+        self._weights_at_start = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self._logits = logits_model(model)
+        self._gradient_norm = tf.function(self._probe_gradient_norm)
+
+    def _probe_gradient_norm(self):
+        with tf.GradientTape() as tape:
+            loss = keras.ops.mean(self.loss_fn(self.probe_y, self.model(self.probe_x, training=True)))
+        gradients = tape.gradient(loss, self.model.trainable_variables)
+        return tf.linalg.global_norm(gradients)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._weights_at_start = [v.numpy() for v in self.model.trainable_variables]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        weights = [v.numpy() for v in self.model.trainable_variables]
+        squared_change = sum(float(np.sum((after - before) ** 2)) for after, before in zip(weights, self._weights_at_start))
+        update_rms = (squared_change / sum(w.size for w in weights)) ** 0.5
+        optimizer = self.model.optimizer
+        logs["grad_norm"] = float(self._gradient_norm())
+        logs["update_rms"] = update_rms
+        logs["update_rms_over_lr"] = update_rms / float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        if isinstance(optimizer, keras.optimizers.Adam):  # AdamW subclasses Adam
+            logs.update(adam_state_stats(optimizer))
+        for layer in self.model.layers:
+            if hasattr(layer, "kernel"):
+                logs[f"weight_norm_{layer.name}"] = float(np.linalg.norm(layer.kernel.numpy()))
+        logs.update(saturation_stats(self._logits(self.probe_x).numpy(), self.probe_y.numpy()))

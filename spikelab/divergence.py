@@ -1,0 +1,74 @@
+"""Divergence metrics of a loss curve, and the one rule that decides "diverged".
+
+The rule (thresholds in params `divergence:`): epoch t diverges when its loss is not finite,
+or when it is at least `ratio` times the lowest loss of the epochs before it AND exceeds
+that lowest loss by at least `min_rise` (the absolute floor keeps noise at 1e-6 from counting).
+The divergence guard applies the same rule online, epoch by epoch.
+Epochs are numbered from 1, as Keras prints them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+from spikelab.params import DivergenceParams
+
+
+def is_spike(loss: float, lowest_before: float, rule: DivergenceParams) -> bool:
+    if not math.isfinite(loss):
+        return True
+    return loss >= rule.ratio * lowest_before and loss - lowest_before >= rule.min_rise
+
+
+def divergence_epoch(losses: Sequence[float], rule: DivergenceParams) -> Optional[int]:
+    """The first epoch (1-based) the rule flags, or None."""
+    lowest = math.inf
+    for epoch, loss in enumerate(losses, start=1):
+        if is_spike(loss, lowest, rule):
+            return epoch
+        lowest = min(lowest, loss)
+    return None
+
+
+def _finite_or_none(value: float) -> Optional[float]:
+    return float(value) if math.isfinite(value) else None
+
+
+def curve_summary(losses: Sequence[float]) -> dict:
+    """final, min (and its epoch), peak after the min (and its epoch), peak/min ratio."""
+    finite = [(epoch, loss) for epoch, loss in enumerate(losses, start=1) if math.isfinite(loss)]
+    if not finite:
+        return {"final": None, "min": None, "min_epoch": None, "peak": None, "peak_epoch": None, "ratio": None}
+    min_epoch, min_loss = min(finite, key=lambda pair: pair[1])
+    peak_epoch, peak_loss = max((pair for pair in finite if pair[0] >= min_epoch), key=lambda pair: pair[1])
+    return {
+        "final": _finite_or_none(losses[-1]),
+        "min": min_loss,
+        "min_epoch": min_epoch,
+        "peak": peak_loss,
+        "peak_epoch": peak_epoch,
+        "ratio": peak_loss / min_loss if min_loss > 0 else None,
+    }
+
+
+def divergence_metrics(losses: Sequence[float], val_losses: Sequence[float], rule: DivergenceParams) -> dict:
+    """The keys of metrics/train.json that describe the curves (non-finite values become null)."""
+    train = curve_summary(losses)
+    val = curve_summary(val_losses)
+    epoch = divergence_epoch(losses, rule)
+    return {
+        "final_loss": train["final"],
+        "min_loss": train["min"],
+        "min_epoch": train["min_epoch"],
+        "peak_loss": train["peak"],
+        "peak_epoch": train["peak_epoch"],
+        "spike_ratio": train["ratio"],
+        "diverged": epoch is not None,
+        "divergence_epoch": epoch,
+        "nan": any(not math.isfinite(loss) for loss in losses),
+        "epochs_run": len(losses),
+        "final_val_loss": val["final"],
+        "min_val_loss": val["min"],
+        "peak_val_loss": val["peak"],
+        "val_spike_ratio": val["ratio"],
+    }

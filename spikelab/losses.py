@@ -1,0 +1,51 @@
+"""The loss functions of params `loss:`, in the two forms the seed question hinges on.
+
+- form keras3: what Keras 3 computes when handed a softmax output. Its cross-entropies find
+  the logits the softmax op cached and compute cross-entropy from them: no clipping, so a
+  saturated wrong sample still has a gradient.
+- form keras2_clipped: what the seed's Keras 2 computed: probabilities clipped to
+  [1e-7, 1 - 1e-7] before the log. Past the clip the gradient is exactly zero, so a
+  saturated wrong sample can never be pulled back ("dead zone").
+log_cosh has one form (it never takes a log of a probability).
+"""
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from spikelab.params import LossParams
+
+KERAS2_EPSILON = 1e-7  # keras.backend.epsilon() in Keras 2, the clip bound
+
+
+@keras.saving.register_keras_serializable(package="spikelab")
+def clipped_binary_crossentropy(y_true, y_pred):
+    """Keras 2's binary_crossentropy on probabilities: mean over the last axis."""
+    p = ops.clip(y_pred, KERAS2_EPSILON, 1.0 - KERAS2_EPSILON)
+    per_unit = -(y_true * ops.log(p) + (1.0 - y_true) * ops.log(1.0 - p))
+    return ops.mean(per_unit, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="spikelab")
+def clipped_categorical_crossentropy(y_true, y_pred):
+    """Keras 2's categorical_crossentropy on probabilities: renormalise, clip, sum."""
+    p = y_pred / ops.sum(y_pred, axis=-1, keepdims=True)
+    p = ops.clip(p, KERAS2_EPSILON, 1.0 - KERAS2_EPSILON)
+    return -ops.sum(y_true * ops.log(p), axis=-1)
+
+
+def make_loss(p: LossParams):
+    """A loss callable for model.compile, from params `loss:`."""
+    if p.name == "log_cosh":
+        return keras.losses.LogCosh(name="log_cosh")
+    if p.form == "keras2_clipped":
+        clipped = {
+            "binary_crossentropy": clipped_binary_crossentropy,
+            "categorical_crossentropy": clipped_categorical_crossentropy,
+        }
+        return clipped[p.name]
+    keras3 = {
+        "binary_crossentropy": keras.losses.BinaryCrossentropy,
+        "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
+    }
+    return keras3[p.name](name=p.name)

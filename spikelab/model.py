@@ -1,0 +1,60 @@
+"""The seed's CNN: ReLU(input) -> Conv2D(f, k) -> Conv2D(2f, k) -> MaxPool(2) -> Dense(2) -> softmax."""
+from __future__ import annotations
+
+import functools
+
+import keras
+import numpy as np
+
+from spikelab.params import ModelParams
+
+
+@functools.cache
+def channels_first_supported() -> bool:
+    """Whether this backend/device runs an NCHW Conv2D (TF on CPU needs oneDNN for it)."""
+    layer = keras.layers.Conv2D(1, 3, data_format="channels_first")
+    try:
+        layer(np.zeros((1, 1, 8, 8), dtype="float32"))
+    except Exception:  # TF raises InvalidArgumentError or UnimplementedError depending on version
+        return False
+    return True
+
+
+def resolve_data_format(requested: str) -> str:
+    """'auto' means the seed's channels_first where it runs here, else channels_last."""
+    if requested == "auto":
+        return "channels_first" if channels_first_supported() else "channels_last"
+    if requested == "channels_first" and not channels_first_supported():
+        raise ValueError(
+            "model.data_format = channels_first is not supported by this TensorFlow build on this device "
+            "(on CPU it needs oneDNN: unset TF_ENABLE_ONEDNN_OPTS=0); use auto or channels_last"
+        )
+    return requested
+
+
+def input_shape(image_size: int, data_format: str) -> tuple[int, int, int]:
+    return (1, image_size, image_size) if data_format == "channels_first" else (image_size, image_size, 1)
+
+
+def build_model(p: ModelParams, image_size: int, data_format: str) -> keras.Model:
+    """The seed's architecture exactly; filters=64, kernel=16 on 32x32 gives 2,113,986 params."""
+    inputs = keras.Input(shape=input_shape(image_size, data_format), name="image")
+    x = keras.layers.Activation("relu", name="input_relu")(inputs)
+    x = keras.layers.Conv2D(p.filters, p.kernel_size, data_format=data_format, name="conv1")(x)
+    x = keras.layers.Conv2D(2 * p.filters, p.kernel_size, data_format=data_format, name="conv2")(x)
+    x = keras.layers.MaxPooling2D(2, data_format=data_format, name="pool")(x)
+    x = keras.layers.Flatten(data_format=data_format, name="flatten")(x)
+    logits = keras.layers.Dense(2, name="logits")(x)
+    outputs = keras.layers.Activation("softmax", name="softmax")(logits)
+    return keras.Model(inputs, outputs, name="seed_cnn")
+
+
+def logits_model(model: keras.Model) -> keras.Model:
+    """The same network stopped before the softmax, sharing weights (for logit diagnostics)."""
+    return keras.Model(model.inputs, model.get_layer("logits").output)
+
+
+def to_model_input(images: np.ndarray, data_format: str) -> np.ndarray:
+    """uint8 (n, size, size) -> float32 in [0, 1] shaped for the model."""
+    x = images.astype(np.float32) / 255.0
+    return x[:, None, :, :] if data_format == "channels_first" else x[:, :, :, None]

@@ -1,0 +1,50 @@
+"""The per-run picture: loss curves on a log scale above the diagnostics, one shared epoch axis."""
+from __future__ import annotations
+
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: stages run on servers and in CI
+import matplotlib.pyplot as plt
+
+from spikelab.files import atomic_path
+
+# (panel title, y scale, history columns drawn in it)
+PANELS = (
+    ("loss (log)", "log", ("loss", "val_loss")),
+    ("accuracy", "linear", ("accuracy", "val_accuracy")),
+    ("gradient norm, probe batch (log)", "log", ("grad_norm",)),
+    ("update RMS / learning rate (log)", "log", ("update_rms_over_lr",)),
+    ("Adam |m_hat / (sqrt(v_hat)+eps)| (log)", "log", ("adam_ratio_max", "adam_ratio_p99")),
+    ("saturated past the clip, probe batch", "linear", ("saturated_fraction", "saturated_wrong_fraction")),
+)
+
+
+def _column(history: list[dict], key: str) -> list[float]:
+    return [row.get(key, math.nan) for row in history]
+
+
+def plot_run(history: list[dict], divergence_epoch: int | None, path: str | os.PathLike, title: str) -> None:
+    """Draw the panels whose columns exist in history; mark the divergence epoch on each."""
+    panels = [panel for panel in PANELS if any(key in history[0] for key in panel[2])] if history else PANELS[:1]
+    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 * len(panels) + 0.6), sharex=True, squeeze=False)
+    epochs = _column(history, "epoch")
+    for axis, (name, scale, keys) in zip(axes[:, 0], panels):
+        for key in keys:
+            values = _column(history, key)
+            if any(math.isfinite(v) and (scale == "linear" or v > 0) for v in values):
+                axis.plot(epochs, values, label=key, linewidth=1)
+        axis.set_yscale(scale)
+        axis.set_title(name, fontsize=9, loc="left")
+        if divergence_epoch is not None:
+            axis.axvline(divergence_epoch, color="red", linestyle="--", linewidth=0.8, label="divergence")
+        axis.legend(fontsize=7, loc="best")
+        axis.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("epoch")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=90)
+    plt.close(figure)

@@ -1,0 +1,207 @@
+"""The training loop: model.fit on a seeded, resumable batch order, with the lab's callbacks.
+
+Batch order: epoch e (0-based) visits the training set in the permutation
+stateless_shuffle(range(n), seed=(train.seed, e)), so the order depends only on the seed and the
+epoch number; a run resumed at epoch e from a snapshot sees exactly the batches the original did.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from spikelab import state as training_state
+from spikelab.diagnostics import Diagnostics
+from spikelab.divergence import is_spike
+from spikelab.losses import make_loss
+from spikelab.model import build_model, to_model_input
+from spikelab.optimizers import make_optimizer
+from spikelab.params import Params
+
+
+def seed_everything(seed: int) -> None:
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def batch_stream(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, first_epoch: int,
+                 epochs: int, data_format: str) -> tf.data.Dataset:
+    """Batches of epochs first_epoch..epochs-1 in their seeded order; images stay uint8 until batched."""
+    images = tf.constant(images)  # (n, size, size) uint8: a quarter of the float32 footprint
+    labels = tf.constant(labels)
+    count = images.shape[0]
+    channel_axis = 1 if data_format == "channels_first" else 3
+
+    def epoch_batches(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    def gather(indices):
+        x = tf.cast(tf.gather(images, indices), tf.float32) / 255.0
+        return tf.expand_dims(x, channel_axis), tf.gather(labels, indices)
+
+    return (
+        tf.data.Dataset.range(first_epoch, epochs)
+        .flat_map(epoch_batches)
+        .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+class ProgressLine(keras.callbacks.Callback):
+    """One line per epoch: epoch, loss, val_loss, accuracy, seconds."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        seconds = time.perf_counter() - self._started
+        logs["seconds"] = seconds
+        print(
+            f"epoch {epoch + 1}/{self.epochs}  loss {logs.get('loss', math.nan):.6g}  "
+            f"val_loss {logs.get('val_loss', math.nan):.6g}  accuracy {logs.get('accuracy', math.nan):.4f}  "
+            f"{seconds:.2f}s",
+            flush=True,
+        )
+
+
+class BestAndLast(keras.callbacks.Callback):
+    """Keeps the best (lowest val_loss) state in memory, like the seed's callback; snapshots to disk.
+
+    Holding the best state in memory (not on disk each epoch) keeps checkpointing off the hot
+    path; the stage writes best and last once, when training ends.
+    """
+
+    def __init__(self, snapshot_dir: Path | None, snapshot_every: int, history: list[dict]):
+        super().__init__()
+        self.snapshot_dir = snapshot_dir
+        self.snapshot_every = snapshot_every
+        self.history = history
+        self.best_state = None
+        self.best_epoch = None
+        self.best_val_loss = math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        val_loss = (logs or {}).get("val_loss", math.nan)
+        if math.isfinite(val_loss) and val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_epoch = val_loss, epoch + 1
+            self.best_state = training_state.capture(self.model)
+        if self.snapshot_every and (epoch + 1) % self.snapshot_every == 0:
+            path = self.snapshot_dir / f"epoch_{epoch + 1:05d}.npz"
+            training_state.save_snapshot(path, training_state.capture(self.model), epoch + 1, self.history)
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """When the divergence rule flags an epoch: restore the best state, then stop or cut the rate."""
+
+    def __init__(self, params: Params, best: BestAndLast, lowest_loss: float):
+        super().__init__()
+        self.rule = params.divergence
+        self.guard = params.guard
+        self.best = best
+        self.lowest_loss = lowest_loss
+        self.triggered_epochs: list[int] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss", math.nan)
+        if not is_spike(loss, self.lowest_loss, self.rule):
+            self.lowest_loss = min(self.lowest_loss, loss)
+            return
+        self.triggered_epochs.append(epoch + 1)
+        if self.best.best_state is not None:
+            training_state.restore(self.model, self.best.best_state)
+        if self.guard.action == "stop":
+            self.model.stop_training = True
+        else:
+            new_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)) * self.guard.lr_factor
+            self.model.optimizer.learning_rate.assign(new_rate)
+        print(f"guard: epoch {epoch + 1} spiked; restored epoch {self.best.best_epoch}'s state, action {self.guard.action}", flush=True)
+
+
+class HistoryRows(keras.callbacks.Callback):
+    """Appends each epoch's logs (with diagnostics and seconds) to a shared list of dict rows."""
+
+    def __init__(self, rows: list[dict]):
+        super().__init__()
+        self.rows = rows
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
+        row.update({key: float(value) for key, value in (logs or {}).items()})
+        self.rows.append(row)
+
+
+@dataclass
+class TrainResult:
+    model: keras.Model
+    history: list[dict]
+    best_state: dict | None
+    best_epoch: int | None
+    guard_epochs: list[int] = field(default_factory=list)
+    fresh_optimizer_variables: list[str] = field(default_factory=list)
+
+
+def compile_model(params: Params, image_size: int, data_format: str) -> keras.Model:
+    model = build_model(params.model, image_size, data_format)
+    model.compile(
+        optimizer=make_optimizer(params.optimizer),
+        loss=make_loss(params.loss),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+    )
+    return model
+
+
+def train(params: Params, arrays: dict[str, np.ndarray], data_format: str, snapshot_dir: Path | None,
+          extra_callbacks: list[keras.callbacks.Callback] = ()) -> TrainResult:
+    """Train from scratch, or from the snapshot params.train.resume_from names."""
+    seed_everything(params.train.seed)
+    image_size = arrays["x_train"].shape[-1]
+    model = compile_model(params, image_size, data_format)
+    history: list[dict] = []
+    first_epoch, fresh = 0, []
+    if params.train.resume_from is not None:
+        state, first_epoch, history = training_state.load_snapshot(params.train.resume_from)
+        if first_epoch != params.train.resume_epoch:
+            raise ValueError(
+                f"train.resume_from = {params.train.resume_from} holds epoch {first_epoch}, "
+                f"not train.resume_epoch = {params.train.resume_epoch}"
+            )
+        fresh = training_state.restore(model, state)
+    best = BestAndLast(snapshot_dir, params.train.snapshot_every, history)
+    callbacks = []
+    if params.diagnostics.enabled:
+        probe = slice(0, params.diagnostics.probe_size)
+        probe_x = to_model_input(arrays["x_train"][probe], data_format)
+        callbacks.append(Diagnostics(probe_x, arrays["y_train"][probe], model.loss))
+    callbacks += [keras.callbacks.TerminateOnNaN(), ProgressLine(params.train.epochs)]
+    guard = None
+    if params.guard.enabled:
+        lowest = min((row["loss"] for row in history), default=math.inf)
+        guard = DivergenceGuard(params, best, lowest)
+        callbacks.append(guard)
+    # HistoryRows before BestAndLast, so a snapshot's history includes its own epoch
+    callbacks += [HistoryRows(history), best, *extra_callbacks]
+    steps = math.ceil(len(arrays["x_train"]) / params.train.batch_size)
+    model.fit(
+        batch_stream(arrays["x_train"], arrays["y_train"], params.train.batch_size, params.train.seed,
+                     first_epoch, params.train.epochs, data_format),
+        steps_per_epoch=steps,
+        epochs=params.train.epochs,
+        initial_epoch=first_epoch,
+        validation_data=(to_model_input(arrays["x_val"], data_format), arrays["y_val"]),
+        validation_batch_size=params.train.batch_size,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    return TrainResult(model, history, best.best_state, best.best_epoch,
+                       guard.triggered_epochs if guard else [], fresh)

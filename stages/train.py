@@ -1,0 +1,89 @@
+"""Stage train: data/split.npz -> models/, metrics/train.json, metrics/history.csv, the PNG; one MLflow run.
+
+Order matters: every check that can fail (params, inputs, data format, the tracking store) runs
+before the MLflow run opens and before any training, so a bad setup costs seconds and leaves
+neither outputs nor an orphan run. The run then always ends FINISHED, KILLED or FAILED.
+"""
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+
+from spikelab import outputs
+from spikelab.cli import run_stage
+from spikelab.files import InputError, read_npz, write_json
+from spikelab.model import resolve_data_format
+from spikelab.params import flatten, load_params
+from spikelab.plots import plot_run
+from spikelab.tracking import MlflowEpochLogger, prepare_experiment, project_root, retry_locked, run_tags
+from spikelab.training import train
+
+INPUT = "data/split.npz"
+MODELS = Path("models")
+METRICS = Path("metrics")
+PLOT = METRICS / "loss_curve.png"
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+def log_outputs(metrics: dict, model_paths: dict) -> None:
+    mlflow.log_metrics({f"summary.{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
+    for path in (METRICS / "train.json", METRICS / "history.csv", PLOT):
+        mlflow.log_artifact(str(path))
+    for name, path in model_paths.items():
+        mlflow.log_artifact(str(path), artifact_path="checkpoints")
+    mlflow.set_tag("diverged", str(metrics["diverged"]).lower())
+
+
+def main() -> None:
+    params = load_params()
+    if params.train.resume_from is not None and not Path(params.train.resume_from).exists():
+        raise InputError(f"train.resume_from = {params.train.resume_from}: no such snapshot file")
+    arrays = read_npz(INPUT, ("x_train", "y_train", "x_val", "y_val"), produced_by="split")
+    try:
+        data_format = resolve_data_format(params.model.data_format)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+    print(f"train: data format {data_format} (model.data_format = {params.model.data_format})")
+    root = project_root()
+    experiment_id = prepare_experiment(params.tracking.experiment, root)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+    run = retry_locked(mlflow.start_run, experiment_id=experiment_id, tags=run_tags(root))
+    status = "FAILED"
+    try:
+        mlflow.log_params(flatten(params) | {"model.data_format_used": data_format})
+        started = time.perf_counter()
+        result = train(params, arrays, data_format, MODELS / "snapshots", [MlflowEpochLogger(run.info.run_id)])
+        seconds = time.perf_counter() - started
+        (MODELS / "snapshots").mkdir(parents=True, exist_ok=True)  # a declared output, even when empty
+        if result.fresh_optimizer_variables:
+            print(f"train: resumed with fresh optimizer state for {len(result.fresh_optimizer_variables)} variables")
+        metrics = outputs.train_metrics(result, params)
+        model_paths = outputs.save_models(result, MODELS)
+        outputs.write_history_csv(METRICS / "history.csv", result.history)
+        write_json(METRICS / "train.json", metrics)
+        write_json(METRICS / "run.json", {"mlflow_run_id": run.info.run_id, "data_format": data_format,
+                                          "train_seconds": seconds, "seconds_per_epoch": seconds / max(1, len(result.history) - (params.train.resume_epoch or 0))})
+        plot_run(result.history, metrics["divergence_epoch"], PLOT, title=f"{params.optimizer.name} lr={params.optimizer.learning_rate} eps={params.optimizer.epsilon} {params.loss.name}/{params.loss.form}")
+        log_outputs(metrics, model_paths)
+        status = "FINISHED"
+        print("train: " + json.dumps({k: metrics[k] for k in ("min_loss", "final_loss", "spike_ratio", "diverged", "divergence_epoch")}))
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        retry_locked(mlflow.end_run, status=status)
+
+
+if __name__ == "__main__":
+    try:
+        run_stage(main)
+    except KeyboardInterrupt as interrupt:
+        print(f"train: interrupted ({interrupt}); no outputs written, MLflow run marked KILLED", file=sys.stderr)
+        sys.exit(130)
