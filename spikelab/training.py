@@ -201,6 +201,7 @@ def train(params: Params, arrays: dict[str, np.ndarray], data_format: str, snaps
         validation_data=(to_model_input(arrays["x_val"], data_format), arrays["y_val"]),
         validation_batch_size=params.train.batch_size,
         callbacks=callbacks,
+        shuffle=False,  # the batch stream is already in its seeded order
         verbose=0,
     )
     return TrainResult(model, history, best.best_state, best.best_epoch,

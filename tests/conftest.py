@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny params, and a throw-away copy of the repo (git + DVC) to run stages in.
+
+Everything here is tiny and CPU-only: a handful of 32x32 images, a 2-filter model, a few epochs.
+Each copy has its own sqlite MLflow store (the default one, at the copy's root).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+TINY = {
+    "data": {"per_class": 96, "image_size": 32, "length_min": 8, "length_max": 20, "gap_min": 2, "gap_max": 4,
+             "seed": 0},
+    "split": {"val_per_class": 32, "seed": 0},
+    "model": {"filters": 2, "kernel_size": 16, "data_format": "auto"},
+    "optimizer": {"name": "adam", "learning_rate": 0.001, "epsilon": 1e-07, "beta_1": 0.9, "beta_2": 0.999,
+                  "rho": 0.9, "amsgrad": False, "momentum": 0.0, "clipnorm": None, "weight_decay": None},
+    "loss": {"name": "binary_crossentropy", "form": "keras2_clipped"},
+    "train": {"epochs": 3, "batch_size": 32, "seed": 0, "snapshot_every": 1, "resume_from": None,
+              "resume_epoch": None},
+    "divergence": {"ratio": 10.0, "min_rise": 0.01},
+    "guard": {"enabled": False, "action": "stop", "lr_factor": 0.1},
+    "diagnostics": {"enabled": True, "probe_size": 32},
+    "tracking": {"experiment": "spikelab-test"},
+}
+
+
+@pytest.fixture
+def tiny_raw() -> dict:
+    """A fresh, mutable copy of the tiny params (as parsed YAML)."""
+    return copy.deepcopy(TINY)
+
+
+def lab_env(root: Path) -> dict:
+    """Environment for stage/DVC subprocesses: the venv first on PATH, no outside MLflow server."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONPATH"] = str(root)
+    return env
+
+
+def run(args: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=lab_env(cwd), capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+def write_params(root: Path, raw: dict) -> None:
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture
+def lab_repo(tmp_path: Path, tiny_raw: dict) -> Path:
+    """A copy of the repo's tracked files with tiny params, as a fresh git repo with DVC, committed."""
+    root = tmp_path / "lab"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        source = REPO / name
+        if source.is_file() and not name.startswith(("metrics/", "dvc.lock")):
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    write_params(root, tiny_raw)
+    run(["git", "init", "-q", "-b", "main"], root)
+    run(["git", "config", "user.email", "test@spikelab.invalid"], root)
+    run(["git", "config", "user.name", "spikelab tests"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "tiny lab"], root)
+    return root
