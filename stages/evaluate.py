@@ -1,9 +1,11 @@
 """Stage evaluate: models/best.keras and models/last.keras -> metrics/evaluate.json (and the MLflow run)."""
 import json
+import time
 from pathlib import Path
 
 import keras
-import mlflow
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 
 from spikelab.cli import run_stage
 from spikelab.evaluation import score
@@ -38,9 +40,9 @@ def main() -> None:
     if run_file.exists():  # add the scores to the training run, so MLflow shows them together
         prepare_experiment(params.tracking.experiment, project_root())
         run_id = json.loads(run_file.read_text())["mlflow_run_id"]
-        flat = {f"eval.{name}.{key}": float(value) for name, r in results.items() for key, value in r.items() if value is not None}
-        with mlflow.start_run(run_id=run_id):
-            retry_locked(mlflow.log_metrics, flat)
+        scores = [Metric(f"eval.{name}.{key}", float(value), int(time.time() * 1000), 0)
+                  for name, r in results.items() for key, value in r.items() if value is not None]
+        retry_locked(MlflowClient().log_batch, run_id, metrics=scores)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+import math
+
+import pytest
+
+from spikelab.divergence import divergence_epoch, divergence_metrics
+from spikelab.params import DivergenceParams
+
+RULE = DivergenceParams(ratio=10.0, min_rise=0.01)
+
+
+def test_monotone_curve_does_not_diverge():
+    losses = [0.7, 0.5, 0.2, 0.05, 0.01]
+    metrics = divergence_metrics(losses, losses, RULE)
+    assert metrics["diverged"] is False and metrics["divergence_epoch"] is None
+    assert metrics["min_loss"] == 0.01 and metrics["min_epoch"] == 5
+    assert metrics["peak_loss"] == 0.01 and metrics["spike_ratio"] == 1.0
+    assert metrics["epochs_run"] == 5 and metrics["nan"] is False
+
+
+def test_spike_is_found_at_its_first_epoch_with_peak_after_the_minimum():
+    losses = [0.7, 0.1, 0.02, 0.01, 0.05, 0.2, 8.0, 7.9]
+    metrics = divergence_metrics(losses, [0.7] * 8, RULE)
+    assert metrics["divergence_epoch"] == 6  # 0.2 >= 10 x 0.01 first
+    assert metrics["peak_loss"] == 8.0 and metrics["peak_epoch"] == 7
+    assert metrics["spike_ratio"] == pytest.approx(800.0)
+    assert metrics["final_loss"] == 7.9 and metrics["diverged"] is True
+
+
+def test_tiny_absolute_rise_is_noise_not_divergence():
+    assert divergence_epoch([1e-3, 1e-6, 5e-5], RULE) is None  # 50x, but a rise of 5e-5 only
+
+
+def test_nan_diverges_and_becomes_null():
+    losses = [0.7, 0.3, math.nan]
+    metrics = divergence_metrics(losses, [0.7, 0.6, math.nan], RULE)
+    assert metrics["nan"] is True and metrics["diverged"] is True
+    assert metrics["divergence_epoch"] == 3
+    assert metrics["final_loss"] is None and metrics["final_val_loss"] is None
+    assert metrics["min_loss"] == 0.3 and metrics["epochs_run"] == 3

@@ -1,0 +1,81 @@
+"""End to end, in a throw-away copy of the repo: real git, real DVC, real MLflow (sqlite), real training."""
+import csv
+import json
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import run
+
+pytestmark = pytest.mark.slow
+
+TRAIN_KEYS = {"final_loss", "min_loss", "min_epoch", "peak_loss", "peak_epoch", "spike_ratio", "diverged",
+              "divergence_epoch", "nan", "epochs_run", "final_val_loss", "min_val_loss", "peak_val_loss",
+              "val_spike_ratio", "guard_triggered", "guard_epoch", "best_epoch"}
+
+
+def mlflow_runs(root):
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("spikelab-test")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def wait_for_queue(root, timeout_s=300):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], root).stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        time.sleep(3)
+    raise AssertionError(f"queue still busy after {timeout_s}s:\n{status}")
+
+
+def test_repro_then_experiments_land_in_dvc_and_the_one_mlflow_store(lab_repo):
+    root = lab_repo
+    out = run(["dvc", "repro"], root).stdout
+    assert "epoch 3/3" in out  # the per-epoch progress line
+
+    metrics = json.loads((root / "metrics/train.json").read_text())
+    assert TRAIN_KEYS <= metrics.keys()
+    assert metrics["epochs_run"] == 3 and metrics["nan"] is False
+    assert 0 < metrics["min_loss"] <= metrics["peak_loss"] and metrics["min_loss"] < 1.0
+    rows = list(csv.DictReader((root / "metrics/history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["loss"]) == pytest.approx(metrics["final_loss"])
+    assert {"grad_norm", "adam_ratio_max", "saturated_fraction"} <= rows[0].keys()
+    evaluation = json.loads((root / "metrics/evaluate.json").read_text())
+    assert evaluation["best"]["accuracy"] >= 0 and sum(v for k, v in evaluation["last"].items() if k.startswith("true_")) == 64
+    for path in ("models/best.keras", "models/last.keras", "models/snapshots/epoch_00003.npz", "metrics/loss_curve.png", "dvc.lock"):
+        assert (root / path).stat().st_size > 0, path
+    assert "data/lines.npz" in (root / "dvc.lock").read_text()
+
+    client, runs = mlflow_runs(root)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    first = runs[0]
+    assert first.data.params["optimizer.epsilon"] == "1e-07"
+    assert [m.step for m in client.get_metric_history(first.info.run_id, "loss")] == [1, 2, 3]
+    assert "eval.best.accuracy" in first.data.metrics and first.data.tags["diverged"] == "false"
+    artifacts = {a.path for a in client.list_artifacts(first.info.run_id, "checkpoints")}
+    assert artifacts == {"checkpoints/best.keras", "checkpoints/last.keras"}
+    assert {a.path for a in client.list_artifacts(first.info.run_id)} >= {"loss_curve.png", "train.json", "history.csv"}
+
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "baseline run"], root)
+    out = run(["dvc", "exp", "run", "-n", "eps-1e-3", "-S", "optimizer.epsilon=0.001"], root).stdout
+    assert "Stage 'generate' didn't change, skipping" in out and "Stage 'split' didn't change, skipping" in out
+    assert "Running stage 'train'" in out
+    assert "0.001" in run(["dvc", "params", "diff"], root).stdout
+    assert "min_loss" in run(["dvc", "metrics", "diff"], root).stdout
+
+    run(["dvc", "exp", "run", "--queue", "-n", "queued-seed-1", "-S", "train.seed=1"], root)
+    run(["dvc", "queue", "start", "-j", "1"], root)
+    wait_for_queue(root)
+    shown = json.dumps(json.loads(run(["dvc", "exp", "show", "--json"], root).stdout))
+    assert "eps-1e-3" in shown and "queued-seed-1" in shown
+
+    _, runs = mlflow_runs(root)
+    names = sorted(r.data.tags.get("dvc.exp_name", "") for r in runs)
+    assert names == ["", "eps-1e-3", "queued-seed-1"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert not list((root / ".dvc/tmp/exps").rglob("mlflow.db"))  # nothing went to a throw-away store
