@@ -96,7 +96,7 @@ class BestAndLast(keras.callbacks.Callback):
         if math.isfinite(val_loss) and val_loss < self.best_val_loss:
             self.best_val_loss, self.best_epoch = val_loss, epoch + 1
             self.best_state = training_state.capture(self.model)
-        if self.snapshot_every and (epoch + 1) % self.snapshot_every == 0:
+        if self.snapshot_dir is not None and self.snapshot_every and (epoch + 1) % self.snapshot_every == 0:
             path = self.snapshot_dir / f"epoch_{epoch + 1:05d}.npz"
             training_state.save_snapshot(path, training_state.capture(self.model), epoch + 1, self.history)
 
