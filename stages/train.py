@@ -5,6 +5,7 @@ before the MLflow run opens and before any training, so a bad setup costs second
 neither outputs nor an orphan run. The run then always ends FINISHED, KILLED or FAILED.
 """
 import json
+import os
 import signal
 import sys
 import time
@@ -54,7 +55,9 @@ def main() -> None:
     experiment_id = prepare_experiment(params.tracking.experiment, root)
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
-    run = retry_locked(mlflow.start_run, experiment_id=experiment_id, tags=run_tags(root))
+    # a DVC experiment's name is the natural run name; a plain `dvc repro` gets MLflow's random one
+    run = retry_locked(mlflow.start_run, experiment_id=experiment_id, run_name=os.environ.get("DVC_EXP_NAME"),
+                       tags=run_tags(root))
     status = "FAILED"
     try:
         mlflow.log_params(flatten(params) | {"model.data_format_used": data_format})
