@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: setup repro test bench seed-config quick-sweep sweep report gpu-setup clean-mlflow
+.PHONY: setup repro test bench seed-config quick-sweep sweep report replay gpu-setup clean-mlflow
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -30,6 +30,23 @@ seed-config: $(INSTALLED)
 	  -S data.per_class=251024 -S split.val_per_class=1024 -S model.filters=64 \
 	  -S optimizer.learning_rate=1e-5 -S train.epochs=4680 -S train.batch_size=256 \
 	  -S loss.name=binary_crossentropy -S loss.form=keras2_clipped
+
+# The study (docs/study.md): study/sweep.yaml queued as DVC experiments, run 2 at a time, then the
+# tables and figure in study/results/. A failed run does not stop the report: it is a row there.
+quick-sweep: $(INSTALLED)
+	-$(RUN) python -m spikelab.study queue --quick
+	$(RUN) python -m spikelab.report --quick
+
+sweep: $(INSTALLED)
+	-$(RUN) python -m spikelab.study queue
+	$(RUN) python -m spikelab.report
+
+report: $(INSTALLED)
+	$(RUN) python -m spikelab.report
+
+# Counterfactual replays of the workspace run's spike (EXP=<name> replays a sweep experiment instead)
+replay: $(INSTALLED)
+	$(RUN) python -m spikelab.replay $(if $(EXP),--exp $(EXP))
 
 # On a machine with an NVIDIA GPU: swap the CPU build of TensorFlow for the CUDA one.
 gpu-setup: $(INSTALLED)

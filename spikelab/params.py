@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,12 +249,24 @@ def params_from_dict(raw) -> Params:
     return params
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where `1e-08` (no dot) is a string; `dvc exp run -S optimizer.epsilon=1e-8`
+    writes exactly that (ruamel, YAML 1.2), so exponent floats without a dot are read as floats too."""
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: not found (run from the project root)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_ParamsLoader)
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
     return params_from_dict(raw)

@@ -1,6 +1,6 @@
 """Full training state (weights AND optimizer slots) as flat numpy dicts, for snapshots and replay.
 
-Keys are 'weight/<variable path>' and 'optimizer/<variable path>'; restoring matches by key, so
+Keys are 'weight/<variable path>' and 'optimizer/<class>/<slot>'; restoring matches by key, so
 a replay that switches epsilon, loss or clipping restores Adam's m, v and step exactly, while a
 replay that switches optimizer family starts that optimizer's state fresh (reported).
 """
@@ -20,11 +20,18 @@ def _is_learning_rate(variable) -> bool:
     return variable.path.endswith("/learning_rate")
 
 
+def _optimizer_key(optimizer, variable) -> str:
+    """'optimizer/<class>/<slot>': Keras names a process's second Adam 'adam_1', so the instance
+    name (the path's first part) cannot be the key, or an in-process replay would match nothing."""
+    slot = variable.path.split("/", 1)[-1]
+    return f"optimizer/{type(optimizer).__name__.lower()}/{slot}"
+
+
 def capture(model: keras.Model) -> dict[str, np.ndarray]:
     state = {f"weight/{v.path}": v.numpy().copy() for v in model.trainable_variables}
     # the learning rate is not state: a replay or the guard may set a new one
     state.update(
-        {f"optimizer/{v.path}": v.numpy().copy() for v in model.optimizer.variables if not _is_learning_rate(v)}
+        {_optimizer_key(model.optimizer, v): v.numpy().copy() for v in model.optimizer.variables if not _is_learning_rate(v)}
     )
     return state
 
@@ -37,7 +44,7 @@ def restore(model: keras.Model, state: dict[str, np.ndarray]) -> list[str]:
         variable.assign(state[f"weight/{variable.path}"])
     fresh = []
     for variable in model.optimizer.variables:
-        key = f"optimizer/{variable.path}"
+        key = _optimizer_key(model.optimizer, variable)
         if key in state:
             variable.assign(state[key])
         elif not _is_learning_rate(variable):

@@ -1,0 +1,83 @@
+"""The counterfactual replay's core claim: resuming from a snapshot (weights AND optimizer state)
+with nothing changed reproduces the original run's curve, epoch for epoch."""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+
+from spikelab.data import generate, split
+from spikelab.model import resolve_data_format
+from spikelab.params import params_from_dict
+from spikelab.replay import continuation, pick_snapshot_epoch
+from spikelab.training import train
+
+COMPARED = ("loss", "val_loss", "accuracy", "val_accuracy", "grad_norm", "adam_ratio_max")
+
+
+@pytest.fixture
+def tiny_arrays(tiny_raw):
+    params = params_from_dict(tiny_raw)
+    solid, broken, _ = generate(params.data)
+    return split(solid, broken, params.split)
+
+
+def test_unchanged_replay_reproduces_the_original_curve(tiny_raw, tiny_arrays, tmp_path):
+    tiny_raw["train"].update(epochs=5, snapshot_every=1)
+    data_format = resolve_data_format("auto")
+    original = train(params_from_dict(tiny_raw), tiny_arrays, data_format, tmp_path / "snapshots")
+    resume_epoch = 2
+    replay_raw = copy.deepcopy(tiny_raw)
+    replay_raw["train"].update(resume_from=str(tmp_path / "snapshots" / "epoch_00002.npz"), resume_epoch=resume_epoch)
+    replayed = train(params_from_dict(replay_raw), tiny_arrays, data_format, tmp_path / "replay_snapshots")
+
+    assert replayed.fresh_optimizer_variables == []  # Adam's m, v and step all came from the snapshot
+    assert [row["epoch"] for row in replayed.history] == [1, 2, 3, 4, 5]
+    # rows 1..k come from the snapshot; k+1..N were trained again and must match the original
+    for before, after in zip(original.history[resume_epoch:], replayed.history[resume_epoch:]):
+        for key in COMPARED:
+            assert after[key] == pytest.approx(before[key], rel=1e-6, abs=1e-9), (after["epoch"], key)
+    # the loss moved between epochs 3 and 5, so matching rows is not matching a constant
+    assert original.history[2]["loss"] != original.history[4]["loss"]
+    original_weights = [w.numpy() for w in original.model.trainable_variables]
+    for before, after in zip(original_weights, (w.numpy() for w in replayed.model.trainable_variables)):
+        np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-7)
+
+
+def test_a_changed_replay_departs_from_the_original(tiny_raw, tiny_arrays, tmp_path):
+    """The same resume with epsilon raised must give a different curve (else the check above proves nothing)."""
+    tiny_raw["train"].update(epochs=4, snapshot_every=2)
+    data_format = resolve_data_format("auto")
+    original = train(params_from_dict(tiny_raw), tiny_arrays, data_format, tmp_path / "snapshots")
+    changed = copy.deepcopy(tiny_raw)
+    changed["train"].update(resume_from=str(tmp_path / "snapshots" / "epoch_00002.npz"), resume_epoch=2)
+    changed["optimizer"]["epsilon"] = 1.0
+    replayed = train(params_from_dict(changed), tiny_arrays, data_format, None)
+    assert replayed.history[3]["loss"] != pytest.approx(original.history[3]["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("divergence_epoch", "snapshot_every", "min_gap", "expected"),
+    [(25, 10, 3, 20), (23, 10, 3, 20), (22, 10, 3, 10), (13, 10, 3, 10), (12, 10, 3, None), (7, 1, 3, 4), (40, 5, 1, 35)],
+)
+def test_pick_snapshot_epoch(divergence_epoch, snapshot_every, min_gap, expected):
+    if expected is None:
+        with pytest.raises(ValueError, match="no snapshot"):
+            pick_snapshot_epoch(divergence_epoch, snapshot_every, min_gap)
+    else:
+        assert pick_snapshot_epoch(divergence_epoch, snapshot_every, min_gap) == expected
+
+
+def test_continuation_judges_only_the_epochs_after_the_resume(tiny_raw):
+    rule = params_from_dict(tiny_raw).divergence  # ratio 10, min_rise 0.01
+    # before the resume the loss was BCE-sized; after it a log_cosh-sized curve spikes at epoch 6
+    history = [{"epoch": e, "loss": v} for e, v in enumerate([0.7, 0.5, 0.3, 0.002, 0.001, 0.05, 0.04], start=1)]
+    summary = continuation(history, resume_epoch=3, rule=rule)
+    assert summary == {"spiked": True, "spike_epoch": 6, "ratio": pytest.approx(50.0), "final_loss": 0.04,
+                       "min_loss": 0.001, "nan": False}
+    calm = continuation(history[:5], resume_epoch=3, rule=rule)
+    assert calm["spiked"] is False and calm["spike_epoch"] is None
+    broken = continuation(history[:4] + [{"epoch": 5, "loss": math.nan}], resume_epoch=3, rule=rule)
+    assert broken["spiked"] is True and broken["spike_epoch"] == 5 and broken["nan"] is True

@@ -1,0 +1,195 @@
+"""The study's machinery: sweep file -> -S overrides, exp show JSON -> run records -> the table."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+from spikelab.params import flatten, params_from_dict
+from spikelab.report import aggregate, markdown_table, parse_exp_show, representative, run_record, write_report
+from spikelab.study import SweepError, expand, load_sweep
+
+REPO_SWEEP = Path(__file__).resolve().parents[1] / "study" / "sweep.yaml"
+
+SWEEP = {
+    "seeds": [0, 1],
+    "cells": {
+        "baseline": {},
+        "eps-1e-8": {"optimizer.epsilon": 1.0e-8},
+        "eps-1e-7": {"optimizer.epsilon": 1.0e-7},  # the tiny default: no runs of its own
+        "sgd": {"optimizer.name": "sgd", "optimizer.learning_rate": 0.01},
+        "clip": {"optimizer.clipnorm": 1.0, "optimizer.amsgrad": True},
+    },
+    "quick": {"cells": ["baseline", "sgd"], "seeds": [3]},
+}
+
+
+@pytest.fixture
+def defaults(tiny_raw):
+    return flatten(params_from_dict(tiny_raw))
+
+
+def test_sweep_expands_to_named_runs_with_their_overrides(defaults):
+    cells, runs = expand(SWEEP, defaults)
+    assert [(cell.name, cell.same_as) for cell in cells] == [
+        ("baseline", None), ("eps-1e-8", None), ("eps-1e-7", "baseline"), ("sgd", None), ("clip", None)]
+    assert [(run.name, run.dvc_args()) for run in runs] == [
+        ("sweep-baseline-s0", ["-S", "train.seed=0"]),
+        ("sweep-baseline-s1", ["-S", "train.seed=1"]),
+        ("sweep-eps-1e-8-s0", ["-S", "optimizer.epsilon=1e-08", "-S", "train.seed=0"]),
+        ("sweep-eps-1e-8-s1", ["-S", "optimizer.epsilon=1e-08", "-S", "train.seed=1"]),
+        ("sweep-sgd-s0", ["-S", "optimizer.name=sgd", "-S", "optimizer.learning_rate=0.01", "-S", "train.seed=0"]),
+        ("sweep-sgd-s1", ["-S", "optimizer.name=sgd", "-S", "optimizer.learning_rate=0.01", "-S", "train.seed=1"]),
+        ("sweep-clip-s0", ["-S", "optimizer.clipnorm=1.0", "-S", "optimizer.amsgrad=true", "-S", "train.seed=0"]),
+        ("sweep-clip-s1", ["-S", "optimizer.clipnorm=1.0", "-S", "optimizer.amsgrad=true", "-S", "train.seed=1"]),
+    ]
+
+
+def test_quick_subset_has_its_own_names_and_seeds(defaults):
+    cells, runs = expand(SWEEP, defaults, quick=True)
+    assert [cell.name for cell in cells] == ["baseline", "sgd"]
+    assert [run.name for run in runs] == ["quick-baseline-s3", "quick-sgd-s3"]
+    assert runs[1].overrides == ("optimizer.name=sgd", "optimizer.learning_rate=0.01", "train.seed=3")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda s: s["cells"].update({"bad": {"optimizer.epsilom": 1.0}}), "unknown params key 'optimizer.epsilom'"),
+    (lambda s: s["cells"].update({"Bad.Name": {}}), "cell name 'Bad.Name'"),
+    (lambda s: s["cells"].update({"seeded": {"train.seed": 3}}), "seeds come from 'seeds'"),
+    (lambda s: s.update(seeds=[]), "seeds must be a non-empty list"),
+    (lambda s: s.update(quick={"cells": ["nope"], "seeds": [0]}), "quick.cells"),
+    (lambda s: s.update(extra=1), "unknown keys"),
+])
+def test_bad_sweep_files_are_rejected_naming_the_key(defaults, change, message):
+    sweep = {**SWEEP, "cells": dict(SWEEP["cells"])}
+    change(sweep)
+    with pytest.raises(SweepError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        expand(sweep, defaults, quick="quick" in message)
+
+
+def test_the_repo_sweep_covers_the_issue(defaults):
+    """study/sweep.yaml: eps {1e-8, 1e-7, 1e-3, 1e-2}, both BCE forms, log_cosh, SGD, AMSGrad, clipping, >= 5 seeds."""
+    sweep = load_sweep(REPO_SWEEP)
+    cells, runs = expand(sweep, defaults)
+    overrides = [cell.overrides for cell in cells]
+    for epsilon in (1e-8, 1e-7, 1e-3, 1e-2):
+        assert {"optimizer.epsilon": epsilon} in overrides
+    assert {"loss.name": "log_cosh"} in overrides
+    assert {"loss.name": "binary_crossentropy", "loss.form": "keras3"} in overrides
+    assert {"loss.name": "binary_crossentropy", "loss.form": "keras2_clipped"} in overrides
+    assert any(o.get("optimizer.name") == "sgd" for o in overrides)
+    assert {"optimizer.amsgrad": True} in overrides
+    assert any(o.get("optimizer.clipnorm") for o in overrides)
+    assert len(sweep["seeds"]) >= 5
+    quick_cells, quick_runs = expand(sweep, defaults, quick=True)
+    assert 4 <= len(quick_runs) <= 8  # 2-3 min each, 2 at a time: under 15 minutes
+    assert set(sweep["replay"]["cells"]) <= {cell.name for cell in cells}
+
+
+# ---- the report on fabricated experiments ----------------------------------------------------------
+
+
+def _train(diverged, epoch, ratio, final, nan=False):
+    return {"diverged": diverged, "divergence_epoch": epoch, "spike_ratio": ratio, "min_loss": 0.001,
+            "final_loss": final, "nan": nan, "epochs_run": 40}
+
+
+def _experiment(name, rev, state="success", train=None, accuracy=0.9, error=None, timestamp="2026-01-01T00:00:00"):
+    metrics = {}
+    if train is not None:
+        metrics["metrics/train.json"] = {"data": train}
+        metrics["metrics/evaluate.json"] = {"data": {"last": {"accuracy": accuracy}, "best": {"accuracy": 0.99}}}
+    return {"name": name, "executor": {"state": state},
+            "revs": [{"rev": rev, "name": name, "error": error,
+                      "data": {"rev": rev, "timestamp": timestamp, "metrics": metrics,
+                               "params": {"params.yaml": {"data": {"train": {"seed": 0}}}}}}]}
+
+
+# what `dvc exp show --json` printed, in DVC 3.67's shape (one commit, its experiments)
+EXP_SHOW = [
+    {"rev": "workspace", "name": None, "experiments": None},
+    {"rev": "c0ffee", "name": "main", "experiments": [
+        _experiment("sweep-baseline-s0", "a0", train=_train(True, 30, 120.0, 8.0), accuracy=0.5),
+        _experiment("sweep-baseline-s1", "a1", train=_train(True, 20, 80.0, None, nan=True), accuracy=0.5),
+        _experiment("sweep-eps-1e-8-s0", "b0", train=_train(False, None, 2.0, 0.002), accuracy=0.97),
+        # failed: DVC shows the metrics of the commit it started from; they must not count
+        _experiment("sweep-eps-1e-8-s1", "b1", state="failed", train=_train(True, 5, 999.0, 16.0),
+                    error={"msg": "Experiment run failed", "type": ""}),
+        _experiment("sweep-sgd-s0", "c0", train=_train(True, 4, 10.0, 0.69), accuracy=0.5),
+        _experiment("sweep-sgd-s1", "c1", state="queued"),
+        # an older run of the same name, from an earlier commit's sweep: the newer one wins
+        _experiment("sweep-sgd-s0", "old", train=_train(False, None, 1.0, 0.1), timestamp="2025-01-01T00:00:00"),
+    ]},
+]
+
+
+@pytest.fixture
+def records(defaults):
+    cells, runs = expand(SWEEP, defaults)
+    experiments = {e["name"]: e for e in parse_exp_show(EXP_SHOW)}
+    return cells, [run_record(run, experiments.get(run.name)) for run in runs]
+
+
+def test_run_records_keep_failed_nan_queued_and_missing_runs(records):
+    _, rows = records
+    by_name = {row["name"]: row for row in rows}
+    assert len(rows) == 8
+    assert by_name["sweep-baseline-s1"]["state"] == "success" and by_name["sweep-baseline-s1"]["nan"] is True
+    assert by_name["sweep-baseline-s1"]["final_loss"] is None
+    failed = by_name["sweep-eps-1e-8-s1"]
+    assert failed["state"] == "failed" and failed["diverged"] is None and failed["spike_ratio"] is None
+    assert by_name["sweep-sgd-s0"]["rev"] == "c0" and by_name["sweep-sgd-s0"]["divergence_epoch"] == 4
+    assert by_name["sweep-sgd-s1"]["state"] == "queued"
+    assert by_name["sweep-clip-s0"]["state"] == "missing" and by_name["sweep-clip-s1"]["state"] == "missing"
+
+
+def test_aggregate_makes_one_row_per_intervention(records):
+    cells, rows = records
+    table = {row["cell"]: row for row in aggregate(rows, cells)}
+    assert list(table) == ["baseline", "eps-1e-8", "eps-1e-7 (= baseline)", "sgd", "clip"]
+    baseline = table["baseline"]
+    assert (baseline["n_runs"], baseline["n_failed"], baseline["n_diverged"], baseline["n_nan"]) == (2, 0, 2, 1)
+    assert baseline["divergence_rate"] == 1.0
+    assert baseline["median_spike_epoch"] == 25.0  # median of 30 and 20 (the NaN run's)
+    assert baseline["median_spike_ratio"] == 100.0
+    assert baseline["median_final_loss"] == 8.0  # the NaN run's null final loss is not a number to average
+    assert baseline["median_val_accuracy"] == 0.5
+    assert {k: v for k, v in table["eps-1e-7 (= baseline)"].items() if k not in ("cell", "overrides")} == \
+        {k: v for k, v in baseline.items() if k not in ("cell", "overrides")}
+    eps = table["eps-1e-8"]
+    assert (eps["n_runs"], eps["n_failed"], eps["divergence_rate"], eps["median_spike_epoch"]) == (1, 1, 0.0, None)
+    assert eps["median_spike_ratio"] == 2.0  # not 999: the failed run's inherited metrics are ignored
+    assert (table["sgd"]["n_runs"], table["sgd"]["n_failed"], table["sgd"]["median_spike_epoch"]) == (1, 1, 4.0)
+    clip = table["clip"]
+    assert (clip["n_runs"], clip["n_failed"], clip["divergence_rate"], clip["median_final_loss"]) == (0, 2, None, None)
+
+
+def test_markdown_and_csv_tables(records, tmp_path, monkeypatch):
+    cells, rows = records
+    monkeypatch.setattr("spikelab.report.history_of", lambda rev: [{"epoch": 1.0, "loss": 0.7}, {"epoch": 2.0, "loss": math.nan}])
+    write_report(rows, cells, "sweep", tmp_path)
+    text = (tmp_path / "sweep.md").read_text()
+    assert "| baseline | (params.yaml) | 2 | 0 | 1 | 1 | 25 | 100 | 8 | 0.5 |" in text
+    assert "| clip | optimizer.clipnorm=1.0 optimizer.amsgrad=true | 0 | 2 | — | 0 | — | — | — | — |" in text
+    assert "8 planned runs: 1 failed, 2 missing, 1 queued, 4 success" in text
+    with open(tmp_path / "sweep.csv") as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["cell"] for row in table][:3] == ["baseline", "eps-1e-8", "eps-1e-7 (= baseline)"]
+    assert table[1]["n_failed"] == "1" and table[4]["divergence_rate"] == ""
+    with open(tmp_path / "sweep_runs.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 8
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+def test_representative_is_the_median_run():
+    runs = [{"seed": s, "state": "success", "spike_ratio": r} for s, r in ((0, 50.0), (1, 2.0), (2, 9.0))]
+    runs.append({"seed": 3, "state": "failed", "spike_ratio": None})
+    assert representative(runs)["seed"] == 2
+    assert representative([{"seed": 0, "state": "failed", "spike_ratio": None}]) is None
+
+
+def test_markdown_table_shows_missing_values_as_dashes():
+    assert markdown_table([{"cell": "x", "n_runs": 0, "divergence_rate": None}], (("cell", "c"), ("n_runs", "n"), ("divergence_rate", "r"))) \
+        == "| c | n | r |\n|---|---|---|\n| x | 0 | — |\n"

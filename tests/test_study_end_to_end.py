@@ -1,0 +1,55 @@
+"""End to end in a throw-away repo: a tiny sweep queued as DVC experiments, the report, a replay."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+import yaml
+
+from conftest import run
+
+TINY_SWEEP = {
+    "seeds": [0],
+    "cells": {
+        "baseline": {},
+        "eps-1e-2": {"optimizer.epsilon": 1.0e-2},
+        # fails in seconds (amsgrad needs an Adam-family optimizer): a failed row, not a dropped one
+        "broken": {"optimizer.name": "sgd", "optimizer.amsgrad": True},
+    },
+    "quick": {"cells": ["baseline"], "seeds": [0]},
+    "replay": {"min_gap": 1, "cells": ["eps-1e-2"]},
+}
+
+
+@pytest.mark.slow
+def test_sweep_report_and_replay_in_a_lab_copy(lab_repo, tiny_raw):
+    sweep = lab_repo / "study" / "tiny.yaml"
+    sweep.write_text(yaml.safe_dump(TINY_SWEEP, sort_keys=False))
+    run(["git", "add", "-A"], lab_repo)
+    run(["git", "commit", "-qm", "tiny sweep"], lab_repo)
+
+    queued = run(["python", "-m", "spikelab.study", "queue", "--sweep", "study/tiny.yaml"], lab_repo, check=False)
+    assert queued.returncode == 1, queued.stdout + queued.stderr  # one run failed, on purpose
+    assert "1 failed: sweep-broken-s0" in queued.stdout
+
+    run(["python", "-m", "spikelab.report", "--sweep", "study/tiny.yaml"], lab_repo)
+    results = lab_repo / "study" / "results"
+    with open(results / "sweep.csv") as handle:
+        table = {row["cell"]: row for row in csv.DictReader(handle)}
+    assert (table["baseline"]["n_runs"], table["baseline"]["n_failed"]) == ("1", "0")
+    assert (table["eps-1e-2"]["n_runs"], table["eps-1e-2"]["n_failed"]) == ("1", "0")
+    assert (table["broken"]["n_runs"], table["broken"]["n_failed"]) == ("0", "1")
+    assert table["baseline"]["divergence_rate"] == "0.0"
+    assert float(table["baseline"]["median_val_accuracy"]) > 0
+    assert (results / "sweep.png").stat().st_size > 10_000
+
+    # resume the baseline run from its epoch-1 snapshot, unchanged and with epsilon 1e-2
+    run(["python", "-m", "spikelab.replay", "--sweep", "study/tiny.yaml", "--exp", "sweep-baseline-s0", "--epoch", "1"], lab_repo)
+    with open(results / "replay.csv") as handle:
+        replays = {row["intervention"]: row for row in csv.DictReader(handle)}
+    assert list(replays) == ["original", "unchanged", "eps-1e-2"]
+    assert replays["unchanged"]["state"] == "success" and replays["eps-1e-2"]["state"] == "success"
+    assert float(replays["unchanged"]["max_loss_difference"]) < 1e-5
+    assert float(replays["unchanged"]["final_loss"]) == pytest.approx(float(replays["original"]["final_loss"]), rel=1e-5)
+    assert float(replays["eps-1e-2"]["final_loss"]) != pytest.approx(float(replays["original"]["final_loss"]), rel=1e-5)
+    assert "replay-sweep-baseline-s0-e1-unchanged" in run(["dvc", "exp", "show", "--no-pager"], lab_repo).stdout
