@@ -69,14 +69,16 @@ class Diagnostics(keras.callbacks.Callback):
 
     def set_model(self, model):
         super().set_model(model)
-        self._logits = logits_model(model)
-        self._gradient_norm = tf.function(self._probe_gradient_norm)
+        # one forward pass gives both the logits and the softmax output the loss needs
+        self._logits_and_output = keras.Model(model.inputs, [logits_model(model).output, *model.outputs])
+        self._probe_pass = tf.function(self._probe_gradient_norm_and_logits)
 
-    def _probe_gradient_norm(self):
+    def _probe_gradient_norm_and_logits(self):
         with tf.GradientTape() as tape:
-            loss = keras.ops.mean(self.loss_fn(self.probe_y, self.model(self.probe_x, training=True)))
+            logits, output = self._logits_and_output(self.probe_x, training=True)
+            loss = keras.ops.mean(self.loss_fn(self.probe_y, output))
         gradients = tape.gradient(loss, self.model.trainable_variables)
-        return tf.linalg.global_norm(gradients)
+        return tf.linalg.global_norm(gradients), logits
 
     def on_epoch_begin(self, epoch, logs=None):
         self._weights_at_start = [v.numpy() for v in self.model.trainable_variables]
@@ -88,7 +90,8 @@ class Diagnostics(keras.callbacks.Callback):
         squared_change = sum(float(np.sum((after - before) ** 2)) for after, before in zip(weights, self._weights_at_start))
         update_rms = (squared_change / sum(w.size for w in weights)) ** 0.5
         optimizer = self.model.optimizer
-        logs["grad_norm"] = float(self._gradient_norm())
+        grad_norm, logits = self._probe_pass()
+        logs["grad_norm"] = float(grad_norm)
         logs["update_rms"] = update_rms
         logs["update_rms_over_lr"] = update_rms / float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         if isinstance(optimizer, keras.optimizers.Adam):  # AdamW subclasses Adam
@@ -96,4 +99,4 @@ class Diagnostics(keras.callbacks.Callback):
         for layer in self.model.layers:
             if hasattr(layer, "kernel"):
                 logs[f"weight_norm_{layer.name}"] = float(np.linalg.norm(layer.kernel.numpy()))
-        logs.update(saturation_stats(self._logits(self.probe_x).numpy(), self.probe_y.numpy()))
+        logs.update(saturation_stats(logits.numpy(), self.probe_y.numpy()))
