@@ -23,6 +23,11 @@ repro: $(INSTALLED)
 test: $(INSTALLED)
 	$(RUN) python -m pytest
 
+# Samples/s of the lab's loop vs bare model.fit vs the seed's generator, FLOP/s vs the matmul
+# peak, dvc repro wall times -> benchmarks/results.json (several minutes; docs/performance.md)
+bench: $(INSTALLED)
+	$(RUN) python benchmarks/bench.py
+
 # The seed's full-scale configuration (GPU advised): 64 filters, lr 1e-5, 250k images/class,
 # 1,024 held out, batch 256, 4,680 epochs, Keras-2 clipped BCE.
 seed-config: $(INSTALLED)

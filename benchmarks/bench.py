@@ -1,0 +1,335 @@
+"""How fast the lab trains, side by side with bare Keras and the seed's generator (issue 6).
+
+One run, on the same data (params.yaml's generate + split, in memory), model and batch size:
+  1. lab        spikelab.training.train as the train stage runs it: diagnostics on, an
+                MlflowEpochLogger writing to a throw-away sqlite store, snapshots, progress line;
+  2. bare       model.fit on in-memory float32 arrays, no callbacks of ours;
+  3. generator  the seed's approach: a Python generator yielding numpy batches into fit;
+  4. FLOP/s     achieved by the bare loop, from an analytic count of conv/dense FLOPs, against a
+                float32 matmul peak (numpy and tf.matmul) measured in this run; at the default
+                width (model.filters) and at the seed's width (64).
+Every loop does the same work per epoch (one pass over the training set, one over the
+validation set); samples/s = training images / wall seconds from one epoch's end to the next,
+median over the timed epochs, warm-up epochs excluded. Loops run in interleaved rounds
+(lab, bare, generator, lab, ...) so a load change on the machine hits all three alike.
+Then `dvc repro` end to end and a no-op `dvc repro`, in a temporary copy of the repo.
+
+Writes benchmarks/results.json. `--quick` runs a few batches and skips dvc (the smoke test).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import io
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import mlflow  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from spikelab.data import generate, split  # noqa: E402
+from spikelab.model import resolve_data_format, to_model_input  # noqa: E402
+from spikelab.params import load_params  # noqa: E402
+from spikelab.tracking import MlflowEpochLogger, prepare_experiment  # noqa: E402
+from spikelab.training import compile_model, seed_everything, train  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_FILTERS = 64
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Wall seconds from one epoch's end to the next: everything the loop does per epoch.
+
+    Put it last in the callback list, so every other callback's epoch-end work is inside.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.intervals: list[float] = []
+        self._last = None
+
+    def on_train_begin(self, logs=None):
+        self._last = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        if self._last is not None:
+            self.intervals.append(now - self._last)
+        self._last = now
+
+
+# ---------------------------------------------------------------- the three training loops
+
+def lab_loop(params, arrays, data_format, epochs: int, workdir: Path) -> list[float]:
+    """(1) spikelab.training.train with its callbacks and an MLflow logger, as stages/train.py runs it."""
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=epochs))
+    experiment_id = prepare_experiment(params.tracking.experiment, workdir)
+    clock = EpochClock()
+    with mlflow.start_run(experiment_id=experiment_id) as run, contextlib.redirect_stdout(io.StringIO()):
+        train(params, arrays, data_format, workdir / "snapshots", [MlflowEpochLogger(run.info.run_id), clock])
+    return clock.intervals
+
+
+def fresh_model(params, image_size: int, data_format: str) -> keras.Model:
+    seed_everything(params.train.seed)
+    return compile_model(params, image_size, data_format)
+
+
+def bare_loop(params, arrays, data_format, epochs: int) -> list[float]:
+    """(2) model.fit on in-memory float32 arrays: Keras's own shuffling and batching."""
+    model = fresh_model(params, arrays["x_train"].shape[-1], data_format)
+    clock = EpochClock()
+    model.fit(to_model_input(arrays["x_train"], data_format), arrays["y_train"],
+              batch_size=params.train.batch_size, epochs=epochs,
+              validation_data=(to_model_input(arrays["x_val"], data_format), arrays["y_val"]),
+              validation_batch_size=params.train.batch_size, callbacks=[clock], verbose=0)
+    return clock.intervals
+
+
+def numpy_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, data_format: str, seed: int):
+    """The seed's generator: forever, a fresh permutation per pass, float32 batches made in numpy."""
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(images))
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            yield to_model_input(images[chosen], data_format), labels[chosen]
+
+
+def generator_loop(params, arrays, data_format, epochs: int) -> list[float]:
+    """(3) fit fed by Python generators, training and validation both, as in the seed."""
+    model = fresh_model(params, arrays["x_train"].shape[-1], data_format)
+    batch = params.train.batch_size
+    clock = EpochClock()
+    model.fit(numpy_batches(arrays["x_train"], arrays["y_train"], batch, data_format, params.train.seed),
+              steps_per_epoch=math.ceil(len(arrays["x_train"]) / batch), epochs=epochs,
+              validation_data=numpy_batches(arrays["x_val"], arrays["y_val"], batch, data_format, params.train.seed),
+              validation_steps=math.ceil(len(arrays["x_val"]) / batch), callbacks=[clock], verbose=0)
+    return clock.intervals
+
+
+# ---------------------------------------------------------------- FLOPs and the matmul peak
+
+def forward_macs(model: keras.Model) -> dict[str, int]:
+    """Multiply-accumulates per sample of each Conv2D and Dense layer (the rest is negligible)."""
+    macs = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel = layer.kernel.shape  # (k, k, in_channels, filters)
+            spatial = layer.output.shape[2:] if layer.data_format == "channels_first" else layer.output.shape[1:3]
+            macs[layer.name] = int(np.prod(spatial)) * int(np.prod(kernel))
+        elif isinstance(layer, keras.layers.Dense):
+            macs[layer.name] = int(np.prod(layer.kernel.shape))
+    return macs
+
+
+def training_flops_per_sample(model: keras.Model) -> int:
+    """Forward 2 * MACs; backward counted as 2x forward (the usual convention, see docs/performance.md)."""
+    return 3 * 2 * sum(forward_macs(model).values())
+
+
+def epoch_flops(model: keras.Model, n_train: int, n_val: int) -> int:
+    """One epoch's work: forward + backward on the training set, forward on the validation set."""
+    return n_train * training_flops_per_sample(model) + n_val * 2 * sum(forward_macs(model).values())
+
+
+def matmul_peak(size: int, repeats: int) -> dict[str, float]:
+    """Best float32 matmul FLOP/s of numpy and of tf.matmul, square size x size operands."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((size, size), dtype=np.float32)
+    b = rng.standard_normal((size, size), dtype=np.float32)
+    ta, tb = tf.constant(a), tf.constant(b)
+    flops = 2.0 * size**3
+    best = {"numpy": math.inf, "tensorflow": math.inf}
+    for _ in range(repeats):  # interleaved, best of each: the least disturbed run
+        started = time.perf_counter()
+        a @ b
+        best["numpy"] = min(best["numpy"], time.perf_counter() - started)
+        started = time.perf_counter()
+        tf.linalg.matmul(ta, tb).numpy()
+        best["tensorflow"] = min(best["tensorflow"], time.perf_counter() - started)
+    return {name: flops / seconds for name, seconds in best.items()}
+
+
+def width_flops(params, arrays, data_format, filters: int, n_train: int, n_val: int, epochs: int,
+                warmup: int) -> dict:
+    """Achieved FLOP/s of a bare fit at a given width on n_train / n_val images."""
+    params = dataclasses.replace(params, model=dataclasses.replace(params.model, filters=filters))
+    subset = {"x_train": arrays["x_train"][:n_train], "y_train": arrays["y_train"][:n_train],
+              "x_val": arrays["x_val"][:n_val], "y_val": arrays["y_val"][:n_val]}
+    seconds = float(np.median(bare_loop(params, subset, data_format, warmup + epochs)[warmup - 1 :]))
+    model = compile_model(params, arrays["x_train"].shape[-1], data_format)
+    return {"filters": filters, "samples_per_s": n_train / seconds,
+            "train_flops_per_sample": training_flops_per_sample(model),
+            "flop_per_s": epoch_flops(model, n_train, n_val) / seconds}
+
+
+# ---------------------------------------------------------------- dvc repro in a copy of the repo
+
+def copy_repo(target: Path) -> None:
+    """The tracked files (no dvc.lock, no metrics: a first run), as a fresh committed git repo."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in tracked:
+        source = REPO / name
+        if source.is_file() and not name.startswith(("metrics/", "dvc.lock")):
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    for command in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
+                    ["git", "-c", "user.name=bench", "-c", "user.email=bench@spikelab.invalid", "commit", "-qm", "bench"]):
+        subprocess.run(command, cwd=target, check=True, capture_output=True)
+
+
+def timed_repro(root: Path, env: dict) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"dvc repro failed in {root}:\n{result.stdout}\n{result.stderr}")
+    return seconds
+
+
+def repro_times(workdir: Path) -> dict:
+    root = workdir / "repo"
+    copy_repo(root)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("MLFLOW_TRACKING_URI", None)  # the copy's own store, never a shared one
+    return {"repro_s": timed_repro(root, env), "repro_noop_s": timed_repro(root, env)}
+
+
+# ---------------------------------------------------------------- the run
+
+def machine() -> str:
+    model_name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+    return f"{model_name}, {os.cpu_count()} cores, {platform.system()}, TensorFlow {tf.__version__}, Keras {keras.__version__}"
+
+
+def quick_params(params):
+    """A few batches: 2 training batches of 256 and 1 validation batch, per loop."""
+    return dataclasses.replace(
+        params, data=dataclasses.replace(params.data, per_class=300),
+        split=dataclasses.replace(params.split, val_per_class=44),  # 512 train, 88 validation images
+        train=dataclasses.replace(params.train, snapshot_every=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few batches, no dvc repro: a smoke test")
+    parser.add_argument("--epochs", type=int, default=12, help="timed epochs per loop and round")
+    parser.add_argument("--warmup", type=int, default=3, help="epochs per loop run before timing starts")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the three loops")
+    parser.add_argument("--note", default="", help="a note stored in results.json (e.g. the machine's load)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.epochs, args.warmup, args.rounds = 2, 1, 1
+
+    params = load_params(REPO / "params.yaml")
+    if args.quick:
+        params = quick_params(params)
+    solid, broken, _ = generate(params.data)
+    arrays = split(solid, broken, params.split)
+    data_format = resolve_data_format(params.model.data_format)
+    n_train, n_val = len(arrays["x_train"]), len(arrays["x_val"])
+    print(f"bench: {n_train} training + {n_val} validation images, batch {params.train.batch_size}, "
+          f"{params.model.filters} filters, {data_format}; {args.rounds} round(s) of {args.warmup} warm-up + "
+          f"{args.epochs} timed epochs per loop", flush=True)
+
+    loops = {"lab": None, "bare": None, "generator": None}
+    intervals = {name: [] for name in loops}
+    with tempfile.TemporaryDirectory(prefix="spikelab-bench-") as tmp:
+        workdir = Path(tmp)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)  # the throw-away store under workdir
+        epochs = args.warmup + args.epochs
+        runners = {
+            "lab": lambda: lab_loop(params, arrays, data_format, epochs, workdir),
+            "bare": lambda: bare_loop(params, arrays, data_format, epochs),
+            "generator": lambda: generator_loop(params, arrays, data_format, epochs),
+        }
+        for round_index in range(args.rounds):
+            for name, runner in runners.items():
+                # interval i is epoch i + 1's duration (epoch 0 has none): drop the warm-up ones
+                timed = runner()[args.warmup - 1 :]
+                intervals[name] += timed
+                print(f"  round {round_index + 1} {name:9s} {n_train / np.median(timed):9.0f} samples/s", flush=True)
+
+        peak = matmul_peak(512 if args.quick else 2048, 3 if args.quick else 10)
+        # the seed's width costs ~18x the default's per image: a subset, fewer epochs
+        seed_width = width_flops(params, arrays, data_format, SEED_FILTERS,
+                                 n_train=min(n_train, 2 * params.train.batch_size if args.quick else 2048),
+                                 n_val=min(n_val, 512), epochs=2 if args.quick else 4, warmup=1)
+        repro = {"repro_s": None, "repro_noop_s": None} if args.quick else repro_times(workdir)
+
+    rate = {name: n_train / float(np.median(values)) for name, values in intervals.items()}
+    peak_flops = max(peak.values())
+    model = compile_model(params, arrays["x_train"].shape[-1], data_format)
+    default = {"filters": params.model.filters, "train_flops_per_sample": training_flops_per_sample(model),
+               "flop_per_s": epoch_flops(model, n_train, n_val) * rate["bare"] / n_train}
+    widths = (default, seed_width)
+    results = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "note": args.note,
+        "quick": args.quick,
+        "setup": {"train_images": n_train, "val_images": n_val, "batch_size": params.train.batch_size,
+                  "filters": params.model.filters, "kernel_size": params.model.kernel_size, "data_format": data_format,
+                  "timed_epochs": args.epochs * args.rounds, "warmup_epochs": args.warmup},
+        "samples_per_s": rate,
+        "train_vs_bare": rate["lab"] / rate["bare"],
+        "train_vs_generator": rate["lab"] / rate["generator"],
+        "matmul_peak_flop_per_s": peak,
+        "flop_per_s": {f"filters_{w['filters']}": w["flop_per_s"] for w in widths},
+        "train_flops_per_sample": {f"filters_{w['filters']}": w["train_flops_per_sample"] for w in widths},
+        "fraction_of_peak": default["flop_per_s"] / peak_flops,
+        "fraction_of_peak_seed_width": seed_width["flop_per_s"] / peak_flops,
+        **repro,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    print(f"bench: wrote {args.out}")
+
+
+def table(r: dict) -> str:
+    s = r["samples_per_s"]
+    f = r["flop_per_s"]
+    default, seed = (f"filters_{r['setup']['filters']}", f"filters_{SEED_FILTERS}")
+    peak = max(r["matmul_peak_flop_per_s"].values())
+    seconds = lambda value: "skipped" if value is None else f"{value:.1f} s"  # noqa: E731
+    rows = [
+        ("(1) lab loop (train stage)", f"{s['lab']:.0f} samples/s"),
+        ("(2) bare model.fit, arrays", f"{s['bare']:.0f} samples/s"),
+        ("(3) seed's Python generator", f"{s['generator']:.0f} samples/s"),
+        ("(1)/(2) lab vs bare", f"{r['train_vs_bare']:.3f}"),
+        ("(1)/(3) lab vs generator", f"{r['train_vs_generator']:.2f}"),
+        ("float32 matmul peak", f"{peak / 1e9:.1f} GFLOP/s (numpy {r['matmul_peak_flop_per_s']['numpy'] / 1e9:.1f}, "
+                                f"tf {r['matmul_peak_flop_per_s']['tensorflow'] / 1e9:.1f})"),
+        (f"(4) {r['setup']['filters']} filters, bare fit", f"{f[default] / 1e9:.1f} GFLOP/s = {r['fraction_of_peak']:.1%} of peak"),
+        (f"(4) {SEED_FILTERS} filters (seed), bare fit", f"{f[seed] / 1e9:.1f} GFLOP/s = {r['fraction_of_peak_seed_width']:.1%} of peak"),
+        ("dvc repro, default params", seconds(r["repro_s"])),
+        ("dvc repro, no-op", seconds(r["repro_noop_s"])),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+if __name__ == "__main__":
+    main()
