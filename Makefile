@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: setup repro test bench seed-config quick-sweep sweep report replay gpu-setup clean-mlflow
+.PHONY: setup repro test bench seed-config quick-sweep sweep report replay gpu-setup
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
