@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -54,5 +55,5 @@ def read_npz(path: str | os.PathLike, keys: tuple[str, ...], produced_by: str) -
             if missing:
                 raise InputError(f"{path}: lacks arrays {', '.join(missing)}; {hint}")
             return {key: archive[key] for key in keys}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise InputError(f"{path}: unreadable or truncated ({error}); {hint}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:  # zlib: corrupt, not cut short
+        raise InputError(f"{path}: unreadable, truncated or corrupt ({error}); {hint}") from None

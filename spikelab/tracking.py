@@ -21,9 +21,7 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be used; raised before any training starts."""
+from spikelab.cli import TrackingError  # defined there, so stages that never track stay light
 
 
 def project_root(start: Path | None = None) -> Path:

@@ -88,5 +88,6 @@ if __name__ == "__main__":
     try:
         run_stage(main)
     except KeyboardInterrupt as interrupt:
-        print(f"train: interrupted ({interrupt}); no outputs written, MLflow run marked KILLED", file=sys.stderr)
+        reason = str(interrupt) or "signal SIGINT"  # Python's own KeyboardInterrupt carries no text
+        print(f"train: interrupted ({reason}); no outputs written, MLflow run marked KILLED", file=sys.stderr)
         sys.exit(130)

@@ -65,7 +65,11 @@ def write_params(root: Path, raw: dict) -> None:
 @pytest.fixture
 def lab_repo(tmp_path: Path, tiny_raw: dict) -> Path:
     """A copy of the repo's tracked files with tiny params, as a fresh git repo with DVC, committed."""
-    root = tmp_path / "lab"
+    return make_lab(tmp_path / "lab", tiny_raw)
+
+
+def make_lab(root: Path, raw: dict) -> Path:
+    """What lab_repo does, for fixtures of a wider scope."""
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     for name in tracked:
         source = REPO / name
@@ -73,7 +77,7 @@ def lab_repo(tmp_path: Path, tiny_raw: dict) -> Path:
             target = root / name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
-    write_params(root, tiny_raw)
+    write_params(root, raw)
     run(["git", "init", "-q", "-b", "main"], root)
     run(["git", "config", "user.email", "test@spikelab.invalid"], root)
     run(["git", "config", "user.name", "spikelab tests"], root)

@@ -1,0 +1,311 @@
+"""Issue 5: bad params, NaN loss, interruption, concurrent experiments, determinism, bad inputs,
+an unreachable tracking server. Each case runs the real stage scripts (and DVC where it matters) in
+a copy of one tiny baseline lab, against that copy's own sqlite MLflow store.
+"""
+import copy
+import csv
+import json
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY, lab_env, make_lab, run, write_params
+
+EXPERIMENT = TINY["tracking"]["experiment"]
+STAGE_FOLDERS = ("data", "models", "metrics")
+# the train stage's outputs but its snapshots, which an interrupted run writes whole, epoch by epoch
+OUTPUTS = ("metrics/train.json", "metrics/history.csv", "metrics/run.json", "metrics/evaluate.json",
+           "metrics/loss_curve.png", "models/best.keras", "models/last.keras")
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    """One tiny lab after `dvc repro`, committed (dvc.lock too), so experiments can queue from it."""
+    root = make_lab(tmp_path_factory.mktemp("baseline") / "lab", copy.deepcopy(TINY))
+    run(["dvc", "repro"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "baseline run"], root)
+    return root
+
+
+@pytest.fixture
+def lab(baseline, tmp_path) -> Path:
+    """A copy of the baseline with its data and outputs, but no MLflow store yet."""
+    root = tmp_path / "lab"
+    shutil.copytree(baseline, root, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db", "mlruns", ".mlflow.lock"))
+    return root
+
+
+def stage_files(root: Path) -> dict[str, bytes]:
+    """Every file the stages read or write, hidden temporary ones included, by relative path."""
+    return {str(path.relative_to(root)): path.read_bytes()
+            for folder in STAGE_FOLDERS for path in sorted((root / folder).rglob("*")) if path.is_file()}
+
+
+def output_bytes(root: Path) -> dict[str, bytes]:
+    return {name: (root / name).read_bytes() for name in OUTPUTS}
+
+
+def temp_files(root: Path) -> list[Path]:
+    """Leftovers of files.atomic_path (.<stem>.tmp<pid><suffix>)."""
+    return [path for folder in STAGE_FOLDERS for path in (root / folder).rglob("*.tmp*")]
+
+
+def mlflow_runs(root: Path) -> list:
+    """Every run in the copy's own store; none when the store was never created."""
+    if not (root / "mlflow.db").exists():
+        return []
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return [] if experiment is None else client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
+
+
+def stage(root: Path, name: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["python", f"stages/{name}.py"], cwd=root, env=lab_env(root) | env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Exit 2 and one `error:` line, the last one, holding every fragment; no stack trace."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.rstrip("\n").splitlines()[-1] == lines[0]  # the message itself is one line
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def start_stage(root: Path, name: str, stderr_path: Path, **env) -> tuple[subprocess.Popen, queue.Queue]:
+    """Start a stage; its stdout lines arrive on the queue (None at the end), so waits can time out."""
+    with stderr_path.open("w") as stderr:  # a file, not a pipe: nobody has to drain it
+        process = subprocess.Popen(["python", f"stages/{name}.py"], cwd=root, env=lab_env(root) | env, text=True,
+                                   stdout=subprocess.PIPE, stderr=stderr)
+    lines: queue.Queue = queue.Queue()
+
+    def pump():
+        for line in process.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return process, lines
+
+
+def wait_for_line(lines: queue.Queue, prefix: str, timeout_s: float = 180) -> list[str]:
+    seen = []
+    deadline = time.monotonic() + timeout_s
+    while (line := lines.get(timeout=max(0.1, deadline - time.monotonic()))) is not None:
+        seen.append(line)
+        if line.startswith(prefix):
+            return seen
+    raise AssertionError(f"the stage ended before printing {prefix!r}:\n{''.join(seen)}")
+
+
+def with_value(section: str, key: str, value):
+    def change(raw):
+        raw[section][key] = value
+    return change
+
+
+BAD_PARAMS = {
+    # id: (change to the tiny params, fragments the one error line must hold: key, value, allowed)
+    "unknown_key": (with_value("train", "epoch", 5), ("'train.epoch'", "allowed keys in 'train'", "epochs")),
+    "unknown_section": (lambda raw: raw.update(trian={"epochs": 5}), ("'trian'", "allowed sections", "train")),
+    "unknown_optimizer": (with_value("optimizer", "name", "adamx"), ("optimizer.name = 'adamx'", "adam, adamw, sgd, rmsprop")),
+    "unknown_loss": (with_value("loss", "name", "mse"), ("loss.name = 'mse'", "binary_crossentropy, categorical_crossentropy, log_cosh")),
+    "epsilon_zero": (with_value("optimizer", "epsilon", 0), ("optimizer.epsilon = 0.0", "allowed: a number > 0")),
+    "negative_learning_rate": (with_value("optimizer", "learning_rate", -0.001), ("optimizer.learning_rate = -0.001", "allowed: a number > 0")),
+    "zero_epochs": (with_value("train", "epochs", 0), ("train.epochs = 0", "allowed: an integer >= 1")),
+    "zero_batch_size": (with_value("train", "batch_size", 0), ("train.batch_size = 0", "allowed: an integer >= 1")),
+    "val_per_class_beyond_data": (with_value("split", "val_per_class", 200), ("split.val_per_class = 200", "fewer than data.per_class = 96")),
+    "string_for_number": (with_value("optimizer", "learning_rate", "0.001"), ("optimizer.learning_rate = '0.001'", "a number")),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_PARAMS)
+def test_bad_params_fail_in_one_line_before_any_work(lab, kind):
+    change, fragments = BAD_PARAMS[kind]
+    raw = copy.deepcopy(TINY)
+    change(raw)
+    write_params(lab, raw)
+    before = stage_files(lab)
+
+    result = stage(lab, "train")
+
+    assert_user_error(result, "params.yaml", *fragments)
+    assert result.stdout == ""  # not even the data-format line: nothing was read, built or trained
+    assert stage_files(lab) == before
+    assert not (lab / "mlflow.db").exists()  # no store touched, so no orphan run
+
+
+def test_nan_loss_stops_training_and_keeps_the_experiment_row(lab):
+    # 1e20 overflows the weights in the first step on any loss form; DVC writes it as `1e+20`
+    result = run(["dvc", "exp", "run", "-n", "blowup", "-S", "optimizer.name=sgd", "-S", "optimizer.learning_rate=1e20"], lab)
+    assert "epoch 1/3" in result.stdout and "epoch 2/3" not in result.stdout  # stopped at the first non-finite loss
+
+    metrics = json.loads((lab / "metrics/train.json").read_text())
+    assert metrics["nan"] is True and metrics["diverged"] is True
+    assert metrics["epochs_run"] == 1 and metrics["divergence_epoch"] == 1 and metrics["final_loss"] is None
+    rows = list(csv.DictReader((lab / "metrics/history.csv").open()))
+    assert [row["epoch"] for row in rows] == ["1"] and rows[0]["loss"] == "nan"
+    assert (lab / "metrics/loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((lab / "metrics/evaluate.json").read_text())["last"]["loss"] is None
+
+    [mlflow_run] = mlflow_runs(lab)
+    assert mlflow_run.info.status == "FINISHED"
+    assert mlflow_run.data.tags["diverged"] == "true" and mlflow_run.data.tags["dvc.exp_name"] == "blowup"
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], lab).stdout)
+    experiments = {exp["name"]: exp for row in shown for exp in row.get("experiments") or []}
+    row_metrics = experiments["blowup"]["revs"][0]["data"]["metrics"]["metrics/train.json"]["data"]
+    assert row_metrics["diverged"] is True and row_metrics["epochs_run"] == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_training_leaves_no_partial_outputs_and_a_killed_run(lab, tmp_path, signum):
+    before = output_bytes(lab)
+    raw = copy.deepcopy(TINY)
+    raw["train"]["epochs"] = 5000  # minutes of training: the signal always lands mid-run
+    write_params(lab, raw)
+    stderr = tmp_path / "stderr.txt"
+    process, lines = start_stage(lab, "train", stderr)
+    try:
+        wait_for_line(lines, "epoch 1/")
+        process.send_signal(signum)
+        returncode = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert returncode == 130, stderr.read_text()
+    assert f"train: interrupted (signal {signum.name})" in stderr.read_text()
+    assert output_bytes(lab) == before and temp_files(lab) == []
+    assert [r.info.status for r in mlflow_runs(lab)] == ["KILLED"]
+
+    write_params(lab, TINY)
+    run(["dvc", "repro"], lab)
+    assert "up to date" in run(["dvc", "status"], lab).stdout
+    assert sorted(r.info.status for r in mlflow_runs(lab)) in (["FINISHED", "KILLED"], ["KILLED"])
+
+
+def test_same_params_give_identical_metrics_and_history(lab):
+    first = {name: (lab / name).read_bytes() for name in ("metrics/train.json", "metrics/history.csv")}
+    run(["python", "stages/train.py"], lab)
+    assert [r.info.status for r in mlflow_runs(lab)] == ["FINISHED"]  # it really trained again
+    assert {name: (lab / name).read_bytes() for name in first} == first
+
+
+def delete(path: Path) -> None:
+    path.unlink()
+
+
+def truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.unlink()  # a new file: never write through a link into the DVC cache
+    path.write_bytes(data[: len(data) // 2])
+
+
+def corrupt(path: Path) -> None:
+    """Flip bytes inside the first member's deflate stream: zlib fails, not the zip directory."""
+    data = bytearray(path.read_bytes())
+    data[100:132] = bytes(byte ^ 0xFF for byte in data[100:132])
+    path.unlink()
+    path.write_bytes(bytes(data))
+
+
+BAD_INPUTS = {
+    # id: (stage, damaged file, damage, the stage to re-run)
+    "split_npz_deleted": ("train", "data/split.npz", delete, "split"),
+    "split_npz_truncated": ("train", "data/split.npz", truncate, "split"),
+    "lines_npz_truncated": ("split", "data/lines.npz", truncate, "generate"),
+    "lines_npz_corrupt": ("split", "data/lines.npz", corrupt, "generate"),
+    "best_model_truncated": ("evaluate", "models/best.keras", truncate, "train"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_missing_or_truncated_input_names_the_file_and_the_stage_to_rerun(lab, case):
+    stage_name, damaged, damage, producer = BAD_INPUTS[case]
+    damage(lab / damaged)
+    before = stage_files(lab)
+
+    result = stage(lab, stage_name)
+
+    assert_user_error(result, damaged, f"dvc repro {producer}")
+    assert stage_files(lab) == before and not (lab / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("server", ["closed_port", "silent_listener"])
+def test_unreachable_tracking_server_fails_in_seconds_before_training(lab, tmp_path, server):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    if server == "closed_port":
+        listener.close()  # nothing listens there now: connections are refused
+    else:
+        listener.listen()  # connections are accepted by the kernel, but nothing ever answers
+    uri = f"http://127.0.0.1:{port}"
+    before = stage_files(lab)
+    stderr = tmp_path / "stderr.txt"
+    process, lines = start_stage(lab, "train", stderr, MLFLOW_TRACKING_URI=uri, PYTHONUNBUFFERED="1")
+    try:
+        seen = wait_for_line(lines, "train: data format")  # printed just before the store is checked
+        checked_from = time.monotonic()
+        returncode = process.wait(timeout=120)
+        seconds = time.monotonic() - checked_from
+    finally:
+        listener.close()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    result = subprocess.CompletedProcess(process.args, returncode, "", stderr.read_text())
+    assert_user_error(result, uri, "unreachable", "MLFLOW_TRACKING_URI")
+    assert seconds < 20  # the health check gives up after 5 s; MLflow's own retries would take minutes
+    assert not any(line.startswith("epoch") for line in seen + list(iter(lines.get, None)))
+    assert stage_files(lab) == before and not (lab / "mlflow.db").exists()
+
+
+def wait_for_queue(root: Path, timeout_s: float = 900) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], root).stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        time.sleep(5)
+    raise AssertionError(f"queue still busy after {timeout_s}s:\n{status}")
+
+
+@pytest.mark.slow
+def test_six_queued_experiments_on_two_workers_all_land_in_dvc_and_one_mlflow_store(lab):
+    names = [f"seed-{seed}" for seed in range(1, 7)]
+    for seed, name in enumerate(names, start=1):
+        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.seed={seed}"], lab)
+    try:
+        # no store yet: the first two runs also race to create it
+        run(["dvc", "queue", "start", "-j", "2"], lab)
+        status = wait_for_queue(lab)
+    finally:
+        run(["dvc", "queue", "stop", "--kill"], lab, check=False)
+    assert status.count("Success") == 6, status
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], lab).stdout)
+    experiments = {exp["name"]: exp for row in shown for exp in row.get("experiments") or []}
+    assert set(names) <= experiments.keys()
+    seeds = {experiments[name]["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["seed"] for name in names}
+    assert seeds == {1, 2, 3, 4, 5, 6}
+
+    runs = mlflow_runs(lab)  # the copy's root store, although each ran under .dvc/tmp/exps/
+    assert sorted(r.data.tags.get("dvc.exp_name") for r in runs) == names
+    assert all(r.info.status == "FINISHED" and "eval.best.accuracy" in r.data.metrics for r in runs)
