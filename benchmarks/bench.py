@@ -52,36 +52,40 @@ SEED_FILTERS = 64
 
 
 class EpochClock(keras.callbacks.Callback):
-    """Wall seconds from one epoch's end to the next: everything the loop does per epoch.
+    """Seconds from one epoch's end to the next: everything the loop does per epoch.
 
     Put it last in the callback list, so every other callback's epoch-end work is inside.
+    Wall seconds are the figure; process CPU seconds (all threads) are kept beside them,
+    because they inflate far less than wall seconds when other work shares the machine.
     """
 
     def __init__(self):
         super().__init__()
         self.intervals: list[float] = []
+        self.cpu_intervals: list[float] = []
         self._last = None
 
     def on_train_begin(self, logs=None):
         self._last = None
 
     def on_epoch_end(self, epoch, logs=None):
-        now = time.perf_counter()
+        now = (time.perf_counter(), time.process_time())
         if self._last is not None:
-            self.intervals.append(now - self._last)
+            self.intervals.append(now[0] - self._last[0])
+            self.cpu_intervals.append(now[1] - self._last[1])
         self._last = now
 
 
 # ---------------------------------------------------------------- the three training loops
 
-def lab_loop(params, arrays, data_format, epochs: int, workdir: Path) -> list[float]:
+def lab_loop(params, arrays, data_format, epochs: int, workdir: Path) -> EpochClock:
     """(1) spikelab.training.train with its callbacks and an MLflow logger, as stages/train.py runs it."""
     params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=epochs))
     experiment_id = prepare_experiment(params.tracking.experiment, workdir)
     clock = EpochClock()
     with mlflow.start_run(experiment_id=experiment_id) as run, contextlib.redirect_stdout(io.StringIO()):
         train(params, arrays, data_format, workdir / "snapshots", [MlflowEpochLogger(run.info.run_id), clock])
-    return clock.intervals
+    return clock
 
 
 def fresh_model(params, image_size: int, data_format: str) -> keras.Model:
@@ -89,7 +93,7 @@ def fresh_model(params, image_size: int, data_format: str) -> keras.Model:
     return compile_model(params, image_size, data_format)
 
 
-def bare_loop(params, arrays, data_format, epochs: int) -> list[float]:
+def bare_loop(params, arrays, data_format, epochs: int) -> EpochClock:
     """(2) model.fit on in-memory float32 arrays: Keras's own shuffling and batching."""
     model = fresh_model(params, arrays["x_train"].shape[-1], data_format)
     clock = EpochClock()
@@ -97,7 +101,7 @@ def bare_loop(params, arrays, data_format, epochs: int) -> list[float]:
               batch_size=params.train.batch_size, epochs=epochs,
               validation_data=(to_model_input(arrays["x_val"], data_format), arrays["y_val"]),
               validation_batch_size=params.train.batch_size, callbacks=[clock], verbose=0)
-    return clock.intervals
+    return clock
 
 
 def numpy_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, data_format: str, seed: int):
@@ -110,7 +114,7 @@ def numpy_batches(images: np.ndarray, labels: np.ndarray, batch_size: int, data_
             yield to_model_input(images[chosen], data_format), labels[chosen]
 
 
-def generator_loop(params, arrays, data_format, epochs: int) -> list[float]:
+def generator_loop(params, arrays, data_format, epochs: int) -> EpochClock:
     """(3) fit fed by Python generators, training and validation both, as in the seed."""
     model = fresh_model(params, arrays["x_train"].shape[-1], data_format)
     batch = params.train.batch_size
@@ -119,7 +123,7 @@ def generator_loop(params, arrays, data_format, epochs: int) -> list[float]:
               steps_per_epoch=math.ceil(len(arrays["x_train"]) / batch), epochs=epochs,
               validation_data=numpy_batches(arrays["x_val"], arrays["y_val"], batch, data_format, params.train.seed),
               validation_steps=math.ceil(len(arrays["x_val"]) / batch), callbacks=[clock], verbose=0)
-    return clock.intervals
+    return clock
 
 
 # ---------------------------------------------------------------- FLOPs and the matmul peak
@@ -147,22 +151,23 @@ def epoch_flops(model: keras.Model, n_train: int, n_val: int) -> int:
     return n_train * training_flops_per_sample(model) + n_val * 2 * sum(forward_macs(model).values())
 
 
-def matmul_peak(size: int, repeats: int) -> dict[str, float]:
-    """Best float32 matmul FLOP/s of numpy and of tf.matmul, square size x size operands."""
+def matmul_peak(size: int, repeats: int) -> tuple[dict[str, float], float]:
+    """Best float32 matmul FLOP/s of numpy and of tf.matmul (square operands), and the best FLOPs per CPU-second."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
     ta, tb = tf.constant(a), tf.constant(b)
     flops = 2.0 * size**3
     best = {"numpy": math.inf, "tensorflow": math.inf}
+    best_cpu = math.inf
+    products = {"numpy": lambda: a @ b, "tensorflow": lambda: tf.linalg.matmul(ta, tb).numpy()}
     for _ in range(repeats):  # interleaved, best of each: the least disturbed run
-        started = time.perf_counter()
-        a @ b
-        best["numpy"] = min(best["numpy"], time.perf_counter() - started)
-        started = time.perf_counter()
-        tf.linalg.matmul(ta, tb).numpy()
-        best["tensorflow"] = min(best["tensorflow"], time.perf_counter() - started)
-    return {name: flops / seconds for name, seconds in best.items()}
+        for name, product in products.items():
+            started, cpu_started = time.perf_counter(), time.process_time()
+            product()
+            best[name] = min(best[name], time.perf_counter() - started)
+            best_cpu = min(best_cpu, time.process_time() - cpu_started)
+    return {name: flops / seconds for name, seconds in best.items()}, flops / best_cpu
 
 
 def width_flops(params, arrays, data_format, filters: int, n_train: int, n_val: int, epochs: int,
@@ -171,11 +176,17 @@ def width_flops(params, arrays, data_format, filters: int, n_train: int, n_val: 
     params = dataclasses.replace(params, model=dataclasses.replace(params.model, filters=filters))
     subset = {"x_train": arrays["x_train"][:n_train], "y_train": arrays["y_train"][:n_train],
               "x_val": arrays["x_val"][:n_val], "y_val": arrays["y_val"][:n_val]}
-    seconds = float(np.median(bare_loop(params, subset, data_format, warmup + epochs)[warmup - 1 :]))
-    model = compile_model(params, arrays["x_train"].shape[-1], data_format)
-    return {"filters": filters, "samples_per_s": n_train / seconds,
-            "train_flops_per_sample": training_flops_per_sample(model),
-            "flop_per_s": epoch_flops(model, n_train, n_val) / seconds}
+    clock = bare_loop(params, subset, data_format, warmup + epochs)
+    return flops_summary(params, arrays["x_train"].shape[-1], data_format, n_train, n_val,
+                         float(np.median(clock.intervals[warmup - 1 :])), float(np.median(clock.cpu_intervals[warmup - 1 :])))
+
+
+def flops_summary(params, image_size: int, data_format: str, n_train: int, n_val: int, seconds: float,
+                  cpu_seconds: float) -> dict:
+    model = compile_model(params, image_size, data_format)
+    work = epoch_flops(model, n_train, n_val)
+    return {"filters": params.model.filters, "train_flops_per_sample": training_flops_per_sample(model),
+            "flop_per_s": work / seconds, "flop_per_cpu_s": work / cpu_seconds}
 
 
 # ---------------------------------------------------------------- dvc repro in a copy of the repo
@@ -253,8 +264,8 @@ def main() -> None:
           f"{params.model.filters} filters, {data_format}; {args.rounds} round(s) of {args.warmup} warm-up + "
           f"{args.epochs} timed epochs per loop", flush=True)
 
-    loops = {"lab": None, "bare": None, "generator": None}
-    intervals = {name: [] for name in loops}
+    intervals = {name: [] for name in ("lab", "bare", "generator")}
+    cpu_intervals = {name: [] for name in intervals}
     with tempfile.TemporaryDirectory(prefix="spikelab-bench-") as tmp:
         workdir = Path(tmp)
         os.environ.pop("MLFLOW_TRACKING_URI", None)  # the throw-away store under workdir
@@ -267,11 +278,14 @@ def main() -> None:
         for round_index in range(args.rounds):
             for name, runner in runners.items():
                 # interval i is epoch i + 1's duration (epoch 0 has none): drop the warm-up ones
-                timed = runner()[args.warmup - 1 :]
+                clock = runner()
+                timed = clock.intervals[args.warmup - 1 :]
                 intervals[name] += timed
-                print(f"  round {round_index + 1} {name:9s} {n_train / np.median(timed):9.0f} samples/s", flush=True)
+                cpu_intervals[name] += clock.cpu_intervals[args.warmup - 1 :]
+                print(f"  round {round_index + 1} {name:9s} {n_train / np.median(timed):9.0f} samples/s "
+                      f"({n_train / np.median(clock.cpu_intervals[args.warmup - 1 :]):.0f} per CPU-second)", flush=True)
 
-        peak = matmul_peak(512 if args.quick else 2048, 3 if args.quick else 10)
+        peak, peak_per_cpu_s = matmul_peak(512 if args.quick else 2048, 3 if args.quick else 10)
         # the seed's width costs ~18x the default's per image: a subset, fewer epochs
         seed_width = width_flops(params, arrays, data_format, SEED_FILTERS,
                                  n_train=min(n_train, 2 * params.train.batch_size if args.quick else 2048),
@@ -279,10 +293,10 @@ def main() -> None:
         repro = {"repro_s": None, "repro_noop_s": None} if args.quick else repro_times(workdir)
 
     rate = {name: n_train / float(np.median(values)) for name, values in intervals.items()}
+    cpu_rate = {name: n_train / float(np.median(values)) for name, values in cpu_intervals.items()}
     peak_flops = max(peak.values())
-    model = compile_model(params, arrays["x_train"].shape[-1], data_format)
-    default = {"filters": params.model.filters, "train_flops_per_sample": training_flops_per_sample(model),
-               "flop_per_s": epoch_flops(model, n_train, n_val) * rate["bare"] / n_train}
+    default = flops_summary(params, arrays["x_train"].shape[-1], data_format, n_train, n_val,
+                            n_train / rate["bare"], n_train / cpu_rate["bare"])
     widths = (default, seed_width)
     results = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -300,6 +314,16 @@ def main() -> None:
         "train_flops_per_sample": {f"filters_{w['filters']}": w["train_flops_per_sample"] for w in widths},
         "fraction_of_peak": default["flop_per_s"] / peak_flops,
         "fraction_of_peak_seed_width": seed_width["flop_per_s"] / peak_flops,
+        # the same ratios from process CPU seconds: far less inflated by other work on the machine,
+        # but blind to how well a loop spreads over the cores
+        "cpu_seconds_view": {
+            "samples_per_cpu_s": cpu_rate,
+            "train_vs_bare": cpu_rate["lab"] / cpu_rate["bare"],
+            "train_vs_generator": cpu_rate["lab"] / cpu_rate["generator"],
+            "matmul_peak_flop_per_cpu_s": peak_per_cpu_s,
+            "fraction_of_peak": default["flop_per_cpu_s"] / peak_per_cpu_s,
+            "fraction_of_peak_seed_width": seed_width["flop_per_cpu_s"] / peak_per_cpu_s,
+        },
         **repro,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -151,14 +151,26 @@ class TrainResult:
     fresh_optimizer_variables: list[str] = field(default_factory=list)
 
 
-def compile_model(params: Params, image_size: int, data_format: str) -> keras.Model:
+def compile_model(params: Params, image_size: int, data_format: str, steps_per_execution: int = 1) -> keras.Model:
     model = build_model(params.model, image_size, data_format)
     model.compile(
         optimizer=make_optimizer(params.optimizer),
         loss=make_loss(params.loss),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        steps_per_execution=steps_per_execution,
     )
     return model
+
+
+def steps_per_execution(steps_per_epoch: int, most: int = 16) -> int:
+    """Training steps per call into TensorFlow: the largest divisor of steps_per_epoch up to `most`.
+
+    Running several steps in one call (a tf.while_loop) saves Python and dispatch time on every
+    step, about a third of an epoch at batch 32 on a 2-core CPU (docs/performance.md); the numbers
+    are the same. It must divide the epoch: the batch stream spans all epochs, so an execution
+    running over an epoch's end would pull the next epoch's first batches into this one.
+    """
+    return max(d for d in range(1, most + 1) if steps_per_epoch % d == 0)
 
 
 def train(params: Params, arrays: dict[str, np.ndarray], data_format: str, snapshot_dir: Path | None,
@@ -166,7 +178,8 @@ def train(params: Params, arrays: dict[str, np.ndarray], data_format: str, snaps
     """Train from scratch, or from the snapshot params.train.resume_from names."""
     seed_everything(params.train.seed)
     image_size = arrays["x_train"].shape[-1]
-    model = compile_model(params, image_size, data_format)
+    steps = math.ceil(len(arrays["x_train"]) / params.train.batch_size)
+    model = compile_model(params, image_size, data_format, steps_per_execution(steps))
     history: list[dict] = []
     first_epoch, fresh = 0, []
     if params.train.resume_from is not None:
@@ -191,7 +204,6 @@ def train(params: Params, arrays: dict[str, np.ndarray], data_format: str, snaps
         callbacks.append(guard)
     # HistoryRows before BestAndLast, so a snapshot's history includes its own epoch
     callbacks += [HistoryRows(history), best, *extra_callbacks]
-    steps = math.ceil(len(arrays["x_train"]) / params.train.batch_size)
     model.fit(
         batch_stream(arrays["x_train"], arrays["y_train"], params.train.batch_size, params.train.seed,
                      first_epoch, params.train.epochs, data_format),
