@@ -116,10 +116,11 @@ def expand(sweep: dict, defaults: dict, quick: bool = False) -> tuple[list[Cell]
         cells = [cell for cell in cells if cell.name in names]
         seeds = _seeds(subset.get("seeds"), "quick.seeds")
         prefix = "quick"
+    # seed-major order: a sweep stopped part-way has covered every cell with its first seeds
     runs = [
         Run(f"{prefix}-{cell.name}-s{seed}", cell.name, seed,
             tuple(f"{key}={format_value(value)}" for key, value in cell.overrides.items()) + (f"train.seed={seed}",))
-        for cell in cells if cell.same_as is None for seed in seeds
+        for seed in seeds for cell in cells if cell.same_as is None
     ]
     return cells, runs
 

@@ -36,13 +36,14 @@ def test_sweep_expands_to_named_runs_with_their_overrides(defaults):
     assert [(cell.name, cell.same_as) for cell in cells] == [
         ("baseline", None), ("eps-1e-8", None), ("eps-1e-7", "baseline"), ("sgd", None), ("clip", None)]
     assert [(run.name, run.dvc_args()) for run in runs] == [
+        # seed-major: every cell's first seed before any cell's second
         ("sweep-baseline-s0", ["-S", "train.seed=0"]),
-        ("sweep-baseline-s1", ["-S", "train.seed=1"]),
         ("sweep-eps-1e-8-s0", ["-S", "optimizer.epsilon=1e-08", "-S", "train.seed=0"]),
-        ("sweep-eps-1e-8-s1", ["-S", "optimizer.epsilon=1e-08", "-S", "train.seed=1"]),
         ("sweep-sgd-s0", ["-S", "optimizer.name=sgd", "-S", "optimizer.learning_rate=0.01", "-S", "train.seed=0"]),
-        ("sweep-sgd-s1", ["-S", "optimizer.name=sgd", "-S", "optimizer.learning_rate=0.01", "-S", "train.seed=1"]),
         ("sweep-clip-s0", ["-S", "optimizer.clipnorm=1.0", "-S", "optimizer.amsgrad=true", "-S", "train.seed=0"]),
+        ("sweep-baseline-s1", ["-S", "train.seed=1"]),
+        ("sweep-eps-1e-8-s1", ["-S", "optimizer.epsilon=1e-08", "-S", "train.seed=1"]),
+        ("sweep-sgd-s1", ["-S", "optimizer.name=sgd", "-S", "optimizer.learning_rate=0.01", "-S", "train.seed=1"]),
         ("sweep-clip-s1", ["-S", "optimizer.clipnorm=1.0", "-S", "optimizer.amsgrad=true", "-S", "train.seed=1"]),
     ]
 
