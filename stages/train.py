@@ -11,41 +11,68 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
-
-from spikelab import outputs
 from spikelab.cli import run_stage
 from spikelab.files import InputError, read_npz, write_json
-from spikelab.model import resolve_data_format
-from spikelab.params import flatten, load_params
-from spikelab.plots import plot_run
-from spikelab.tracking import MlflowEpochLogger, prepare_experiment, project_root, retry_locked, run_tags
-from spikelab.training import train
+from spikelab.params import Params, flatten, load_params
 
 INPUT = "data/split.npz"
 MODELS = Path("models")
 METRICS = Path("metrics")
 PLOT = METRICS / "loss_curve.png"
+SUMMARY_KEYS = ("min_loss", "final_loss", "spike_ratio", "diverged", "divergence_epoch")
 
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
+def read_inputs() -> tuple[Params, dict]:
+    """Params and data, checked before TensorFlow and MLflow load (seconds of imports)."""
+    params = load_params()
+    if params.train.resume_from is not None and not Path(params.train.resume_from).exists():
+        raise InputError(f"train.resume_from = {params.train.resume_from}: no such snapshot file")
+    return params, read_npz(INPUT, ("x_train", "y_train", "x_val", "y_val"), produced_by="split")
+
+
+def write_outputs(result, params: Params, data_format: str, run_id: str, seconds: float) -> tuple[dict, dict]:
+    from spikelab import outputs
+    from spikelab.plots import plot_run
+
+    (MODELS / "snapshots").mkdir(parents=True, exist_ok=True)  # a declared output, even when empty
+    metrics = outputs.train_metrics(result, params)
+    model_paths = outputs.save_models(result, MODELS)
+    outputs.write_history_csv(METRICS / "history.csv", result.history)
+    write_json(METRICS / "train.json", metrics)
+    epochs_trained = max(1, len(result.history) - (params.train.resume_epoch or 0))
+    write_json(METRICS / "run.json", {"mlflow_run_id": run_id, "data_format": data_format,
+                                      "train_seconds": seconds, "seconds_per_epoch": seconds / epochs_trained})
+    optimizer, loss = params.optimizer, params.loss
+    title = f"{optimizer.name} lr={optimizer.learning_rate} eps={optimizer.epsilon} {loss.name}/{loss.form}"
+    plot_run(result.history, metrics["divergence_epoch"], PLOT, title=title)
+    return metrics, model_paths
+
+
 def log_outputs(metrics: dict, model_paths: dict) -> None:
-    mlflow.log_metrics({f"summary.{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None})
+    import mlflow
+
+    numbers = {f"summary.{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    mlflow.log_metrics(numbers)  # bools count as 0/1; nulls (NaN runs) are left out
     for path in (METRICS / "train.json", METRICS / "history.csv", PLOT):
         mlflow.log_artifact(str(path))
-    for name, path in model_paths.items():
+    for path in model_paths.values():
         mlflow.log_artifact(str(path), artifact_path="checkpoints")
     mlflow.set_tag("diverged", str(metrics["diverged"]).lower())
 
 
 def main() -> None:
-    params = load_params()
-    if params.train.resume_from is not None and not Path(params.train.resume_from).exists():
-        raise InputError(f"train.resume_from = {params.train.resume_from}: no such snapshot file")
-    arrays = read_npz(INPUT, ("x_train", "y_train", "x_val", "y_val"), produced_by="split")
+    params, arrays = read_inputs()
+    # the heavy imports come only now that params and data are known good
+    import mlflow
+
+    from spikelab.model import resolve_data_format
+    from spikelab.tracking import MlflowEpochLogger, prepare_experiment, project_root, retry_locked, run_tags
+    from spikelab.training import train
+
     try:
         data_format = resolve_data_format(params.model.data_format)
     except ValueError as error:
@@ -63,20 +90,13 @@ def main() -> None:
         mlflow.log_params(flatten(params) | {"model.data_format_used": data_format})
         started = time.perf_counter()
         result = train(params, arrays, data_format, MODELS / "snapshots", [MlflowEpochLogger(run.info.run_id)])
-        seconds = time.perf_counter() - started
-        (MODELS / "snapshots").mkdir(parents=True, exist_ok=True)  # a declared output, even when empty
         if result.fresh_optimizer_variables:
             print(f"train: resumed with fresh optimizer state for {len(result.fresh_optimizer_variables)} variables")
-        metrics = outputs.train_metrics(result, params)
-        model_paths = outputs.save_models(result, MODELS)
-        outputs.write_history_csv(METRICS / "history.csv", result.history)
-        write_json(METRICS / "train.json", metrics)
-        write_json(METRICS / "run.json", {"mlflow_run_id": run.info.run_id, "data_format": data_format,
-                                          "train_seconds": seconds, "seconds_per_epoch": seconds / max(1, len(result.history) - (params.train.resume_epoch or 0))})
-        plot_run(result.history, metrics["divergence_epoch"], PLOT, title=f"{params.optimizer.name} lr={params.optimizer.learning_rate} eps={params.optimizer.epsilon} {params.loss.name}/{params.loss.form}")
+        metrics, model_paths = write_outputs(result, params, data_format, run.info.run_id,
+                                             time.perf_counter() - started)
         log_outputs(metrics, model_paths)
         status = "FINISHED"
-        print("train: " + json.dumps({k: metrics[k] for k in ("min_loss", "final_loss", "spike_ratio", "diverged", "divergence_epoch")}))
+        print("train: " + json.dumps({key: metrics[key] for key in SUMMARY_KEYS}))
     except KeyboardInterrupt:
         status = "KILLED"
         raise
@@ -89,5 +109,6 @@ if __name__ == "__main__":
         run_stage(main)
     except KeyboardInterrupt as interrupt:
         reason = str(interrupt) or "signal SIGINT"  # Python's own KeyboardInterrupt carries no text
-        print(f"train: interrupted ({reason}); no outputs written, MLflow run marked KILLED", file=sys.stderr)
+        print(f"train: interrupted ({reason}); no final outputs written (complete snapshots may remain), "
+              "MLflow run marked KILLED", file=sys.stderr)
         sys.exit(130)
