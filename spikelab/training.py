@@ -162,7 +162,7 @@ def compile_model(params: Params, image_size: int, data_format: str, steps_per_e
     return model
 
 
-def steps_per_execution(steps_per_epoch: int, most: int = 16) -> int:
+def steps_per_call(steps_per_epoch: int, most: int = 16) -> int:
     """Training steps per call into TensorFlow: the largest divisor of steps_per_epoch up to `most`.
 
     Running several steps in one call (a tf.while_loop) saves Python and dispatch time on every
@@ -179,7 +179,7 @@ def train(params: Params, arrays: dict[str, np.ndarray], data_format: str, snaps
     seed_everything(params.train.seed)
     image_size = arrays["x_train"].shape[-1]
     steps = math.ceil(len(arrays["x_train"]) / params.train.batch_size)
-    model = compile_model(params, image_size, data_format, steps_per_execution(steps))
+    model = compile_model(params, image_size, data_format, steps_per_call(steps))
     history: list[dict] = []
     first_epoch, fresh = 0, []
     if params.train.resume_from is not None:
