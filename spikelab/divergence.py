@@ -51,6 +51,21 @@ def curve_summary(losses: Sequence[float]) -> dict:
     }
 
 
+def jump_ratio(losses: Sequence[float], epoch: Optional[int]) -> Optional[float]:
+    """Highest finite loss from the divergence epoch on / lowest loss before it.
+
+    Unlike spike_ratio (peak after the run's overall minimum), this still shows the size of a
+    spike that the run later recovered from and undercut.
+    """
+    if epoch is None:
+        return None
+    before = [loss for loss in losses[: epoch - 1] if math.isfinite(loss)]
+    after = [loss for loss in losses[epoch - 1 :] if math.isfinite(loss)]
+    if not before or not after or min(before) <= 0:
+        return None
+    return max(after) / min(before)
+
+
 def divergence_metrics(losses: Sequence[float], val_losses: Sequence[float], rule: DivergenceParams) -> dict:
     """The keys of metrics/train.json that describe the curves (non-finite values become null)."""
     train = curve_summary(losses)
@@ -65,6 +80,7 @@ def divergence_metrics(losses: Sequence[float], val_losses: Sequence[float], rul
         "spike_ratio": train["ratio"],
         "diverged": epoch is not None,
         "divergence_epoch": epoch,
+        "jump_ratio": jump_ratio(losses, epoch),
         "nan": any(not math.isfinite(loss) for loss in losses),
         "epochs_run": len(losses),
         "final_val_loss": val["final"],

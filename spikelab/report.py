@@ -32,8 +32,9 @@ from spikelab.files import atomic_path
 from spikelab.study import SWEEP_FILE, Cell, Run, expand, format_value, load_defaults, load_sweep
 
 RESULTS = Path("study/results")
-RUN_COLUMNS = ("name", "cell", "seed", "state", "diverged", "divergence_epoch", "spike_ratio", "min_loss",
-               "final_loss", "nan", "val_accuracy", "epochs_run", "rev")
+RUN_COLUMNS = ("name", "cell", "seed", "state", "diverged", "divergence_epoch", "jump_ratio", "spike_ratio",
+               "min_loss", "final_loss", "nan", "val_accuracy", "epochs_run", "rev")
+TRAIN_KEYS = ("diverged", "divergence_epoch", "jump_ratio", "spike_ratio", "min_loss", "final_loss", "nan", "epochs_run")
 TABLE_COLUMNS = (
     ("cell", "intervention"),
     ("overrides", "overrides"),
@@ -42,6 +43,7 @@ TABLE_COLUMNS = (
     ("divergence_rate", "divergence rate"),
     ("n_nan", "n NaN"),
     ("median_spike_epoch", "median spike epoch"),
+    ("median_jump_ratio", "median jump (diverged)"),
     ("median_spike_ratio", "median peak/min"),
     ("median_final_loss", "median final loss"),
     ("median_val_accuracy", "median val accuracy"),
@@ -67,6 +69,7 @@ def summarize(records: list[dict]) -> dict:
         "divergence_rate": len(diverged) / len(done) if done else None,
         "n_nan": sum(1 for r in done if r["nan"]),
         "median_spike_epoch": _median(r["divergence_epoch"] for r in diverged),
+        "median_jump_ratio": _median(r["jump_ratio"] for r in diverged),
         "median_spike_ratio": _median(r["spike_ratio"] for r in done),
         "median_final_loss": _median(r["final_loss"] for r in done),
         "median_val_accuracy": _median(r["val_accuracy"] for r in done),
@@ -121,8 +124,7 @@ def run_record(run: Run, experiment: dict | None) -> dict:
         return record  # its metrics files are the start commit's, not its own
     train = experiment["metrics"].get("metrics/train.json", {})
     evaluate = experiment["metrics"].get("metrics/evaluate.json", {})
-    record.update({key: train.get(key) for key in ("diverged", "divergence_epoch", "spike_ratio", "min_loss",
-                                                  "final_loss", "nan", "epochs_run")})
+    record.update({key: train.get(key) for key in TRAIN_KEYS})
     record["val_accuracy"] = (evaluate.get("last") or {}).get("accuracy")
     if record["diverged"] is None:  # train.json missing: the run cannot be judged
         record["state"] = "failed"
@@ -227,7 +229,7 @@ def write_report(records: list[dict], cells: list[Cell], prefix: str, results: P
     rows = aggregate(records, cells)
     results.mkdir(parents=True, exist_ok=True)
     write_csv(results / f"{prefix}.csv", rows, ["cell", "overrides", "n_runs", "n_failed", "n_diverged", "divergence_rate",
-                                                "n_nan", "median_spike_epoch", "median_spike_ratio",
+                                                "n_nan", "median_spike_epoch", "median_jump_ratio", "median_spike_ratio",
                                                 "median_final_loss", "median_val_accuracy"])
     write_csv(results / f"{prefix}_runs.csv", records, RUN_COLUMNS)
     states = {state: sum(1 for r in records if r["state"] == state) for state in sorted({r["state"] for r in records})}

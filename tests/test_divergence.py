@@ -11,7 +11,7 @@ RULE = DivergenceParams(ratio=10.0, min_rise=0.01)
 def test_monotone_curve_does_not_diverge():
     losses = [0.7, 0.5, 0.2, 0.05, 0.01]
     metrics = divergence_metrics(losses, losses, RULE)
-    assert metrics["diverged"] is False and metrics["divergence_epoch"] is None
+    assert metrics["diverged"] is False and metrics["divergence_epoch"] is None and metrics["jump_ratio"] is None
     assert metrics["min_loss"] == 0.01 and metrics["min_epoch"] == 5
     assert metrics["peak_loss"] == 0.01 and metrics["spike_ratio"] == 1.0
     assert metrics["epochs_run"] == 5 and metrics["nan"] is False
@@ -24,6 +24,14 @@ def test_spike_is_found_at_its_first_epoch_with_peak_after_the_minimum():
     assert metrics["peak_loss"] == 8.0 and metrics["peak_epoch"] == 7
     assert metrics["spike_ratio"] == pytest.approx(800.0)
     assert metrics["final_loss"] == 7.9 and metrics["diverged"] is True
+    assert metrics["jump_ratio"] == pytest.approx(800.0)
+
+
+def test_jump_ratio_keeps_the_size_of_a_spike_the_run_recovered_from():
+    losses = [0.7, 0.01, 0.5, 0.02, 0.001]  # spike at 3, then a lower minimum at 5
+    metrics = divergence_metrics(losses, losses, RULE)
+    assert metrics["divergence_epoch"] == 3 and metrics["spike_ratio"] == 1.0
+    assert metrics["jump_ratio"] == pytest.approx(50.0)
 
 
 def test_tiny_absolute_rise_is_noise_not_divergence():

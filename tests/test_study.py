@@ -94,6 +94,7 @@ def test_the_repo_sweep_covers_the_issue(defaults):
 
 def _train(diverged, epoch, ratio, final, nan=False):
     return {"diverged": diverged, "divergence_epoch": epoch, "spike_ratio": ratio, "min_loss": 0.001,
+            "jump_ratio": ratio if diverged else None,
             "final_loss": final, "nan": nan, "epochs_run": 40}
 
 
@@ -172,8 +173,8 @@ def test_markdown_and_csv_tables(records, tmp_path, monkeypatch):
     monkeypatch.setattr("spikelab.report.history_of", lambda rev: [{"epoch": 1.0, "loss": 0.7}, {"epoch": 2.0, "loss": math.nan}])
     write_report(rows, cells, "sweep", tmp_path)
     text = (tmp_path / "sweep.md").read_text()
-    assert "| baseline | (params.yaml) | 2 | 0 | 1 | 1 | 25 | 100 | 8 | 0.5 |" in text
-    assert "| clip | optimizer.clipnorm=1.0 optimizer.amsgrad=true | 0 | 2 | — | 0 | — | — | — | — |" in text
+    assert "| baseline | (params.yaml) | 2 | 0 | 1 | 1 | 25 | 100 | 100 | 8 | 0.5 |" in text
+    assert "| clip | optimizer.clipnorm=1.0 optimizer.amsgrad=true | 0 | 2 | — | 0 | — | — | — | — | — |" in text
     assert "8 planned runs: 1 failed, 2 missing, 1 queued, 4 success" in text
     with open(tmp_path / "sweep.csv") as handle:
         table = list(csv.DictReader(handle))
