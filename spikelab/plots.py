@@ -18,6 +18,7 @@ PANELS = (
     ("gradient norm, probe batch (log)", "log", ("grad_norm",)),
     ("update RMS / learning rate (log)", "log", ("update_rms_over_lr",)),
     ("Adam |m_hat / (sqrt(v_hat)+eps)| (log)", "log", ("adam_ratio_max", "adam_ratio_p99")),
+    ("Adam median sqrt(v_hat): compare with epsilon (log)", "log", ("v_sqrt_median",)),
     ("saturated past the clip, probe batch", "linear", ("saturated_fraction", "saturated_wrong_fraction")),
 )
 
