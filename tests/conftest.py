@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,15 @@ def make_lab(root: Path, raw: dict) -> Path:
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "tiny lab"], root)
     return root
+
+
+def wait_for_queue(root: Path, timeout_s: float = 900) -> str:
+    """Poll `dvc queue status` until nothing is queued or running; returns the last status."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], root).stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        time.sleep(3)
+    raise AssertionError(f"queue still busy after {timeout_s}s:\n{status}")
+

@@ -1,12 +1,11 @@
 """End to end, in a throw-away copy of the repo: real git, real DVC, real MLflow (sqlite), real training."""
 import csv
 import json
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import run
+from conftest import run, wait_for_queue
 
 pytestmark = pytest.mark.slow
 
@@ -19,16 +18,6 @@ def mlflow_runs(root):
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("spikelab-test")
     return client, client.search_runs([experiment.experiment_id])
-
-
-def wait_for_queue(root, timeout_s=300):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], root).stdout
-        if "Queued" not in status and "Running" not in status:
-            return status
-        time.sleep(3)
-    raise AssertionError(f"queue still busy after {timeout_s}s:\n{status}")
 
 
 def test_repro_then_experiments_land_in_dvc_and_the_one_mlflow_store(lab_repo):

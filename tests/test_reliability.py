@@ -18,7 +18,7 @@ import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, lab_env, make_lab, run, write_params
+from conftest import TINY, lab_env, make_lab, run, wait_for_queue, write_params
 
 EXPERIMENT = TINY["tracking"]["experiment"]
 STAGE_FOLDERS = ("data", "models", "metrics")
@@ -275,16 +275,6 @@ def test_unreachable_tracking_server_fails_in_seconds_before_training(lab, tmp_p
     assert seconds < 20  # the health check gives up after 5 s; MLflow's own retries would take minutes
     assert not any(line.startswith("epoch") for line in seen + list(iter(lines.get, None)))
     assert stage_files(lab) == before and not (lab / "mlflow.db").exists()
-
-
-def wait_for_queue(root: Path, timeout_s: float = 900) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], root).stdout
-        if "Queued" not in status and "Running" not in status:
-            return status
-        time.sleep(5)
-    raise AssertionError(f"queue still busy after {timeout_s}s:\n{status}")
 
 
 @pytest.mark.slow
