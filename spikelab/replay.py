@@ -28,7 +28,7 @@ import re
 import sys
 from pathlib import Path
 
-from spikelab.divergence import curve_summary, divergence_epoch
+from spikelab.divergence import curve_summary, divergence_epoch, jump_ratio
 from spikelab.files import atomic_path
 from spikelab.params import DivergenceParams
 from spikelab.report import RESULTS, _format, experiments_of, history_of, write_csv
@@ -37,7 +37,7 @@ from spikelab.study import SWEEP_FILE, SweepError, expand, format_value, load_de
 REPLAYS = Path("study/replays")
 NOT_CARRIED = ("train.resume_from", "train.resume_epoch")
 COLUMNS = (("intervention", "intervention"), ("overrides", "overrides"), ("state", "state"),
-           ("spiked", "spiked again?"), ("spike_epoch", "spike epoch"), ("ratio", "peak/min after resume"),
+           ("spiked", "spiked again?"), ("spike_epoch", "spike epoch"), ("ratio", "jump (peak from spike on / min before)"),
            ("final_loss", "final loss"), ("val_accuracy", "val accuracy"), ("max_loss_difference", "max |Δloss| vs original"))
 
 
@@ -58,7 +58,7 @@ def continuation(history: list[dict], resume_epoch: int, rule: DivergenceParams)
     first = divergence_epoch(losses, rule)
     summary = curve_summary(losses)
     return {"spiked": first is not None, "spike_epoch": None if first is None else first + resume_epoch,
-            "ratio": summary["ratio"], "final_loss": summary["final"], "min_loss": summary["min"],
+            "ratio": jump_ratio(losses, first), "final_loss": summary["final"], "min_loss": summary["min"],
             "nan": any(not math.isfinite(loss) for loss in losses)}
 
 

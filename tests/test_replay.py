@@ -78,6 +78,6 @@ def test_continuation_judges_only_the_epochs_after_the_resume(tiny_raw):
     assert summary == {"spiked": True, "spike_epoch": 6, "ratio": pytest.approx(50.0), "final_loss": 0.04,
                        "min_loss": 0.001, "nan": False}
     calm = continuation(history[:5], resume_epoch=3, rule=rule)
-    assert calm["spiked"] is False and calm["spike_epoch"] is None
+    assert calm["spiked"] is False and calm["spike_epoch"] is None and calm["ratio"] is None
     broken = continuation(history[:4] + [{"epoch": 5, "loss": math.nan}], resume_epoch=3, rule=rule)
     assert broken["spiked"] is True and broken["spike_epoch"] == 5 and broken["nan"] is True
