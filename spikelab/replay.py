@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch", type=int, help="resume from this snapshot epoch (default: picked from the spike)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rerun", action="store_true", help="re-run replays that already succeeded")
+    parser.add_argument("--report-only", action="store_true",
+                        help="queue nothing: tabulate the replays that exist (on any commit)")
     parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -180,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                if key in defaults and key not in NOT_CARRIED and format_value(value) != format_value(defaults[key])}
     variants = {"unchanged": {}, **{name: cells[name] for name in settings.get("cells", [])}}
     runs = replay_runs(label, epoch, snapshot, carried, variants)
-    queue_and_wait([(name, dvc_args) for name, _, dvc_args in runs], args.jobs, args.rerun)
+    if not args.report_only:
+        queue_and_wait([(name, dvc_args) for name, _, dvc_args in runs], args.jobs, args.rerun)
 
     rule = DivergenceParams(ratio=params["divergence.ratio"], min_rise=params["divergence.min_rise"])
     experiments = {e["name"]: e for e in experiments_of(all_commits=True)}
