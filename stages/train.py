@@ -80,7 +80,10 @@ def main() -> None:
     print(f"train: data format {data_format} (model.data_format = {params.model.data_format})")
     root = project_root()
     experiment_id = prepare_experiment(params.tracking.experiment, root)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    # both signals end the run as KILLED; SIGINT is set explicitly because a process started in
+    # the background by a non-interactive shell inherits it ignored, and Python then never raises
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _raise_interrupt)
 
     # a DVC experiment's name is the natural run name; a plain `dvc repro` gets MLflow's random one
     run = retry_locked(mlflow.start_run, experiment_id=experiment_id, run_name=os.environ.get("DVC_EXP_NAME"),
