@@ -38,7 +38,7 @@ REPLAYS = Path("study/replays")
 NOT_CARRIED = ("train.resume_from", "train.resume_epoch")
 COLUMNS = (("intervention", "intervention"), ("overrides", "overrides"), ("state", "state"),
            ("spiked", "spiked again?"), ("spike_epoch", "spike epoch"), ("ratio", "jump (peak from spike on / min before)"),
-           ("final_loss", "final loss"), ("val_accuracy", "val accuracy"), ("max_loss_difference", "max |Δloss| vs original"))
+           ("final_loss", "final loss"), ("val_accuracy", "val accuracy"), ("max_loss_difference", "max abs(Δloss) vs original"))
 
 
 def pick_snapshot_epoch(divergence_epoch: int, snapshot_every: int, min_gap: int) -> int:
