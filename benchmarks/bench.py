@@ -27,7 +27,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from spikelab.model import resolve_data_format, to_model_input  # noqa: E402
 from spikelab.params import load_params  # noqa: E402
 from spikelab.tracking import MlflowEpochLogger, prepare_experiment  # noqa: E402
 from spikelab.training import compile_model, seed_everything, train  # noqa: E402
+from spikelab.workspace import commit_fresh_repo, copy_tracked_files  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_FILTERS = 64
@@ -191,19 +191,6 @@ def flops_summary(params, image_size: int, data_format: str, n_train: int, n_val
 
 # ---------------------------------------------------------------- dvc repro in a copy of the repo
 
-def copy_repo(target: Path) -> None:
-    """The tracked files (no dvc.lock, no metrics: a first run), as a fresh committed git repo."""
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in tracked:
-        source = REPO / name
-        if source.is_file() and not name.startswith(("metrics/", "dvc.lock")):
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    for command in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
-                    ["git", "-c", "user.name=bench", "-c", "user.email=bench@spikelab.invalid", "commit", "-qm", "bench"]):
-        subprocess.run(command, cwd=target, check=True, capture_output=True)
-
-
 def timed_repro(root: Path, env: dict) -> float:
     started = time.perf_counter()
     result = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
@@ -215,7 +202,8 @@ def timed_repro(root: Path, env: dict) -> float:
 
 def repro_times(workdir: Path) -> dict:
     root = workdir / "repo"
-    copy_repo(root)
+    copy_tracked_files(REPO, root)
+    commit_fresh_repo(root, "bench")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env.pop("MLFLOW_TRACKING_URI", None)  # the copy's own store, never a shared one
     return {"repro_s": timed_repro(root, env), "repro_noop_s": timed_repro(root, env)}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from spikelab.workspace import commit_fresh_repo, copy_tracked_files
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -71,19 +72,9 @@ def lab_repo(tmp_path: Path, tiny_raw: dict) -> Path:
 
 def make_lab(root: Path, raw: dict) -> Path:
     """What lab_repo does, for fixtures of a wider scope."""
-    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in tracked:
-        source = REPO / name
-        if source.is_file() and not name.startswith(("metrics/", "dvc.lock")):
-            target = root / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
+    copy_tracked_files(REPO, root)
     write_params(root, raw)
-    run(["git", "init", "-q", "-b", "main"], root)
-    run(["git", "config", "user.email", "test@spikelab.invalid"], root)
-    run(["git", "config", "user.name", "spikelab tests"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "tiny lab"], root)
+    commit_fresh_repo(root, "tiny lab")
     return root
 
 
