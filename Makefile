@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: setup repro test bench seed-config quick-sweep sweep report replay gpu-setup
+.PHONY: setup repro test test-fast bench seed-config quick-sweep sweep report replay gpu-setup
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -20,13 +20,19 @@ setup: $(INSTALLED)
 repro: $(INSTALLED)
 	$(RUN) dvc repro
 
+# lint + format check, then the whole suite; `make test-fast` skips the end-to-end (slow) tests
 test: $(INSTALLED)
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
 	$(RUN) python -m pytest
+
+test-fast: $(INSTALLED)
+	$(RUN) python -m pytest -m "not slow"
 
 # Samples/s of the lab's loop vs bare model.fit vs the seed's generator, FLOP/s vs the matmul
 # peak, dvc repro wall times -> benchmarks/results.json (several minutes; docs/performance.md)
 bench: $(INSTALLED)
-	$(RUN) python benchmarks/bench.py
+	$(RUN) python -m benchmarks.bench
 
 # The seed's full-scale configuration (GPU advised): 64 filters, lr 1e-5, 250k images/class,
 # 1,024 held out, batch 256, 4,680 epochs, Keras-2 clipped BCE.
@@ -39,19 +45,19 @@ seed-config: $(INSTALLED)
 # The study (docs/study.md): study/sweep.yaml queued as DVC experiments, run 2 at a time, then the
 # tables and figure in study/results/. A failed run does not stop the report: it is a row there.
 quick-sweep: $(INSTALLED)
-	-$(RUN) python -m spikelab.study queue --quick
-	$(RUN) python -m spikelab.report --quick
+	-$(RUN) python -m study.sweep queue --quick
+	$(RUN) python -m study.report --quick
 
 sweep: $(INSTALLED)
-	-$(RUN) python -m spikelab.study queue
-	$(RUN) python -m spikelab.report
+	-$(RUN) python -m study.sweep queue
+	$(RUN) python -m study.report
 
 report: $(INSTALLED)
-	$(RUN) python -m spikelab.report
+	$(RUN) python -m study.report
 
 # Counterfactual replays of the workspace run's spike (EXP=<name> replays a sweep experiment instead)
 replay: $(INSTALLED)
-	$(RUN) python -m spikelab.replay $(if $(EXP),--exp $(EXP))
+	$(RUN) python -m study.replay $(if $(EXP),--exp $(EXP))
 
 # On a machine with an NVIDIA GPU: swap the CPU build of TensorFlow for the CUDA one.
 gpu-setup: $(INSTALLED)

@@ -16,11 +16,11 @@ Then `dvc repro` end to end and a no-op `dvc repro`, in a temporary copy of the 
 
 Writes benchmarks/results.json. `--quick` runs a few batches and skips dvc (the smoke test).
 """
+
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime
 import io
 import json
@@ -40,12 +40,12 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.workspace import commit_fresh_repo, copy_tracked_files  # noqa: E402
 from spikelab.data import generate, split  # noqa: E402
 from spikelab.model import resolve_data_format, to_model_input  # noqa: E402
 from spikelab.params import load_params  # noqa: E402
 from spikelab.tracking import MlflowEpochLogger, prepare_experiment  # noqa: E402
 from spikelab.training import compile_model, seed_everything, train  # noqa: E402
-from spikelab.workspace import commit_fresh_repo, copy_tracked_files  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_FILTERS = 64
@@ -78,9 +78,10 @@ class EpochClock(keras.callbacks.Callback):
 
 # ---------------------------------------------------------------- the three training loops
 
+
 def lab_loop(params, arrays, data_format, epochs: int, workdir: Path) -> EpochClock:
     """(1) spikelab.training.train with its callbacks and an MLflow logger, as stages/train.py runs it."""
-    params = dataclasses.replace(params, train=dataclasses.replace(params.train, epochs=epochs))
+    params = params.model_copy(update={"train": params.train.model_copy(update={"epochs": epochs})})
     experiment_id = prepare_experiment(params.tracking.experiment, workdir)
     clock = EpochClock()
     with mlflow.start_run(experiment_id=experiment_id) as run, contextlib.redirect_stdout(io.StringIO()):
@@ -97,10 +98,16 @@ def bare_loop(params, arrays, data_format, epochs: int) -> EpochClock:
     """(2) model.fit on in-memory float32 arrays: Keras's own shuffling and batching."""
     model = fresh_model(params, arrays["x_train"].shape[-1], data_format)
     clock = EpochClock()
-    model.fit(to_model_input(arrays["x_train"], data_format), arrays["y_train"],
-              batch_size=params.train.batch_size, epochs=epochs,
-              validation_data=(to_model_input(arrays["x_val"], data_format), arrays["y_val"]),
-              validation_batch_size=params.train.batch_size, callbacks=[clock], verbose=0)
+    model.fit(
+        to_model_input(arrays["x_train"], data_format),
+        arrays["y_train"],
+        batch_size=params.train.batch_size,
+        epochs=epochs,
+        validation_data=(to_model_input(arrays["x_val"], data_format), arrays["y_val"]),
+        validation_batch_size=params.train.batch_size,
+        callbacks=[clock],
+        verbose=0,
+    )
     return clock
 
 
@@ -119,14 +126,20 @@ def generator_loop(params, arrays, data_format, epochs: int) -> EpochClock:
     model = fresh_model(params, arrays["x_train"].shape[-1], data_format)
     batch = params.train.batch_size
     clock = EpochClock()
-    model.fit(numpy_batches(arrays["x_train"], arrays["y_train"], batch, data_format, params.train.seed),
-              steps_per_epoch=math.ceil(len(arrays["x_train"]) / batch), epochs=epochs,
-              validation_data=numpy_batches(arrays["x_val"], arrays["y_val"], batch, data_format, params.train.seed),
-              validation_steps=math.ceil(len(arrays["x_val"]) / batch), callbacks=[clock], verbose=0)
+    model.fit(
+        numpy_batches(arrays["x_train"], arrays["y_train"], batch, data_format, params.train.seed),
+        steps_per_epoch=math.ceil(len(arrays["x_train"]) / batch),
+        epochs=epochs,
+        validation_data=numpy_batches(arrays["x_val"], arrays["y_val"], batch, data_format, params.train.seed),
+        validation_steps=math.ceil(len(arrays["x_val"]) / batch),
+        callbacks=[clock],
+        verbose=0,
+    )
     return clock
 
 
 # ---------------------------------------------------------------- FLOPs and the matmul peak
+
 
 def forward_macs(model: keras.Model) -> dict[str, int]:
     """Multiply-accumulates per sample of each Conv2D and Dense layer (the rest is negligible)."""
@@ -170,26 +183,42 @@ def matmul_peak(size: int, repeats: int) -> tuple[dict[str, float], float]:
     return {name: flops / seconds for name, seconds in best.items()}, flops / best_cpu
 
 
-def width_flops(params, arrays, data_format, filters: int, n_train: int, n_val: int, epochs: int,
-                warmup: int) -> dict:
+def width_flops(params, arrays, data_format, filters: int, n_train: int, n_val: int, epochs: int, warmup: int) -> dict:
     """Achieved FLOP/s of a bare fit at a given width on n_train / n_val images."""
-    params = dataclasses.replace(params, model=dataclasses.replace(params.model, filters=filters))
-    subset = {"x_train": arrays["x_train"][:n_train], "y_train": arrays["y_train"][:n_train],
-              "x_val": arrays["x_val"][:n_val], "y_val": arrays["y_val"][:n_val]}
+    params = params.model_copy(update={"model": params.model.model_copy(update={"filters": filters})})
+    subset = {
+        "x_train": arrays["x_train"][:n_train],
+        "y_train": arrays["y_train"][:n_train],
+        "x_val": arrays["x_val"][:n_val],
+        "y_val": arrays["y_val"][:n_val],
+    }
     clock = bare_loop(params, subset, data_format, warmup + epochs)
-    return flops_summary(params, arrays["x_train"].shape[-1], data_format, n_train, n_val,
-                         float(np.median(clock.intervals[warmup - 1 :])), float(np.median(clock.cpu_intervals[warmup - 1 :])))
+    return flops_summary(
+        params,
+        arrays["x_train"].shape[-1],
+        data_format,
+        n_train,
+        n_val,
+        float(np.median(clock.intervals[warmup - 1 :])),
+        float(np.median(clock.cpu_intervals[warmup - 1 :])),
+    )
 
 
-def flops_summary(params, image_size: int, data_format: str, n_train: int, n_val: int, seconds: float,
-                  cpu_seconds: float) -> dict:
+def flops_summary(
+    params, image_size: int, data_format: str, n_train: int, n_val: int, seconds: float, cpu_seconds: float
+) -> dict:
     model = compile_model(params, image_size, data_format)
     work = epoch_flops(model, n_train, n_val)
-    return {"filters": params.model.filters, "train_flops_per_sample": training_flops_per_sample(model),
-            "flop_per_s": work / seconds, "flop_per_cpu_s": work / cpu_seconds}
+    return {
+        "filters": params.model.filters,
+        "train_flops_per_sample": training_flops_per_sample(model),
+        "flop_per_s": work / seconds,
+        "flop_per_cpu_s": work / cpu_seconds,
+    }
 
 
 # ---------------------------------------------------------------- dvc repro in a copy of the repo
+
 
 def timed_repro(root: Path, env: dict) -> float:
     started = time.perf_counter()
@@ -211,6 +240,7 @@ def repro_times(workdir: Path) -> dict:
 
 # ---------------------------------------------------------------- the run
 
+
 def machine() -> str:
     model_name = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
@@ -223,10 +253,13 @@ def machine() -> str:
 
 def quick_params(params):
     """A few batches: 2 training batches of 256 and 1 validation batch, per loop."""
-    return dataclasses.replace(
-        params, data=dataclasses.replace(params.data, per_class=300),
-        split=dataclasses.replace(params.split, val_per_class=44),  # 512 train, 88 validation images
-        train=dataclasses.replace(params.train, snapshot_every=1))
+    return params.model_copy(
+        update={
+            "data": params.data.model_copy(update={"per_class": 300}),
+            "split": params.split.model_copy(update={"val_per_class": 44}),  # 512 train, 88 validation images
+            "train": params.train.model_copy(update={"snapshot_every": 1}),
+        }
+    )
 
 
 def main() -> None:
@@ -248,9 +281,12 @@ def main() -> None:
     arrays = split(solid, broken, params.split)
     data_format = resolve_data_format(params.model.data_format)
     n_train, n_val = len(arrays["x_train"]), len(arrays["x_val"])
-    print(f"bench: {n_train} training + {n_val} validation images, batch {params.train.batch_size}, "
-          f"{params.model.filters} filters, {data_format}; {args.rounds} round(s) of {args.warmup} warm-up + "
-          f"{args.epochs} timed epochs per loop", flush=True)
+    print(
+        f"bench: {n_train} training + {n_val} validation images, batch {params.train.batch_size}, "
+        f"{params.model.filters} filters, {data_format}; {args.rounds} round(s) of {args.warmup} warm-up + "
+        f"{args.epochs} timed epochs per loop",
+        flush=True,
+    )
 
     intervals = {name: [] for name in ("lab", "bare", "generator")}
     cpu_intervals = {name: [] for name in intervals}
@@ -270,30 +306,54 @@ def main() -> None:
                 timed = clock.intervals[args.warmup - 1 :]
                 intervals[name] += timed
                 cpu_intervals[name] += clock.cpu_intervals[args.warmup - 1 :]
-                print(f"  round {round_index + 1} {name:9s} {n_train / np.median(timed):9.0f} samples/s "
-                      f"({n_train / np.median(clock.cpu_intervals[args.warmup - 1 :]):.0f} per CPU-second)", flush=True)
+                print(
+                    f"  round {round_index + 1} {name:9s} {n_train / np.median(timed):9.0f} samples/s "
+                    f"({n_train / np.median(clock.cpu_intervals[args.warmup - 1 :]):.0f} per CPU-second)",
+                    flush=True,
+                )
 
         peak, peak_per_cpu_s = matmul_peak(512 if args.quick else 2048, 3 if args.quick else 10)
         # the seed's width costs ~18x the default's per image: a subset, fewer epochs
-        seed_width = width_flops(params, arrays, data_format, SEED_FILTERS,
-                                 n_train=min(n_train, 2 * params.train.batch_size if args.quick else 2048),
-                                 n_val=min(n_val, 512), epochs=2 if args.quick else 4, warmup=1)
+        seed_width = width_flops(
+            params,
+            arrays,
+            data_format,
+            SEED_FILTERS,
+            n_train=min(n_train, 2 * params.train.batch_size if args.quick else 2048),
+            n_val=min(n_val, 512),
+            epochs=2 if args.quick else 4,
+            warmup=1,
+        )
         repro = {"repro_s": None, "repro_noop_s": None} if args.quick else repro_times(workdir)
 
     rate = {name: n_train / float(np.median(values)) for name, values in intervals.items()}
     cpu_rate = {name: n_train / float(np.median(values)) for name, values in cpu_intervals.items()}
     peak_flops = max(peak.values())
-    default = flops_summary(params, arrays["x_train"].shape[-1], data_format, n_train, n_val,
-                            n_train / rate["bare"], n_train / cpu_rate["bare"])
+    default = flops_summary(
+        params,
+        arrays["x_train"].shape[-1],
+        data_format,
+        n_train,
+        n_val,
+        n_train / rate["bare"],
+        n_train / cpu_rate["bare"],
+    )
     widths = (default, seed_width)
     results = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "note": args.note,
         "quick": args.quick,
-        "setup": {"train_images": n_train, "val_images": n_val, "batch_size": params.train.batch_size,
-                  "filters": params.model.filters, "kernel_size": params.model.kernel_size, "data_format": data_format,
-                  "timed_epochs": args.epochs * args.rounds, "warmup_epochs": args.warmup},
+        "setup": {
+            "train_images": n_train,
+            "val_images": n_val,
+            "batch_size": params.train.batch_size,
+            "filters": params.model.filters,
+            "kernel_size": params.model.kernel_size,
+            "data_format": data_format,
+            "timed_epochs": args.epochs * args.rounds,
+            "warmup_epochs": args.warmup,
+        },
         "samples_per_s": rate,
         "train_vs_bare": rate["lab"] / rate["bare"],
         "train_vs_generator": rate["lab"] / rate["generator"],
@@ -332,10 +392,19 @@ def table(r: dict) -> str:
         ("(3) seed's Python generator", f"{s['generator']:.0f} samples/s"),
         ("(1)/(2) lab vs bare", f"{r['train_vs_bare']:.3f}"),
         ("(1)/(3) lab vs generator", f"{r['train_vs_generator']:.2f}"),
-        ("float32 matmul peak", f"{peak / 1e9:.1f} GFLOP/s (numpy {r['matmul_peak_flop_per_s']['numpy'] / 1e9:.1f}, "
-                                f"tf {r['matmul_peak_flop_per_s']['tensorflow'] / 1e9:.1f})"),
-        (f"(4) {r['setup']['filters']} filters, bare fit", f"{f[default] / 1e9:.1f} GFLOP/s = {r['fraction_of_peak']:.1%} of peak"),
-        (f"(4) {SEED_FILTERS} filters (seed), bare fit", f"{f[seed] / 1e9:.1f} GFLOP/s = {r['fraction_of_peak_seed_width']:.1%} of peak"),
+        (
+            "float32 matmul peak",
+            f"{peak / 1e9:.1f} GFLOP/s (numpy {r['matmul_peak_flop_per_s']['numpy'] / 1e9:.1f}, "
+            f"tf {r['matmul_peak_flop_per_s']['tensorflow'] / 1e9:.1f})",
+        ),
+        (
+            f"(4) {r['setup']['filters']} filters, bare fit",
+            f"{f[default] / 1e9:.1f} GFLOP/s = {r['fraction_of_peak']:.1%} of peak",
+        ),
+        (
+            f"(4) {SEED_FILTERS} filters (seed), bare fit",
+            f"{f[seed] / 1e9:.1f} GFLOP/s = {r['fraction_of_peak_seed_width']:.1%} of peak",
+        ),
         ("dvc repro, default params", seconds(r["repro_s"])),
         ("dvc repro, no-op", seconds(r["repro_noop_s"])),
     ]

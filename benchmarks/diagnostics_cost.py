@@ -10,20 +10,18 @@ time spent inside the Diagnostics callback as a share of the epoch (the load-pro
 difference of two epoch times is within the noise on a busy machine). The first epoch of every
 run (tracing) is not counted.
 """
+
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 
 import keras
 
-from spikelab import diagnostics as diagnostics_module
 from spikelab.data import generate, split
 from spikelab.model import resolve_data_format
 from spikelab.params import load_params
-from spikelab import training as training_module
 from spikelab.training import train
 
 
@@ -45,22 +43,6 @@ class EpochClock(keras.callbacks.Callback):
         self._cpu0, self._wall0 = cpu, wall
 
 
-class TimedDiagnostics(diagnostics_module.Diagnostics):
-    """The real callback, with the CPU seconds of its epoch hooks added up per epoch."""
-
-    seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        started = time.process_time()
-        super().on_epoch_begin(epoch, logs)
-        self._spent = time.process_time() - started
-
-    def on_epoch_end(self, epoch, logs=None):
-        started = time.process_time()
-        super().on_epoch_end(epoch, logs)
-        TimedDiagnostics.seconds.append(self._spent + time.process_time() - started)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=12)
@@ -71,33 +53,42 @@ def main() -> None:
     solid, broken, _ = generate(params.data)
     arrays = split(solid, broken, params.split)
     data_format = resolve_data_format(params.model.data_format)
-    training_module.Diagnostics = TimedDiagnostics  # train() looks the name up at call time
     settings = [("off", None)] + [(f"probe {size}", size) for size in args.probe_sizes]
     per_epoch = {name: {"cpu": [], "wall": []} for name, _ in settings}
     for _ in range(args.rounds):
         for name, probe_size in settings:
-            diagnostics = dataclasses.replace(params.diagnostics, enabled=probe_size is not None,
-                                              probe_size=probe_size or params.diagnostics.probe_size)
-            run_params = dataclasses.replace(
-                params, diagnostics=diagnostics,
-                train=dataclasses.replace(params.train, epochs=args.epochs, snapshot_every=0))
+            diagnostics = params.diagnostics.model_copy(
+                update={"enabled": probe_size is not None, "probe_size": probe_size or params.diagnostics.probe_size}
+            )
+            run_params = params.model_copy(
+                update={
+                    "diagnostics": diagnostics,
+                    "train": params.train.model_copy(update={"epochs": args.epochs, "snapshot_every": 0}),
+                }
+            )
             clock = EpochClock()
-            TimedDiagnostics.seconds = []
-            train(run_params, arrays, data_format, None, [clock])
+            result = train(run_params, arrays, data_format, None, [clock])
             per_epoch[name]["cpu"] += clock.cpu[1:]
             per_epoch[name]["wall"] += clock.wall[1:]
             per_epoch[name].setdefault("inside", []).extend(
-                spent / epoch for spent, epoch in zip(TimedDiagnostics.seconds[1:], clock.cpu[1:]))
+                spent / epoch for spent, epoch in zip(result.diagnostics_cpu_seconds[1:], clock.cpu[1:])
+            )
     base = {kind: statistics.median(per_epoch["off"][kind]) for kind in ("cpu", "wall")}
-    print(f"{len(arrays['x_train'])} training images, batch {params.train.batch_size}, "
-          f"{params.model.filters} filters; medians over {args.rounds} x {args.epochs - 1} epochs")
-    print(f"{'diagnostics':<12} {'CPU s/epoch':>12} {'overhead':>9} {'wall s/epoch':>13} {'overhead':>9} "
-          f"{'in callback':>12}")
+    print(
+        f"{len(arrays['x_train'])} training images, batch {params.train.batch_size}, "
+        f"{params.model.filters} filters; medians over {args.rounds} x {args.epochs - 1} epochs"
+    )
+    print(
+        f"{'diagnostics':<12} {'CPU s/epoch':>12} {'overhead':>9} {'wall s/epoch':>13} {'overhead':>9} "
+        f"{'in callback':>12}"
+    )
     for name, _ in settings:
         cpu, wall = (statistics.median(per_epoch[name][kind]) for kind in ("cpu", "wall"))
         inside = statistics.median(per_epoch[name].get("inside") or [0.0])
-        print(f"{name:<12} {cpu:>12.3f} {cpu / base['cpu'] - 1:>9.1%} {wall:>13.3f} {wall / base['wall'] - 1:>9.1%} "
-              f"{inside:>12.1%}")
+        print(
+            f"{name:<12} {cpu:>12.3f} {cpu / base['cpu'] - 1:>9.1%} {wall:>13.3f} {wall / base['wall'] - 1:>9.1%} "
+            f"{inside:>12.1%}"
+        )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ epoch, peak after the min and its epoch, peak/min, final loss, median s/epoch, e
 and the diagnostics just before and at the spike (saturated / saturated-wrong fractions of the
 probe batch, max Adam ratio, median sqrt(v_hat), share of weights with sqrt(v_hat) < epsilon).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,6 @@ import csv
 import datetime
 import math
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,7 +40,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import yaml  # noqa: E402
+from ruamel.yaml import YAML  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -48,12 +48,19 @@ sys.path.insert(0, str(REPO))
 from spikelab.data import generate, split  # noqa: E402
 from spikelab.divergence import divergence_epoch, divergence_metrics  # noqa: E402
 from spikelab.model import resolve_data_format  # noqa: E402
-from spikelab.params import params_from_dict  # noqa: E402
+from spikelab.params import params_from_dict, read_yaml  # noqa: E402
 from spikelab.training import train  # noqa: E402
 
 RUNS = REPO / "benchmarks" / "runs"
-DIAGNOSTIC_KEYS = ("saturated_fraction", "saturated_wrong_fraction", "adam_ratio_max", "v_sqrt_median",
-                   "v_below_eps_fraction", "grad_norm", "accuracy")
+DIAGNOSTIC_KEYS = (
+    "saturated_fraction",
+    "saturated_wrong_fraction",
+    "adam_ratio_max",
+    "v_sqrt_median",
+    "v_below_eps_fraction",
+    "grad_norm",
+    "accuracy",
+)
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -64,7 +71,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         section, _, name = key.partition(".")
         if section not in raw or name not in raw[section]:
             raise ValueError(f"override {item!r}: no key {key!r} in params.yaml")
-        raw[section][name] = yaml.safe_load(value)
+        raw[section][name] = YAML(typ="safe", pure=True).load(value)  # YAML 1.2, as `dvc exp run -S` reads it
     return raw
 
 
@@ -135,7 +142,7 @@ def run_one(raw: dict, run_name: str, stop_after_spike: int | None) -> dict:
         "spike_ratio": metrics["spike_ratio"],
         "final_loss": metrics["final_loss"],
         "epochs_run": metrics["epochs_run"],
-        "seconds_per_epoch": statistics.median(row["seconds"] for row in history),
+        "seconds_per_epoch": train_seconds / max(1, len(history)),
         "train_seconds": train_seconds,
         "wall_seconds": time.perf_counter() - started,
         **{f"before_{key}": value for key, value in before.items()},
@@ -153,8 +160,12 @@ def fmt(value) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", action="append", required=True,
-                        help="space-separated section.key=value overrides of params.yaml (repeat for more configs)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        required=True,
+        help="space-separated section.key=value overrides of params.yaml (repeat for more configs)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--seed-key", default="train.seed", help="the key --seeds sets (train.seed or data.seed)")
     parser.add_argument("--stop-after-spike", type=int, default=None)
@@ -163,7 +174,7 @@ def main() -> None:
     parser.add_argument("--csv", default=str(RUNS / "spike_search.csv"))
     args = parser.parse_args()
 
-    base = yaml.safe_load(Path(args.params).read_text())
+    base = read_yaml(args.params, "params")
     csv_path = Path(args.csv)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -173,8 +184,13 @@ def main() -> None:
             # no snapshots: train() needs a snapshot_dir for them, and they are not what is measured
             raw = apply_overrides(base, overrides + [f"{args.seed_key}={seed}", "train.snapshot_every=0"])
             run_name = f"{args.label or 'run'}-{stamp}-c{config_index}-{args.seed_key}{seed}"
-            row = {"date": stamp, "config": config, "seed_key": args.seed_key, "seed": seed,
-                   **run_one(raw, run_name, args.stop_after_spike)}
+            row = {
+                "date": stamp,
+                "config": config,
+                "seed_key": args.seed_key,
+                "seed": seed,
+                **run_one(raw, run_name, args.stop_after_spike),
+            }
             print(
                 f"[{config}] {args.seed_key}={seed}: spiked={row['diverged']} at {fmt(row['divergence_epoch'])}  "
                 f"min {fmt(row['min_loss'])}@{row['min_epoch']}  peak {fmt(row['peak_loss'])}@{row['peak_epoch']}  "

@@ -3,6 +3,7 @@
 An image is image_size x image_size, one channel, uint8 (0 background, 255 line). The broken
 twin is the same image with `gap` consecutive pixels of its line set back to 0.
 """
+
 from __future__ import annotations
 
 import numpy as np

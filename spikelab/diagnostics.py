@@ -12,7 +12,10 @@ Computed at each epoch's end, from the real Keras variables:
   among them that are classified wrong: the dead samples).
 Training accuracy is Keras's own `accuracy` metric, already in the logs.
 """
+
 from __future__ import annotations
+
+import time
 
 import keras
 import numpy as np
@@ -66,6 +69,7 @@ class Diagnostics(keras.callbacks.Callback):
         self.probe_y = tf.constant(probe_y)
         self.loss_fn = loss_fn
         self._weights_at_start = None
+        self.cpu_seconds: list[float] = []  # per epoch, inside this callback (what it costs)
 
     def set_model(self, model):
         super().set_model(model)
@@ -81,13 +85,22 @@ class Diagnostics(keras.callbacks.Callback):
         return tf.linalg.global_norm(gradients), logits
 
     def on_epoch_begin(self, epoch, logs=None):
+        started = time.process_time()
         self._weights_at_start = [v.numpy() for v in self.model.trainable_variables]
+        self._spent_at_begin = time.process_time() - started
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
+        started = time.process_time()
+        self._add_diagnostics(logs)
+        self.cpu_seconds.append(self._spent_at_begin + time.process_time() - started)
+
+    def _add_diagnostics(self, logs: dict) -> None:
         weights = [v.numpy() for v in self.model.trainable_variables]
-        squared_change = sum(float(np.sum((after - before) ** 2)) for after, before in zip(weights, self._weights_at_start))
+        squared_change = sum(
+            float(np.sum((after - before) ** 2)) for after, before in zip(weights, self._weights_at_start)
+        )
         update_rms = (squared_change / sum(w.size for w in weights)) ** 0.5
         optimizer = self.model.optimizer
         grad_norm, logits = self._probe_pass()

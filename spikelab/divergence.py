@@ -6,10 +6,11 @@ that lowest loss by at least `min_rise` (the absolute floor keeps noise at 1e-6 
 The divergence guard applies the same rule online, epoch by epoch.
 Epochs are numbered from 1, as Keras prints them.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from spikelab.params import DivergenceParams
 
@@ -20,7 +21,7 @@ def is_spike(loss: float, lowest_before: float, rule: DivergenceParams) -> bool:
     return loss >= rule.ratio * lowest_before and loss - lowest_before >= rule.min_rise
 
 
-def divergence_epoch(losses: Sequence[float], rule: DivergenceParams) -> Optional[int]:
+def divergence_epoch(losses: Sequence[float], rule: DivergenceParams) -> int | None:
     """The first epoch (1-based) the rule flags, or None."""
     lowest = math.inf
     for epoch, loss in enumerate(losses, start=1):
@@ -30,7 +31,7 @@ def divergence_epoch(losses: Sequence[float], rule: DivergenceParams) -> Optiona
     return None
 
 
-def _finite_or_none(value: float) -> Optional[float]:
+def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
@@ -51,7 +52,7 @@ def curve_summary(losses: Sequence[float]) -> dict:
     }
 
 
-def jump_ratio(losses: Sequence[float], epoch: Optional[int]) -> Optional[float]:
+def jump_ratio(losses: Sequence[float], epoch: int | None) -> float | None:
     """Highest finite loss from the divergence epoch on / lowest loss before it.
 
     Unlike spike_ratio (peak after the run's overall minimum), this still shows the size of a
@@ -87,4 +88,18 @@ def divergence_metrics(losses: Sequence[float], val_losses: Sequence[float], rul
         "min_val_loss": val["min"],
         "peak_val_loss": val["peak"],
         "val_spike_ratio": val["ratio"],
+    }
+
+
+def train_metrics(
+    history: list[dict], rule: DivergenceParams, guard_epochs: Sequence[int], best_epoch: int | None
+) -> dict:
+    """metrics/train.json: the curves' divergence metrics plus what the guard did and the best epoch."""
+    losses = [row.get("loss", math.nan) for row in history]
+    val_losses = [row.get("val_loss", math.nan) for row in history]
+    return {
+        **divergence_metrics(losses, val_losses, rule),
+        "guard_triggered": bool(guard_epochs),
+        "guard_epoch": guard_epochs[0] if guard_epochs else None,
+        "best_epoch": best_epoch,
     }

@@ -1,4 +1,5 @@
 """File I/O with the two guarantees the stages need: no half-written output, clear input errors."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,9 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class InputError(RuntimeError):
-    """A missing or unreadable stage input; the message names the file and the stage to re-run."""
+from spikelab.errors import InputError
 
 
 @contextlib.contextmanager

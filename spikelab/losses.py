@@ -8,6 +8,7 @@
   saturated wrong sample can never be pulled back ("dead zone").
 log_cosh has one form (it never takes a log of a probability).
 """
+
 from __future__ import annotations
 
 import keras

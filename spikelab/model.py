@@ -1,4 +1,5 @@
 """The seed's CNN: ReLU(input) -> Conv2D(f, k) -> Conv2D(2f, k) -> MaxPool(2) -> Dense(2) -> softmax."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Optimizer factory for params `optimizer:`; each optimizer takes only the keys that apply."""
+
 from __future__ import annotations
 
 import keras
@@ -11,13 +12,21 @@ def make_optimizer(p: OptimizerParams, learning_rate: float | None = None) -> ke
     common = {"learning_rate": p.learning_rate if learning_rate is None else learning_rate, "clipnorm": p.clipnorm}
     if p.name == "adam":
         return keras.optimizers.Adam(
-            beta_1=p.beta_1, beta_2=p.beta_2, epsilon=p.epsilon, amsgrad=p.amsgrad,
-            weight_decay=p.weight_decay, **common,
+            beta_1=p.beta_1,
+            beta_2=p.beta_2,
+            epsilon=p.epsilon,
+            amsgrad=p.amsgrad,
+            weight_decay=p.weight_decay,
+            **common,
         )
     if p.name == "adamw":
         return keras.optimizers.AdamW(
-            beta_1=p.beta_1, beta_2=p.beta_2, epsilon=p.epsilon, amsgrad=p.amsgrad,
-            weight_decay=p.weight_decay, **common,
+            beta_1=p.beta_1,
+            beta_2=p.beta_2,
+            epsilon=p.epsilon,
+            amsgrad=p.amsgrad,
+            weight_decay=p.weight_decay,
+            **common,
         )
     if p.name == "rmsprop":
         return keras.optimizers.RMSprop(

@@ -1,46 +1,18 @@
-"""What the train stage writes: history CSV, metrics JSON, best/last models (all atomically)."""
+"""Everything the train stage writes, atomically: models, history, metrics, run facts, the picture."""
+
 from __future__ import annotations
 
-import csv
-import math
 from pathlib import Path
 
 from spikelab import state as training_state
-from spikelab.divergence import divergence_metrics
-from spikelab.files import atomic_path
+from spikelab.divergence import train_metrics
+from spikelab.figures import plot_run
+from spikelab.files import atomic_path, write_json
+from spikelab.history import write_history_csv
 from spikelab.params import Params
 from spikelab.training import TrainResult
 
-# seconds per epoch are kept out of the history: the history must be identical run to run
-FIRST_COLUMNS = ("epoch", "loss", "val_loss", "accuracy", "val_accuracy", "learning_rate")
-NOT_DETERMINISTIC = ("seconds",)
-
-
-def history_columns(history: list[dict]) -> list[str]:
-    seen = {key for row in history for key in row if key not in NOT_DETERMINISTIC}
-    return [key for key in FIRST_COLUMNS if key in seen] + sorted(seen - set(FIRST_COLUMNS))
-
-
-def write_history_csv(path: str | Path, history: list[dict]) -> None:
-    columns = history_columns(history) or list(FIRST_COLUMNS)
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            for row in history:
-                writer.writerow({key: row.get(key, "") for key in columns})
-
-
-def train_metrics(result: TrainResult, params: Params) -> dict:
-    losses = [row.get("loss", math.nan) for row in result.history]
-    val_losses = [row.get("val_loss", math.nan) for row in result.history]
-    metrics = divergence_metrics(losses, val_losses, params.divergence)
-    metrics.update(
-        guard_triggered=bool(result.guard_epochs),
-        guard_epoch=result.guard_epochs[0] if result.guard_epochs else None,
-        best_epoch=result.best_epoch,
-    )
-    return metrics
+PICTURE = "loss_curve.png"
 
 
 def save_models(result: TrainResult, models_dir: Path) -> dict[str, Path]:
@@ -54,3 +26,27 @@ def save_models(result: TrainResult, models_dir: Path) -> dict[str, Path]:
         result.model.save(tmp)
     training_state.restore(result.model, final_state)
     return paths
+
+
+def run_title(params: Params) -> str:
+    optimizer, loss = params.optimizer, params.loss
+    return f"{optimizer.name} lr={optimizer.learning_rate} eps={optimizer.epsilon} {loss.name}/{loss.form}"
+
+
+def write_training_outputs(
+    result: TrainResult, params: Params, models_dir: Path, metrics_dir: Path, run_facts: dict
+) -> tuple[dict, list[Path], list[Path]]:
+    """Writes models/, metrics/{train.json, history.csv, run.json, loss_curve.png}.
+
+    Returns (train metrics, the metric files, the model files) for the tracking store.
+    run_facts (the MLflow run id, timing) go to run.json, apart from the deterministic metrics.
+    """
+    (models_dir / "snapshots").mkdir(parents=True, exist_ok=True)  # a declared output, even when empty
+    metrics = train_metrics(result.history, params.divergence, result.guard_epochs, result.best_epoch)
+    model_paths = save_models(result, models_dir)
+    files = [metrics_dir / "train.json", metrics_dir / "history.csv", metrics_dir / PICTURE]
+    write_history_csv(files[1], result.history)
+    write_json(files[0], metrics)
+    write_json(metrics_dir / "run.json", run_facts)
+    plot_run(result.history, metrics["divergence_epoch"], files[2], title=run_title(params))
+    return metrics, files, list(model_paths.values())

@@ -1,127 +1,131 @@
-"""Typed, validated view of params.yaml: one frozen dataclass per section.
+"""Typed, validated view of params.yaml: one frozen pydantic model per section.
 
-Building the view rejects unknown keys, missing keys, wrong types and out-of-range values
-with one ParamsError whose message names the key, the bad value and what is allowed. The
-defaults live in params.yaml only; nothing here falls back to a hidden default.
+Read exactly as DVC reads it: YAML 1.2 (`1e-08` is a float, `036` is 36, `yes` is a string) with
+duplicate keys refused. Building the view rejects unknown keys, missing keys, wrong types and
+out-of-range values with one ParamsError whose message names the key, the bad value and what is
+allowed. The defaults live in params.yaml only; nothing here falls back to a hidden default.
 """
+
 from __future__ import annotations
 
-import dataclasses
-import math
-import re
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
-import yaml
+import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
+from spikelab.errors import ParamsError
 
-class ParamsError(ValueError):
-    """A bad value in params.yaml; the message is meant to be shown to the user as is."""
-
-
-def _rule(description: str, check) -> dict:
-    return {"rule": (description, check)}
-
-
-POSITIVE = _rule("a number > 0", lambda v: v > 0)
-AT_LEAST_ONE = _rule("an integer >= 1", lambda v: v >= 1)
-NON_NEGATIVE = _rule("a number >= 0", lambda v: v >= 0)
-UNIT_OPEN = _rule("a number in (0, 1)", lambda v: 0 < v < 1)
-OPTIONAL_POSITIVE = _rule("null or a number > 0", lambda v: v is None or v > 0)
-OPTIONAL_NON_NEGATIVE = _rule("null or a number >= 0", lambda v: v is None or v >= 0)
-
-
-def _choice(*allowed: str) -> dict:
-    return _rule("one of " + ", ".join(allowed), lambda v: v in allowed)
-
-
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 ADAM_FAMILY = ("adam", "adamw")
-LOSSES = ("binary_crossentropy", "categorical_crossentropy", "log_cosh")
-LOSS_FORMS = ("keras3", "keras2_clipped")
+MAX_SEED = 2**32 - 1  # numpy's and Keras's seeds are uint32
+MAX_EPOCHS = 1_000_000  # the seed ran 4,680; a larger count is a typo
 
 
-@dataclass(frozen=True)
-class DataParams:
-    per_class: int = field(metadata=AT_LEAST_ONE)
-    image_size: int = field(metadata=_rule("an integer >= 8", lambda v: v >= 8))
-    length_min: int = field(metadata=_rule("an integer >= 4", lambda v: v >= 4))
-    length_max: int = field(metadata=_rule("an integer >= 4", lambda v: v >= 4))
-    gap_min: int = field(metadata=AT_LEAST_ONE)
-    gap_max: int = field(metadata=AT_LEAST_ONE)
-    seed: int = field(metadata=NON_NEGATIVE)
+def _nonzero_in_float32(value: float) -> float:
+    # the model trains in float32: 1e-320 is > 0 in Python but 0 there (a division by zero later)
+    if np.float32(value) == 0:
+        raise ValueError("zero in float32")
+    return value
 
 
-@dataclass(frozen=True)
-class SplitParams:
-    val_per_class: int = field(metadata=AT_LEAST_ONE)
-    seed: int = field(metadata=NON_NEGATIVE)
+def _plain_name(value: str) -> str:
+    # the MLflow experiment name becomes a folder under mlruns/: '../x' would write outside the project
+    if value.strip() in ("", ".", "..") or any(bad in value for bad in ("/", "\\", "\0")):
+        raise ValueError("a name without path separators or NUL")
+    return value
 
 
-@dataclass(frozen=True)
-class ModelParams:
-    filters: int = field(metadata=AT_LEAST_ONE)
-    kernel_size: int = field(metadata=AT_LEAST_ONE)
-    data_format: str = field(metadata=_choice("auto", "channels_first", "channels_last"))
+Positive = Annotated[float, Field(gt=0, description="a number > 0"), AfterValidator(_nonzero_in_float32)]
+NonNegative = Annotated[float, Field(ge=0, description="a number >= 0")]
+UnitOpen = Annotated[float, Field(gt=0, lt=1, description="a number in (0, 1)")]
+AtLeastOne = Annotated[int, Field(ge=1, description="an integer >= 1")]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description=f"an integer in 0..{MAX_SEED}")]
 
 
-@dataclass(frozen=True)
-class OptimizerParams:
-    name: str = field(metadata=_choice(*OPTIMIZERS))
-    learning_rate: float = field(metadata=POSITIVE)
-    epsilon: float = field(metadata=POSITIVE)
-    beta_1: float = field(metadata=UNIT_OPEN)
-    beta_2: float = field(metadata=UNIT_OPEN)
-    rho: float = field(metadata=UNIT_OPEN)
+class Section(BaseModel):
+    """Strict: no unknown keys, no coercion (true is not 1, '0.1' is not a number), finite numbers only."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class DataParams(Section):
+    per_class: AtLeastOne
+    image_size: int = Field(ge=8, description="an integer >= 8")
+    length_min: int = Field(ge=4, description="an integer >= 4")
+    length_max: int = Field(ge=4, description="an integer >= 4")
+    gap_min: AtLeastOne
+    gap_max: AtLeastOne
+    seed: Seed
+
+
+class SplitParams(Section):
+    val_per_class: AtLeastOne
+    seed: Seed
+
+
+class ModelParams(Section):
+    filters: AtLeastOne
+    kernel_size: AtLeastOne
+    data_format: Literal["auto", "channels_first", "channels_last"]
+
+
+class OptimizerParams(Section):
+    name: Literal["adam", "adamw", "sgd", "rmsprop"]
+    learning_rate: Positive
+    epsilon: Positive
+    beta_1: UnitOpen
+    beta_2: UnitOpen
+    rho: UnitOpen
     amsgrad: bool
-    momentum: float = field(metadata=_rule("a number in [0, 1)", lambda v: 0 <= v < 1))
-    clipnorm: typing.Optional[float] = field(metadata=OPTIONAL_POSITIVE)
-    weight_decay: typing.Optional[float] = field(metadata=OPTIONAL_NON_NEGATIVE)
+    momentum: float = Field(ge=0, lt=1, description="a number in [0, 1)")
+    clipnorm: float | None = Field(gt=0, description="null or a number > 0")
+    weight_decay: float | None = Field(ge=0, description="null or a number >= 0")
 
 
-@dataclass(frozen=True)
-class LossParams:
-    name: str = field(metadata=_choice(*LOSSES))
-    form: str = field(metadata=_choice(*LOSS_FORMS))
+class LossParams(Section):
+    name: Literal["binary_crossentropy", "categorical_crossentropy", "log_cosh"]
+    form: Literal["keras3", "keras2_clipped"]
 
 
-@dataclass(frozen=True)
-class TrainParams:
-    epochs: int = field(metadata=AT_LEAST_ONE)
-    batch_size: int = field(metadata=AT_LEAST_ONE)
-    seed: int = field(metadata=NON_NEGATIVE)
-    snapshot_every: int = field(metadata=NON_NEGATIVE)
-    resume_from: typing.Optional[str]
-    resume_epoch: typing.Optional[int] = field(metadata=OPTIONAL_NON_NEGATIVE)
+class TrainParams(Section):
+    epochs: int = Field(ge=1, le=MAX_EPOCHS, description=f"an integer >= 1 (at most {MAX_EPOCHS:,})")
+    batch_size: AtLeastOne
+    seed: Seed
+    snapshot_every: int = Field(ge=0, description="an integer >= 0")
+    resume_from: str | None
+    resume_epoch: int | None = Field(ge=0, description="null or an integer >= 0")
 
 
-@dataclass(frozen=True)
-class DivergenceParams:
-    ratio: float = field(metadata=_rule("a number > 1", lambda v: v > 1))
-    min_rise: float = field(metadata=NON_NEGATIVE)
+class DivergenceParams(Section):
+    ratio: float = Field(gt=1, description="a number > 1")
+    min_rise: NonNegative
 
 
-@dataclass(frozen=True)
-class GuardParams:
+class GuardParams(Section):
     enabled: bool
-    action: str = field(metadata=_choice("stop", "reduce_lr"))
-    lr_factor: float = field(metadata=UNIT_OPEN)
+    action: Literal["stop", "reduce_lr"]
+    lr_factor: UnitOpen
 
 
-@dataclass(frozen=True)
-class DiagnosticsParams:
+class DiagnosticsParams(Section):
     enabled: bool
-    probe_size: int = field(metadata=AT_LEAST_ONE)
+    probe_size: AtLeastOne
 
 
-@dataclass(frozen=True)
-class TrackingParams:
-    experiment: str = field(metadata=_rule("a non-empty string", lambda v: v.strip() != ""))
+class TrackingParams(Section):
+    experiment: Annotated[str, AfterValidator(_plain_name)] = Field(
+        description="a non-empty name without path separators or NUL"
+    )
 
 
-@dataclass(frozen=True)
-class Params:
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)  # pydantic wraps it; _message unwraps it
+
+
+class Params(Section):
     data: DataParams
     split: SplitParams
     model: ModelParams
@@ -133,149 +137,137 @@ class Params:
     diagnostics: DiagnosticsParams
     tracking: TrackingParams
 
-
-def _type_ok(value, annotation) -> bool:
-    """Whether a YAML value fits a field's annotation (bool is never a number here)."""
-    if typing.get_origin(annotation) is typing.Union:
-        return any(_type_ok(value, arm) for arm in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return isinstance(value, annotation)
-
-
-def _type_name(annotation) -> str:
-    if typing.get_origin(annotation) is typing.Union:
-        return " or ".join(_type_name(arm) for arm in typing.get_args(annotation))
-    return {type(None): "null", float: "a number", int: "an integer", bool: "true/false", str: "a string"}[
-        annotation
-    ]
-
-
-def _build_section(cls, section: str, raw):
-    if not isinstance(raw, dict):
-        raise ParamsError(f"params.yaml: '{section}' must be a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            raise ParamsError(
-                f"params.yaml: unknown key '{section}.{key}'; allowed keys in '{section}': {', '.join(names)}"
-            )
-    values = {}
-    for f in dataclasses.fields(cls):
-        key = f"{section}.{f.name}"
-        if f.name not in raw:
-            raise ParamsError(f"params.yaml: missing key '{key}'")
-        value = raw[f.name]
-        if not _type_ok(value, hints[f.name]):
-            raise ParamsError(f"params.yaml: {key} = {value!r} is not {_type_name(hints[f.name])}")
-        if hints[f.name] is float and value is not None:
-            value = float(value)
-        if "rule" in f.metadata:
-            description, check = f.metadata["rule"]
-            if not check(value):
-                raise ParamsError(f"params.yaml: {key} = {value!r}; allowed: {description}")
-        values[f.name] = value
-    return cls(**values)
+    @model_validator(mode="after")
+    def _check_relations(self) -> Params:
+        """The rules that involve more than one key (each has a unit test)."""
+        d, o, t = self.data, self.optimizer, self.train
+        _require(
+            d.length_min <= d.length_max, f"data.length_min = {d.length_min} exceeds data.length_max = {d.length_max}"
+        )
+        _require(d.gap_min <= d.gap_max, f"data.gap_min = {d.gap_min} exceeds data.gap_max = {d.gap_max}")
+        _require(
+            d.gap_max <= d.length_min - 2,
+            f"data.gap_max = {d.gap_max}; allowed: at most data.length_min - 2 = {d.length_min - 2}, "
+            "so every gap leaves line on both sides",
+        )
+        _require(
+            d.length_max <= d.image_size,
+            f"data.length_max = {d.length_max}; allowed: at most data.image_size = {d.image_size}",
+        )
+        _require(
+            self.split.val_per_class < d.per_class,
+            f"split.val_per_class = {self.split.val_per_class}; allowed: fewer than data.per_class = {d.per_class}, "
+            "so some images are left to train on",
+        )
+        _require(
+            self.model.kernel_size * 2 - 1 <= d.image_size,
+            f"model.kernel_size = {self.model.kernel_size}; allowed: at most (data.image_size + 1) / 2 = "
+            f"{(d.image_size + 1) // 2}, so both valid convolutions fit the image",
+        )
+        _require(
+            not o.amsgrad or o.name in ADAM_FAMILY,
+            f"optimizer.amsgrad = true applies only to optimizer.name in {', '.join(ADAM_FAMILY)}, not '{o.name}'",
+        )
+        _require(
+            o.name != "adamw" or o.weight_decay is not None,
+            "optimizer.weight_decay = None; allowed for adamw: a number >= 0 (decoupled decay)",
+        )
+        _require(
+            (t.resume_from is None) == (t.resume_epoch is None),
+            "train.resume_from and train.resume_epoch must be set together (both null for a fresh run), "
+            f"got {t.resume_from!r} and {t.resume_epoch!r}",
+        )
+        _require(
+            t.resume_epoch is None or t.resume_epoch < t.epochs,
+            f"train.resume_epoch = {t.resume_epoch}; allowed: fewer than train.epochs = {t.epochs}",
+        )
+        return self
 
 
-def _check_relations(p: Params) -> None:
-    """Constraints that involve more than one key."""
-    if p.data.length_min > p.data.length_max:
-        raise ParamsError(
-            f"params.yaml: data.length_min = {p.data.length_min} exceeds data.length_max = {p.data.length_max}"
-        )
-    if p.data.gap_min > p.data.gap_max:
-        raise ParamsError(f"params.yaml: data.gap_min = {p.data.gap_min} exceeds data.gap_max = {p.data.gap_max}")
-    if p.data.gap_max > p.data.length_min - 2:
-        raise ParamsError(
-            f"params.yaml: data.gap_max = {p.data.gap_max}; allowed: at most data.length_min - 2 = "
-            f"{p.data.length_min - 2}, so every gap leaves line on both sides"
-        )
-    if p.data.length_max > p.data.image_size:
-        raise ParamsError(
-            f"params.yaml: data.length_max = {p.data.length_max}; allowed: at most data.image_size = {p.data.image_size}"
-        )
-    if p.split.val_per_class >= p.data.per_class:
-        raise ParamsError(
-            f"params.yaml: split.val_per_class = {p.split.val_per_class}; allowed: fewer than "
-            f"data.per_class = {p.data.per_class}, so some images are left to train on"
-        )
-    if p.model.kernel_size * 2 - 1 > p.data.image_size:
-        raise ParamsError(
-            f"params.yaml: model.kernel_size = {p.model.kernel_size}; allowed: at most "
-            f"(data.image_size + 1) / 2 = {(p.data.image_size + 1) // 2}, so both valid convolutions fit the image"
-        )
-    if p.optimizer.amsgrad and p.optimizer.name not in ADAM_FAMILY:
-        raise ParamsError(
-            f"params.yaml: optimizer.amsgrad = true applies only to optimizer.name in {', '.join(ADAM_FAMILY)}, "
-            f"not '{p.optimizer.name}'"
-        )
-    if p.optimizer.name == "adamw" and p.optimizer.weight_decay is None:
-        raise ParamsError("params.yaml: optimizer.weight_decay = None; allowed for adamw: a number >= 0 (decoupled decay)")
-    if (p.train.resume_from is None) != (p.train.resume_epoch is None):
-        raise ParamsError(
-            "params.yaml: train.resume_from and train.resume_epoch must be set together (both null for a fresh run), "
-            f"got {p.train.resume_from!r} and {p.train.resume_epoch!r}"
-        )
-    if p.train.resume_epoch is not None and p.train.resume_epoch >= p.train.epochs:
-        raise ParamsError(
-            f"params.yaml: train.resume_epoch = {p.train.resume_epoch}; allowed: fewer than train.epochs = {p.train.epochs}"
-        )
+SECTIONS = tuple(Params.model_fields)
+
+
+def _field_of(loc: tuple):
+    """(model class, field info) for a pydantic error location like ('optimizer', 'epsilon')."""
+    model, info = Params, None
+    for part in loc:
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return model, None
+        info = fields[part]
+        model = info.annotation
+    return model, info
+
+
+def _allowed(info) -> str:
+    if info is None:
+        return "see params.yaml"
+    if info.description:
+        return info.description
+    annotation = info.annotation
+    choices = getattr(annotation, "__args__", None)
+    if getattr(annotation, "__origin__", None) is Literal and choices:
+        return "one of " + ", ".join(choices)
+    return {bool: "true/false", str: "a string", int: "an integer", float: "a number"}.get(annotation, str(annotation))
+
+
+def _shown(value, info):
+    """The value as the user wrote it; an integer given for a number shows as that number (0 -> 0.0)."""
+    if info is not None and info.annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _message(error: dict) -> str:
+    """One pydantic error -> the lab's one-line message."""
+    loc = tuple(str(part) for part in error["loc"] if not isinstance(part, int))
+    key = ".".join(loc)
+    parent, info = _field_of(loc)
+    kind = error["type"]
+    if kind == "value_error" and not loc:  # a rule across keys: its own message names them
+        return str(error["ctx"]["error"])
+    if kind == "extra_forbidden":
+        if len(loc) == 1:
+            return f"unknown section '{key}'; allowed sections: {', '.join(SECTIONS)}"
+        return f"unknown key '{key}'; allowed keys in '{loc[0]}': {', '.join(parent.model_fields)}"
+    if kind == "missing":
+        return f"missing {'section' if len(loc) == 1 else 'key'} '{key}'"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"'{key or 'params.yaml'}' must be a mapping of keys, got {error['input']!r}"
+    return f"{key} = {_shown(error['input'], info)!r}; allowed: {_allowed(info)}"
 
 
 def params_from_dict(raw) -> Params:
     """Validate a parsed params.yaml; raises ParamsError naming the first bad key."""
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml: the file must be a mapping of sections")
-    hints = typing.get_type_hints(Params)
-    sections = list(hints)
-    for key in raw:
-        if key not in hints:
-            raise ParamsError(f"params.yaml: unknown section '{key}'; allowed sections: {', '.join(sections)}")
-    built = {}
-    for section, cls in hints.items():
-        if section not in raw:
-            raise ParamsError(f"params.yaml: missing section '{section}'")
-        built[section] = _build_section(cls, section, raw[section])
-    params = Params(**built)
-    _check_relations(params)
-    return params
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError("params.yaml: " + _message(error.errors()[0])) from None
 
 
-class _ParamsLoader(yaml.SafeLoader):
-    """PyYAML reads YAML 1.1, where `1e-08` (no dot) is a string; `dvc exp run -S optimizer.epsilon=1e-8`
-    writes exactly that (ruamel, YAML 1.2), so exponent floats without a dot are read as floats too."""
-
-
-_ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def load_params(path: str | Path = "params.yaml") -> Params:
+def read_yaml(path: str | Path, what: str):
+    """A YAML file as DVC reads it (YAML 1.2, duplicate keys refused), or ParamsError in one line."""
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: not found (run from the project root)")
     try:
-        raw = yaml.load(path.read_text(), Loader=_ParamsLoader)
-    except yaml.YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML: {error}") from None
-    return params_from_dict(raw)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ParamsError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    try:
+        return YAML(typ="safe", pure=True).load(text)
+    except YAMLError as error:
+        raise ParamsError(f"{path}: not valid {what} YAML: {' '.join(str(error).split())}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    return params_from_dict(read_yaml(path, "params"))
 
 
 def flatten(params: Params) -> dict:
     """{'optimizer.epsilon': 1e-07, ...}: the keys MLflow and `dvc exp show` use."""
-    flat = {}
-    for section, values in dataclasses.asdict(params).items():
-        for key, value in values.items():
-            flat[f"{section}.{key}"] = value
-    return flat
+    return {
+        f"{section}.{key}": value for section, values in params.model_dump().items() for key, value in values.items()
+    }

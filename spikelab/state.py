@@ -4,6 +4,7 @@ Keys are 'weight/<variable path>' and 'optimizer/<class>/<slot>'; restoring matc
 a replay that switches epsilon, loss or clipping restores Adam's m, v and step exactly, while a
 replay that switches optimizer family starts that optimizer's state fresh (reported).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,11 @@ def capture(model: keras.Model) -> dict[str, np.ndarray]:
     state = {f"weight/{v.path}": v.numpy().copy() for v in model.trainable_variables}
     # the learning rate is not state: a replay or the guard may set a new one
     state.update(
-        {_optimizer_key(model.optimizer, v): v.numpy().copy() for v in model.optimizer.variables if not _is_learning_rate(v)}
+        {
+            _optimizer_key(model.optimizer, v): v.numpy().copy()
+            for v in model.optimizer.variables
+            if not _is_learning_rate(v)
+        }
     )
     return state
 

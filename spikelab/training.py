@@ -4,10 +4,10 @@ Batch order: epoch e (0-based) visits the training set in the permutation
 stateless_shuffle(range(n), seed=(train.seed, e)), so the order depends only on the seed and the
 epoch number; a run resumed at epoch e from a snapshot sees exactly the batches the original did.
 """
+
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +16,8 @@ import numpy as np
 import tensorflow as tf
 
 from spikelab import state as training_state
+from spikelab.callbacks import BestState, DivergenceGuard, HistoryRows, ProgressLine, Snapshots
 from spikelab.diagnostics import Diagnostics
-from spikelab.divergence import is_spike
 from spikelab.losses import make_loss
 from spikelab.model import build_model, to_model_input
 from spikelab.optimizers import make_optimizer
@@ -29,8 +29,9 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def batch_stream(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, first_epoch: int,
-                 epochs: int, data_format: str) -> tf.data.Dataset:
+def batch_stream(
+    images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int, data_format: str
+) -> tf.data.Dataset:
     """Batches of epochs first_epoch..epochs-1 in their seeded order; images stay uint8 until batched."""
     images = tf.constant(images)  # (n, size, size) uint8: a quarter of the float32 footprint
     labels = tf.constant(labels)
@@ -38,7 +39,9 @@ def batch_stream(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: 
     channel_axis = 1 if data_format == "channels_first" else 3
 
     def epoch_batches(epoch):
-        order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+        )
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
     def gather(indices):
@@ -53,94 +56,6 @@ def batch_stream(images: np.ndarray, labels: np.ndarray, batch_size: int, seed: 
     )
 
 
-class ProgressLine(keras.callbacks.Callback):
-    """One line per epoch: epoch, loss, val_loss, accuracy, seconds."""
-
-    def __init__(self, epochs: int):
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        seconds = time.perf_counter() - self._started
-        logs["seconds"] = seconds
-        print(
-            f"epoch {epoch + 1}/{self.epochs}  loss {logs.get('loss', math.nan):.6g}  "
-            f"val_loss {logs.get('val_loss', math.nan):.6g}  accuracy {logs.get('accuracy', math.nan):.4f}  "
-            f"{seconds:.2f}s",
-            flush=True,
-        )
-
-
-class BestAndLast(keras.callbacks.Callback):
-    """Keeps the best (lowest val_loss) state in memory, like the seed's callback; snapshots to disk.
-
-    Holding the best state in memory (not on disk each epoch) keeps checkpointing off the hot
-    path; the stage writes best and last once, when training ends.
-    """
-
-    def __init__(self, snapshot_dir: Path | None, snapshot_every: int, history: list[dict]):
-        super().__init__()
-        self.snapshot_dir = snapshot_dir
-        self.snapshot_every = snapshot_every
-        self.history = history
-        self.best_state = None
-        self.best_epoch = None
-        self.best_val_loss = math.inf
-
-    def on_epoch_end(self, epoch, logs=None):
-        val_loss = (logs or {}).get("val_loss", math.nan)
-        if math.isfinite(val_loss) and val_loss < self.best_val_loss:
-            self.best_val_loss, self.best_epoch = val_loss, epoch + 1
-            self.best_state = training_state.capture(self.model)
-        if self.snapshot_dir is not None and self.snapshot_every and (epoch + 1) % self.snapshot_every == 0:
-            path = self.snapshot_dir / f"epoch_{epoch + 1:05d}.npz"
-            training_state.save_snapshot(path, training_state.capture(self.model), epoch + 1, self.history)
-
-
-class DivergenceGuard(keras.callbacks.Callback):
-    """When the divergence rule flags an epoch: restore the best state, then stop or cut the rate."""
-
-    def __init__(self, params: Params, best: BestAndLast, lowest_loss: float):
-        super().__init__()
-        self.rule = params.divergence
-        self.guard = params.guard
-        self.best = best
-        self.lowest_loss = lowest_loss
-        self.triggered_epochs: list[int] = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss", math.nan)
-        if not is_spike(loss, self.lowest_loss, self.rule):
-            self.lowest_loss = min(self.lowest_loss, loss)
-            return
-        self.triggered_epochs.append(epoch + 1)
-        if self.best.best_state is not None:
-            training_state.restore(self.model, self.best.best_state)
-        if self.guard.action == "stop":
-            self.model.stop_training = True
-        else:
-            new_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)) * self.guard.lr_factor
-            self.model.optimizer.learning_rate.assign(new_rate)
-        print(f"guard: epoch {epoch + 1} spiked; restored epoch {self.best.best_epoch}'s state, action {self.guard.action}", flush=True)
-
-
-class HistoryRows(keras.callbacks.Callback):
-    """Appends each epoch's logs (with diagnostics and seconds) to a shared list of dict rows."""
-
-    def __init__(self, rows: list[dict]):
-        super().__init__()
-        self.rows = rows
-
-    def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch + 1, "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))}
-        row.update({key: float(value) for key, value in (logs or {}).items()})
-        self.rows.append(row)
-
-
 @dataclass
 class TrainResult:
     model: keras.Model
@@ -149,6 +64,7 @@ class TrainResult:
     best_epoch: int | None
     guard_epochs: list[int] = field(default_factory=list)
     fresh_optimizer_variables: list[str] = field(default_factory=list)
+    diagnostics_cpu_seconds: list[float] = field(default_factory=list)  # per epoch, for benchmarks
 
 
 def compile_model(params: Params, image_size: int, data_format: str, steps_per_execution: int = 1) -> keras.Model:
@@ -173,8 +89,13 @@ def steps_per_call(steps_per_epoch: int, most: int = 16) -> int:
     return max(d for d in range(1, most + 1) if steps_per_epoch % d == 0)
 
 
-def train(params: Params, arrays: dict[str, np.ndarray], data_format: str, snapshot_dir: Path | None,
-          extra_callbacks: list[keras.callbacks.Callback] = ()) -> TrainResult:
+def train(
+    params: Params,
+    arrays: dict[str, np.ndarray],
+    data_format: str,
+    snapshot_dir: Path | None,
+    extra_callbacks: list[keras.callbacks.Callback] = (),
+) -> TrainResult:
     """Train from scratch, or from the snapshot params.train.resume_from names."""
     seed_everything(params.train.seed)
     image_size = arrays["x_train"].shape[-1]
@@ -190,23 +111,35 @@ def train(params: Params, arrays: dict[str, np.ndarray], data_format: str, snaps
                 f"not train.resume_epoch = {params.train.resume_epoch}"
             )
         fresh = training_state.restore(model, state)
-    best = BestAndLast(snapshot_dir, params.train.snapshot_every, history)
-    callbacks = []
+    best = BestState()
+    callbacks: list[keras.callbacks.Callback] = []
+    diagnostics = None
     if params.diagnostics.enabled:
         probe = slice(0, params.diagnostics.probe_size)
         probe_x = to_model_input(arrays["x_train"][probe], data_format)
-        callbacks.append(Diagnostics(probe_x, arrays["y_train"][probe], model.loss))
+        diagnostics = Diagnostics(probe_x, arrays["y_train"][probe], model.loss)
+        callbacks.append(diagnostics)
     callbacks += [keras.callbacks.TerminateOnNaN(), ProgressLine(params.train.epochs)]
     guard = None
     if params.guard.enabled:
         lowest = min((row["loss"] for row in history), default=math.inf)
-        guard = DivergenceGuard(params, best, lowest)
+        guard = DivergenceGuard(params.divergence, params.guard, best, lowest)
         callbacks.append(guard)
-    # HistoryRows before BestAndLast, so a snapshot's history includes its own epoch
-    callbacks += [HistoryRows(history), best, *extra_callbacks]
+    # HistoryRows before Snapshots, so a snapshot's history includes its own epoch
+    callbacks += [HistoryRows(history), best]
+    if snapshot_dir is not None and params.train.snapshot_every:
+        callbacks.append(Snapshots(snapshot_dir, params.train.snapshot_every, history))
+    callbacks += list(extra_callbacks)
     model.fit(
-        batch_stream(arrays["x_train"], arrays["y_train"], params.train.batch_size, params.train.seed,
-                     first_epoch, params.train.epochs, data_format),
+        batch_stream(
+            arrays["x_train"],
+            arrays["y_train"],
+            params.train.batch_size,
+            params.train.seed,
+            first_epoch,
+            params.train.epochs,
+            data_format,
+        ),
         steps_per_epoch=steps,
         epochs=params.train.epochs,
         initial_epoch=first_epoch,
@@ -216,5 +149,12 @@ def train(params: Params, arrays: dict[str, np.ndarray], data_format: str, snaps
         shuffle=False,  # the batch stream is already in its seeded order
         verbose=0,
     )
-    return TrainResult(model, history, best.best_state, best.best_epoch,
-                       guard.triggered_epochs if guard else [], fresh)
+    return TrainResult(
+        model,
+        history,
+        best.state,
+        best.epoch,
+        guard.triggered_epochs if guard else [],
+        fresh,
+        diagnostics.cpu_seconds if diagnostics else [],
+    )

@@ -1,49 +1,41 @@
-"""Stage evaluate: models/best.keras and models/last.keras -> metrics/evaluate.json (and the MLflow run)."""
+"""Stage evaluate: <models>/{best,last}.keras on the validation set -> <evaluate.json>, and into train's MLflow run.
+
+python stages/evaluate.py data/split.npz models metrics/run.json metrics/evaluate.json
+"""
+
 import json
-import time
+import sys
 from pathlib import Path
 
-import keras
-from mlflow.entities import Metric
-from mlflow.tracking import MlflowClient
-
-from spikelab.cli import run_stage
-from spikelab.evaluation import score
-from spikelab.files import InputError, read_npz, write_json
+from spikelab.errors import run_entry_point
+from spikelab.evaluation import load_model, score
+from spikelab.files import read_npz, write_json
 from spikelab.losses import make_loss
 from spikelab.params import load_params
-from spikelab.tracking import prepare_experiment, project_root, retry_locked
-
-MODELS = {"best": Path("models/best.keras"), "last": Path("models/last.keras")}
-OUTPUT = "metrics/evaluate.json"
-
-
-def load_model(path: Path) -> keras.Model:
-    if not path.exists():
-        raise InputError(f"{path}: missing; re-run the 'train' stage: dvc repro train")
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as error:  # Keras raises ValueError, OSError or zip errors for a damaged file
-        raise InputError(f"{path}: unreadable ({error}); re-run the 'train' stage: dvc repro train") from None
+from spikelab.tracking import add_to_run
 
 
 def main() -> None:
+    split_path, models_dir, run_file, output = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
     params = load_params()
-    arrays = read_npz("data/split.npz", ("x_val", "y_val"), produced_by="split")
-    models = {name: load_model(path) for name, path in MODELS.items()}
+    arrays = read_npz(split_path, ("x_val", "y_val"), produced_by="split")
+    models = {name: load_model(models_dir / f"{name}.keras") for name in ("best", "last")}
     loss_fn = make_loss(params.loss)
-    results = {name: score(model, loss_fn, arrays["x_val"], arrays["y_val"], params.train.batch_size)
-               for name, model in models.items()}
-    write_json(OUTPUT, results)
-    print("evaluate: " + json.dumps({name: {"loss": r["loss"], "accuracy": r["accuracy"]} for name, r in results.items()}))
-    run_file = Path("metrics/run.json")
-    if run_file.exists():  # add the scores to the training run, so MLflow shows them together
-        prepare_experiment(params.tracking.experiment, project_root())
-        run_id = json.loads(run_file.read_text())["mlflow_run_id"]
-        scores = [Metric(f"eval.{name}.{key}", float(value), int(time.time() * 1000), 0)
-                  for name, r in results.items() for key, value in r.items() if value is not None]
-        retry_locked(MlflowClient().log_batch, run_id, metrics=scores)
+    results = {
+        name: score(model, loss_fn, arrays["x_val"], arrays["y_val"], params.train.batch_size)
+        for name, model in models.items()
+    }
+    write_json(output, results)
+    print(
+        "evaluate: " + json.dumps({name: {"loss": r["loss"], "accuracy": r["accuracy"]} for name, r in results.items()})
+    )
+    run_id = json.loads(run_file.read_text())["mlflow_run_id"]  # the scores join train's run in MLflow
+    add_to_run(
+        params.tracking.experiment,
+        run_id,
+        {f"eval.{name}.{key}": value for name, r in results.items() for key, value in r.items()},
+    )
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_entry_point(main)

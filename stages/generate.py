@@ -1,22 +1,28 @@
-"""Stage generate: params data -> data/lines.npz (solid and broken stacks, uint8, and gap sizes)."""
+"""Stage generate: params `data` -> <lines.npz> (solid and broken stacks, uint8, and gap sizes).
+
+python stages/generate.py data/lines.npz
+"""
+
+import sys
 import time
 
-from spikelab.cli import run_stage
 from spikelab.data import generate
+from spikelab.errors import run_entry_point
 from spikelab.files import write_npz
 from spikelab.params import load_params
 
-OUTPUT = "data/lines.npz"
-
 
 def main() -> None:
+    output = sys.argv[1]
     params = load_params()
     started = time.perf_counter()
     solid, broken, gaps = generate(params.data)
-    write_npz(OUTPUT, solid=solid, broken=broken, gaps=gaps)
-    print(f"generate: {len(solid)} solid + {len(broken)} broken {solid.shape[1]}x{solid.shape[2]} images "
-          f"-> {OUTPUT} ({time.perf_counter() - started:.1f}s)")
+    write_npz(output, solid=solid, broken=broken, gaps=gaps)
+    print(
+        f"generate: {len(solid)} solid + {len(broken)} broken {solid.shape[1]}x{solid.shape[2]} images "
+        f"-> {output} ({time.perf_counter() - started:.1f}s)"
+    )
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_entry_point(main)

@@ -1,20 +1,24 @@
-"""Stage split: data/lines.npz -> data/split.npz (shuffled, val_per_class held out, one-hot labels)."""
-from spikelab.cli import run_stage
+"""Stage split: <lines.npz> -> <split.npz> (shuffled, val_per_class held out, one-hot labels).
+
+python stages/split.py data/lines.npz data/split.npz
+"""
+
+import sys
+
 from spikelab.data import split
+from spikelab.errors import run_entry_point
 from spikelab.files import read_npz, write_npz
 from spikelab.params import load_params
 
-INPUT = "data/lines.npz"
-OUTPUT = "data/split.npz"
-
 
 def main() -> None:
+    lines_path, output = sys.argv[1], sys.argv[2]
     params = load_params()
-    lines = read_npz(INPUT, ("solid", "broken"), produced_by="generate")
+    lines = read_npz(lines_path, ("solid", "broken"), produced_by="generate")
     parts = split(lines["solid"], lines["broken"], params.split)
-    write_npz(OUTPUT, **parts)
-    print(f"split: {len(parts['x_train'])} train, {len(parts['x_val'])} validation images -> {OUTPUT}")
+    write_npz(output, **parts)
+    print(f"split: {len(parts['x_train'])} train, {len(parts['x_val'])} validation images -> {output}")
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_entry_point(main)

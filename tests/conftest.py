@@ -3,10 +3,12 @@
 Everything here is tiny and CPU-only: a handful of 32x32 images, a 2-filter model, a few epochs.
 Each copy has its own sqlite MLflow store (the default one, at the copy's root).
 """
+
 from __future__ import annotations
 
 import copy
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -15,26 +17,36 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spikelab.workspace import commit_fresh_repo, copy_tracked_files
+from benchmarks.workspace import commit_fresh_repo, copy_tracked_files
+from spikelab.params import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
-TINY = {
-    "data": {"per_class": 96, "image_size": 32, "length_min": 8, "length_max": 20, "gap_min": 2, "gap_max": 4,
-             "seed": 0},
-    "split": {"val_per_class": 32, "seed": 0},
-    "model": {"filters": 2, "kernel_size": 16, "data_format": "auto"},
-    "optimizer": {"name": "adam", "learning_rate": 0.001, "epsilon": 1e-07, "beta_1": 0.9, "beta_2": 0.999,
-                  "rho": 0.9, "amsgrad": False, "momentum": 0.0, "clipnorm": None, "weight_decay": None},
-    "loss": {"name": "binary_crossentropy", "form": "keras2_clipped"},
-    "train": {"epochs": 3, "batch_size": 32, "seed": 0, "snapshot_every": 1, "resume_from": None,
-              "resume_epoch": None},
-    "divergence": {"ratio": 10.0, "min_rise": 0.01},
-    "guard": {"enabled": False, "action": "stop", "lr_factor": 0.1},
-    "diagnostics": {"enabled": True, "probe_size": 32},
+# The tiny test configuration: params.yaml with these keys changed, and nothing else. A new
+# params key needs no edit here: it comes with params.yaml's default.
+TINY_CHANGES = {
+    "data": {"per_class": 96, "length_max": 20},
+    "split": {"val_per_class": 32},
+    "model": {"filters": 2},
+    "optimizer": {"learning_rate": 0.001},
+    "train": {"epochs": 3, "snapshot_every": 1},
+    "diagnostics": {"probe_size": 32},
     "tracking": {"experiment": "spikelab-test"},
 }
+
+
+def with_changes(raw: dict, changes: dict) -> dict:
+    """A copy of parsed params with {section: {key: value}} changes, each key checked to exist."""
+    raw = copy.deepcopy(raw)
+    for section, values in changes.items():
+        for key, value in values.items():
+            assert key in raw[section], f"no key {section}.{key} in params.yaml"
+            raw[section][key] = value
+    return raw
+
+
+TINY = with_changes(read_yaml(REPO / "params.yaml", "params"), TINY_CHANGES)
 
 
 @pytest.fixture
@@ -56,7 +68,9 @@ def lab_env(root: Path) -> dict:
 def run(args: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=cwd, env=lab_env(cwd), capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        raise AssertionError(
+            f"{' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
     return result
 
 
@@ -88,3 +102,8 @@ def wait_for_queue(root: Path, timeout_s: float = 900) -> str:
         time.sleep(3)
     raise AssertionError(f"queue still busy after {timeout_s}s:\n{status}")
 
+
+def stage_command(root: Path, name: str) -> list[str]:
+    """The stage's command line as dvc.yaml writes it (its paths are written there only)."""
+    stages = read_yaml(root / "dvc.yaml", "dvc")["stages"]
+    return shlex.split(stages[name]["cmd"])

@@ -1,4 +1,5 @@
 """The benchmark runs end to end on a few batches (`--quick`), so it cannot rot unnoticed."""
+
 import json
 import math
 import subprocess
@@ -13,8 +14,14 @@ from conftest import REPO, lab_env
 @pytest.mark.slow
 def test_quick_benchmark_writes_every_figure(tmp_path: Path):
     out = tmp_path / "results.json"
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench.py"), "--quick", "--out", str(out)],
-                            cwd=tmp_path, env=lab_env(REPO), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench", "--quick", "--out", str(out)],
+        cwd=tmp_path,
+        env=lab_env(REPO),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads(out.read_text())
     for key in ("train_vs_bare", "train_vs_generator", "fraction_of_peak", "fraction_of_peak_seed_width"):

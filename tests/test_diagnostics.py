@@ -1,4 +1,5 @@
 """The diagnostics read the real optimizer state: checked against a numpy re-implementation of Keras's Adam."""
+
 import keras
 import numpy as np
 import pytest
@@ -28,8 +29,10 @@ def test_adam_diagnostics_match_a_numpy_adam_over_three_steps():
     rng = np.random.default_rng(0)
     x = rng.random((8, 32, 32, 1), dtype=np.float32)
     y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 8)]
-    model = build_model(ModelParams(2, 16, "auto"), 32, "channels_last")
-    twin = build_model(ModelParams(2, 16, "auto"), 32, "channels_last")  # computes the gradients numpy applies
+    model = build_model(ModelParams(filters=2, kernel_size=16, data_format="auto"), 32, "channels_last")
+    twin = build_model(
+        ModelParams(filters=2, kernel_size=16, data_format="auto"), 32, "channels_last"
+    )  # computes the gradients numpy applies
     optimizer = keras.optimizers.Adam(LEARNING_RATE, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON)
     model.compile(optimizer=optimizer, loss=clipped_binary_crossentropy)
     weights = [w.numpy().copy() for w in model.trainable_variables]
@@ -43,7 +46,9 @@ def test_adam_diagnostics_match_a_numpy_adam_over_three_steps():
         numpy_adam_step(weights, grads, m, v, step)
         model.train_on_batch(x, y)
     for ours, theirs in zip(weights, model.trainable_variables):
-        np.testing.assert_allclose(theirs.numpy(), ours, rtol=1e-4, atol=1e-6)  # float32 conv gradients differ in summation order
+        np.testing.assert_allclose(
+            theirs.numpy(), ours, rtol=1e-4, atol=1e-6
+        )  # float32 conv gradients differ in summation order
     m_all = np.concatenate([a.ravel() for a in m])
     v_all = np.concatenate([a.ravel() for a in v])
     m_hat, v_sqrt = m_all / (1 - BETA_1**3), np.sqrt(v_all / (1 - BETA_2**3))
@@ -70,10 +75,23 @@ def test_training_history_carries_every_diagnostic(tiny_raw):
     solid, broken, _ = generate(params.data)
     result = train(params, split(solid, broken, params.split), "channels_last", snapshot_dir=None)
     row = result.history[-1]
-    for key in ("grad_norm", "update_rms", "update_rms_over_lr", "adam_ratio_max", "adam_ratio_p99",
-                "v_below_eps_fraction", "v_sqrt_median", "weight_norm_conv1", "weight_norm_conv2",
-                "weight_norm_logits", "logit_max_abs", "saturated_fraction", "saturated_wrong_fraction",
-                "accuracy", "val_loss"):
+    for key in (
+        "grad_norm",
+        "update_rms",
+        "update_rms_over_lr",
+        "adam_ratio_max",
+        "adam_ratio_p99",
+        "v_below_eps_fraction",
+        "v_sqrt_median",
+        "weight_norm_conv1",
+        "weight_norm_conv2",
+        "weight_norm_logits",
+        "logit_max_abs",
+        "saturated_fraction",
+        "saturated_wrong_fraction",
+        "accuracy",
+        "val_loss",
+    ):
         assert np.isfinite(row[key]), key
     assert row["update_rms"] > 0 and row["grad_norm"] > 0
     assert len(result.history) == params.train.epochs

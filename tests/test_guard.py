@@ -1,10 +1,11 @@
 """The divergence guard, on runs forced to diverge by a learning-rate kick in the middle of training."""
+
 import keras
 import numpy as np
 import pytest
 
 from spikelab.data import generate, split
-from spikelab.outputs import train_metrics
+from spikelab.divergence import train_metrics
 from spikelab.params import params_from_dict
 from spikelab.training import train
 
@@ -25,7 +26,7 @@ def kicked_run(tiny_raw, **guard):
     params = params_from_dict(tiny_raw)
     solid, broken, _ = generate(params.data)
     result = train(params, split(solid, broken, params.split), "channels_last", None, [LearningRateKick()])
-    return result, train_metrics(result, params)
+    return result, train_metrics(result.history, params.divergence, result.guard_epochs, result.best_epoch)
 
 
 @pytest.fixture

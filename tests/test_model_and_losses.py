@@ -3,19 +3,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from spikelab.losses import clipped_binary_crossentropy, make_loss
+from spikelab.losses import clipped_binary_crossentropy, clipped_categorical_crossentropy, make_loss
 from spikelab.model import build_model, resolve_data_format
 from spikelab.params import LossParams, ModelParams
 
 
 def test_seed_architecture_has_the_seed_parameter_count():
-    model = build_model(ModelParams(64, 16, "auto"), 32, "channels_last")
+    model = build_model(ModelParams(filters=64, kernel_size=16, data_format="auto"), 32, "channels_last")
     assert model.count_params() == 2_113_986  # 16,448 + 2,097,280 + 258, as in SEED.md
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", resolve_data_format("auto")])
 def test_output_is_a_two_way_softmax(data_format):
-    model = build_model(ModelParams(2, 16, "auto"), 32, data_format)
+    model = build_model(ModelParams(filters=2, kernel_size=16, data_format="auto"), 32, data_format)
     shape = (3, 1, 32, 32) if data_format == "channels_first" else (3, 32, 32, 1)
     output = model(np.random.default_rng(0).random(shape, dtype=np.float32)).numpy()
     assert output.shape == (3, 2)
@@ -32,8 +32,12 @@ def _gradient_wrt_logits(loss_fn, logits, label):
 def test_clipped_form_has_zero_gradient_on_a_saturated_wrong_sample_and_keras3_does_not():
     logits = np.array([[30.0, -30.0]], dtype=np.float32)  # sure it is solid ...
     broken = np.array([[0.0, 1.0]], dtype=np.float32)  # ... but it is broken
-    clipped_loss, clipped_grad = _gradient_wrt_logits(make_loss(LossParams("binary_crossentropy", "keras2_clipped")), logits, broken)
-    keras3_loss, keras3_grad = _gradient_wrt_logits(make_loss(LossParams("binary_crossentropy", "keras3")), logits, broken)
+    clipped_loss, clipped_grad = _gradient_wrt_logits(
+        make_loss(LossParams(name="binary_crossentropy", form="keras2_clipped")), logits, broken
+    )
+    keras3_loss, keras3_grad = _gradient_wrt_logits(
+        make_loss(LossParams(name="binary_crossentropy", form="keras3")), logits, broken
+    )
     assert clipped_loss == pytest.approx(16.03, abs=0.01)  # the Keras 2 ceiling in float32 (NOTES.md: ~16.0)
     assert np.all(clipped_grad == 0.0)  # the dead zone
     # sigmoid CE on the cached logits: each unit costs ~30 (softplus(30)), the mean is 30
@@ -49,8 +53,18 @@ def test_clipped_binary_crossentropy_matches_the_formula_inside_the_clip():
 
 
 def test_log_cosh_on_known_values():
-    loss = make_loss(LossParams("log_cosh", "keras3"))
+    loss = make_loss(LossParams(name="log_cosh", form="keras3"))
     y = np.array([[1.0, 0.0]], dtype=np.float32)
     p = np.array([[0.5, 0.5]], dtype=np.float32)
     assert float(loss(y, p)) == pytest.approx(np.log(np.cosh(0.5)), rel=1e-6)  # 0.12011
     assert float(loss(y, y)) == 0.0
+
+
+def test_clipped_categorical_crossentropy_matches_the_formula_and_has_the_dead_zone():
+    y = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    p = np.array([[0.8, 0.2], [0.3, 0.7]], dtype=np.float32)
+    np.testing.assert_allclose(clipped_categorical_crossentropy(y, p).numpy(), -np.log([0.8, 0.7]), rtol=1e-6)
+    loss_fn = make_loss(LossParams(name="categorical_crossentropy", form="keras2_clipped"))
+    loss, gradient = _gradient_wrt_logits(loss_fn, np.array([[30.0, -30.0]], np.float32), y[1:])
+    assert loss == pytest.approx(-np.log(np.float32(1e-7)), rel=1e-3)  # the clip's ceiling, ~16.1
+    assert np.all(gradient == 0.0)

@@ -1,4 +1,5 @@
 """End to end, in a throw-away copy of the repo: real git, real DVC, real MLflow (sqlite), real training."""
+
 import csv
 import json
 
@@ -9,9 +10,25 @@ from conftest import run, wait_for_queue
 
 pytestmark = pytest.mark.slow
 
-TRAIN_KEYS = {"final_loss", "min_loss", "min_epoch", "peak_loss", "peak_epoch", "spike_ratio", "diverged",
-              "divergence_epoch", "nan", "epochs_run", "final_val_loss", "min_val_loss", "peak_val_loss",
-              "val_spike_ratio", "guard_triggered", "guard_epoch", "best_epoch"}
+TRAIN_KEYS = {
+    "final_loss",
+    "min_loss",
+    "min_epoch",
+    "peak_loss",
+    "peak_epoch",
+    "spike_ratio",
+    "diverged",
+    "divergence_epoch",
+    "nan",
+    "epochs_run",
+    "final_val_loss",
+    "min_val_loss",
+    "peak_val_loss",
+    "val_spike_ratio",
+    "guard_triggered",
+    "guard_epoch",
+    "best_epoch",
+}
 
 
 def mlflow_runs(root):
@@ -34,8 +51,17 @@ def test_repro_then_experiments_land_in_dvc_and_the_one_mlflow_store(lab_repo):
     assert float(rows[-1]["loss"]) == pytest.approx(metrics["final_loss"])
     assert {"grad_norm", "adam_ratio_max", "saturated_fraction"} <= rows[0].keys()
     evaluation = json.loads((root / "metrics/evaluate.json").read_text())
-    assert evaluation["best"]["accuracy"] >= 0 and sum(v for k, v in evaluation["last"].items() if k.startswith("true_")) == 64
-    for path in ("models/best.keras", "models/last.keras", "models/snapshots/epoch_00003.npz", "metrics/loss_curve.png", "dvc.lock"):
+    assert (
+        evaluation["best"]["accuracy"] >= 0
+        and sum(v for k, v in evaluation["last"].items() if k.startswith("true_")) == 64
+    )
+    for path in (
+        "models/best.keras",
+        "models/last.keras",
+        "models/snapshots/epoch_00003.npz",
+        "metrics/loss_curve.png",
+        "dvc.lock",
+    ):
         assert (root / path).stat().st_size > 0, path
     assert "data/lines.npz" in (root / "dvc.lock").read_text()
 

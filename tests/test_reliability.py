@@ -2,6 +2,7 @@
 an unreachable tracking server. Each case runs the real stage scripts (and DVC where it matters) in
 a copy of one tiny baseline lab, against that copy's own sqlite MLflow store.
 """
+
 import copy
 import csv
 import json
@@ -18,13 +19,23 @@ import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, lab_env, make_lab, run, wait_for_queue, write_params
+from conftest import TINY, lab_env, make_lab, run, stage_command, wait_for_queue, write_params
+
+# every test here runs the stages in a copy of the repo that ran `dvc repro` with a real MLflow store
+pytestmark = pytest.mark.slow
 
 EXPERIMENT = TINY["tracking"]["experiment"]
 STAGE_FOLDERS = ("data", "models", "metrics")
 # the train stage's outputs but its snapshots, which an interrupted run writes whole, epoch by epoch
-OUTPUTS = ("metrics/train.json", "metrics/history.csv", "metrics/run.json", "metrics/evaluate.json",
-           "metrics/loss_curve.png", "models/best.keras", "models/last.keras")
+OUTPUTS = (
+    "metrics/train.json",
+    "metrics/history.csv",
+    "metrics/run.json",
+    "metrics/evaluate.json",
+    "metrics/loss_curve.png",
+    "models/best.keras",
+    "models/last.keras",
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +58,12 @@ def lab(baseline, tmp_path) -> Path:
 
 def stage_files(root: Path) -> dict[str, bytes]:
     """Every file the stages read or write, hidden temporary ones included, by relative path."""
-    return {str(path.relative_to(root)): path.read_bytes()
-            for folder in STAGE_FOLDERS for path in sorted((root / folder).rglob("*")) if path.is_file()}
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for folder in STAGE_FOLDERS
+        for path in sorted((root / folder).rglob("*"))
+        if path.is_file()
+    }
 
 
 def output_bytes(root: Path) -> dict[str, bytes]:
@@ -70,8 +85,9 @@ def mlflow_runs(root: Path) -> list:
 
 
 def stage(root: Path, name: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(["python", f"stages/{name}.py"], cwd=root, env=lab_env(root) | env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        stage_command(root, name), cwd=root, env=lab_env(root) | env, capture_output=True, text=True, timeout=300
+    )
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> str:
@@ -88,8 +104,14 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> s
 def start_stage(root: Path, name: str, stderr_path: Path, **env) -> tuple[subprocess.Popen, queue.Queue]:
     """Start a stage; its stdout lines arrive on the queue (None at the end), so waits can time out."""
     with stderr_path.open("w") as stderr:  # a file, not a pipe: nobody has to drain it
-        process = subprocess.Popen(["python", f"stages/{name}.py"], cwd=root, env=lab_env(root) | env, text=True,
-                                   stdout=subprocess.PIPE, stderr=stderr)
+        process = subprocess.Popen(
+            stage_command(root, name),
+            cwd=root,
+            env=lab_env(root) | env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
     lines: queue.Queue = queue.Queue()
 
     def pump():
@@ -114,6 +136,7 @@ def wait_for_line(lines: queue.Queue, prefix: str, timeout_s: float = 180) -> li
 def with_value(section: str, key: str, value):
     def change(raw):
         raw[section][key] = value
+
     return change
 
 
@@ -121,14 +144,29 @@ BAD_PARAMS = {
     # id: (change to the tiny params, fragments the one error line must hold: key, value, allowed)
     "unknown_key": (with_value("train", "epoch", 5), ("'train.epoch'", "allowed keys in 'train'", "epochs")),
     "unknown_section": (lambda raw: raw.update(trian={"epochs": 5}), ("'trian'", "allowed sections", "train")),
-    "unknown_optimizer": (with_value("optimizer", "name", "adamx"), ("optimizer.name = 'adamx'", "adam, adamw, sgd, rmsprop")),
-    "unknown_loss": (with_value("loss", "name", "mse"), ("loss.name = 'mse'", "binary_crossentropy, categorical_crossentropy, log_cosh")),
+    "unknown_optimizer": (
+        with_value("optimizer", "name", "adamx"),
+        ("optimizer.name = 'adamx'", "adam, adamw, sgd, rmsprop"),
+    ),
+    "unknown_loss": (
+        with_value("loss", "name", "mse"),
+        ("loss.name = 'mse'", "binary_crossentropy, categorical_crossentropy, log_cosh"),
+    ),
     "epsilon_zero": (with_value("optimizer", "epsilon", 0), ("optimizer.epsilon = 0.0", "allowed: a number > 0")),
-    "negative_learning_rate": (with_value("optimizer", "learning_rate", -0.001), ("optimizer.learning_rate = -0.001", "allowed: a number > 0")),
+    "negative_learning_rate": (
+        with_value("optimizer", "learning_rate", -0.001),
+        ("optimizer.learning_rate = -0.001", "allowed: a number > 0"),
+    ),
     "zero_epochs": (with_value("train", "epochs", 0), ("train.epochs = 0", "allowed: an integer >= 1")),
     "zero_batch_size": (with_value("train", "batch_size", 0), ("train.batch_size = 0", "allowed: an integer >= 1")),
-    "val_per_class_beyond_data": (with_value("split", "val_per_class", 200), ("split.val_per_class = 200", "fewer than data.per_class = 96")),
-    "string_for_number": (with_value("optimizer", "learning_rate", "0.001"), ("optimizer.learning_rate = '0.001'", "a number")),
+    "val_per_class_beyond_data": (
+        with_value("split", "val_per_class", 200),
+        ("split.val_per_class = 200", "fewer than data.per_class = 96"),
+    ),
+    "string_for_number": (
+        with_value("optimizer", "learning_rate", "0.001"),
+        ("optimizer.learning_rate = '0.001'", "a number"),
+    ),
 }
 
 
@@ -150,7 +188,9 @@ def test_bad_params_fail_in_one_line_before_any_work(lab, kind):
 
 def test_nan_loss_stops_training_and_keeps_the_experiment_row(lab):
     # 1e20 overflows the weights in the first step on any loss form; DVC writes it as `1e+20`
-    result = run(["dvc", "exp", "run", "-n", "blowup", "-S", "optimizer.name=sgd", "-S", "optimizer.learning_rate=1e20"], lab)
+    result = run(
+        ["dvc", "exp", "run", "-n", "blowup", "-S", "optimizer.name=sgd", "-S", "optimizer.learning_rate=1e20"], lab
+    )
     assert "epoch 1/3" in result.stdout and "epoch 2/3" not in result.stdout  # stopped at the first non-finite loss
 
     metrics = json.loads((lab / "metrics/train.json").read_text())
@@ -201,7 +241,7 @@ def test_interrupted_training_leaves_no_partial_outputs_and_a_killed_run(lab, tm
 
 def test_same_params_give_identical_metrics_and_history(lab):
     first = {name: (lab / name).read_bytes() for name in ("metrics/train.json", "metrics/history.csv")}
-    run(["python", "stages/train.py"], lab)
+    run(stage_command(lab, "train"), lab)
     assert [r.info.status for r in mlflow_runs(lab)] == ["FINISHED"]  # it really trained again
     assert {name: (lab / name).read_bytes() for name in first} == first
 
@@ -277,7 +317,6 @@ def test_unreachable_tracking_server_fails_in_seconds_before_training(lab, tmp_p
     assert stage_files(lab) == before and not (lab / "mlflow.db").exists()
 
 
-@pytest.mark.slow
 def test_six_queued_experiments_on_two_workers_all_land_in_dvc_and_one_mlflow_store(lab):
     names = [f"seed-{seed}" for seed in range(1, 7)]
     for seed, name in enumerate(names, start=1):

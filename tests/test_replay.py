@@ -1,5 +1,6 @@
 """The counterfactual replay's core claim: resuming from a snapshot (weights AND optimizer state)
 with nothing changed reproduces the original run's curve, epoch for epoch."""
+
 from __future__ import annotations
 
 import copy
@@ -11,8 +12,8 @@ import pytest
 from spikelab.data import generate, split
 from spikelab.model import resolve_data_format
 from spikelab.params import params_from_dict
-from spikelab.replay import continuation, pick_snapshot_epoch
 from spikelab.training import train
+from study.replay import continuation, pick_snapshot_epoch
 
 COMPARED = ("loss", "val_loss", "accuracy", "val_accuracy", "grad_norm", "adam_ratio_max")
 
@@ -60,7 +61,15 @@ def test_a_changed_replay_departs_from_the_original(tiny_raw, tiny_arrays, tmp_p
 
 @pytest.mark.parametrize(
     ("divergence_epoch", "snapshot_every", "min_gap", "expected"),
-    [(25, 10, 3, 20), (23, 10, 3, 20), (22, 10, 3, 10), (13, 10, 3, 10), (12, 10, 3, None), (7, 1, 3, 4), (40, 5, 1, 35)],
+    [
+        (25, 10, 3, 20),
+        (23, 10, 3, 20),
+        (22, 10, 3, 10),
+        (13, 10, 3, 10),
+        (12, 10, 3, None),
+        (7, 1, 3, 4),
+        (40, 5, 1, 35),
+    ],
 )
 def test_pick_snapshot_epoch(divergence_epoch, snapshot_every, min_gap, expected):
     if expected is None:
@@ -75,8 +84,14 @@ def test_continuation_judges_only_the_epochs_after_the_resume(tiny_raw):
     # before the resume the loss was BCE-sized; after it a log_cosh-sized curve spikes at epoch 6
     history = [{"epoch": e, "loss": v} for e, v in enumerate([0.7, 0.5, 0.3, 0.002, 0.001, 0.05, 0.04], start=1)]
     summary = continuation(history, resume_epoch=3, rule=rule)
-    assert summary == {"spiked": True, "spike_epoch": 6, "ratio": pytest.approx(50.0), "final_loss": 0.04,
-                       "min_loss": 0.001, "nan": False}
+    assert summary == {
+        "spiked": True,
+        "spike_epoch": 6,
+        "ratio": pytest.approx(50.0),
+        "final_loss": 0.04,
+        "min_loss": 0.001,
+        "nan": False,
+    }
     calm = continuation(history[:5], resume_epoch=3, rule=rule)
     assert calm["spiked"] is False and calm["spike_epoch"] is None and calm["ratio"] is None
     broken = continuation(history[:4] + [{"epoch": 5, "loss": math.nan}], resume_epoch=3, rule=rule)

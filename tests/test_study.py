@@ -1,4 +1,5 @@
 """The study's machinery: sweep file -> -S overrides, exp show JSON -> run records -> the table."""
+
 from __future__ import annotations
 
 import csv
@@ -8,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from spikelab.params import flatten, params_from_dict
-from spikelab.report import aggregate, markdown_table, parse_exp_show, representative, run_record, write_report
-from spikelab.study import SweepError, expand, load_sweep
+from study.experiments import parse_exp_show
+from study.report import aggregate, representative, run_record, write_report
+from study.sweep import SweepError, expand, load_sweep
+from study.tables import markdown_table
 
 REPO_SWEEP = Path(__file__).resolve().parents[1] / "study" / "sweep.yaml"
 
@@ -34,7 +37,12 @@ def defaults(tiny_raw):
 def test_sweep_expands_to_named_runs_with_their_overrides(defaults):
     cells, runs = expand(SWEEP, defaults)
     assert [(cell.name, cell.same_as) for cell in cells] == [
-        ("baseline", None), ("eps-1e-8", None), ("eps-1e-7", "baseline"), ("sgd", None), ("clip", None)]
+        ("baseline", None),
+        ("eps-1e-8", None),
+        ("eps-1e-7", "baseline"),
+        ("sgd", None),
+        ("clip", None),
+    ]
     assert [(run.name, run.dvc_args()) for run in runs] == [
         # seed-major: every cell's first seed before any cell's second
         ("sweep-baseline-s0", ["-S", "train.seed=0"]),
@@ -55,14 +63,17 @@ def test_quick_subset_has_its_own_names_and_seeds(defaults):
     assert runs[1].overrides == ("optimizer.name=sgd", "optimizer.learning_rate=0.01", "train.seed=3")
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (lambda s: s["cells"].update({"bad": {"optimizer.epsilom": 1.0}}), "unknown params key 'optimizer.epsilom'"),
-    (lambda s: s["cells"].update({"Bad.Name": {}}), "cell name 'Bad.Name'"),
-    (lambda s: s["cells"].update({"seeded": {"train.seed": 3}}), "seeds come from 'seeds'"),
-    (lambda s: s.update(seeds=[]), "seeds must be a non-empty list"),
-    (lambda s: s.update(quick={"cells": ["nope"], "seeds": [0]}), "quick.cells"),
-    (lambda s: s.update(extra=1), "unknown keys"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda s: s["cells"].update({"bad": {"optimizer.epsilom": 1.0}}), "unknown params key 'optimizer.epsilom'"),
+        (lambda s: s["cells"].update({"Bad.Name": {}}), "cell name 'Bad.Name'"),
+        (lambda s: s["cells"].update({"seeded": {"train.seed": 3}}), "seeds come from 'seeds'"),
+        (lambda s: s.update(seeds=[]), "seeds must be a non-empty list"),
+        (lambda s: s.update(quick={"cells": ["nope"], "seeds": [0]}), "quick.cells"),
+        (lambda s: s.update(extra=1), "unknown keys"),
+    ],
+)
 def test_bad_sweep_files_are_rejected_naming_the_key(defaults, change, message):
     sweep = {**SWEEP, "cells": dict(SWEEP["cells"])}
     change(sweep)
@@ -93,9 +104,16 @@ def test_the_repo_sweep_covers_the_issue(defaults):
 
 
 def _train(diverged, epoch, ratio, final, nan=False):
-    return {"diverged": diverged, "divergence_epoch": epoch, "spike_ratio": ratio, "min_loss": 0.001,
-            "jump_ratio": ratio if diverged else None,
-            "final_loss": final, "nan": nan, "epochs_run": 40}
+    return {
+        "diverged": diverged,
+        "divergence_epoch": epoch,
+        "spike_ratio": ratio,
+        "min_loss": 0.001,
+        "jump_ratio": ratio if diverged else None,
+        "final_loss": final,
+        "nan": nan,
+        "epochs_run": 40,
+    }
 
 
 def _experiment(name, rev, state="success", train=None, accuracy=0.9, error=None, timestamp="2026-01-01T00:00:00"):
@@ -103,27 +121,49 @@ def _experiment(name, rev, state="success", train=None, accuracy=0.9, error=None
     if train is not None:
         metrics["metrics/train.json"] = {"data": train}
         metrics["metrics/evaluate.json"] = {"data": {"last": {"accuracy": accuracy}, "best": {"accuracy": 0.99}}}
-    return {"name": name, "executor": {"state": state},
-            "revs": [{"rev": rev, "name": name, "error": error,
-                      "data": {"rev": rev, "timestamp": timestamp, "metrics": metrics,
-                               "params": {"params.yaml": {"data": {"train": {"seed": 0}}}}}}]}
+    return {
+        "name": name,
+        "executor": {"state": state},
+        "revs": [
+            {
+                "rev": rev,
+                "name": name,
+                "error": error,
+                "data": {
+                    "rev": rev,
+                    "timestamp": timestamp,
+                    "metrics": metrics,
+                    "params": {"params.yaml": {"data": {"train": {"seed": 0}}}},
+                },
+            }
+        ],
+    }
 
 
 # what `dvc exp show --json` printed, in DVC 3.67's shape (one commit, its experiments)
 EXP_SHOW = [
     {"rev": "workspace", "name": None, "experiments": None},
-    {"rev": "c0ffee", "name": "main", "experiments": [
-        _experiment("sweep-baseline-s0", "a0", train=_train(True, 30, 120.0, 8.0), accuracy=0.5),
-        _experiment("sweep-baseline-s1", "a1", train=_train(True, 20, 80.0, None, nan=True), accuracy=0.5),
-        _experiment("sweep-eps-1e-8-s0", "b0", train=_train(False, None, 2.0, 0.002), accuracy=0.97),
-        # failed: DVC shows the metrics of the commit it started from; they must not count
-        _experiment("sweep-eps-1e-8-s1", "b1", state="failed", train=_train(True, 5, 999.0, 16.0),
-                    error={"msg": "Experiment run failed", "type": ""}),
-        _experiment("sweep-sgd-s0", "c0", train=_train(True, 4, 10.0, 0.69), accuracy=0.5),
-        _experiment("sweep-sgd-s1", "c1", state="queued"),
-        # an older run of the same name, from an earlier commit's sweep: the newer one wins
-        _experiment("sweep-sgd-s0", "old", train=_train(False, None, 1.0, 0.1), timestamp="2025-01-01T00:00:00"),
-    ]},
+    {
+        "rev": "c0ffee",
+        "name": "main",
+        "experiments": [
+            _experiment("sweep-baseline-s0", "a0", train=_train(True, 30, 120.0, 8.0), accuracy=0.5),
+            _experiment("sweep-baseline-s1", "a1", train=_train(True, 20, 80.0, None, nan=True), accuracy=0.5),
+            _experiment("sweep-eps-1e-8-s0", "b0", train=_train(False, None, 2.0, 0.002), accuracy=0.97),
+            # failed: DVC shows the metrics of the commit it started from; they must not count
+            _experiment(
+                "sweep-eps-1e-8-s1",
+                "b1",
+                state="failed",
+                train=_train(True, 5, 999.0, 16.0),
+                error={"msg": "Experiment run failed", "type": ""},
+            ),
+            _experiment("sweep-sgd-s0", "c0", train=_train(True, 4, 10.0, 0.69), accuracy=0.5),
+            _experiment("sweep-sgd-s1", "c1", state="queued"),
+            # an older run of the same name, from an earlier commit's sweep: the newer one wins
+            _experiment("sweep-sgd-s0", "old", train=_train(False, None, 1.0, 0.1), timestamp="2025-01-01T00:00:00"),
+        ],
+    },
 ]
 
 
@@ -158,8 +198,9 @@ def test_aggregate_makes_one_row_per_intervention(records):
     assert baseline["median_spike_ratio"] == 100.0
     assert baseline["median_final_loss"] == 8.0  # the NaN run's null final loss is not a number to average
     assert baseline["median_val_accuracy"] == 0.5
-    assert {k: v for k, v in table["eps-1e-7 (= baseline)"].items() if k not in ("cell", "overrides")} == \
-        {k: v for k, v in baseline.items() if k not in ("cell", "overrides")}
+    assert {k: v for k, v in table["eps-1e-7 (= baseline)"].items() if k not in ("cell", "overrides")} == {
+        k: v for k, v in baseline.items() if k not in ("cell", "overrides")
+    }
     eps = table["eps-1e-8"]
     assert (eps["n_runs"], eps["n_failed"], eps["divergence_rate"], eps["median_spike_epoch"]) == (1, 1, 0.0, None)
     assert eps["median_spike_ratio"] == 2.0  # not 999: the failed run's inherited metrics are ignored
@@ -170,7 +211,9 @@ def test_aggregate_makes_one_row_per_intervention(records):
 
 def test_markdown_and_csv_tables(records, tmp_path, monkeypatch):
     cells, rows = records
-    monkeypatch.setattr("spikelab.report.history_of", lambda rev: [{"epoch": 1.0, "loss": 0.7}, {"epoch": 2.0, "loss": math.nan}])
+    monkeypatch.setattr(
+        "study.report.history_of", lambda rev: [{"epoch": 1.0, "loss": 0.7}, {"epoch": 2.0, "loss": math.nan}]
+    )
     write_report(rows, cells, "sweep", tmp_path)
     text = (tmp_path / "sweep.md").read_text()
     assert "| baseline | (params.yaml) | 2 | 0 | 1 | 1 | 25 | 100 | 100 | 8 | 0.5 |" in text
@@ -193,5 +236,10 @@ def test_representative_is_the_median_run():
 
 
 def test_markdown_table_shows_missing_values_as_dashes():
-    assert markdown_table([{"cell": "x", "n_runs": 0, "divergence_rate": None}], (("cell", "c"), ("n_runs", "n"), ("divergence_rate", "r"))) \
+    assert (
+        markdown_table(
+            [{"cell": "x", "n_runs": 0, "divergence_rate": None}],
+            (("cell", "c"), ("n_runs", "n"), ("divergence_rate", "r")),
+        )
         == "| c | n | r |\n|---|---|---|\n| x | 0 | — |\n"
+    )

@@ -1,6 +1,7 @@
 """End to end in a throw-away repo: a tiny sweep queued as DVC experiments, the report, a replay.
 
 5 tiny queued experiments, 2 at a time: about 2 minutes on 2 idle cores."""
+
 from __future__ import annotations
 
 import csv
@@ -31,11 +32,11 @@ def test_sweep_report_and_replay_in_a_lab_copy(lab_repo, tiny_raw):
     run(["git", "add", "-A"], lab_repo)
     run(["git", "commit", "-qm", "tiny sweep"], lab_repo)
 
-    queued = run(["python", "-m", "spikelab.study", "queue", "--sweep", "study/tiny.yaml"], lab_repo, check=False)
+    queued = run(["python", "-m", "study.sweep", "queue", "--sweep", "study/tiny.yaml"], lab_repo, check=False)
     assert queued.returncode == 1, queued.stdout + queued.stderr  # one run failed, on purpose
     assert "1 failed: sweep-broken-s0" in queued.stdout
 
-    run(["python", "-m", "spikelab.report", "--sweep", "study/tiny.yaml"], lab_repo)
+    run(["python", "-m", "study.report", "--sweep", "study/tiny.yaml"], lab_repo)
     results = lab_repo / "study" / "results"
     with open(results / "sweep.csv") as handle:
         table = {row["cell"]: row for row in csv.DictReader(handle)}
@@ -47,12 +48,17 @@ def test_sweep_report_and_replay_in_a_lab_copy(lab_repo, tiny_raw):
     assert (results / "sweep.png").stat().st_size > 10_000
 
     # resume the baseline run from its epoch-1 snapshot, unchanged and with epsilon 1e-2
-    run(["python", "-m", "spikelab.replay", "--sweep", "study/tiny.yaml", "--exp", "sweep-baseline-s0", "--epoch", "1"], lab_repo)
+    run(
+        ["python", "-m", "study.replay", "--sweep", "study/tiny.yaml", "--exp", "sweep-baseline-s0", "--epoch", "1"],
+        lab_repo,
+    )
     with open(results / "replay.csv") as handle:
         replays = {row["intervention"]: row for row in csv.DictReader(handle)}
     assert list(replays) == ["original", "unchanged", "eps-1e-2"]
     assert replays["unchanged"]["state"] == "success" and replays["eps-1e-2"]["state"] == "success"
     assert float(replays["unchanged"]["max_loss_difference"]) < 1e-5
-    assert float(replays["unchanged"]["final_loss"]) == pytest.approx(float(replays["original"]["final_loss"]), rel=1e-5)
+    assert float(replays["unchanged"]["final_loss"]) == pytest.approx(
+        float(replays["original"]["final_loss"]), rel=1e-5
+    )
     assert float(replays["eps-1e-2"]["final_loss"]) != pytest.approx(float(replays["original"]["final_loss"]), rel=1e-5)
     assert "replay-sweep-baseline-s0-e1-unchanged" in run(["dvc", "exp", "list", "--name-only"], lab_repo).stdout

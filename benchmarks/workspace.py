@@ -1,4 +1,5 @@
 """A fresh copy of the project as a first-run git repo: for the tests and the benchmark's dvc repro."""
+
 from __future__ import annotations
 
 import shutil
@@ -21,7 +22,11 @@ def copy_tracked_files(source: Path, target: Path) -> None:
 def commit_fresh_repo(target: Path, message: str) -> None:
     """`git init` in target and commit everything there. The repo keeps a local identity, because
     DVC experiments and tests commit in it again."""
-    for command in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.name", "spikelab"],
-                    ["git", "config", "user.email", "spikelab@spikelab.invalid"], ["git", "add", "-A"],
-                    ["git", "commit", "-qm", message]):
+    for command in (
+        ["git", "init", "-q", "-b", "main"],
+        ["git", "config", "user.name", "spikelab"],
+        ["git", "config", "user.email", "spikelab@spikelab.invalid"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", message],
+    ):
         subprocess.run(command, cwd=target, check=True, capture_output=True)

@@ -1,4 +1,9 @@
-"""The per-run picture: loss curves on a log scale above the diagnostics, one shared epoch axis."""
+"""Figures: the one place matplotlib is set up, and the per-run picture.
+
+The per-run picture: loss curves on a log scale above the diagnostics, one shared epoch axis.
+The study's figures (study/figures.py) draw with `plt` and `save_figure` from here.
+"""
+
 from __future__ import annotations
 
 import math
@@ -21,6 +26,13 @@ PANELS = (
     ("Adam median sqrt(v_hat): compare with epsilon (log)", "log", ("v_sqrt_median",)),
     ("saturated past the clip, probe batch", "linear", ("saturated_fraction", "saturated_wrong_fraction")),
 )
+
+
+def save_figure(figure, path: str | os.PathLike, dpi: int = 90) -> None:
+    """Write atomically and free the figure (a long report draws many)."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=dpi)
+    plt.close(figure)
 
 
 def _column(history: list[dict], key: str) -> list[float]:
@@ -46,6 +58,4 @@ def plot_run(history: list[dict], divergence_epoch: int | None, path: str | os.P
     axes[-1, 0].set_xlabel("epoch")
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=90)
-    plt.close(figure)
+    save_figure(figure, path)

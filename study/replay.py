@@ -1,6 +1,6 @@
 """Counterfactual replay: resume a spiking run shortly before its spike, change one thing, see if it spikes.
 
-    python -m spikelab.replay [--exp NAME] [--epoch K] [--jobs 2]    # make replay
+    python -m study.replay [--exp NAME] [--epoch K] [--jobs 2]    # make replay
 
 The baseline is the workspace's last `dvc repro` (params.yaml, metrics/, models/snapshots/), or the
 experiment --exp NAME (its snapshot is read from the DVC cache with dvc.api). The snapshot at the
@@ -18,37 +18,56 @@ divergence rule: a replay that switches the loss (log_cosh) has losses on anothe
 rows before the resume, which come from the snapshot.
 Writes study/results/replay.md, replay.csv and replay.png.
 """
+
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 from spikelab.divergence import curve_summary, divergence_epoch, jump_ratio
-from spikelab.files import atomic_path
+from spikelab.errors import UserError, run_entry_point
+from spikelab.history import read_history_csv
 from spikelab.params import DivergenceParams
-from spikelab.report import RESULTS, _format, experiments_of, history_of, write_csv
-from spikelab.study import SWEEP_FILE, SweepError, expand, format_value, load_defaults, load_sweep, queue_and_wait
+from study.experiments import experiments_by_name, history_of, queue_and_wait, read_output
+from study.figures import plot_replay
+from study.report import RESULTS
+from study.sweep import SWEEP_FILE, SweepError, expand, format_value, load_defaults, load_sweep
+from study.tables import markdown_table, write_csv, write_text
 
 REPLAYS = Path("study/replays")
+
+
+class ReplayError(UserError, ValueError):
+    """A replay that cannot start: no such experiment, no spike, no snapshot before it."""
+
+
 NOT_CARRIED = ("train.resume_from", "train.resume_epoch")
-COLUMNS = (("intervention", "intervention"), ("overrides", "overrides"), ("state", "state"),
-           ("spiked", "spiked again?"), ("spike_epoch", "spike epoch"), ("ratio", "jump (peak from spike on / min before)"),
-           ("final_loss", "final loss"), ("val_accuracy", "val accuracy"), ("max_loss_difference", "max abs(Δloss) vs original"))
+COLUMNS = (
+    ("intervention", "intervention"),
+    ("overrides", "overrides"),
+    ("state", "state"),
+    ("spiked", "spiked again?"),
+    ("spike_epoch", "spike epoch"),
+    ("ratio", "jump (peak from spike on / min before)"),
+    ("final_loss", "final loss"),
+    ("val_accuracy", "val accuracy"),
+    ("max_loss_difference", "max abs(Δloss) vs original"),
+)
 
 
 def pick_snapshot_epoch(divergence_epoch: int, snapshot_every: int, min_gap: int) -> int:
     """The latest snapshot epoch k (a multiple of snapshot_every) with k <= divergence_epoch - min_gap."""
     if snapshot_every < 1:
-        raise ValueError("no snapshot: the baseline ran with train.snapshot_every = 0")
+        raise ReplayError("no snapshot: the baseline ran with train.snapshot_every = 0")
     k = (divergence_epoch - min_gap) // snapshot_every * snapshot_every
     if k < snapshot_every:
-        raise ValueError(f"no snapshot at least {min_gap} epochs before the divergence epoch {divergence_epoch} "
-                         f"(snapshots every {snapshot_every} epochs); pass --epoch or lower replay.min_gap")
+        raise ReplayError(
+            f"no snapshot at least {min_gap} epochs before the divergence epoch {divergence_epoch} "
+            f"(snapshots every {snapshot_every} epochs); pass --epoch or lower replay.min_gap"
+        )
     return k
 
 
@@ -57,19 +76,29 @@ def continuation(history: list[dict], resume_epoch: int, rule: DivergenceParams)
     losses = [row["loss"] for row in history if row["epoch"] > resume_epoch]
     first = divergence_epoch(losses, rule)
     summary = curve_summary(losses)
-    return {"spiked": first is not None, "spike_epoch": None if first is None else first + resume_epoch,
-            "ratio": jump_ratio(losses, first), "final_loss": summary["final"], "min_loss": summary["min"],
-            "nan": any(not math.isfinite(loss) for loss in losses)}
+    return {
+        "spiked": first is not None,
+        "spike_epoch": None if first is None else first + resume_epoch,
+        "ratio": jump_ratio(losses, first),
+        "final_loss": summary["final"],
+        "min_loss": summary["min"],
+        "nan": any(not math.isfinite(loss) for loss in losses),
+    }
 
 
 def max_difference(history: list[dict], original: list[dict], resume_epoch: int) -> float | None:
     before = {row["epoch"]: row["loss"] for row in original}
-    gaps = [abs(row["loss"] - before[row["epoch"]]) for row in history
-            if row["epoch"] > resume_epoch and row["epoch"] in before]
+    gaps = [
+        abs(row["loss"] - before[row["epoch"]])
+        for row in history
+        if row["epoch"] > resume_epoch and row["epoch"] in before
+    ]
     return max(gaps) if gaps else None
 
 
-def replay_runs(label: str, epoch: int, snapshot: Path, carried: dict, variants: dict) -> list[tuple[str, str, list[str]]]:
+def replay_runs(
+    label: str, epoch: int, snapshot: Path, carried: dict, variants: dict
+) -> list[tuple[str, str, list[str]]]:
     """(experiment name, variant, dvc -S args) per variant; carried: the baseline's params that differ from params.yaml."""
     common = {**carried, "train.resume_from": str(snapshot.resolve()), "train.resume_epoch": epoch}
     runs = []
@@ -79,76 +108,58 @@ def replay_runs(label: str, epoch: int, snapshot: Path, carried: dict, variants:
     return runs
 
 
-def _read_history_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as handle:
-        return [{k: float(v) if v != "" else math.nan for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
 def baseline_from_workspace(defaults: dict) -> dict:
     train = json.loads(Path("metrics/train.json").read_text())
-    return {"label": "workspace", "params": defaults, "train": train,
-            "history": _read_history_csv(Path("metrics/history.csv")),
-            "snapshot": lambda name: Path("models/snapshots", name).read_bytes()}
+    return {
+        "label": "workspace",
+        "params": defaults,
+        "train": train,
+        "history": read_history_csv("metrics/history.csv"),
+        "snapshot": lambda name: Path("models/snapshots", name).read_bytes(),
+    }
 
 
 def baseline_from_experiment(name: str) -> dict:
-    import dvc.api
-
-    found = {e["name"]: e for e in experiments_of(all_commits=True)}.get(name)
+    found = experiments_by_name().get(name)
     if found is None or found["state"] != "success":
-        raise ValueError(f"no finished experiment named {name!r} (see `dvc exp show`)")
+        raise ReplayError(f"no finished experiment named {name!r} (see `dvc exp show`)")
 
     def snapshot(file_name: str) -> bytes:
-        with dvc.api.open(f"models/snapshots/{file_name}", repo=".", rev=found["rev"], mode="rb") as handle:
-            return handle.read()
+        return read_output(found["rev"], f"models/snapshots/{file_name}")
 
-    return {"label": name, "params": found["params"], "train": found["metrics"]["metrics/train.json"],
-            "history": history_of(found["rev"]), "snapshot": snapshot}
+    return {
+        "label": name,
+        "params": found["params"],
+        "train": found["metrics"]["metrics/train.json"],
+        "history": history_of(found["rev"]),
+        "snapshot": snapshot,
+    }
 
 
 def write_replay(rows: list[dict], curves: dict[str, list[dict]], epoch: int, label: str, results: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     results.mkdir(parents=True, exist_ok=True)
     write_csv(results / "replay.csv", rows, [key for key, _ in COLUMNS])
-    lines = ["| " + " | ".join(title for _, title in COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_format(row.get(key)) for key, _ in COLUMNS) + " |")
-    text = (f"# Counterfactual replay of `{label}` from its epoch-{epoch} snapshot\n\n"
-            "Each row continues the same run from the same weights and optimizer state on the same batch order, "
-            "with one thing changed. \"spiked again?\" applies the divergence rule to the epochs after the resume only. "
-            "\"unchanged\" must match the original (last column).\n\n" + "\n".join(lines) + "\n\n![replay](replay.png)\n")
-    with atomic_path(results / "replay.md") as tmp:
-        tmp.write_text(text)
-    figure, axis = plt.subplots(figsize=(10, 5))
-    for name, history in curves.items():
-        shown = [row for row in history if row["epoch"] >= epoch]
-        axis.plot([row["epoch"] for row in shown], [row["loss"] if row["loss"] > 0 else math.nan for row in shown],
-                  label=name, linewidth=2.5 if name == "original" else 1, linestyle=":" if name == "unchanged" else "-")
-    axis.axvline(epoch, color="grey", linestyle="--", linewidth=0.8)
-    axis.set_yscale("log")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("training loss (log)")
-    axis.set_title(f"replays of {label} from epoch {epoch}", fontsize=10, loc="left")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    with atomic_path(results / "replay.png") as tmp:
-        figure.savefig(tmp, dpi=100)
-    plt.close(figure)
+    text = (
+        f"# Counterfactual replay of `{label}` from its epoch-{epoch} snapshot\n\n"
+        "Each row continues the same run from the same weights and optimizer state on the same batch order, "
+        'with one thing changed. "spiked again?" applies the divergence rule to the epochs after the resume only. '
+        '"unchanged" must match the original (last column).\n\n'
+        + markdown_table(rows, COLUMNS)
+        + "\n![replay](replay.png)\n"
+    )
+    write_text(results / "replay.md", text)
+    plot_replay(curves, epoch, label, results / "replay.png")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spikelab.replay", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m study.replay", description=__doc__.split("\n\n")[0])
     parser.add_argument("--exp", help="replay this DVC experiment (default: the workspace's last run)")
     parser.add_argument("--epoch", type=int, help="resume from this snapshot epoch (default: picked from the spike)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rerun", action="store_true", help="re-run replays that already succeeded")
-    parser.add_argument("--report-only", action="store_true",
-                        help="queue nothing: tabulate the replays that exist (on any commit)")
+    parser.add_argument(
+        "--report-only", action="store_true", help="queue nothing: tabulate the replays that exist (on any commit)"
+    )
     parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -159,41 +170,57 @@ def main(argv: list[str] | None = None) -> int:
         settings = sweep.get("replay") or {}
         unknown = [name for name in settings.get("cells", []) if name not in cells]
         if unknown or "min_gap" not in settings:
-            raise SweepError(f"study/sweep.yaml: replay needs min_gap and cells from {sorted(cells)}; unknown: {unknown}")
+            raise SweepError(
+                f"study/sweep.yaml: replay needs min_gap and cells from {sorted(cells)}; unknown: {unknown}"
+            )
         baseline = baseline_from_experiment(args.exp) if args.exp else baseline_from_workspace(defaults)
         params = baseline["params"]
         if params.get("train.resume_from") is not None:
-            raise ValueError(f"{baseline['label']} is itself a resumed run; replay the original")
+            raise ReplayError(f"{baseline['label']} is itself a resumed run; replay the original")
         epoch = args.epoch
         if epoch is None:
             spike = baseline["train"].get("divergence_epoch")
             if spike is None:
-                raise ValueError(f"{baseline['label']} did not diverge (metrics/train.json); pass --epoch to replay anyway")
+                raise ReplayError(
+                    f"{baseline['label']} did not diverge (metrics/train.json); pass --epoch to replay anyway"
+                )
             epoch = pick_snapshot_epoch(spike, params["train.snapshot_every"], settings["min_gap"])
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except FileNotFoundError as error:  # the workspace has not run `dvc repro` yet
+        raise ReplayError(f"{error.filename}: missing; run `dvc repro` first, or pass --exp NAME") from None
     label = re.sub(r"[^a-z0-9-]+", "-", baseline["label"].lower())
     REPLAYS.mkdir(parents=True, exist_ok=True)
     snapshot = REPLAYS / f"{label}-e{epoch}.npz"
     snapshot.write_bytes(baseline["snapshot"](f"epoch_{epoch:05d}.npz"))
     print(f"replay: {baseline['label']} resumed from epoch {epoch} ({snapshot})")
-    carried = {key: value for key, value in params.items()
-               if key in defaults and key not in NOT_CARRIED and format_value(value) != format_value(defaults[key])}
+    carried = {
+        key: value
+        for key, value in params.items()
+        if key in defaults and key not in NOT_CARRIED and format_value(value) != format_value(defaults[key])
+    }
     variants = {"unchanged": {}, **{name: cells[name] for name in settings.get("cells", [])}}
     runs = replay_runs(label, epoch, snapshot, carried, variants)
     if not args.report_only:
         queue_and_wait([(name, dvc_args) for name, _, dvc_args in runs], args.jobs, args.rerun)
 
     rule = DivergenceParams(ratio=params["divergence.ratio"], min_rise=params["divergence.min_rise"])
-    experiments = {e["name"]: e for e in experiments_of(all_commits=True)}
-    rows = [{"intervention": "original", "overrides": "", "state": "success",
-             **continuation(baseline["history"], epoch, rule), "val_accuracy": None}]
+    experiments = experiments_by_name()
+    rows = [
+        {
+            "intervention": "original",
+            "overrides": "",
+            "state": "success",
+            **continuation(baseline["history"], epoch, rule),
+            "val_accuracy": None,
+        }
+    ]
     curves = {"original": baseline["history"]}
     for name, variant, _ in runs:
         found = experiments.get(name) or {"state": "missing"}
-        row = {"intervention": variant, "state": found["state"],
-               "overrides": " ".join(f"{k}={format_value(v)}" for k, v in variants[variant].items())}
+        row = {
+            "intervention": variant,
+            "state": found["state"],
+            "overrides": " ".join(f"{k}={format_value(v)}" for k, v in variants[variant].items()),
+        }
         if found["state"] == "success":
             history = history_of(found["rev"])
             curves[variant] = history
@@ -208,4 +235,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_entry_point(main)

@@ -1,0 +1,110 @@
+"""The lab's Keras callbacks, one job each: print, record, keep the best state, snapshot, guard."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import keras
+
+from spikelab import state as training_state
+from spikelab.divergence import is_spike
+from spikelab.params import DivergenceParams, GuardParams
+
+
+def current_learning_rate(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+class ProgressLine(keras.callbacks.Callback):
+    """Prints one line per epoch: epoch, loss, val_loss, accuracy, seconds. Changes no logs."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        print(
+            f"epoch {epoch + 1}/{self.epochs}  loss {logs.get('loss', math.nan):.6g}  "
+            f"val_loss {logs.get('val_loss', math.nan):.6g}  accuracy {logs.get('accuracy', math.nan):.4f}  "
+            f"{time.perf_counter() - self._started:.2f}s",
+            flush=True,
+        )
+
+
+class HistoryRows(keras.callbacks.Callback):
+    """Appends each epoch's logs (diagnostics included) and learning rate to a shared list of rows."""
+
+    def __init__(self, rows: list[dict]):
+        super().__init__()
+        self.rows = rows
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, "learning_rate": current_learning_rate(self.model)}
+        row.update({key: float(value) for key, value in (logs or {}).items()})
+        self.rows.append(row)
+
+
+class BestState(keras.callbacks.Callback):
+    """Keeps the lowest-val_loss state in memory, like the seed's callback.
+
+    In memory, not on disk each epoch: checkpointing stays off the hot path; the stage writes
+    best and last once, when training ends.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.state = None
+        self.epoch = None
+        self.val_loss = math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        val_loss = (logs or {}).get("val_loss", math.nan)
+        if math.isfinite(val_loss) and val_loss < self.val_loss:
+            self.val_loss, self.epoch = val_loss, epoch + 1
+            self.state = training_state.capture(self.model)
+
+
+class Snapshots(keras.callbacks.Callback):
+    """Every `every` epochs: weights + optimizer state + the history so far, for replays."""
+
+    def __init__(self, folder: Path, every: int, history: list[dict]):
+        super().__init__()
+        self.folder, self.every, self.history = folder, every, history
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every == 0:
+            path = self.folder / f"epoch_{epoch + 1:05d}.npz"
+            training_state.save_snapshot(path, training_state.capture(self.model), epoch + 1, self.history)
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """When the divergence rule flags an epoch: restore the best state, then stop or cut the rate."""
+
+    def __init__(self, rule: DivergenceParams, guard: GuardParams, best: BestState, lowest_loss: float):
+        super().__init__()
+        self.rule, self.guard, self.best = rule, guard, best
+        self.lowest_loss = lowest_loss
+        self.triggered_epochs: list[int] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss", math.nan)
+        if not is_spike(loss, self.lowest_loss, self.rule):
+            self.lowest_loss = min(self.lowest_loss, loss)
+            return
+        self.triggered_epochs.append(epoch + 1)
+        if self.best.state is not None:
+            training_state.restore(self.model, self.best.state)
+        if self.guard.action == "stop":
+            self.model.stop_training = True
+        else:
+            self.model.optimizer.learning_rate.assign(current_learning_rate(self.model) * self.guard.lr_factor)
+        print(
+            f"guard: epoch {epoch + 1} spiked; restored epoch {self.best.epoch}'s state, action {self.guard.action}",
+            flush=True,
+        )

@@ -1,0 +1,143 @@
+"""The study's one door to DVC and git: queueing experiments, and reading them back.
+
+Every `dvc` / `git` call of the study and every parse of their output is here, so a change of
+DVC's output format is mended in one place. The numbers come from `dvc exp show --json`, whose
+metrics stay grouped per file (dvc.api.exp_show flattens them into one table row whose column
+names can collide across files); per-epoch curves come from each experiment's commit
+(`git show <rev>:metrics/history.csv`: history.csv is `cache: false`, so it lives in git).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+from spikelab.history import parse_history_csv
+
+ACTIVE = ("Queued", "Running")
+
+
+def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"dvc {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
+    return result
+
+
+# ---- reading experiments ----------------------------------------------------------------------------
+
+
+def parse_exp_show(payload: list[dict]) -> list[dict]:
+    """`dvc exp show --json` -> [{name, rev, state, timestamp, baseline, metrics, params}], newest per name."""
+    found: dict[str, dict] = {}
+    for commit in payload:
+        for experiment in commit.get("experiments") or []:
+            revision = (experiment.get("revs") or [{}])[0]
+            data = revision.get("data") or {}
+            executor = experiment.get("executor") or {}
+            state = executor.get("state") or "success"
+            if revision.get("error"):
+                state = "failed"
+            params_file = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+            record = {
+                "name": experiment.get("name") or revision.get("name"),
+                "rev": revision.get("rev"),
+                "state": state,
+                "timestamp": data.get("timestamp") or "",
+                "baseline": commit.get("rev"),
+                "metrics": {
+                    path: (value or {}).get("data") or {} for path, value in (data.get("metrics") or {}).items()
+                },
+                "params": {
+                    f"{section}.{key}": value
+                    for section, values in params_file.items()
+                    if isinstance(values, dict)
+                    for key, value in values.items()
+                },
+            }
+            if record["name"] and record["timestamp"] >= found.get(record["name"], {}).get("timestamp", ""):
+                found[record["name"]] = record
+    return list(found.values())
+
+
+def experiments_of(all_commits: bool = True) -> list[dict]:
+    args = ["exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
+    return parse_exp_show(json.loads(dvc(*args).stdout or "[]"))
+
+
+def experiments_by_name(all_commits: bool = True) -> dict[str, dict]:
+    return {record["name"]: record for record in experiments_of(all_commits)}
+
+
+def history_of(rev: str, path: str = "metrics/history.csv") -> list[dict]:
+    """An experiment's per-epoch rows, from its commit; [] when the commit lacks them."""
+    result = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+    return parse_history_csv(result.stdout) if result.returncode == 0 else []
+
+
+def read_output(rev: str, path: str) -> bytes:
+    """A DVC-tracked output of an experiment (e.g. a snapshot), from the DVC cache."""
+    import dvc.api
+
+    with dvc.api.open(path, repo=".", rev=rev, mode="rb") as handle:
+        return handle.read()
+
+
+# ---- running experiments ----------------------------------------------------------------------------
+
+
+def queue_states() -> dict[str, str]:
+    """{experiment name: Queued | Running | Success | Failed} from `dvc queue status`'s table."""
+    states = {}
+    for line in dvc("queue", "status").stdout.splitlines():
+        fields = line.split()
+        # Task  Name  Created  Status: the name is the 2nd column, the status the last
+        if len(fields) >= 4 and fields[-1] in (*ACTIVE, "Success", "Failed"):
+            # a re-queued name also has its old Failed row: an active row wins
+            if states.get(fields[1]) not in ACTIVE:
+                states[fields[1]] = fields[-1]
+    return states
+
+
+def queue_and_wait(
+    runs: list[tuple[str, list[str]]], jobs: int, rerun: bool = False, poll_s: float = 5.0
+) -> dict[str, str]:
+    """Queue (name, dvc -S args) pairs, start `jobs` workers, wait; returns each name's final state.
+
+    A name that already succeeded on the current commit is skipped (unless rerun); one that
+    exists in another state is re-queued with -f.
+    """
+    existing = {record["name"]: record["state"] for record in experiments_of(all_commits=False)}
+    queued = []
+    for name, args in runs:
+        state = existing.get(name)
+        if state == "success" and not rerun:
+            print(f"study: {name} already succeeded on this commit, skipped (--rerun re-runs it)")
+            continue
+        force = ["-f"] if state is not None else []
+        dvc("exp", "run", "--queue", *force, "-n", name, *args)
+        queued.append(name)
+        print(f"study: queued {name}: {' '.join(args)}", flush=True)
+    if not queued:
+        return {name: existing.get(name, "missing") for name, _ in runs}
+    dvc("queue", "start", "-j", str(jobs))
+    started = time.monotonic()
+    while True:
+        states = queue_states()
+        pending = [name for name in queued if states.get(name) in ACTIVE]
+        print(
+            f"study: {len(queued) - len(pending)}/{len(queued)} done, {len(pending)} queued or running "
+            f"({(time.monotonic() - started) / 60:.1f} min)",
+            flush=True,
+        )
+        if not pending:
+            break
+        time.sleep(poll_s)
+    final = {name: states.get(name, "missing").lower() for name in queued}
+    failed = [name for name, state in final.items() if state != "success"]
+    print(
+        f"study: {len(queued)} experiments in {(time.monotonic() - started) / 60:.1f} min; "
+        f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''} (see `dvc queue logs <name>`)"
+    )
+    return final

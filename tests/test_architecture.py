@@ -1,0 +1,100 @@
+"""The layout is the architecture: no import circles, the library never imports its clients, and
+each stage's dvc.yaml deps cover every project module it imports (else DVC would not re-run it)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from spikelab.params import read_yaml
+
+PACKAGES = ("spikelab", "study", "stages", "benchmarks")
+# who may import whom: the library is the bottom layer; the study and the benchmarks are its clients
+MAY_IMPORT = {
+    "spikelab": {"spikelab"},
+    "stages": {"spikelab"},
+    "study": {"spikelab", "study"},
+    "benchmarks": {"spikelab", "benchmarks"},
+}
+
+
+def module_files() -> dict[str, Path]:
+    """{'spikelab.params': path, 'stages.train': path, ...} for every project module."""
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules a file imports, anywhere in it (a function's lazy import counts too)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        found |= {name for name in names if name in modules}
+    return found
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    modules = module_files()
+    return {name: imports_of(path, modules) - {name} for name, path in modules.items()}
+
+
+def test_no_import_circles(graph):
+    done, on_path = set(), []
+
+    def visit(module):
+        if module in on_path:
+            raise AssertionError("import circle: " + " -> ".join(on_path[on_path.index(module) :] + [module]))
+        if module in done:
+            return
+        on_path.append(module)
+        for imported in sorted(graph[module]):
+            visit(imported)
+        on_path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
+
+
+def test_no_layer_imports_one_above_it(graph):
+    wrong = [
+        f"{module} imports {imported}"
+        for module, imported_set in graph.items()
+        for imported in imported_set
+        if imported.split(".")[0] not in MAY_IMPORT[module.split(".")[0]]
+    ]
+    assert wrong == []
+
+
+def closure(module: str, graph: dict[str, set[str]]) -> set[str]:
+    seen, todo = set(), [module]
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            todo += graph[current]
+    return seen
+
+
+def test_each_stage_depends_on_every_module_it_imports(graph):
+    modules = module_files()
+    for name, stage in read_yaml(REPO / "dvc.yaml", "dvc")["stages"].items():
+        script = stage["cmd"].split()[1]
+        deps = [Path(dep) for dep in stage["deps"]]
+        assert Path(script) in deps, f"stage {name}: its script {script} is not a dep"
+        for module in closure(script.removesuffix(".py").replace("/", "."), graph):
+            path = modules[module].relative_to(REPO)
+            covered = any(path == dep or dep in path.parents for dep in deps)
+            assert covered, f"stage {name} imports {module} ({path}) but dvc.yaml's deps do not cover it"
