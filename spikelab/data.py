@@ -60,8 +60,11 @@ def split(solid: np.ndarray, broken: np.ndarray, p: SplitParams) -> dict[str, np
     with images still uint8 (n, size, size); each set is shuffled across the two classes.
     """
     rng = np.random.default_rng(p.seed)
-    solid = solid[rng.permutation(len(solid))]
-    broken = broken[rng.permutation(len(broken))]
+    solid_order = rng.permutation(len(solid))
+    # independent (the seed's): the broken stack has its own order, so a training image's broken
+    # twin often sits in validation; together: one order for both, twins stay on the same side
+    broken_order = solid_order if p.twins == "together" else rng.permutation(len(broken))
+    solid, broken = solid[solid_order], broken[broken_order]
     held = p.val_per_class
     parts = {}
     for name, images in (("train", (solid[held:], broken[held:])), ("val", (solid[:held], broken[:held]))):

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from spikelab.dead_zone import softmax
 from spikelab.losses import KERAS2_EPSILON
 from spikelab.model import logits_model
 
@@ -49,8 +50,7 @@ def adam_state_stats(optimizer: keras.optimizers.Optimizer) -> dict:
 
 def saturation_stats(logits: np.ndarray, labels: np.ndarray) -> dict:
     """From (n, 2) logits and one-hot labels: the samples the clipped loss no longer trains."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probabilities = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    probabilities = softmax(logits)
     saturated = probabilities.min(axis=1) < KERAS2_EPSILON
     wrong = probabilities.argmax(axis=1) != labels.argmax(axis=1)
     return {
@@ -69,7 +69,7 @@ class Diagnostics(keras.callbacks.Callback):
         self.probe_y = tf.constant(probe_y)
         self.loss_fn = loss_fn
         self._weights_at_start = None
-        self.cpu_seconds: list[float] = []  # per epoch, inside this callback (what it costs)
+        self.cpu_seconds: dict[int, float] = {}  # 1-based epoch -> CPU seconds inside this callback
 
     def set_model(self, model):
         super().set_model(model)
@@ -94,7 +94,7 @@ class Diagnostics(keras.callbacks.Callback):
             return
         started = time.process_time()
         self._add_diagnostics(logs)
-        self.cpu_seconds.append(self._spent_at_begin + time.process_time() - started)
+        self.cpu_seconds[epoch + 1] = self._spent_at_begin + time.process_time() - started
 
     def _add_diagnostics(self, logs: dict) -> None:
         weights = [v.numpy() for v in self.model.trainable_variables]

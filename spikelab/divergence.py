@@ -4,15 +4,21 @@ The rule (thresholds in params `divergence:`): epoch t diverges when its loss is
 or when it is at least `ratio` times the lowest loss of the epochs before it AND exceeds
 that lowest loss by at least `min_rise` (the absolute floor keeps noise at 1e-6 from counting).
 The divergence guard applies the same rule online, epoch by epoch.
+
+The plateau rule (params `plateau:`): a run plateaued when, from some epoch t that the divergence
+rule flags, the loss stays >= plateau.ratio x (the lowest loss before t), or non-finite, for at
+least plateau.min_epochs epochs in a row. The seed's loss "shot up and plateaued"; the lab's
+default spikes and recovers within 5-15 epochs, which this rule tells apart.
 Epochs are numbered from 1, as Keras prints them.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
-from spikelab.params import DivergenceParams
+from spikelab.params import DivergenceParams, PlateauParams
 
 
 def is_spike(loss: float, lowest_before: float, rule: DivergenceParams) -> bool:
@@ -91,14 +97,67 @@ def divergence_metrics(losses: Sequence[float], val_losses: Sequence[float], rul
     }
 
 
+def plateau_metrics(losses: Sequence[float], rule: DivergenceParams, plateau: PlateauParams) -> dict:
+    """plateaued, plateau_start_epoch (the flagged epoch it starts at), plateau_epochs (how long it
+    stays up from there), plateau_to_end (still up at the last epoch), plateau_level (median loss over it)."""
+    lowest = math.inf
+    for start, loss in enumerate(losses, start=1):
+        if is_spike(loss, lowest, rule):
+            floor = plateau.ratio * lowest
+            length = 0
+            for later in losses[start - 1 :]:
+                if math.isfinite(later) and later < floor:
+                    break
+                length += 1
+            if length >= plateau.min_epochs:
+                held = [value for value in losses[start - 1 : start - 1 + length] if math.isfinite(value)]
+                return {
+                    "plateaued": True,
+                    "plateau_start_epoch": start,
+                    "plateau_epochs": length,
+                    "plateau_to_end": start - 1 + length == len(losses),
+                    "plateau_level": statistics.median(held) if held else None,
+                }
+        if math.isfinite(loss):
+            lowest = min(lowest, loss)
+    return {
+        "plateaued": False,
+        "plateau_start_epoch": None,
+        "plateau_epochs": 0,
+        "plateau_to_end": False,
+        "plateau_level": None,
+    }
+
+
+def final_dead_zone(history: list[dict]) -> dict:
+    """final_dead_fraction and final_dead_loss_share (the share of the loss the dead samples carry,
+    clipped form) from the last epoch that has the whole-set accounting; null without one."""
+    accounted = [row for row in history if math.isfinite(row.get("dead_fraction", math.nan))]
+    if not accounted:
+        return {"final_dead_fraction": None, "final_dead_loss_share": None}
+    last = accounted[-1]
+    total = last["full_loss_clipped"]
+    return {
+        "final_dead_fraction": last["dead_fraction"],
+        "final_dead_loss_share": last["dead_loss_clipped"] / total if total > 0 else None,
+    }
+
+
 def train_metrics(
-    history: list[dict], rule: DivergenceParams, guard_epochs: Sequence[int], best_epoch: int | None
+    history: list[dict],
+    rule: DivergenceParams,
+    plateau: PlateauParams,
+    guard_epochs: Sequence[int],
+    best_epoch: int | None,
 ) -> dict:
-    """metrics/train.json: the curves' divergence metrics plus what the guard did and the best epoch."""
+    """metrics/train.json: the curves' divergence and plateau metrics, the dead zone at the end, the
+    guard and the best epoch."""
     losses = [row.get("loss", math.nan) for row in history]
     val_losses = [row.get("val_loss", math.nan) for row in history]
     return {
         **divergence_metrics(losses, val_losses, rule),
+        **plateau_metrics(losses, rule, plateau),
+        **final_dead_zone(history),
         "guard_triggered": bool(guard_epochs),
         "guard_epoch": guard_epochs[0] if guard_epochs else None,
         "best_epoch": best_epoch,

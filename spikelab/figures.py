@@ -25,7 +25,10 @@ PANELS = (
     ("Adam |m_hat / (sqrt(v_hat)+eps)| (log)", "log", ("adam_ratio_max", "adam_ratio_p99")),
     ("Adam median sqrt(v_hat): compare with epsilon (log)", "log", ("v_sqrt_median",)),
     ("saturated past the clip, probe batch", "linear", ("saturated_fraction", "saturated_wrong_fraction")),
+    # a plateau of the clipped loss is its dead samples: the loss sits on dead_loss_clipped (~16.03 x dead fraction)
+    ("loss vs what dead samples carry, whole training set (log)", "log", ("loss", "dead_loss_clipped")),
 )
+SPARSE = ("dead_loss_clipped",)  # logged every few epochs: drawn through the epochs that have it
 
 
 def save_figure(figure, path: str | os.PathLike, dpi: int = 90) -> None:
@@ -41,13 +44,18 @@ def _column(history: list[dict], key: str) -> list[float]:
 
 def plot_run(history: list[dict], divergence_epoch: int | None, path: str | os.PathLike, title: str) -> None:
     """Draw the panels whose columns exist in history; mark the divergence epoch on each."""
-    panels = [panel for panel in PANELS if any(key in history[0] for key in panel[2])] if history else PANELS[:1]
+    # a panel is drawn when its last column was logged (diagnostics off: loss and accuracy only)
+    panels = [panel for panel in PANELS if any(panel[2][-1] in row for row in history)] if history else PANELS[:1]
     figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 * len(panels) + 0.6), sharex=True, squeeze=False)
     epochs = _column(history, "epoch")
     for axis, (name, scale, keys) in zip(axes[:, 0], panels):
         for key in keys:
             values = _column(history, key)
-            if any(math.isfinite(v) and (scale == "linear" or v > 0) for v in values):
+            if key in SPARSE:
+                shown = [(e, v) for e, v in zip(epochs, values) if math.isfinite(v) and (scale == "linear" or v > 0)]
+                xs, values = [e for e, _ in shown], [v for _, v in shown]
+                axis.plot(xs, values, label=key, linewidth=1, marker=".", markersize=4)
+            elif any(math.isfinite(v) and (scale == "linear" or v > 0) for v in values):
                 axis.plot(epochs, values, label=key, linewidth=1)
         axis.set_yscale(scale)
         axis.set_title(name, fontsize=9, loc="left")

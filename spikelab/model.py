@@ -42,6 +42,8 @@ def build_model(p: ModelParams, image_size: int, data_format: str) -> keras.Mode
     inputs = keras.Input(shape=input_shape(image_size, data_format), name="image")
     x = keras.layers.Activation("relu", name="input_relu")(inputs)
     x = keras.layers.Conv2D(p.filters, p.kernel_size, data_format=data_format, name="conv1")(x)
+    if p.hidden_activation == "relu":  # not the seed's: without it conv1 -> conv2 is one linear map
+        x = keras.layers.Activation("relu", name="hidden_relu")(x)
     x = keras.layers.Conv2D(2 * p.filters, p.kernel_size, data_format=data_format, name="conv2")(x)
     x = keras.layers.MaxPooling2D(2, data_format=data_format, name="pool")(x)
     x = keras.layers.Flatten(data_format=data_format, name="flatten")(x)

@@ -63,12 +63,14 @@ class DataParams(Section):
 class SplitParams(Section):
     val_per_class: AtLeastOne
     seed: Seed
+    twins: Literal["independent", "together"]
 
 
 class ModelParams(Section):
     filters: AtLeastOne
     kernel_size: AtLeastOne
     data_format: Literal["auto", "channels_first", "channels_last"]
+    hidden_activation: Literal["none", "relu"]
 
 
 class OptimizerParams(Section):
@@ -103,6 +105,11 @@ class DivergenceParams(Section):
     min_rise: NonNegative
 
 
+class PlateauParams(Section):
+    ratio: float = Field(gt=1, description="a number > 1")
+    min_epochs: AtLeastOne
+
+
 class GuardParams(Section):
     enabled: bool
     action: Literal["stop", "reduce_lr"]
@@ -112,6 +119,7 @@ class GuardParams(Section):
 class DiagnosticsParams(Section):
     enabled: bool
     probe_size: AtLeastOne
+    dead_zone_every: int = Field(ge=0, description="an integer >= 0 (0 = only at the end and at snapshots)")
 
 
 class TrackingParams(Section):
@@ -133,6 +141,7 @@ class Params(Section):
     loss: LossParams
     train: TrainParams
     divergence: DivergenceParams
+    plateau: PlateauParams
     guard: GuardParams
     diagnostics: DiagnosticsParams
     tracking: TrackingParams

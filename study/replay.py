@@ -16,7 +16,7 @@ says how closely it did.
 Whether a replay "spiked again" is judged on the epochs after the resume only, by the same
 divergence rule: a replay that switches the loss (log_cosh) has losses on another scale than the
 rows before the resume, which come from the snapshot.
-Writes study/results/replay.md, replay.csv and replay.png.
+Writes study/results/<name>.md, .csv and .png (--name, default `replay`).
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import math
 import re
 from pathlib import Path
 
-from spikelab.divergence import curve_summary, divergence_epoch, jump_ratio
+from spikelab.divergence import curve_summary, divergence_epoch, jump_ratio, plateau_metrics
 from spikelab.errors import UserError, run_entry_point
 from spikelab.history import read_history_csv
-from spikelab.params import DivergenceParams
+from spikelab.params import DivergenceParams, PlateauParams
 from study.experiments import experiments_by_name, history_of, queue_and_wait, read_output
 from study.figures import plot_replay
 from study.report import RESULTS
@@ -52,7 +52,9 @@ COLUMNS = (
     ("spiked", "spiked again?"),
     ("spike_epoch", "spike epoch"),
     ("ratio", "jump (peak from spike on / min before)"),
+    ("plateaued", "stays up? (plateau rule)"),
     ("final_loss", "final loss"),
+    ("final_dead_fraction", "dead fraction at the end"),
     ("val_accuracy", "val accuracy"),
     ("max_loss_difference", "max abs(Δloss) vs original"),
 )
@@ -71,12 +73,13 @@ def pick_snapshot_epoch(divergence_epoch: int, snapshot_every: int, min_gap: int
     return k
 
 
-def continuation(history: list[dict], resume_epoch: int, rule: DivergenceParams) -> dict:
-    """The divergence rule and curve summary over the epochs after resume_epoch only."""
+def continuation(history: list[dict], resume_epoch: int, rule: DivergenceParams, plateau: PlateauParams) -> dict:
+    """The divergence and plateau rules and the curve summary over the epochs after resume_epoch only."""
     losses = [row["loss"] for row in history if row["epoch"] > resume_epoch]
     first = divergence_epoch(losses, rule)
     summary = curve_summary(losses)
     return {
+        "plateaued": plateau_metrics(losses, rule, plateau)["plateaued"],
         "spiked": first is not None,
         "spike_epoch": None if first is None else first + resume_epoch,
         "ratio": jump_ratio(losses, first),
@@ -136,19 +139,21 @@ def baseline_from_experiment(name: str) -> dict:
     }
 
 
-def write_replay(rows: list[dict], curves: dict[str, list[dict]], epoch: int, label: str, results: Path) -> None:
+def write_replay(
+    rows: list[dict], curves: dict[str, list[dict]], epoch: int, label: str, results: Path, name: str = "replay"
+) -> None:
     results.mkdir(parents=True, exist_ok=True)
-    write_csv(results / "replay.csv", rows, [key for key, _ in COLUMNS])
+    write_csv(results / f"{name}.csv", rows, [key for key, _ in COLUMNS])
     text = (
         f"# Counterfactual replay of `{label}` from its epoch-{epoch} snapshot\n\n"
         "Each row continues the same run from the same weights and optimizer state on the same batch order, "
         'with one thing changed. "spiked again?" applies the divergence rule to the epochs after the resume only. '
         '"unchanged" must match the original (last column).\n\n'
         + markdown_table(rows, COLUMNS)
-        + "\n![replay](replay.png)\n"
+        + f"\n![{name}]({name}.png)\n"
     )
-    write_text(results / "replay.md", text)
-    plot_replay(curves, epoch, label, results / "replay.png")
+    write_text(results / f"{name}.md", text)
+    plot_replay(curves, epoch, label, results / f"{name}.png")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="replay", help="file name of the results (e.g. replay_plateau)")
     args = parser.parse_args(argv)
     try:
         sweep = load_sweep(args.sweep)
@@ -203,13 +209,17 @@ def main(argv: list[str] | None = None) -> int:
         queue_and_wait([(name, dvc_args) for name, _, dvc_args in runs], args.jobs, args.rerun)
 
     rule = DivergenceParams(ratio=params["divergence.ratio"], min_rise=params["divergence.min_rise"])
+    # a baseline older than the plateau rule has no plateau keys: today's params.yaml gives them
+    setting = {key: params.get(f"plateau.{key}", defaults[f"plateau.{key}"]) for key in ("ratio", "min_epochs")}
+    plateau = PlateauParams(**setting)
     experiments = experiments_by_name()
     rows = [
         {
             "intervention": "original",
             "overrides": "",
             "state": "success",
-            **continuation(baseline["history"], epoch, rule),
+            **continuation(baseline["history"], epoch, rule, plateau),
+            "final_dead_fraction": baseline["train"].get("final_dead_fraction"),
             "val_accuracy": None,
         }
     ]
@@ -224,13 +234,14 @@ def main(argv: list[str] | None = None) -> int:
         if found["state"] == "success":
             history = history_of(found["rev"])
             curves[variant] = history
-            row.update(continuation(history, epoch, rule))
+            row.update(continuation(history, epoch, rule, plateau))
+            row["final_dead_fraction"] = found["metrics"].get("metrics/train.json", {}).get("final_dead_fraction")
             row["val_accuracy"] = (found["metrics"].get("metrics/evaluate.json", {}).get("last") or {}).get("accuracy")
             if variant == "unchanged":
                 row["max_loss_difference"] = max_difference(history, baseline["history"], epoch)
         rows.append(row)
-    write_replay(rows, curves, epoch, baseline["label"], args.results)
-    print((args.results / "replay.md").read_text())
+    write_replay(rows, curves, epoch, baseline["label"], args.results, args.name)
+    print((args.results / f"{args.name}.md").read_text())
     return 0
 
 

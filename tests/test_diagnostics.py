@@ -29,9 +29,11 @@ def test_adam_diagnostics_match_a_numpy_adam_over_three_steps():
     rng = np.random.default_rng(0)
     x = rng.random((8, 32, 32, 1), dtype=np.float32)
     y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 8)]
-    model = build_model(ModelParams(filters=2, kernel_size=16, data_format="auto"), 32, "channels_last")
+    model = build_model(
+        ModelParams(filters=2, kernel_size=16, data_format="auto", hidden_activation="none"), 32, "channels_last"
+    )
     twin = build_model(
-        ModelParams(filters=2, kernel_size=16, data_format="auto"), 32, "channels_last"
+        ModelParams(filters=2, kernel_size=16, data_format="auto", hidden_activation="none"), 32, "channels_last"
     )  # computes the gradients numpy applies
     optimizer = keras.optimizers.Adam(LEARNING_RATE, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON)
     model.compile(optimizer=optimizer, loss=clipped_binary_crossentropy)

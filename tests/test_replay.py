@@ -81,10 +81,12 @@ def test_pick_snapshot_epoch(divergence_epoch, snapshot_every, min_gap, expected
 
 def test_continuation_judges_only_the_epochs_after_the_resume(tiny_raw):
     rule = params_from_dict(tiny_raw).divergence  # ratio 10, min_rise 0.01
+    plateau = params_from_dict(tiny_raw).plateau  # ratio 5 for 20 epochs: a 2-epoch stay is no plateau
     # before the resume the loss was BCE-sized; after it a log_cosh-sized curve spikes at epoch 6
     history = [{"epoch": e, "loss": v} for e, v in enumerate([0.7, 0.5, 0.3, 0.002, 0.001, 0.05, 0.04], start=1)]
-    summary = continuation(history, resume_epoch=3, rule=rule)
+    summary = continuation(history, resume_epoch=3, rule=rule, plateau=plateau)
     assert summary == {
+        "plateaued": False,
         "spiked": True,
         "spike_epoch": 6,
         "ratio": pytest.approx(50.0),
@@ -92,7 +94,7 @@ def test_continuation_judges_only_the_epochs_after_the_resume(tiny_raw):
         "min_loss": 0.001,
         "nan": False,
     }
-    calm = continuation(history[:5], resume_epoch=3, rule=rule)
+    calm = continuation(history[:5], resume_epoch=3, rule=rule, plateau=plateau)
     assert calm["spiked"] is False and calm["spike_epoch"] is None and calm["ratio"] is None
-    broken = continuation(history[:4] + [{"epoch": 5, "loss": math.nan}], resume_epoch=3, rule=rule)
+    broken = continuation(history[:4] + [{"epoch": 5, "loss": math.nan}], resume_epoch=3, rule=rule, plateau=plateau)
     assert broken["spiked"] is True and broken["spike_epoch"] == 5 and broken["nan"] is True

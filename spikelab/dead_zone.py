@@ -1,0 +1,105 @@
+"""Dead-zone accounting on the whole training set: the samples the clipped loss can never bring back.
+
+A training sample is *dead* when the network is wrong about it AND its softmax is saturated past
+the Keras-2 clip (its smaller probability < 1e-7): the clipped cross-entropy then charges it a
+constant ~16.03 and gives it exactly zero gradient, so nothing in training can revive it. A jump
+that throws samples there leaves the loss up for good: a plateau at about 16.03 x the dead
+fraction. The unclipped (Keras 3) form charges the same samples by their logits, and keeps a
+gradient.
+
+At a cadence (`diagnostics.dead_zone_every` epochs, and always at the last epoch and at every
+snapshot epoch) one forward pass over the training set logs per epoch:
+- dead_fraction: the share of training samples that are dead;
+- dead_loss_clipped: their share of the mean clipped loss (sum of their clipped loss / n);
+- dead_loss_unclipped: the same under the unclipped form (sigmoid cross-entropy on the logits);
+- full_loss_clipped, full_loss_unclipped: the whole set's mean loss in each form, same pass.
+A forward pass over 2,048 images costs about a fifth of a training epoch here; every 5 epochs
+keeps it to a few percent (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from spikelab.losses import KERAS2_EPSILON
+from spikelab.model import logits_model, to_model_input
+
+DEAD_ZONE_KEYS = (
+    "dead_fraction",
+    "dead_loss_clipped",
+    "dead_loss_unclipped",
+    "full_loss_clipped",
+    "full_loss_unclipped",
+)
+BATCH = 1024  # forward-pass batch: bounded memory at the seed's width and data size
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+
+
+def clipped_bce(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Keras 2's binary cross-entropy per sample, in float32 like the training loss."""
+    p = np.clip(probabilities.astype(np.float32), np.float32(KERAS2_EPSILON), np.float32(1 - KERAS2_EPSILON))
+    return -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p), axis=1)
+
+
+def unclipped_bce(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """What Keras 3 computes on a softmax output: sigmoid cross-entropy on each logit, mean over units."""
+    z = logits.astype(np.float64)
+    return np.mean(np.logaddexp(0, z) - labels * z, axis=1)
+
+
+def dead_zone_stats(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """From (n, 2) logits and one-hot labels: the dead samples and the loss they carry."""
+    probabilities = softmax(logits)  # float32, as the model's softmax
+    dead = (probabilities.min(axis=1) < KERAS2_EPSILON) & (probabilities.argmax(axis=1) != labels.argmax(axis=1))
+    clipped, unclipped = clipped_bce(probabilities, labels), unclipped_bce(logits, labels)
+    n = len(labels)
+    return {
+        "dead_fraction": float(dead.mean()),
+        "dead_loss_clipped": float(clipped[dead].sum() / n),
+        "dead_loss_unclipped": float(unclipped[dead].sum() / n),
+        "full_loss_clipped": float(clipped.mean()),
+        "full_loss_unclipped": float(unclipped.mean()),
+    }
+
+
+def accounting_epochs(epochs: int, every: int, snapshot_every: int) -> set[int]:
+    """The 1-based epochs that get the whole-set pass: every `every`, each snapshot's, and the last."""
+    chosen = {epochs}
+    for step in (every, snapshot_every):
+        if step:
+            chosen |= set(range(step, epochs + 1, step))
+    return chosen
+
+
+class DeadZoneAccounting(keras.callbacks.Callback):
+    """Adds the dead-zone keys to the logs of the accounting epochs (other epochs leave them out)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, data_format: str, epochs: set[int]):
+        super().__init__()
+        self.images, self.labels, self.data_format, self.epochs = images, labels, data_format, epochs
+        self.cpu_seconds: dict[int, float] = {}  # 1-based epoch -> CPU seconds inside this callback
+
+    def set_model(self, model):
+        super().set_model(model)
+        to_logits = logits_model(model)
+        self._logits = tf.function(lambda x: to_logits(x, training=False))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or epoch + 1 not in self.epochs:
+            return
+        started = time.process_time()
+        # uint8 images converted a batch at a time: the float copy of the seed's 500,000 would be 2 GB
+        batches = (
+            to_model_input(self.images[i : i + BATCH], self.data_format) for i in range(0, len(self.images), BATCH)
+        )
+        logits = np.concatenate([self._logits(tf.constant(batch)).numpy() for batch in batches])
+        logs.update(dead_zone_stats(logits, self.labels))
+        self.cpu_seconds[epoch + 1] = time.process_time() - started
