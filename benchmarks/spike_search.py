@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from spikelab.data import generate, split  # noqa: E402
 from spikelab.divergence import divergence_epoch, divergence_metrics  # noqa: E402
+from spikelab.history import write_history_csv  # noqa: E402
 from spikelab.model import resolve_data_format  # noqa: E402
 from spikelab.params import params_from_dict, read_yaml  # noqa: E402
 from spikelab.training import train  # noqa: E402
@@ -122,10 +123,7 @@ def run_one(raw: dict, run_name: str, stop_after_spike: int | None) -> dict:
         result = train(params, arrays, data_format, snapshot_dir=None, extra_callbacks=extra)
         train_seconds = time.perf_counter() - train_started
     history = result.history
-    with open(RUNS / "histories" / f"{run_name}.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(history)
+    write_history_csv(RUNS / "histories" / f"{run_name}.csv", history)
     losses = [row["loss"] for row in history]
     metrics = divergence_metrics(losses, [row.get("val_loss", math.nan) for row in history], params.divergence)
     spike = metrics["divergence_epoch"]

@@ -31,22 +31,7 @@ from study.sweep import SWEEP_FILE, Cell, Run, expand, format_value, load_defaul
 from study.tables import markdown_table, write_csv, write_text
 
 RESULTS = Path("study/results")
-RUN_COLUMNS = (
-    "name",
-    "cell",
-    "seed",
-    "state",
-    "diverged",
-    "divergence_epoch",
-    "jump_ratio",
-    "spike_ratio",
-    "min_loss",
-    "final_loss",
-    "nan",
-    "val_accuracy",
-    "epochs_run",
-    "rev",
-)
+# what a run record takes from its train.json
 TRAIN_KEYS = (
     "diverged",
     "divergence_epoch",
@@ -56,7 +41,11 @@ TRAIN_KEYS = (
     "final_loss",
     "nan",
     "epochs_run",
+    "plateaued",
+    "plateau_level",
+    "final_dead_fraction",
 )
+RUN_COLUMNS = ("name", "cell", "seed", "state", *TRAIN_KEYS, "val_accuracy", "rev")
 TABLE_COLUMNS = (
     ("cell", "intervention"),
     ("overrides", "overrides"),
@@ -69,6 +58,8 @@ TABLE_COLUMNS = (
     ("median_spike_ratio", "median peak/min"),
     ("median_final_loss", "median final loss"),
     ("median_val_accuracy", "median val accuracy"),
+    ("plateau_rate", "stays-up rate (plateau rule)"),
+    ("median_final_dead_fraction", "median dead fraction at the end"),
 )
 
 
@@ -95,6 +86,9 @@ def summarize(records: list[dict]) -> dict:
         "median_spike_ratio": _median(r["spike_ratio"] for r in done),
         "median_final_loss": _median(r["final_loss"] for r in done),
         "median_val_accuracy": _median(r["val_accuracy"] for r in done),
+        "n_plateaued": sum(1 for r in done if r["plateaued"]),
+        "plateau_rate": sum(1 for r in done if r["plateaued"]) / len(done) if done else None,
+        "median_final_dead_fraction": _median(r["final_dead_fraction"] for r in done),
     }
 
 
@@ -129,7 +123,7 @@ def run_record(run: Run, experiment: dict | None) -> dict:
         "seed": run.seed,
         "state": "missing",
         "rev": None,
-        **{key: None for key in RUN_COLUMNS[4:-1]},
+        **{key: None for key in (*TRAIN_KEYS, "val_accuracy")},
     }
     if experiment is None:
         return record
@@ -151,24 +145,7 @@ def run_record(run: Run, experiment: dict | None) -> dict:
 def write_report(records: list[dict], cells: list[Cell], prefix: str, results: Path = RESULTS) -> list[dict]:
     rows = aggregate(records, cells)
     results.mkdir(parents=True, exist_ok=True)
-    write_csv(
-        results / f"{prefix}.csv",
-        rows,
-        [
-            "cell",
-            "overrides",
-            "n_runs",
-            "n_failed",
-            "n_diverged",
-            "divergence_rate",
-            "n_nan",
-            "median_spike_epoch",
-            "median_jump_ratio",
-            "median_spike_ratio",
-            "median_final_loss",
-            "median_val_accuracy",
-        ],
-    )
+    write_csv(results / f"{prefix}.csv", rows, list(rows[0]) if rows else ["cell"])
     write_csv(results / f"{prefix}_runs.csv", records, RUN_COLUMNS)
     states = {state: sum(1 for r in records if r["state"] == state) for state in sorted({r["state"] for r in records})}
     text = (
