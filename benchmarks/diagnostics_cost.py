@@ -48,6 +48,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=21)  # 20 timed epochs: 4 dead-zone passes at every 5
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--probe-sizes", type=int, nargs="+", default=[128, 256, 512])
+    parser.add_argument(
+        "--dead-zone-every",
+        type=int,
+        default=None,
+        help="override diagnostics.dead_zone_every (0: only the last epoch)",
+    )
     args = parser.parse_args()
     params = load_params()
     solid, broken, _ = generate(params.data)
@@ -58,7 +64,13 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, probe_size in settings:
             diagnostics = params.diagnostics.model_copy(
-                update={"enabled": probe_size is not None, "probe_size": probe_size or params.diagnostics.probe_size}
+                update={
+                    "enabled": probe_size is not None,
+                    "probe_size": probe_size or params.diagnostics.probe_size,
+                    "dead_zone_every": params.diagnostics.dead_zone_every
+                    if args.dead_zone_every is None
+                    else args.dead_zone_every,
+                }
             )
             run_params = params.model_copy(
                 update={
