@@ -27,7 +27,7 @@ from pathlib import Path
 from spikelab.errors import run_entry_point
 from study.experiments import experiments_by_name, history_of
 from study.figures import plot_study
-from study.sweep import SWEEP_FILE, Cell, Run, expand, format_value, load_defaults, load_sweep
+from study.sweep import SWEEP_FILE, Cell, Run, expand, format_value, load_defaults, load_sweep, run_prefix
 from study.tables import markdown_table, write_csv, write_text
 
 RESULTS = Path("study/results")
@@ -175,10 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    cells, runs = expand(load_sweep(args.sweep), load_defaults(), quick=args.quick)
+    sweep = load_sweep(args.sweep)
+    cells, runs = expand(sweep, load_defaults(), quick=args.quick)
     experiments = experiments_by_name()
     records = [run_record(run, experiments.get(run.name)) for run in runs]
-    prefix = "quick" if args.quick else "sweep"
+    prefix = run_prefix(sweep, args.quick)
     rows = write_report(records, cells, prefix, args.results)
     print(markdown_table(rows, TABLE_COLUMNS))
     print(f"report: {args.results / prefix}.md, .csv, _runs.csv, .png")

@@ -7,7 +7,8 @@ experiment (and, through the train stage, a normal MLflow run).
     python -m study.sweep queue [--quick] [--jobs 2] [--rerun]   # make sweep / make quick-sweep
     python -m study.sweep list [--quick]                           # print the runs, queue nothing
 
-Run names are `<prefix>-<cell>-s<seed>` (prefix `sweep` or `quick`), so the report can find each
+Run names are `<prefix>-<cell>-s<seed>` (prefix: the file's `prefix`, default `sweep`; `quick` for
+the quick subset), so the report can find each
 run's cell and seed again from `dvc exp show`. A re-run skips the names that already succeeded on
 the current commit and re-queues failed ones (`dvc exp run -f`); --rerun re-queues everything.
 """
@@ -25,7 +26,7 @@ from study.experiments import queue_and_wait
 
 SWEEP_FILE = Path("study/sweep.yaml")
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")  # DVC experiment names are git ref names: no dots
-SWEEP_KEYS = {"seeds", "cells", "quick", "replay"}
+SWEEP_KEYS = {"seeds", "cells", "quick", "replay", "prefix"}
 
 
 class SweepError(UserError, ValueError):
@@ -117,7 +118,7 @@ def expand(sweep: dict, defaults: dict, quick: bool = False) -> tuple[list[Cell]
         raise SweepError(f"study/sweep.yaml: unknown keys {sorted(unknown)}; allowed: {sorted(SWEEP_KEYS)}")
     cells = parse_cells(sweep, defaults)
     seeds = _seeds(sweep.get("seeds"), "seeds")
-    prefix = "sweep"
+    prefix = _check_name(sweep.get("prefix", "sweep"), "prefix")
     if quick:
         subset = sweep.get("quick") or {}
         names = subset.get("cells")
@@ -176,3 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     run_entry_point(main)
+
+
+def run_prefix(sweep: dict, quick: bool) -> str:
+    """The name part runs and result files share: `quick`, or the file's `prefix` (default `sweep`)."""
+    return "quick" if quick else sweep.get("prefix", "sweep")

@@ -243,3 +243,10 @@ def test_markdown_table_shows_missing_values_as_dashes():
         )
         == "| c | n | r |\n|---|---|---|\n| x | 0 | — |\n"
     )
+
+
+def test_a_sweep_file_prefix_names_its_runs_and_results(defaults):
+    _, runs = expand({**SWEEP, "prefix": "plateau"}, defaults)
+    assert runs[0].name == "plateau-baseline-s0"
+    with pytest.raises(SweepError, match="prefix 'Bad.Prefix'"):
+        expand({**SWEEP, "prefix": "Bad.Prefix"}, defaults)
