@@ -18,21 +18,32 @@ def current_learning_rate(model: keras.Model) -> float:
 
 
 class ProgressLine(keras.callbacks.Callback):
-    """Prints one line per epoch: epoch, loss, val_loss, accuracy, seconds. Changes no logs."""
+    """Prints one aligned line per epoch, and marks the epochs the divergence rule flags. Changes no logs."""
 
-    def __init__(self, epochs: int):
+    def __init__(self, epochs: int, rule: DivergenceParams, lowest_loss: float = math.inf):
         super().__init__()
-        self.epochs = epochs
+        self.epochs, self.rule, self.lowest_loss = epochs, rule, lowest_loss
+        self._width = len(f"epoch {epochs}/{epochs}")  # lines align; `epoch 1/150` stays greppable
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        loss = logs.get("loss", math.nan)
+        mark = ""
+        if is_spike(loss, self.lowest_loss, self.rule):
+            mark = (
+                f"  <- spike: {loss / self.lowest_loss:.0f}x the lowest loss so far"
+                if math.isfinite(loss)
+                else "  <- NaN"
+            )
+        elif math.isfinite(loss):
+            self.lowest_loss = min(self.lowest_loss, loss)
         print(
-            f"epoch {epoch + 1}/{self.epochs}  loss {logs.get('loss', math.nan):.6g}  "
-            f"val_loss {logs.get('val_loss', math.nan):.6g}  accuracy {logs.get('accuracy', math.nan):.4f}  "
-            f"{time.perf_counter() - self._started:.2f}s",
+            f"{f'epoch {epoch + 1}/{self.epochs}':<{self._width}}  loss {loss:<10.4g} val_loss {logs.get('val_loss', math.nan):<10.4g}"
+            f"accuracy {logs.get('accuracy', math.nan):.4f}  val_accuracy {logs.get('val_accuracy', math.nan):.4f}  "
+            f"{time.perf_counter() - self._started:5.2f}s{mark}",
             flush=True,
         )
 

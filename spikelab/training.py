@@ -132,10 +132,10 @@ def train(
             DeadZoneAccounting(arrays["x_train"], arrays["y_train"], data_format, epochs),
         ]
         callbacks += measured
-    callbacks += [keras.callbacks.TerminateOnNaN(), ProgressLine(params.train.epochs)]
+    lowest = min((row["loss"] for row in history), default=math.inf)  # a resumed run's history counts
+    callbacks += [keras.callbacks.TerminateOnNaN(), ProgressLine(params.train.epochs, params.divergence, lowest)]
     guard = None
     if params.guard.enabled:
-        lowest = min((row["loss"] for row in history), default=math.inf)
         guard = DivergenceGuard(params.divergence, params.guard, best, lowest)
         callbacks.append(guard)
     # HistoryRows before Snapshots, so a snapshot's history includes its own epoch
