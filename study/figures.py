@@ -63,3 +63,29 @@ def plot_replay(curves: dict[str, list[dict]], epoch: int, label: str, path: Pat
     axis.legend(fontsize=8)
     figure.tight_layout()
     save_figure(figure, path, dpi=100)
+
+
+def plot_dead_zone(history: list[dict], title: str, path: Path) -> None:
+    """A plateaued run: the training loss, and the part of it the dead samples carry (clipped form),
+    with the unclipped form's charge for the same samples, at the epochs with whole-set accounting."""
+    figure, (loss_axis, fraction_axis) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
+    epochs = [row["epoch"] for row in history]
+    loss_axis.plot(epochs, _positive(row["loss"] for row in history), color="black", linewidth=1, label="training loss")
+    accounted = [row for row in history if math.isfinite(row.get("dead_fraction", math.nan))]
+    marked = [row["epoch"] for row in accounted]
+    for key, label, color in (
+        ("dead_loss_clipped", "carried by dead samples (clipped loss: ~16.03 each, zero gradient)", "tab:red"),
+        ("dead_loss_unclipped", "the same samples under the unclipped form", "tab:blue"),
+    ):
+        loss_axis.plot(marked, _positive(row[key] for row in accounted), "o-", color=color, markersize=3, label=label)
+    loss_axis.set_yscale("log")
+    loss_axis.set_ylabel("loss (log)")
+    loss_axis.legend(fontsize=8, loc="lower right")
+    loss_axis.grid(alpha=0.3)
+    loss_axis.set_title(title, fontsize=10, loc="left")
+    fraction_axis.plot(marked, [row["dead_fraction"] for row in accounted], "o-", color="tab:red", markersize=3)
+    fraction_axis.set_ylabel("dead fraction of the training set")
+    fraction_axis.set_xlabel("epoch")
+    fraction_axis.grid(alpha=0.3)
+    figure.tight_layout()
+    save_figure(figure, path, dpi=100)

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from spikelab.errors import run_entry_point
 from study.experiments import experiments_by_name, history_of
-from study.figures import plot_study
+from study.figures import plot_dead_zone, plot_study
 from study.sweep import SWEEP_FILE, Cell, Run, expand, format_value, load_defaults, load_sweep, run_prefix
-from study.tables import markdown_table, write_csv, write_text
+from study.tables import markdown_table, write_csv, write_csv_gz, write_text
 
 RESULTS = Path("study/results")
 # what a run record takes from its train.json
@@ -158,15 +158,29 @@ def write_report(records: list[dict], cells: list[Cell], prefix: str, results: P
         + f"\n![{prefix}]({prefix}.png)\n"
     )
     write_text(results / f"{prefix}.md", text)
+    histories = {r["name"]: history_of(r["rev"]) for r in records if r["state"] == "success"}
+    write_histories(results / f"{prefix}_histories.csv.gz", histories)
     curves = {}
     for cell in cells:
         if cell.same_as is None:
             typical = representative([r for r in records if r["cell"] == cell.name])
-            history = history_of(typical["rev"]) if typical else []
-            if history:
-                curves[f"{cell.name} (seed {typical['seed']})"] = history
+            if typical and histories.get(typical["name"]):
+                curves[f"{cell.name} (seed {typical['seed']})"] = histories[typical["name"]]
     plot_study(rows, curves, results / f"{prefix}.png", f"spikelab study: {prefix}")
+    plateaued = [r for r in records if r["state"] == "success" and r["plateaued"]]
+    if plateaued:  # the mechanism, on the first plateaued run in sweep order
+        first = plateaued[0]
+        title = f"{first['name']}: the plateau is its dead samples"
+        plot_dead_zone(histories[first["name"]], title, results / f"{prefix}_dead_zone.png")
     return rows
+
+
+def write_histories(path: Path, histories: dict[str, list[dict]]) -> None:
+    """Every finished run's per-epoch history in one gzipped CSV (column `run` first), so each rate and
+    curve of the report can be recomputed from the repository without re-running anything."""
+    columns = ["run", *sorted({key for rows in histories.values() for row in rows for key in row} - {"epoch"})]
+    rows = [{"run": name, **row} for name, history in histories.items() for row in history]
+    write_csv_gz(path, rows, ["run", "epoch", *columns[1:]])
 
 
 def main(argv: list[str] | None = None) -> int:

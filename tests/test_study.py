@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 from pathlib import Path
 
@@ -226,6 +227,9 @@ def test_markdown_and_csv_tables(records, tmp_path, monkeypatch):
     with open(tmp_path / "sweep_runs.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 8
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
+    with gzip.open(tmp_path / "sweep_histories.csv.gz", "rt") as handle:  # every finished run's curve, kept
+        kept = list(csv.DictReader(handle))
+    assert len(kept) == 2 * 4 and kept[0]["run"] and kept[0]["epoch"] == "1.0" and kept[0]["loss"] == "0.7"
 
 
 def test_representative_is_the_median_run():
