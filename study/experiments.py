@@ -100,6 +100,16 @@ def queue_states() -> dict[str, str]:
     return states
 
 
+def start_workers(jobs: int) -> None:
+    """`dvc queue start`: its workers are daemons that inherit the parent's pipes, so a captured
+    output would not close until the queue is empty (no progress lines meanwhile): no pipes here."""
+    result = subprocess.run(
+        ["dvc", "queue", "start", "-j", str(jobs)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"dvc queue start -j {jobs} exited {result.returncode} (see `dvc queue status`)")
+
+
 def queue_and_wait(
     runs: list[tuple[str, list[str]]], jobs: int, rerun: bool = False, poll_s: float = 5.0
 ) -> dict[str, str]:
@@ -121,7 +131,7 @@ def queue_and_wait(
         print(f"study: queued {name}: {' '.join(args)}", flush=True)
     if not queued:
         return {name: existing.get(name, "missing") for name, _ in runs}
-    dvc("queue", "start", "-j", str(jobs))
+    start_workers(jobs)
     started = time.monotonic()
     while True:
         states = queue_states()
