@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: setup repro test test-fast bench seed-config quick-sweep sweep report replay gpu-setup
+.PHONY: setup repro test test-fast compare bench seed-config quick-sweep sweep report replay gpu-setup
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -51,6 +51,10 @@ quick-sweep: $(INSTALLED)
 sweep: $(INSTALLED)
 	-$(RUN) python -m study.sweep queue
 	$(RUN) python -m study.report
+
+# the current commit's experiments in one narrow table (changed params + the key metrics)
+compare: $(INSTALLED)
+	$(RUN) python -m study.compare
 
 report: $(INSTALLED)
 	$(RUN) python -m study.report

@@ -254,3 +254,22 @@ def test_a_sweep_file_prefix_names_its_runs_and_results(defaults):
     assert runs[0].name == "plateau-baseline-s0"
     with pytest.raises(SweepError, match="prefix 'Bad.Prefix'"):
         expand({**SWEEP, "prefix": "Bad.Prefix"}, defaults)
+
+
+def test_compare_row_shows_only_the_changed_params(defaults):
+    from study.compare import compare_row
+
+    params = {**defaults, "optimizer.epsilon": 0.001, "train.seed": 0}
+    train = {"diverged": True, "divergence_epoch": 84, "jump_ratio": 104.0, "plateaued": False, "final_loss": 0.001}
+    row = compare_row("exp-1", params, train, {"last": {"accuracy": 0.3}}, defaults)
+    assert row == {
+        "name": "exp-1",
+        "changed": "optimizer.epsilon=0.001",
+        "diverged": True,
+        "divergence_epoch": 84,
+        "jump_ratio": 104.0,
+        "plateaued": False,
+        "final_loss": 0.001,
+        "val_accuracy": 0.3,
+    }
+    assert compare_row("ws", defaults, {}, {}, defaults)["changed"] == "(none)"
