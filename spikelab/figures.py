@@ -23,7 +23,7 @@ PANELS = (
     ("gradient norm, probe batch (log)", "log", ("grad_norm",)),
     ("update RMS / learning rate (log)", "log", ("update_rms_over_lr",)),
     ("Adam |m_hat / (sqrt(v_hat)+eps)| (log)", "log", ("adam_ratio_max", "adam_ratio_p99")),
-    ("Adam median sqrt(v_hat): compare with epsilon (log)", "log", ("v_sqrt_median",)),
+    ("Adam median sqrt(v_hat), and epsilon (log)", "log", ("v_sqrt_median",)),
     ("saturated past the clip, probe batch", "linear", ("saturated_fraction", "saturated_wrong_fraction")),
     # a plateau of the clipped loss is its dead samples: the loss sits on dead_loss_clipped (~16.03 x dead fraction)
     ("loss vs what dead samples carry, whole training set (log)", "log", ("loss", "dead_loss_clipped")),
@@ -42,8 +42,39 @@ def _column(history: list[dict], key: str) -> list[float]:
     return [row.get(key, math.nan) for row in history]
 
 
-def plot_run(history: list[dict], divergence_epoch: int | None, path: str | os.PathLike, title: str) -> None:
-    """Draw the panels whose columns exist in history; mark the divergence epoch on each."""
+# one colour per intervention in every figure of the lab (run, study, replay); others cycle after them
+INTERVENTION_COLOURS = {
+    "original": "#222222",
+    "baseline": "#222222",
+    "unchanged": "tab:orange",
+    "eps-1e-8": "tab:brown",
+    "eps-1e-3": "tab:olive",
+    "eps-1e-2": "tab:cyan",
+    "bce-keras3": "tab:blue",
+    "log-cosh": "tab:green",
+    "sgd": "tab:purple",
+    "amsgrad": "tab:red",
+    "clipnorm-1": "tab:pink",
+    "twins-together": "tab:blue",
+    "hidden-relu": "tab:red",
+    "relu-twins-together": "tab:purple",
+}
+SPARE_COLOURS = ("#8c564b", "#17becf", "#bcbd22", "#7f7f7f", "#e377c2", "#1f77b4")
+
+
+def colour_of(intervention: str) -> str:
+    """The intervention's colour (its name before any ' (' suffix); unknown names get a stable spare."""
+    name = intervention.split(" (")[0]
+    if name in INTERVENTION_COLOURS:
+        return INTERVENTION_COLOURS[name]
+    return SPARE_COLOURS[sum(name.encode()) % len(SPARE_COLOURS)]
+
+
+def plot_run(
+    history: list[dict], divergence_epoch: int | None, path: str | os.PathLike, title: str, epsilon: float | None = None
+) -> None:
+    """Draw the panels whose columns exist in history; mark the divergence epoch on each, and
+    epsilon on the sqrt(v_hat) panel (the scale it competes with)."""
     # a panel is drawn when its last column was logged (diagnostics off: loss and accuracy only)
     panels = [panel for panel in PANELS if any(panel[2][-1] in row for row in history)] if history else PANELS[:1]
     figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 * len(panels) + 0.6), sharex=True, squeeze=False)
@@ -59,6 +90,8 @@ def plot_run(history: list[dict], divergence_epoch: int | None, path: str | os.P
                 axis.plot(epochs, values, label=key, linewidth=1)
         axis.set_yscale(scale)
         axis.set_title(name, fontsize=9, loc="left")
+        if "v_sqrt_median" in keys and epsilon is not None:
+            axis.axhline(epsilon, color="tab:purple", linestyle=":", linewidth=1.2, label=f"epsilon = {epsilon:g}")
         if divergence_epoch is not None:
             axis.axvline(divergence_epoch, color="red", linestyle="--", linewidth=0.8, label="divergence")
         axis.legend(fontsize=7, loc="best")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from spikelab.figures import plt, save_figure
+from spikelab.figures import colour_of, plt, save_figure
 
 
 def _positive(values) -> list[float]:
@@ -14,53 +14,75 @@ def _positive(values) -> list[float]:
 
 
 def plot_study(rows: list[dict], curves: dict[str, list[dict]], path: Path, title: str) -> None:
-    """Left: divergence rate per intervention (k/n, failed). Right: one typical loss curve per intervention."""
-    figure, (bars, lines) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [1, 1.4]})
-    names = [row["cell"] for row in rows]
-    rates = [row["divergence_rate"] or 0.0 for row in rows]
-    bars.barh(names, rates, color=["tab:red" if rate > 0 else "tab:green" for rate in rates])
-    for y, row in enumerate(rows):
+    """Left: divergence rate per distinct intervention (k/n; a cell equal to an earlier one is not
+    drawn again). Right: small multiples, one typical loss curve per intervention, each on its own
+    log axis (log_cosh's values are not on cross-entropy's scale)."""
+    shown = [row for row in rows if " (= " not in row["cell"]]
+    columns = 3
+    grid_rows = max(1, math.ceil(len(curves) / columns))
+    figure = plt.figure(figsize=(15, max(4.5, 2.3 * grid_rows + 1)))
+    grid = figure.add_gridspec(grid_rows, columns + 1, width_ratios=[1.3] + [1] * columns)
+    bars = figure.add_subplot(grid[:, 0])
+    names = [row["cell"] for row in shown]
+    rates = [row["divergence_rate"] or 0.0 for row in shown]
+    bars.barh(names, rates, color=[colour_of(name) for name in names], alpha=0.85)
+    for y, row in enumerate(shown):
         label = f"{row['n_diverged']}/{row['n_runs']}" + (f", {row['n_failed']} failed" if row["n_failed"] else "")
-        bars.text(min(rates[y], 1.0) + 0.02, y, label, va="center", fontsize=8)
-    bars.set_xlim(0, 1.25)
+        bars.text(0.02, y, label, va="center", fontsize=8, color="white" if rates[y] > 0.15 else "black")
+    bars.set_xlim(0, 1)
     bars.invert_yaxis()
-    bars.set_xlabel("divergence rate (finished runs)")
+    bars.set_xlabel("share of finished runs that spiked (divergence rule)")
     bars.set_title("runs that spiked", fontsize=10, loc="left")
-    for cell, history in curves.items():
-        lines.plot(
-            [row["epoch"] for row in history], _positive(row["loss"] for row in history), label=cell, linewidth=1
-        )
-    lines.set_yscale("log")
-    lines.set_xlabel("epoch")
-    lines.set_ylabel("training loss (log)")
-    lines.set_title("a typical run per intervention (median peak/min)", fontsize=10, loc="left")
-    lines.grid(alpha=0.3)
-    if curves:
-        lines.legend(fontsize=7)
-    figure.suptitle(title, fontsize=11)
+    for index, (cell, history) in enumerate(curves.items()):
+        axis = figure.add_subplot(grid[index // columns, 1 + index % columns])
+        axis.plot([row["epoch"] for row in history], _positive(row["loss"] for row in history), color=colour_of(cell))
+        axis.set_yscale("log")
+        axis.set_title(cell, fontsize=8, loc="left")
+        axis.grid(alpha=0.3)
+        axis.tick_params(labelsize=7)
+        if index // columns == grid_rows - 1:
+            axis.set_xlabel("epoch", fontsize=8)
+    figure.suptitle(f"{title}: rates (left), a typical run per intervention (median peak/min; log loss)", fontsize=11)
     figure.tight_layout()
     save_figure(figure, path, dpi=100)
 
 
 def plot_replay(curves: dict[str, list[dict]], epoch: int, label: str, path: Path) -> None:
-    """Each variant's training loss from the resume epoch on; the original drawn thick under them."""
-    figure, axis = plt.subplots(figsize=(10, 5))
-    for name, history in curves.items():
+    """One small panel per variant from the resume epoch on, over the original in grey: no curve hides
+    another, and "unchanged" visibly lies on the original (it must)."""
+    original = [row for row in curves.get("original", []) if row["epoch"] >= epoch]
+    variants = {name: history for name, history in curves.items() if name != "original"}
+    columns = 3
+    grid_rows = max(1, math.ceil(len(variants) / columns))
+    figure, axes = plt.subplots(grid_rows, columns, figsize=(13, 2.4 * grid_rows + 0.8), sharex=True, squeeze=False)
+    for axis in axes.flat[len(variants) :]:
+        axis.set_visible(False)
+    for axis, (name, history) in zip(axes.flat, variants.items()):
         shown = [row for row in history if row["epoch"] >= epoch]
         axis.plot(
-            [row["epoch"] for row in shown],
-            _positive(row["loss"] for row in shown),
-            label=name,
-            linewidth=2.5 if name == "original" else 1,
-            linestyle=":" if name == "unchanged" else "-",
+            [r["epoch"] for r in original],
+            _positive(r["loss"] for r in original),
+            color="#bbbbbb",
+            linewidth=3,
+            label="original",
         )
-    axis.axvline(epoch, color="grey", linestyle="--", linewidth=0.8)
-    axis.set_yscale("log")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("training loss (log)")
-    axis.set_title(f"replays of {label} from epoch {epoch}", fontsize=10, loc="left")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
+        axis.plot(
+            [r["epoch"] for r in shown],
+            _positive(r["loss"] for r in shown),
+            color=colour_of(name),
+            linewidth=1.2,
+            linestyle="--" if name == "unchanged" else "-",
+            label=name,
+        )
+        axis.set_yscale("log")
+        axis.set_title(name, fontsize=9, loc="left")
+        axis.grid(alpha=0.3)
+        axis.tick_params(labelsize=7)
+    for axis in axes[-1]:
+        axis.set_xlabel("epoch", fontsize=8)
+    figure.suptitle(
+        f"{label}, resumed from epoch {epoch} with one change each (grey: the original run; log loss)", fontsize=10
+    )
     figure.tight_layout()
     save_figure(figure, path, dpi=100)
 

@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             if variant == "unchanged":
                 row["max_loss_difference"] = max_difference(history, baseline["history"], epoch)
         rows.append(row)
-    write_replay(rows, curves, epoch, baseline["label"], args.results, args.name)
+    shown = "the workspace run (params.yaml)" if baseline["label"] == "workspace" else f"experiment {baseline['label']}"
+    write_replay(rows, curves, epoch, shown, args.results, args.name)
     print((args.results / f"{args.name}.md").read_text())
     return 0
 
