@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: setup repro test test-fast compare bench seed-config quick-sweep sweep report replay gpu-setup
+.PHONY: setup repro test test-fast compare structure bench seed-config quick-sweep sweep report replay gpu-setup
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -51,6 +51,11 @@ quick-sweep: $(INSTALLED)
 sweep: $(INSTALLED)
 	-$(RUN) python -m study.sweep queue
 	$(RUN) python -m study.report
+
+# "Network structure?": the twins split and a ReLU between the convolutions, 4 cells x 5 seeds
+structure: $(INSTALLED)
+	-$(RUN) python -m study.sweep queue --sweep study/structure.yaml
+	$(RUN) python -m study.report --sweep study/structure.yaml
 
 # the current commit's experiments in one narrow table (changed params + the key metrics)
 compare: $(INSTALLED)
