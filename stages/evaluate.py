@@ -12,7 +12,7 @@ from spikelab.evaluation import load_model, score
 from spikelab.files import read_npz, write_json
 from spikelab.losses import make_loss
 from spikelab.params import load_params
-from spikelab.tracking import add_to_run
+from spikelab.tracking import add_to_run, evaluation_metrics
 
 
 def main() -> None:
@@ -30,11 +30,7 @@ def main() -> None:
         "evaluate: " + json.dumps({name: {"loss": r["loss"], "accuracy": r["accuracy"]} for name, r in results.items()})
     )
     run_id = json.loads(run_file.read_text())["mlflow_run_id"]  # the scores join train's run in MLflow
-    add_to_run(
-        params.tracking.experiment,
-        run_id,
-        {f"eval.{name}.{key}": value for name, r in results.items() for key, value in r.items()},
-    )
+    add_to_run(params.tracking.experiment, run_id, evaluation_metrics(results))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,14 @@ from spikelab.errors import InputError, one_line, run_entry_point
 from spikelab.files import read_npz
 from spikelab.params import flatten, load_params
 
-SUMMARY_KEYS = ("min_loss", "final_loss", "spike_ratio", "jump_ratio", "diverged", "divergence_epoch")
+SUMMARY_KEYS = (
+    "min_loss",
+    "final_loss",
+    "spike_ratio",
+    "jump_ratio",
+    "diverged",
+    "divergence_epoch",
+)
 
 
 def _raise_interrupt(signum, frame):
@@ -63,6 +70,10 @@ def main() -> None:
         metrics, metric_files, model_files = write_training_outputs(result, params, models_dir, metrics_dir, run_facts)
         run.log_results(metrics, metric_files, model_files)
     print("train: " + json.dumps({key: metrics[key] for key in SUMMARY_KEYS}))
+    # an MLflow failure after the run opened exits 0 all the same: every output is written and valid,
+    # DVC records it, and the one line below says how to complete the MLflow run from those files
+    if run.incomplete_line():
+        print(run.incomplete_line())
 
 
 if __name__ == "__main__":
