@@ -24,6 +24,7 @@ SUMMARY_KEYS = (
     "jump_ratio",
     "diverged",
     "divergence_epoch",
+    "broken_from_start",
 )
 
 
