@@ -15,6 +15,7 @@ from pathlib import Path
 
 from spikelab.errors import InputError, one_line, run_entry_point
 from spikelab.files import read_npz
+from spikelab.lifetime import die_with_parent
 from spikelab.params import flatten, load_params
 
 SUMMARY_KEYS = (
@@ -34,6 +35,7 @@ def _raise_interrupt(signum, frame):
 
 def main() -> None:
     split_path, models_dir, metrics_dir = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    die_with_parent(signal.SIGTERM)  # a killed `dvc repro` stops this stage (run KILLED, no outputs)
     # params and data are checked before TensorFlow and MLflow load (seconds of imports)
     params = load_params()
     if params.train.resume_from is not None and not Path(params.train.resume_from).is_file():

@@ -477,3 +477,69 @@ def test_mlflow_server_dying_mid_training_costs_nothing_and_sync_completes_the_r
     }
     assert f"run {run_id}: 0 metric values and 0 files uploaded" in second.stdout
     assert {key: len(history) for key, history in again.items()} == {key: epochs for key in histories}
+
+
+def long_training(root: Path) -> None:
+    raw = copy.deepcopy(TINY)
+    raw["train"]["epochs"] = 5000  # minutes of training: the kill always lands mid-run
+    write_params(root, raw)
+
+
+def test_a_run_whose_process_was_killed_is_marked_failed_by_the_next_training(lab, tmp_path):
+    long_training(lab)
+    process, lines = start_stage(lab, "train", tmp_path / "stderr.txt")
+    try:
+        wait_for_line(lines, "epoch 1/")
+    finally:
+        process.kill()  # SIGKILL: nothing in the stage can end its MLflow run
+        process.wait()
+    [orphan] = mlflow_runs(lab)
+    assert orphan.info.status == "RUNNING" and orphan.data.tags["spikelab.pid"] == str(process.pid)
+
+    write_params(lab, TINY)
+    result = stage(lab, "train")
+
+    assert result.returncode == 0, result.stderr
+    assert f"marked run {orphan.info.run_id} FAILED" in result.stderr
+    runs = {r.info.run_id: r for r in mlflow_runs(lab)}
+    assert runs[orphan.info.run_id].info.status == "FAILED"
+    assert runs[orphan.info.run_id].data.tags["spikelab.failed_reason"].startswith(f"orphan: its process {process.pid}")
+    assert sorted(r.info.status for r in runs.values()) == ["FAILED", "FINISHED"]
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or a zombie nobody reaped (it has exited all the same)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_sigterm_to_dvc_repro_stops_the_train_stage_it_started(lab, tmp_path):
+    long_training(lab)
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        dvc = subprocess.Popen(
+            ["dvc", "repro", "train"], cwd=lab, env=lab_env(lab), text=True, stdout=subprocess.PIPE, stderr=stderr
+        )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in dvc.stdout] + [lines.put(None)], daemon=True).start()
+    train_pid = None
+    try:
+        wait_for_line(lines, "epoch 1/")
+        [running] = mlflow_runs(lab)
+        train_pid = int(running.data.tags["spikelab.pid"])
+        dvc.send_signal(signal.SIGTERM)
+        dvc.wait(timeout=30)
+        stopped = wait_until(lambda: process_gone(train_pid), 60, "the train stage to exit")
+    finally:
+        if dvc.poll() is None:
+            dvc.kill()
+        if train_pid is not None and not process_gone(train_pid):
+            os.kill(train_pid, signal.SIGKILL)
+
+    assert stopped
+    [run_record] = mlflow_runs(lab)
+    assert run_record.info.status == "KILLED"
+    # DVC deleted train's outputs before it ran the stage; the stopped stage wrote none back
+    assert [name for name in OUTPUTS if (lab / name).exists()] == ["metrics/evaluate.json"]
+    assert temp_files(lab) == []
