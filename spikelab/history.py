@@ -35,10 +35,14 @@ def write_history_csv(path: str | os.PathLike, history: list[dict]) -> None:
 
 
 def parse_history_csv(text: str, skip_empty: bool = False) -> list[dict]:
-    """Rows of floats from the text of a history.csv; an empty cell (a column that epoch did not
-    measure) is NaN, or left out of its row with skip_empty."""
+    """Rows of the text of a history.csv: the epoch an int, the rest floats; an empty cell (a column
+    that epoch did not measure) is NaN, or left out of its row with skip_empty."""
     return [
-        {key: float(value) if value != "" else math.nan for key, value in row.items() if value != "" or not skip_empty}
+        {
+            key: (int(value) if key == "epoch" else float(value)) if value != "" else math.nan
+            for key, value in row.items()
+            if value != "" or not skip_empty
+        }
         for row in csv.DictReader(io.StringIO(text))
     ]
 

@@ -17,6 +17,7 @@ from spikelab.errors import InputError, one_line, run_entry_point
 from spikelab.files import read_npz
 from spikelab.lifetime import die_with_parent
 from spikelab.params import flatten, load_params
+from spikelab.state import check_resume
 
 SUMMARY_KEYS = (
     "min_loss",
@@ -38,8 +39,8 @@ def main() -> None:
     die_with_parent(signal.SIGTERM)  # a killed `dvc repro` stops this stage (run KILLED, no outputs)
     # params and data are checked before TensorFlow and MLflow load (seconds of imports)
     params = load_params()
-    if params.train.resume_from is not None and not Path(params.train.resume_from).is_file():
-        raise InputError(f"train.resume_from = {params.train.resume_from}: no such snapshot file")
+    if params.train.resume_from is not None:
+        check_resume(params.train.resume_from, params.train.resume_epoch)
     arrays = read_npz(split_path, ("x_train", "y_train", "x_val", "y_val"), produced_by="split")
 
     from spikelab.model import resolve_data_format
