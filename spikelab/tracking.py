@@ -346,8 +346,9 @@ def training_run(experiment: str, params: dict):
             run.end(status)
 
 
-def add_to_run(experiment: str, run_id: str, metrics: dict, step: int = 0) -> None:
-    """Log metrics into an existing run (evaluate adds its scores to train's run)."""
+def check_run(experiment: str, run_id: str) -> None:
+    """Point MLflow at the store and check it holds run_id (evaluate's scores join train's run):
+    a run train logged to another store is one TrackingError, before any work."""
     root = project_root()
     prepare_experiment(experiment, root)
     try:
@@ -359,4 +360,3 @@ def add_to_run(experiment: str, run_id: str, metrics: dict, step: int = 0) -> No
             f"MLflow run {run_id} (metrics/run.json) is not in {tracking_uri(root)}: train logged it to another "
             "store; use train's MLFLOW_TRACKING_URI, or re-run train with this one"
         ) from None
-    log_metrics_at(run_id, metrics, step)

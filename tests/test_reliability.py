@@ -543,3 +543,48 @@ def test_sigterm_to_dvc_repro_stops_the_train_stage_it_started(lab, tmp_path):
     # DVC deleted train's outputs before it ran the stage; the stopped stage wrote none back
     assert [name for name in OUTPUTS if (lab / name).exists()] == ["metrics/evaluate.json"]
     assert temp_files(lab) == []
+
+
+RESUMES = {
+    # id: (train.resume_from, train.resume_epoch, what the one line says)
+    "not_a_snapshot": ("data/split.npz", 1, "not a snapshot: it holds no 'epoch'"),
+    "other_epoch": ("models/snapshots/epoch_00002.npz", 1, "holds epoch 2, not train.resume_epoch = 1"),
+}
+
+
+@pytest.mark.parametrize("case", RESUMES)
+def test_a_resume_from_that_is_not_the_named_snapshot_fails_in_one_line_before_training(lab, case):
+    path, epoch, message = RESUMES[case]
+    raw = copy.deepcopy(TINY)
+    raw["train"].update(resume_from=path, resume_epoch=epoch)
+    write_params(lab, raw)
+    before = stage_files(lab)
+
+    result = stage(lab, "train")
+
+    assert_user_error(result, f"train.resume_from = {path}", message)
+    assert result.stdout == ""  # refused before TensorFlow loads, let alone trains
+    assert stage_files(lab) == before and not (lab / "mlflow.db").exists()
+
+
+def test_a_deleted_mlflow_experiment_fails_in_one_line_before_training(lab):
+    client = MlflowClient(tracking_uri=f"sqlite:///{lab / 'mlflow.db'}")
+    experiment_id = client.create_experiment(EXPERIMENT)
+    client.delete_experiment(experiment_id)  # soft: in MLflow's trash, its name still taken
+    before = stage_files(lab)
+
+    result = stage(lab, "train")
+
+    assert_user_error(result, f"MLflow experiment '{EXPERIMENT}'", "is deleted", f"--experiment-id {experiment_id}")
+    assert not any(line.startswith("epoch") for line in result.stdout.splitlines())
+    assert stage_files(lab) == before and mlflow_runs(lab) == []
+
+
+def test_evaluate_against_a_store_without_trains_run_fails_in_one_line(lab):
+    run_id = json.loads((lab / "metrics/run.json").read_text())["mlflow_run_id"]
+    before = stage_files(lab)
+
+    result = stage(lab, "evaluate")  # this copy's store is new: train's run is in the baseline's
+
+    assert_user_error(result, f"MLflow run {run_id}", "is not in", "MLFLOW_TRACKING_URI")
+    assert stage_files(lab) == before
