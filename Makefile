@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: setup repro test test-fast compare structure bench seed-config quick-sweep sweep report replay gpu-setup
+.PHONY: setup repro test test-fast compare structure bench seed-config quick-sweep sweep report replay gpu-setup sync
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(INSTALLED)
 
 test-fast: $(INSTALLED)
 	$(RUN) python -m pytest -m "not slow"
+
+# Complete the MLflow run of the last training from its files, after the store failed mid-run
+# (the train stage says so in one line); running it again adds nothing
+sync: $(INSTALLED)
+	$(RUN) python -m spikelab.sync
 
 # Samples/s of the lab's loop vs bare model.fit vs the seed's generator, FLOP/s vs the matmul
 # peak, dvc repro wall times -> benchmarks/results.json (several minutes; docs/performance.md)

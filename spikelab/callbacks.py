@@ -82,7 +82,7 @@ class BestState(keras.callbacks.Callback):
 
 
 class Snapshots(keras.callbacks.Callback):
-    """Every `every` epochs: weights + optimizer state + the history so far, for replays."""
+    """Every `every` epochs: weights + optimizer state, and the history so far beside them, for replays."""
 
     def __init__(self, folder: Path, every: int, history: list[dict]):
         super().__init__()

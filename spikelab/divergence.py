@@ -9,6 +9,12 @@ The plateau rule (params `plateau:`): a run plateaued when, from some epoch t th
 rule flags, the loss stays >= plateau.ratio x (the lowest loss before t), or non-finite, for at
 least plateau.min_epochs epochs in a row. The seed's loss "shot up and plateaued"; the lab's
 default spikes and recovers within 5-15 epochs, which this rule tells apart.
+The broken-from-start rule: a run broken from its first epoch (a learning rate so high that
+epoch 1 already collapsed, or NaN at once) has no low point to spike from, so the divergence rule
+reads it as "not diverged". `broken_from_start` is true when epoch 1's loss is not finite, or when
+the run has at least 2 epochs and no later finite loss ever fell below (1 - MIN_FALL) x epoch 1's
+loss (a run that never learned; it may have ended up far above its start). Reported beside
+`diverged`, not folded into it: "learned, then blew up" and "never learned" are different failures.
 Epochs are numbered from 1, as Keras prints them.
 """
 
@@ -19,6 +25,11 @@ import statistics
 from collections.abc import Sequence
 
 from spikelab.params import DivergenceParams, PlateauParams
+
+# The fall that counts as learning, relative to epoch 1's loss. Epoch 1's loss is the mean over
+# an epoch in which the model already learned, so a working run falls well below it by epoch 2-3
+# (the tiny 3-epoch test runs fall ~5%); a collapsed run moves by noise around its level.
+MIN_FALL = 0.02
 
 
 def is_spike(loss: float, lowest_before: float, rule: DivergenceParams) -> bool:
@@ -73,6 +84,23 @@ def jump_ratio(losses: Sequence[float], epoch: int | None) -> float | None:
     return max(after) / min(before)
 
 
+def broken_from_start(losses: Sequence[float]) -> dict:
+    """broken_from_start (the rule above), first_loss, and final_to_first (final / epoch 1's loss)."""
+    if not losses:
+        return {"broken_from_start": False, "first_loss": None, "final_to_first": None}
+    first = losses[0]
+    if not math.isfinite(first):
+        return {"broken_from_start": True, "first_loss": None, "final_to_first": None}
+    later = [loss for loss in losses[1:] if math.isfinite(loss)]
+    never_learned = len(losses) >= 2 and all(loss >= (1 - MIN_FALL) * first for loss in later)
+    final = losses[-1]
+    return {
+        "broken_from_start": never_learned,
+        "first_loss": float(first),
+        "final_to_first": float(final / first) if math.isfinite(final) and first > 0 else None,
+    }
+
+
 def divergence_metrics(losses: Sequence[float], val_losses: Sequence[float], rule: DivergenceParams) -> dict:
     """The keys of metrics/train.json that describe the curves (non-finite values become null)."""
     train = curve_summary(losses)
@@ -88,6 +116,7 @@ def divergence_metrics(losses: Sequence[float], val_losses: Sequence[float], rul
         "diverged": epoch is not None,
         "divergence_epoch": epoch,
         "jump_ratio": jump_ratio(losses, epoch),
+        **broken_from_start(losses),
         "nan": any(not math.isfinite(loss) for loss in losses),
         "epochs_run": len(losses),
         "final_val_loss": val["final"],

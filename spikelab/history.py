@@ -34,13 +34,18 @@ def write_history_csv(path: str | os.PathLike, history: list[dict]) -> None:
                 writer.writerow({key: row.get(key, "") for key in columns})
 
 
-def parse_history_csv(text: str) -> list[dict]:
-    """Rows of floats (an empty cell is NaN), from the text of a history.csv."""
+def parse_history_csv(text: str, skip_empty: bool = False) -> list[dict]:
+    """Rows of the text of a history.csv: the epoch an int, the rest floats; an empty cell (a column
+    that epoch did not measure) is NaN, or left out of its row with skip_empty."""
     return [
-        {key: float(value) if value != "" else math.nan for key, value in row.items()}
+        {
+            key: (int(value) if key == "epoch" else float(value)) if value != "" else math.nan
+            for key, value in row.items()
+            if value != "" or not skip_empty
+        }
         for row in csv.DictReader(io.StringIO(text))
     ]
 
 
-def read_history_csv(path: str | os.PathLike) -> list[dict]:
-    return parse_history_csv(Path(path).read_text())
+def read_history_csv(path: str | os.PathLike, skip_empty: bool = False) -> list[dict]:
+    return parse_history_csv(Path(path).read_text(), skip_empty)

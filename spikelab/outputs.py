@@ -15,9 +15,16 @@ from spikelab.training import TrainResult
 PICTURE = "loss_curve.png"
 
 
-def save_models(result: TrainResult, models_dir: Path) -> dict[str, Path]:
+def output_files(models_dir: Path, metrics_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(the metric files, the model files) of a training that its MLflow run holds as artifacts."""
+    return (
+        [metrics_dir / "train.json", metrics_dir / "history.csv", metrics_dir / PICTURE],
+        [models_dir / "last.keras", models_dir / "best.keras"],
+    )
+
+
+def save_models(result: TrainResult, paths: dict[str, Path]) -> None:
     """last.keras = the final state; best.keras = the lowest-val_loss state (if any epoch had one)."""
-    paths = {"last": models_dir / "last.keras", "best": models_dir / "best.keras"}
     with atomic_path(paths["last"]) as tmp:
         result.model.save(tmp)
     final_state = training_state.capture(result.model)
@@ -25,7 +32,6 @@ def save_models(result: TrainResult, models_dir: Path) -> dict[str, Path]:
     with atomic_path(paths["best"]) as tmp:
         result.model.save(tmp)
     training_state.restore(result.model, final_state)
-    return paths
 
 
 def run_title(params: Params) -> str:
@@ -43,11 +49,11 @@ def write_training_outputs(
     """
     (models_dir / "snapshots").mkdir(parents=True, exist_ok=True)  # a declared output, even when empty
     metrics = train_metrics(result.history, params.divergence, params.plateau, result.guard_epochs, result.best_epoch)
-    model_paths = save_models(result, models_dir)
-    files = [metrics_dir / "train.json", metrics_dir / "history.csv", metrics_dir / PICTURE]
+    files, model_files = output_files(models_dir, metrics_dir)
+    save_models(result, dict(zip(("last", "best"), model_files)))
     write_history_csv(files[1], result.history)
     write_json(files[0], metrics)
     write_json(metrics_dir / "run.json", run_facts)
     epsilon = params.optimizer.epsilon if params.optimizer.name in ("adam", "adamw") else None
     plot_run(result.history, metrics["divergence_epoch"], files[2], title=run_title(params), epsilon=epsilon)
-    return metrics, files, list(model_paths.values())
+    return metrics, files, model_files

@@ -3,18 +3,31 @@
 Keys are 'weight/<variable path>' and 'optimizer/<class>/<slot>'; restoring matches by key, so
 a replay that switches epsilon, loss or clipping restores Adam's m, v and step exactly, while a
 replay that switches optimizer family starts that optimizer's state fresh (reported).
+
+A snapshot (epoch_NNNNN.npz) holds the state and its epoch only; the per-epoch rows live once per
+snapshot folder, in history.csv beside the snapshots (rewritten at each snapshot). Embedding the
+history in every snapshot made the folder grow with the square of the epoch count. A resumed run
+takes its rows 1..k from that file. Free of TensorFlow imports: the train stage checks
+train.resume_from with it before anything heavy loads.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
 import numpy as np
 
+from spikelab.errors import InputError
 from spikelab.files import atomic_path
+from spikelab.history import read_history_csv, write_history_csv
+
+if TYPE_CHECKING:
+    import keras
+
+HISTORY = "history.csv"
 
 
 def _is_learning_rate(variable) -> bool:
@@ -58,13 +71,52 @@ def restore(model: keras.Model, state: dict[str, np.ndarray]) -> list[str]:
 
 
 def save_snapshot(path: Path, state: dict[str, np.ndarray], epoch: int, history: list[dict]) -> None:
-    """One npz: the state after `epoch` epochs plus the history rows up to it."""
+    """The state after `epoch` epochs as one npz, and the history rows so far as history.csv beside it."""
+    write_history_csv(path.parent / HISTORY, history)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, epoch=np.int64(epoch), history=np.array(json.dumps(history)), **state)
+            np.savez(handle, epoch=np.int64(epoch), **state)
 
 
-def load_snapshot(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], int, list[dict]]:
+def load_snapshot(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], int]:
+    """(state, epoch); a snapshot of an older layout also holds a 'history' member, which is not state."""
     with np.load(path) as archive:
         state = {key: archive[key] for key in archive.files if "/" in key}
-        return state, int(archive["epoch"]), json.loads(str(archive["history"]))
+        return state, int(archive["epoch"])
+
+
+def _resume_error(path, message: str) -> InputError:
+    return InputError(f"train.resume_from = {path}: {message}")
+
+
+def resume_history(path: str | os.PathLike, epoch: int) -> list[dict]:
+    """The rows of epochs 1..epoch from the history.csv beside the snapshot; InputError without them."""
+    source = Path(path).parent / HISTORY
+    if not source.is_file():
+        raise _resume_error(path, f"no {HISTORY} beside it (the run's per-epoch rows up to the snapshot)")
+    rows = [row for row in read_history_csv(source, skip_empty=True) if row.get("epoch", 0) <= epoch]
+    if [row.get("epoch") for row in rows] != list(range(1, epoch + 1)):
+        raise _resume_error(path, f"{source} lacks rows for epochs 1..{epoch}")
+    return rows
+
+
+def check_resume(path: str | os.PathLike, epoch: int) -> None:
+    """Refuse a train.resume_from that is not a snapshot of epoch `epoch` (before any training)."""
+    if not Path(path).is_file():
+        raise _resume_error(path, "no such snapshot file")
+    try:
+        with np.load(path) as archive:
+            found = int(archive["epoch"]) if "epoch" in archive.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise _resume_error(path, f"not a snapshot (.npz) file ({error})") from None
+    if found is None:
+        raise _resume_error(path, "not a snapshot: it holds no 'epoch'")
+    if found != epoch:
+        raise _resume_error(path, f"holds epoch {found}, not train.resume_epoch = {epoch}")
+    resume_history(path, epoch)
+
+
+def load_resume(path: str | os.PathLike, epoch: int) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """(state, history rows 1..epoch) of the snapshot a run resumes from, checked."""
+    check_resume(path, epoch)
+    return load_snapshot(path)[0], resume_history(path, epoch)

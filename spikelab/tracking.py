@@ -1,7 +1,13 @@
-"""MLflow tracking: one store per project, reachable before training, safe for parallel runs.
+"""MLflow tracking: one store per project, reachable before training, never a cost to the training.
 
-`training_run` is the whole life of a training's MLflow run (store, tags, params, the
-FINISHED / KILLED / FAILED ending); `log_metrics_at` logs metrics at a step, for any stage.
+`training_run` is the whole life of a training's MLflow run (store, tags, params, orphan clean-up,
+the FINISHED / KILLED / FAILED ending); `log_metrics_at` logs metrics at a step, for any stage.
+
+MLflow is the second view (the DVC outputs are the record): once the run is open, a failing
+store must not stall or stop the training. Every call during the run goes through
+`TrainingRun.call`: a few retries with back-off (seconds in all, HTTP requests bounded by
+BOUNDED_HTTP), then the run is *degraded*: nothing more is sent, the training goes on, and
+the stage says in one line how to upload what is missing (`python -m spikelab.sync`).
 
 The default store is sqlite:///<project root>/mlflow.db with artifacts in <project root>/mlruns,
 which is what `mlflow ui` opens from the project root. DVC runs queued and temp experiments in
@@ -14,7 +20,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -22,10 +30,20 @@ from pathlib import Path
 
 import keras
 import mlflow
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
+from mlflow.entities.lifecycle_stage import LifecycleStage
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
 
-from spikelab.errors import TrackingError
+from spikelab.errors import TrackingError, one_line
+
+SYNC_COMMAND = "python -m spikelab.sync"
+# MLflow's own HTTP retries take minutes (7 retries, back-off factor 2) and a request may wait
+# 120 s: during a training every request fails fast and TrainingRun.call does the retrying
+BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+BACKOFF_S = (0.5, 1.0, 2.0)  # pauses between the attempts of one call: 3.5 s, plus at most 4 timeouts
+ORPHAN_TAG = "spikelab.failed_reason"
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -91,6 +109,13 @@ def prepare_experiment(experiment: str, root: Path) -> str:
         client = MlflowClient()
         found = retry_locked(client.get_experiment_by_name, experiment)
         if found is not None:
+            if found.lifecycle_stage == LifecycleStage.DELETED:
+                # MLflow would refuse the run deep inside start_run, with a traceback
+                raise TrackingError(
+                    f"MLflow experiment '{experiment}' (tracking.experiment) is deleted in {uri}: restore it with "
+                    f"`mlflow experiments restore --experiment-id {found.experiment_id}`, remove it for good with "
+                    "`mlflow gc`, or choose another tracking.experiment"
+                )
             return found.experiment_id
         # absolute artifact folder: a relative one would resolve inside DVC's throw-away copy
         location = (root / "mlruns" / experiment).as_uri() if is_local_sqlite else None
@@ -107,15 +132,55 @@ def run_name() -> str:
     return os.environ.get("DVC_EXP_NAME") or "workspace"
 
 
+def process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), or None when
+    no such process exists: with the pid it names one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # the fields after the command name, which may hold spaces
+
+
 def run_tags(root: Path) -> dict[str, str]:
-    tags = {"mlflow.source.git.commit": git_commit(Path.cwd()), "spikelab.project_root": str(root)}
+    tags = {
+        "mlflow.source.git.commit": git_commit(Path.cwd()),
+        "spikelab.project_root": str(root),
+        # who runs it: a later training on this host marks the run FAILED if this process is gone
+        "spikelab.host": socket.gethostname(),
+        "spikelab.pid": str(os.getpid()),
+        "spikelab.pid_start": process_start(os.getpid()) or "unknown",
+    }
     for variable in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
         if os.environ.get(variable):
             tags[f"dvc.{variable[4:].lower()}"] = os.environ[variable]
     return tags
 
 
-def _log_batch(run_id: str, metrics: list[Metric]) -> None:
+def fail_orphans(experiment_id: str) -> list[str]:
+    """Mark FAILED (tagged why) the RUNNING runs of the experiment whose process on this host is gone
+    (killed with -9, the machine's OOM killer): they would otherwise read as running forever."""
+    client, host = MlflowClient(), socket.gethostname()
+    found = retry_locked(
+        client.search_runs, [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    )
+    failed = []
+    for run in found:
+        tags = run.data.tags
+        if tags.get("spikelab.host") != host or not tags.get("spikelab.pid", "").isdigit():
+            continue  # another machine's run, or one without a process to check
+        pid = int(tags["spikelab.pid"])
+        started = process_start(pid)
+        if started is not None and tags.get("spikelab.pid_start") in (started, "unknown"):
+            continue  # its process is still there (a pid that now names another process does not count)
+        reason = f"orphan: its process {pid} on {host} no longer exists (found by process {os.getpid()})"
+        retry_locked(client.set_tag, run.info.run_id, ORPHAN_TAG, reason)
+        retry_locked(client.set_terminated, run.info.run_id, "FAILED")
+        failed.append(run.info.run_id)
+    return failed
+
+
+def log_metric_list(run_id: str, metrics: list[Metric]) -> None:
     for start in range(0, len(metrics), 1000):  # MLflow's log_batch limit
         retry_locked(MlflowClient().log_batch, run_id, metrics=metrics[start : start + 1000])
 
@@ -124,30 +189,44 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float))  # a bool counts as 0/1 (diverged: 1)
 
 
-def log_metrics_at(run_id: str, metrics: dict, step: int) -> None:
-    """Log the numeric values of `metrics` at `step`; NaN and inf are stored as they are (they show a blow-up)."""
+def numeric_metrics(metrics: dict, step: int) -> list[Metric]:
+    """The numeric values of `metrics` at `step`; NaN and inf are kept as they are (they show a blow-up)."""
     stamp = int(time.time() * 1000)
-    _log_batch(run_id, [Metric(key, float(value), stamp, step) for key, value in metrics.items() if _is_number(value)])
+    return [Metric(key, float(value), stamp, step) for key, value in metrics.items() if _is_number(value)]
+
+
+def log_metrics_at(run_id: str, metrics: dict, step: int) -> None:
+    log_metric_list(run_id, numeric_metrics(metrics, step))
+
+
+def summary_metrics(metrics: dict) -> dict:
+    """metrics/train.json as the run's summary.<key> metrics (step 0; bools as 0/1, nulls left out)."""
+    return {f"summary.{key}": value for key, value in metrics.items() if value is not None}
+
+
+def evaluation_metrics(results: dict) -> dict:
+    """metrics/evaluate.json as the run's eval.<model>.<key> metrics."""
+    return {f"eval.{name}.{key}": value for name, scores in results.items() for key, value in scores.items()}
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
     """Logs every numeric epoch log with step = epoch (1-based), in batches every few seconds.
 
-    Batching keeps sqlite writes (and lock contention between parallel workers) rare.
+    Batching keeps sqlite writes (and lock contention between parallel workers) rare. Through a
+    TrainingRun, a failing store costs a few seconds once, then the logger only drops its batches
+    (history.csv keeps them; `python -m spikelab.sync` uploads them later).
     """
 
-    def __init__(self, run_id: str, flush_every_s: float = 5.0):
+    def __init__(self, run_id: str, flush_every_s: float = 5.0, run: TrainingRun | None = None):
         super().__init__()
         self.run_id = run_id
         self.flush_every_s = flush_every_s
+        self.run = run
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        stamp = int(time.time() * 1000)
-        self._pending += [
-            Metric(key, float(value), stamp, epoch + 1) for key, value in (logs or {}).items() if _is_number(value)
-        ]
+        self._pending += numeric_metrics(logs or {}, epoch + 1)
         if time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
 
@@ -155,50 +234,129 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         self.flush()
 
     def flush(self):
-        _log_batch(self.run_id, self._pending)
+        if self.run is None:
+            log_metric_list(self.run_id, self._pending)
+        else:
+            self.run.call("log epoch metrics", log_metric_list, self.run_id, self._pending)
         self._pending = []
         self._last_flush = time.monotonic()
 
 
 class TrainingRun:
-    """The open MLflow run of a training: its per-epoch logger, and what it records at the end."""
+    """The open MLflow run of a training: its per-epoch logger, what it records at the end, and
+    whether the store failed along the way (`failure`; then the run is incomplete)."""
 
     def __init__(self, run_id: str):
         self.run_id = run_id
+        self.failure: str | None = None
+
+    def call(self, what: str, function, *args, **kwargs) -> bool:
+        """Run one MLflow call with bounded, backed-off retries; never raises. After a failure the
+        run is degraded and every later call is skipped: one stall of seconds, not one per epoch."""
+        if self.failure is not None:
+            return False
+        for pause in (*BACKOFF_S, None):
+            try:
+                function(*args, **kwargs)
+                return True
+            except Exception as error:  # any failure of the store: HTTP, sqlite, disk
+                if pause is None:
+                    self.failure = f"{what}: {one_line(error)[:300]}"
+                    print(f"train: MLflow failed ({self.failure}); training goes on without it", file=sys.stderr)
+                    return False
+                time.sleep(pause)
+        return False
 
     def epoch_logger(self) -> MlflowEpochLogger:
-        return MlflowEpochLogger(self.run_id)
+        return MlflowEpochLogger(self.run_id, run=self)
 
     def log_results(self, metrics: dict, metric_files: list[Path], model_files: list[Path]) -> None:
-        """summary.<key> metrics (bools as 0/1, nulls left out), the files as artifacts, a `diverged` tag."""
-        log_metrics_at(self.run_id, {f"summary.{key}": value for key, value in metrics.items() if value is not None}, 0)
+        """summary.<key> metrics, the files as artifacts, a `diverged` tag."""
+        client = MlflowClient()
+        self.call("log summary metrics", log_metrics_at, self.run_id, summary_metrics(metrics), 0)
         for path in metric_files:
-            retry_locked(mlflow.log_artifact, str(path))
+            self.call(f"log {path.name}", retry_locked, client.log_artifact, self.run_id, str(path))
         for path in model_files:
-            retry_locked(mlflow.log_artifact, str(path), artifact_path="checkpoints")
-        retry_locked(mlflow.set_tag, "diverged", str(metrics["diverged"]).lower())
+            self.call(f"log {path.name}", retry_locked, client.log_artifact, self.run_id, str(path), "checkpoints")
+        self.call(
+            "tag diverged", retry_locked, client.set_tag, self.run_id, "diverged", str(metrics["diverged"]).lower()
+        )
+
+    def end(self, status: str) -> None:
+        self.call(f"end the run {status}", retry_locked, MlflowClient().set_terminated, self.run_id, status)
+
+    def incomplete_line(self) -> str | None:
+        """The one line a degraded run prints: which run, why, and the command that completes it."""
+        if self.failure is None:
+            return None
+        return (
+            f"train: MLflow run {self.run_id} is incomplete ({self.failure}); the outputs are complete and "
+            f"recorded by DVC; upload the missing data with `{SYNC_COMMAND}` (or `make sync`) once MLflow is back"
+        )
+
+
+@contextlib.contextmanager
+def bounded_http():
+    """MLflow's HTTP requests fail fast in the block (see BOUNDED_HTTP); the environment is restored after."""
+    saved = {name: os.environ.get(name) for name in BOUNDED_HTTP}
+    os.environ.update(BOUNDED_HTTP)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
+    items = [Param(key, str(value)) for key, value in params.items()]
+    for start in range(0, len(items), 100):  # MLflow's log_batch limit for params
+        retry_locked(client.log_batch, run_id, params=items[start : start + 100])
 
 
 @contextlib.contextmanager
 def training_run(experiment: str, params: dict):
-    """Open the run (named after the DVC experiment, tagged, params logged); end it FINISHED when the
-    block completes, KILLED on an interrupt (SIGINT/SIGTERM arrive as KeyboardInterrupt), else FAILED."""
+    """Open the run (named after the DVC experiment, tagged, params logged) after failing the
+    experiment's orphans; end it FINISHED when the block completes, KILLED on an interrupt
+    (SIGINT/SIGTERM arrive as KeyboardInterrupt), else FAILED.
+
+    Opening the run may fail (TrackingError, before any training); once it is open, no MLflow
+    failure raises: the run degrades instead (TrainingRun.call).
+    """
     root = project_root()
     experiment_id = prepare_experiment(experiment, root)
-    run = retry_locked(mlflow.start_run, experiment_id=experiment_id, run_name=run_name(), tags=run_tags(root))
+    client = MlflowClient()
+    for run_id in fail_orphans(experiment_id):
+        print(f"train: marked run {run_id} FAILED: its process no longer exists", file=sys.stderr)
+    tags = resolve_tags(run_tags(root))
+    created = retry_locked(client.create_run, experiment_id, tags=tags, run_name=run_name())
+    run = TrainingRun(created.info.run_id)
     status = "FAILED"
+    with bounded_http():
+        try:
+            run.call("log params", log_params, client, run.run_id, params)
+            yield run
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            run.end(status)
+
+
+def check_run(experiment: str, run_id: str) -> None:
+    """Point MLflow at the store and check it holds run_id (evaluate's scores join train's run):
+    a run train logged to another store is one TrackingError, before any work."""
+    root = project_root()
+    prepare_experiment(experiment, root)
     try:
-        retry_locked(mlflow.log_params, params)
-        yield TrainingRun(run.info.run_id)
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        retry_locked(mlflow.end_run, status=status)
-
-
-def add_to_run(experiment: str, run_id: str, metrics: dict, step: int = 0) -> None:
-    """Log metrics into an existing run (evaluate adds its scores to train's run)."""
-    prepare_experiment(experiment, project_root())
-    log_metrics_at(run_id, metrics, step)
+        retry_locked(MlflowClient().get_run, run_id)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise TrackingError(
+            f"MLflow run {run_id} (metrics/run.json) is not in {tracking_uri(root)}: train logged it to another "
+            "store; use train's MLFLOW_TRACKING_URI, or re-run train with this one"
+        ) from None

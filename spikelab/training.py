@@ -113,12 +113,8 @@ def train(
     history: list[dict] = []
     first_epoch, fresh = 0, []
     if params.train.resume_from is not None:
-        state, first_epoch, history = training_state.load_snapshot(params.train.resume_from)
-        if first_epoch != params.train.resume_epoch:
-            raise ValueError(
-                f"train.resume_from = {params.train.resume_from} holds epoch {first_epoch}, "
-                f"not train.resume_epoch = {params.train.resume_epoch}"
-            )
+        first_epoch = params.train.resume_epoch
+        state, history = training_state.load_resume(params.train.resume_from, first_epoch)
         fresh = training_state.restore(model, state)
     best = BestState()
     callbacks: list[keras.callbacks.Callback] = []

@@ -12,7 +12,7 @@ from spikelab.evaluation import load_model, score
 from spikelab.files import read_npz, write_json
 from spikelab.losses import make_loss
 from spikelab.params import load_params
-from spikelab.tracking import add_to_run
+from spikelab.tracking import check_run, evaluation_metrics, log_metrics_at
 
 
 def main() -> None:
@@ -20,6 +20,8 @@ def main() -> None:
     params = load_params()
     arrays = read_npz(split_path, ("x_val", "y_val"), produced_by="split")
     models = {name: load_model(models_dir / f"{name}.keras") for name in ("best", "last")}
+    run_id = json.loads(run_file.read_text())["mlflow_run_id"]  # the scores join train's run in MLflow
+    check_run(params.tracking.experiment, run_id)  # before the work: a wrong store is one line, not a traceback
     loss_fn = make_loss(params.loss)
     results = {
         name: score(model, loss_fn, arrays["x_val"], arrays["y_val"], params.train.batch_size)
@@ -29,12 +31,7 @@ def main() -> None:
     print(
         "evaluate: " + json.dumps({name: {"loss": r["loss"], "accuracy": r["accuracy"]} for name, r in results.items()})
     )
-    run_id = json.loads(run_file.read_text())["mlflow_run_id"]  # the scores join train's run in MLflow
-    add_to_run(
-        params.tracking.experiment,
-        run_id,
-        {f"eval.{name}.{key}": value for name, r in results.items() for key, value in r.items()},
-    )
+    log_metrics_at(run_id, evaluation_metrics(results), 0)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,19 @@ from pathlib import Path
 
 from spikelab.errors import InputError, one_line, run_entry_point
 from spikelab.files import read_npz
+from spikelab.lifetime import die_with_parent
 from spikelab.params import flatten, load_params
+from spikelab.state import check_resume
 
-SUMMARY_KEYS = ("min_loss", "final_loss", "spike_ratio", "jump_ratio", "diverged", "divergence_epoch")
+SUMMARY_KEYS = (
+    "min_loss",
+    "final_loss",
+    "spike_ratio",
+    "jump_ratio",
+    "diverged",
+    "divergence_epoch",
+    "broken_from_start",
+)
 
 
 def _raise_interrupt(signum, frame):
@@ -26,10 +36,11 @@ def _raise_interrupt(signum, frame):
 
 def main() -> None:
     split_path, models_dir, metrics_dir = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    die_with_parent(signal.SIGTERM)  # a killed `dvc repro` stops this stage (run KILLED, no outputs)
     # params and data are checked before TensorFlow and MLflow load (seconds of imports)
     params = load_params()
-    if params.train.resume_from is not None and not Path(params.train.resume_from).is_file():
-        raise InputError(f"train.resume_from = {params.train.resume_from}: no such snapshot file")
+    if params.train.resume_from is not None:
+        check_resume(params.train.resume_from, params.train.resume_epoch)
     arrays = read_npz(split_path, ("x_train", "y_train", "x_val", "y_val"), produced_by="split")
 
     from spikelab.model import resolve_data_format
@@ -63,6 +74,10 @@ def main() -> None:
         metrics, metric_files, model_files = write_training_outputs(result, params, models_dir, metrics_dir, run_facts)
         run.log_results(metrics, metric_files, model_files)
     print("train: " + json.dumps({key: metrics[key] for key in SUMMARY_KEYS}))
+    # an MLflow failure after the run opened exits 0 all the same: every output is written and valid,
+    # DVC records it, and the one line below says how to complete the MLflow run from those files
+    if run.incomplete_line():
+        print(run.incomplete_line())
 
 
 if __name__ == "__main__":

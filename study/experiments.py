@@ -70,10 +70,15 @@ def experiments_by_name(all_commits: bool = True) -> dict[str, dict]:
     return {record["name"]: record for record in experiments_of(all_commits)}
 
 
+def history_text(rev: str, path: str = "metrics/history.csv") -> str:
+    """The text of an experiment's history.csv, from its commit; "" when the commit lacks it."""
+    result = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
+    return result.stdout if result.returncode == 0 else ""
+
+
 def history_of(rev: str, path: str = "metrics/history.csv") -> list[dict]:
     """An experiment's per-epoch rows, from its commit; [] when the commit lacks them."""
-    result = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
-    return parse_history_csv(result.stdout) if result.returncode == 0 else []
+    return parse_history_csv(history_text(rev, path))
 
 
 def read_output(rev: str, path: str) -> bytes:

@@ -5,8 +5,8 @@
 The baseline is the workspace's last `dvc repro` (params.yaml, metrics/, models/snapshots/), or the
 experiment --exp NAME (its snapshot is read from the DVC cache with dvc.api). The snapshot at the
 latest epoch k <= divergence_epoch - replay.min_gap (study/sweep.yaml) holds the weights AND the
-optimizer state (Adam's m, v, step); it is copied to study/replays/ (DVC deletes models/ before
-train re-runs) and each replay is a normal DVC experiment with
+optimizer state (Adam's m, v, step); it is copied to study/replays/<label>-e<k>/ with a history.csv
+of the original's rows 1..k beside it, which a resume reads (DVC deletes models/ before train re-runs) and each replay is a normal DVC experiment with
 `-S train.resume_from=<absolute path> -S train.resume_epoch=k` plus one cell's overrides. The path
 is absolute because queued experiments run in a copy of the repo without git-ignored files; the
 file stays on this machine. Epoch e's batch order depends only on (train.seed, e), so the replay
@@ -29,9 +29,10 @@ from pathlib import Path
 
 from spikelab.divergence import curve_summary, divergence_epoch, jump_ratio, plateau_metrics
 from spikelab.errors import UserError, run_entry_point
-from spikelab.history import read_history_csv
+from spikelab.history import parse_history_csv, write_history_csv
 from spikelab.params import DivergenceParams, PlateauParams
-from study.experiments import experiments_by_name, history_of, queue_and_wait, read_output
+from spikelab.state import HISTORY
+from study.experiments import experiments_by_name, history_of, history_text, queue_and_wait, read_output
 from study.figures import plot_replay
 from study.report import RESULTS
 from study.sweep import SWEEP_FILE, SweepError, expand, format_value, load_defaults, load_sweep
@@ -113,11 +114,13 @@ def replay_runs(
 
 def baseline_from_workspace(defaults: dict) -> dict:
     train = json.loads(Path("metrics/train.json").read_text())
+    text = Path("metrics/history.csv").read_text()
     return {
         "label": "workspace",
         "params": defaults,
         "train": train,
-        "history": read_history_csv("metrics/history.csv"),
+        "history": parse_history_csv(text),
+        "history_text": text,
         "snapshot": lambda name: Path("models/snapshots", name).read_bytes(),
     }
 
@@ -135,6 +138,7 @@ def baseline_from_experiment(name: str) -> dict:
         "params": found["params"],
         "train": found["metrics"]["metrics/train.json"],
         "history": history_of(found["rev"]),
+        "history_text": history_text(found["rev"]),
         "snapshot": snapshot,
     }
 
@@ -194,9 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as error:  # the workspace has not run `dvc repro` yet
         raise ReplayError(f"{error.filename}: missing; run `dvc repro` first, or pass --exp NAME") from None
     label = re.sub(r"[^a-z0-9-]+", "-", baseline["label"].lower())
-    REPLAYS.mkdir(parents=True, exist_ok=True)
-    snapshot = REPLAYS / f"{label}-e{epoch}.npz"
-    snapshot.write_bytes(baseline["snapshot"](f"epoch_{epoch:05d}.npz"))
+    # what a resume needs, in one folder: the snapshot (state) and history.csv beside it (the
+    # original's rows up to the snapshot; empty cells stay empty, as the original wrote them)
+    folder = REPLAYS / f"{label}-e{epoch}"
+    snapshot = folder / f"epoch_{epoch:05d}.npz"
+    folder.mkdir(parents=True, exist_ok=True)
+    snapshot.write_bytes(baseline["snapshot"](snapshot.name))
+    rows = parse_history_csv(baseline["history_text"], skip_empty=True)
+    write_history_csv(folder / HISTORY, [row for row in rows if row["epoch"] <= epoch])
     print(f"replay: {baseline['label']} resumed from epoch {epoch} ({snapshot})")
     carried = {
         key: value

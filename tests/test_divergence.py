@@ -45,3 +45,38 @@ def test_nan_diverges_and_becomes_null():
     assert metrics["divergence_epoch"] == 3
     assert metrics["final_loss"] is None and metrics["final_val_loss"] is None
     assert metrics["min_loss"] == 0.3 and metrics["epochs_run"] == 3
+
+
+# ---- broken from the start (issue 15): a run that never learned is not "fine" ------------------------
+
+
+def test_a_run_collapsed_from_epoch_1_is_broken_from_start_though_not_diverged():
+    losses = [8.01, 8.0, 8.02, 7.99, 8.0]  # the one-class collapse level of the clipped BCE, from epoch 1
+    metrics = divergence_metrics(losses, losses, RULE)
+    assert metrics["diverged"] is False  # nothing low to spike from: the divergence rule cannot see it
+    assert metrics["broken_from_start"] is True
+    assert metrics["first_loss"] == 8.01 and metrics["final_to_first"] == pytest.approx(8.0 / 8.01)
+
+
+def test_a_run_that_only_rises_after_epoch_1_is_broken_from_start():
+    losses = [0.7, 3.0, 5.0, 5.0]  # 5.0 < 10 x 0.7: the divergence rule says fine
+    metrics = divergence_metrics(losses, losses, RULE)
+    assert metrics["diverged"] is False and metrics["broken_from_start"] is True
+    assert metrics["final_to_first"] == pytest.approx(5.0 / 0.7)
+
+
+def test_a_non_finite_first_epoch_is_broken_from_start_even_alone():
+    assert divergence_metrics([math.nan], [math.nan], RULE)["broken_from_start"] is True
+
+
+def test_a_learning_run_is_not_broken_from_start_even_when_it_spikes_later():
+    assert divergence_metrics([0.7, 0.6, 0.5], [0.7] * 3, RULE)["broken_from_start"] is False  # a 14% fall counts
+    spiking = [0.7, 0.1, 0.01, 0.5, 8.0]
+    metrics = divergence_metrics(spiking, spiking, RULE)
+    assert metrics["diverged"] is True and metrics["broken_from_start"] is False
+
+
+def test_one_finite_epoch_or_a_fall_within_noise_is_judged_by_the_margin():
+    assert divergence_metrics([0.7], [0.7], RULE)["broken_from_start"] is False  # no second epoch: no evidence
+    assert divergence_metrics([0.7, 0.69, 0.70], [0.7] * 3, RULE)["broken_from_start"] is True  # 1.4% < 2%
+    assert divergence_metrics([0.7, 0.68, 0.70], [0.7] * 3, RULE)["broken_from_start"] is False  # 2.9% > 2%

@@ -28,6 +28,9 @@ TRAIN_KEYS = {
     "guard_triggered",
     "guard_epoch",
     "best_epoch",
+    "broken_from_start",
+    "first_loss",
+    "final_to_first",
 }
 
 

@@ -6,11 +6,13 @@ a copy of one tiny baseline lab, against that copy's own sqlite MLflow store.
 import copy
 import csv
 import json
+import os
 import queue
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -338,3 +340,251 @@ def test_six_queued_experiments_on_two_workers_all_land_in_dvc_and_one_mlflow_st
     runs = mlflow_runs(lab)  # the copy's root store, although each ran under .dvc/tmp/exps/
     assert sorted(r.data.tags.get("dvc.exp_name") for r in runs) == names
     assert all(r.info.status == "FINISHED" and "eval.best.accuracy" in r.data.metrics for r in runs)
+
+
+# ---- issue 15: MLflow failing mid-training, orphan runs, a stage outliving its parent ----------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_mlflow_server(store: Path, port: int) -> subprocess.Popen:
+    """A real `mlflow server` on 127.0.0.1 (sqlite backend and artifacts in `store`), once it answers."""
+    store.mkdir(parents=True, exist_ok=True)
+    with (store / "server.log").open("a") as log:
+        server = subprocess.Popen(
+            ["mlflow", "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}"]
+            + ["--artifacts-destination", str(store / "artifacts"), "--host", "127.0.0.1", "--port", str(port)]
+            + ["--workers", "1"],
+            cwd=store,
+            env=lab_env(store),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # its own process group: the test kills the server and its workers
+        )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return server
+        except OSError:
+            time.sleep(0.5)
+    kill_group(server)
+    raise AssertionError(f"mlflow server did not start:\n{(store / 'server.log').read_text()}")
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def wait_until(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if found := condition():
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def sync(root: Path, uri: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "spikelab.sync"],
+        cwd=root,
+        env=lab_env(root) | {"MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_mlflow_server_dying_mid_training_costs_nothing_and_sync_completes_the_run(lab, tmp_path):
+    epochs = 200
+    raw = copy.deepcopy(TINY)
+    raw["train"].update(epochs=epochs, snapshot_every=100)
+    write_params(lab, raw)
+    store = tmp_path / "store"
+    uri = f"http://127.0.0.1:{free_port()}"
+    server = start_mlflow_server(store, int(uri.rsplit(":", 1)[1]))
+    client = MlflowClient(tracking_uri=uri)
+    stderr = tmp_path / "stderr.txt"
+    process, lines = start_stage(lab, "train", stderr, MLFLOW_TRACKING_URI=uri, PYTHONUNBUFFERED="1")
+    try:
+        seen = wait_for_line(lines, "epoch 1/")
+
+        def logged_run():  # the epoch logger has flushed at least once (it does every 5 s)
+            experiment = client.get_experiment_by_name(EXPERIMENT)
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            return runs[0] if runs and "loss" in runs[0].data.metrics else None
+
+        run_id = wait_until(logged_run, 120, "the first metrics on the server").info.run_id
+        logged_before = len(client.get_metric_history(run_id, "loss"))
+        kill_group(server)
+        killed_at = time.monotonic()
+        seen += list(iter(lambda: lines.get(timeout=300), None))
+        returncode = process.wait(timeout=60)
+        seconds = time.monotonic() - killed_at
+    finally:
+        kill_group(server)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert returncode == 0, stderr.read_text()
+    assert 0 < logged_before < epochs  # the server died mid-run, after some epochs were logged
+    # one bounded stall (seconds), not MLflow's own retries (minutes per request, every epoch)
+    assert seconds < 120, seconds
+    incomplete = [line for line in seen if "incomplete" in line]
+    assert len(incomplete) == 1 and f"MLflow run {run_id} is incomplete" in incomplete[0], "".join(seen)
+    assert "`python -m spikelab.sync`" in incomplete[0]
+    assert sum(line.startswith("epoch ") for line in seen) == epochs  # the training went on to the end
+    for name in OUTPUTS[:3] + OUTPUTS[4:]:  # evaluate.json is the next stage's
+        assert (lab / name).stat().st_size > 0, name
+    assert json.loads((lab / "metrics/run.json").read_text())["mlflow_run_id"] == run_id
+
+    server = start_mlflow_server(store, int(uri.rsplit(":", 1)[1]))
+    try:
+        first = sync(lab, uri)
+        assert first.returncode == 0, first.stderr
+        run_after = client.get_run(run_id)
+        histories = {key: client.get_metric_history(run_id, key) for key in ("loss", "val_loss", "grad_norm")}
+        artifacts = {a.path for a in client.list_artifacts(run_id)} | {
+            a.path for a in client.list_artifacts(run_id, "checkpoints")
+        }
+        second = sync(lab, uri)
+        assert second.returncode == 0, second.stderr
+        again = {key: client.get_metric_history(run_id, key) for key in histories}
+    finally:
+        kill_group(server)
+
+    assert run_after.info.status == "FINISHED"
+    for key, history in histories.items():
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1)), key  # every epoch, once
+    assert run_after.data.metrics["summary.epochs_run"] == epochs and run_after.data.tags["diverged"] in (
+        "true",
+        "false",
+    )
+    assert artifacts >= {
+        "train.json",
+        "history.csv",
+        "loss_curve.png",
+        "checkpoints/best.keras",
+        "checkpoints/last.keras",
+    }
+    assert f"run {run_id}: 0 metric values and 0 files uploaded" in second.stdout
+    assert {key: len(history) for key, history in again.items()} == {key: epochs for key in histories}
+
+
+def long_training(root: Path) -> None:
+    raw = copy.deepcopy(TINY)
+    raw["train"]["epochs"] = 5000  # minutes of training: the kill always lands mid-run
+    write_params(root, raw)
+
+
+def test_a_run_whose_process_was_killed_is_marked_failed_by_the_next_training(lab, tmp_path):
+    long_training(lab)
+    process, lines = start_stage(lab, "train", tmp_path / "stderr.txt")
+    try:
+        wait_for_line(lines, "epoch 1/")
+    finally:
+        process.kill()  # SIGKILL: nothing in the stage can end its MLflow run
+        process.wait()
+    [orphan] = mlflow_runs(lab)
+    assert orphan.info.status == "RUNNING" and orphan.data.tags["spikelab.pid"] == str(process.pid)
+
+    write_params(lab, TINY)
+    result = stage(lab, "train")
+
+    assert result.returncode == 0, result.stderr
+    assert f"marked run {orphan.info.run_id} FAILED" in result.stderr
+    runs = {r.info.run_id: r for r in mlflow_runs(lab)}
+    assert runs[orphan.info.run_id].info.status == "FAILED"
+    assert runs[orphan.info.run_id].data.tags["spikelab.failed_reason"].startswith(f"orphan: its process {process.pid}")
+    assert sorted(r.info.status for r in runs.values()) == ["FAILED", "FINISHED"]
+
+
+def process_gone(pid: int) -> bool:
+    """No such process, or a zombie nobody reaped (it has exited all the same)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_sigterm_to_dvc_repro_stops_the_train_stage_it_started(lab, tmp_path):
+    long_training(lab)
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        dvc = subprocess.Popen(
+            ["dvc", "repro", "train"], cwd=lab, env=lab_env(lab), text=True, stdout=subprocess.PIPE, stderr=stderr
+        )
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in dvc.stdout] + [lines.put(None)], daemon=True).start()
+    train_pid = None
+    try:
+        wait_for_line(lines, "epoch 1/")
+        [running] = mlflow_runs(lab)
+        train_pid = int(running.data.tags["spikelab.pid"])
+        dvc.send_signal(signal.SIGTERM)
+        dvc.wait(timeout=30)
+        stopped = wait_until(lambda: process_gone(train_pid), 60, "the train stage to exit")
+    finally:
+        if dvc.poll() is None:
+            dvc.kill()
+        if train_pid is not None and not process_gone(train_pid):
+            os.kill(train_pid, signal.SIGKILL)
+
+    assert stopped
+    [run_record] = mlflow_runs(lab)
+    assert run_record.info.status == "KILLED"
+    # DVC deleted train's outputs before it ran the stage; the stopped stage wrote none back
+    assert [name for name in OUTPUTS if (lab / name).exists()] == ["metrics/evaluate.json"]
+    assert temp_files(lab) == []
+
+
+RESUMES = {
+    # id: (train.resume_from, train.resume_epoch, what the one line says)
+    "not_a_snapshot": ("data/split.npz", 1, "not a snapshot: it holds no 'epoch'"),
+    "other_epoch": ("models/snapshots/epoch_00002.npz", 1, "holds epoch 2, not train.resume_epoch = 1"),
+}
+
+
+@pytest.mark.parametrize("case", RESUMES)
+def test_a_resume_from_that_is_not_the_named_snapshot_fails_in_one_line_before_training(lab, case):
+    path, epoch, message = RESUMES[case]
+    raw = copy.deepcopy(TINY)
+    raw["train"].update(resume_from=path, resume_epoch=epoch)
+    write_params(lab, raw)
+    before = stage_files(lab)
+
+    result = stage(lab, "train")
+
+    assert_user_error(result, f"train.resume_from = {path}", message)
+    assert result.stdout == ""  # refused before TensorFlow loads, let alone trains
+    assert stage_files(lab) == before and not (lab / "mlflow.db").exists()
+
+
+def test_a_deleted_mlflow_experiment_fails_in_one_line_before_training(lab):
+    client = MlflowClient(tracking_uri=f"sqlite:///{lab / 'mlflow.db'}")
+    experiment_id = client.create_experiment(EXPERIMENT)
+    client.delete_experiment(experiment_id)  # soft: in MLflow's trash, its name still taken
+    before = stage_files(lab)
+
+    result = stage(lab, "train")
+
+    assert_user_error(result, f"MLflow experiment '{EXPERIMENT}'", "is deleted", f"--experiment-id {experiment_id}")
+    assert not any(line.startswith("epoch") for line in result.stdout.splitlines())
+    assert stage_files(lab) == before and mlflow_runs(lab) == []
+
+
+def test_evaluate_against_a_store_without_trains_run_fails_in_one_line(lab):
+    run_id = json.loads((lab / "metrics/run.json").read_text())["mlflow_run_id"]
+    before = stage_files(lab)
+
+    result = stage(lab, "evaluate")  # this copy's store is new: train's run is in the baseline's
+
+    assert_user_error(result, f"MLflow run {run_id}", "is not in", "MLFLOW_TRACKING_URI")
+    assert stage_files(lab) == before

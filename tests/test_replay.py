@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import numpy as np
 import pytest
 
 from spikelab.data import generate, split
+from spikelab.errors import InputError
+from spikelab.history import read_history_csv, write_history_csv
 from spikelab.model import resolve_data_format
 from spikelab.params import params_from_dict
+from spikelab.state import HISTORY, check_resume, load_resume, save_snapshot
 from spikelab.training import train
 from study.replay import continuation, pick_snapshot_epoch
 
@@ -36,6 +40,7 @@ def test_unchanged_replay_reproduces_the_original_curve(tiny_raw, tiny_arrays, t
 
     assert replayed.fresh_optimizer_variables == []  # Adam's m, v and step all came from the snapshot
     assert [row["epoch"] for row in replayed.history] == [1, 2, 3, 4, 5]
+    assert replayed.history[:resume_epoch] == original.history[:resume_epoch]  # the rows before, whole
     # rows 1..k come from the snapshot; k+1..N were trained again and must match the original
     for before, after in zip(original.history[resume_epoch:], replayed.history[resume_epoch:]):
         for key in COMPARED:
@@ -98,3 +103,48 @@ def test_continuation_judges_only_the_epochs_after_the_resume(tiny_raw):
     assert calm["spiked"] is False and calm["spike_epoch"] is None and calm["ratio"] is None
     broken = continuation(history[:4] + [{"epoch": 5, "loss": math.nan}], resume_epoch=3, rule=rule, plateau=plateau)
     assert broken["spiked"] is True and broken["spike_epoch"] == 5 and broken["nan"] is True
+
+
+def test_snapshots_hold_state_only_and_the_history_once_beside_them(tiny_raw, tiny_arrays, tmp_path):
+    tiny_raw["train"].update(epochs=6, snapshot_every=1)
+    result = train(params_from_dict(tiny_raw), tiny_arrays, resolve_data_format("auto"), tmp_path / "snapshots")
+    sizes = {(tmp_path / "snapshots" / f"epoch_{epoch:05d}.npz").stat().st_size for epoch in range(1, 7)}
+    assert len(sizes) == 1  # epoch 6's snapshot is no bigger than epoch 1's: no history inside
+    with np.load(tmp_path / "snapshots" / "epoch_00006.npz") as archive:
+        assert "history" not in archive.files and int(archive["epoch"]) == 6
+    assert read_history_csv(tmp_path / "snapshots" / HISTORY, skip_empty=True) == result.history
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "no such snapshot file"),
+        ("not_npz", "not a snapshot (.npz) file"),
+        ("no_epoch", "holds no 'epoch'"),
+        ("other_epoch", "holds epoch 2, not train.resume_epoch = 1"),
+        ("no_history", "no history.csv beside it"),
+        ("short_history", "lacks rows for epochs 1..2"),
+    ],
+)
+def test_a_resume_from_that_is_not_the_named_snapshot_is_refused(tmp_path, case, message):
+    folder = tmp_path / "snapshots"
+    snapshot = folder / "epoch_00002.npz"
+    save_snapshot(snapshot, {"weight/w": np.zeros(2)}, 2, [{"epoch": 1, "loss": 0.7}, {"epoch": 2, "loss": 0.6}])
+    epoch = 2
+    if case == "missing":
+        snapshot = folder / "epoch_00003.npz"
+    elif case == "not_npz":
+        snapshot = folder / HISTORY
+    elif case == "no_epoch":
+        np.savez(folder / "other.npz", x=np.zeros(1))
+        snapshot = folder / "other.npz"
+    elif case == "other_epoch":
+        epoch = 1
+    elif case == "no_history":
+        (folder / HISTORY).unlink()
+    elif case == "short_history":
+        write_history_csv(folder / HISTORY, [{"epoch": 1, "loss": 0.7}])
+    with pytest.raises(InputError, match=re.escape(message)):
+        check_resume(snapshot, epoch)
+    if case == "other_epoch":  # and the same snapshot under its own epoch is fine, rows 1..2 included
+        assert load_resume(snapshot, 2)[1] == [{"epoch": 1, "loss": 0.7}, {"epoch": 2, "loss": 0.6}]
