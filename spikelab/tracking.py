@@ -98,6 +98,20 @@ def retry_locked(call, *args, attempts: int = 20, **kwargs):
             time.sleep(0.2 * (attempt + 1))
 
 
+# MLflow 3's UI shows an experiment without a kind as GenAI work (traces, evaluations); this kind
+# opens it on its runs table. The note is the experiment's description on that page.
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",
+    "mlflow.note.content": (
+        "spikelab: why does the training loss fall for a long time, then shoot up? One run per training "
+        "(a DVC experiment, named after it; `workspace` for a plain `dvc repro`). Params are params.yaml's "
+        "keys; per-epoch metrics: loss, val_loss, the Adam diagnostics, the dead zone; summary.* from "
+        "metrics/train.json (diverged, divergence_epoch, jump_ratio, plateaued, final_loss), eval.* from "
+        "metrics/evaluate.json."
+    ),
+}
+
+
 def prepare_experiment(experiment: str, root: Path) -> str:
     """Point MLflow at the store, create it and the experiment once; return the experiment id."""
     uri = tracking_uri(root)
@@ -116,10 +130,13 @@ def prepare_experiment(experiment: str, root: Path) -> str:
                     f"`mlflow experiments restore --experiment-id {found.experiment_id}`, remove it for good with "
                     "`mlflow gc`, or choose another tracking.experiment"
                 )
+            missing = {key: value for key, value in EXPERIMENT_TAGS.items() if found.tags.get(key) is None}
+            for key, value in missing.items():  # a store made before these tags existed
+                retry_locked(client.set_experiment_tag, found.experiment_id, key, value)
             return found.experiment_id
         # absolute artifact folder: a relative one would resolve inside DVC's throw-away copy
         location = (root / "mlruns" / experiment).as_uri() if is_local_sqlite else None
-        return retry_locked(client.create_experiment, experiment, artifact_location=location)
+        return retry_locked(client.create_experiment, experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
 
 
 def git_commit(root: Path) -> str:

@@ -31,6 +31,13 @@ TRAIN_KEYS = {
     "broken_from_start",
     "first_loss",
     "final_to_first",
+    "plateaued",
+    "plateau_start_epoch",
+    "plateau_epochs",
+    "plateau_to_end",
+    "plateau_level",
+    "final_dead_fraction",
+    "final_dead_loss_share",
 }
 
 
@@ -72,6 +79,11 @@ def test_repro_then_experiments_land_in_dvc_and_the_one_mlflow_store(lab_repo):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     first = runs[0]
     assert first.data.params["optimizer.epsilon"] == "1e-07"
+    assert first.info.run_name == "workspace"  # a plain `dvc repro`; a DVC experiment gives its own name
+    # MLflow 3 opens the experiment on its runs table (model training), not the GenAI traces view
+    experiment = client.get_experiment(first.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "spikelab" in experiment.tags["mlflow.note.content"]
     assert [m.step for m in client.get_metric_history(first.info.run_id, "loss")] == [1, 2, 3]
     assert "eval.best.accuracy" in first.data.metrics and first.data.tags["diverged"] == "false"
     artifacts = {a.path for a in client.list_artifacts(first.info.run_id, "checkpoints")}
