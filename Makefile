@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: setup repro test test-fast compare structure bench seed-config quick-sweep sweep report replay gpu-setup sync
+.PHONY: setup repro test test-fast compare structure plateau plateau-study bench seed-config quick-sweep sweep report replay gpu-setup sync
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -61,6 +61,17 @@ sweep: $(INSTALLED)
 structure: $(INSTALLED)
 	-$(RUN) python -m study.sweep queue --sweep study/structure.yaml
 	$(RUN) python -m study.report --sweep study/structure.yaml
+
+# The plateau preset: the default at learning rate 0.01 for 200 epochs, where the clipped loss
+# climbs and stays up (docs/plateau_search.md), as one DVC experiment named `plateau`
+plateau: $(INSTALLED)
+	$(RUN) dvc exp run -n plateau -S optimizer.learning_rate=0.01 -S train.epochs=200
+
+# The plateau study: that configuration x interventions x 5 seeds, then its replays
+plateau-study: $(INSTALLED)
+	-$(RUN) python -m study.sweep queue --sweep study/plateau.yaml
+	$(RUN) python -m study.report --sweep study/plateau.yaml
+	$(RUN) python -m study.replay --exp plateau-baseline-s0 --name replay_plateau
 
 # the current commit's experiments in one narrow table (changed params + the key metrics)
 compare: $(INSTALLED)
