@@ -639,3 +639,43 @@ def rot_in_place(path: Path) -> None:
         handle.write(bytes(byte ^ 0xFF for byte in path.read_bytes()[100:132]))
     path.chmod(stat.st_mode)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_queue_and_wait_stops_in_one_line_when_its_workers_die(lab, tmp_path):
+    waiter_code = (
+        "from spikelab.errors import run_entry_point\n"
+        "from study.experiments import queue_and_wait\n"
+        "run_entry_point(lambda: queue_and_wait([('doomed', ['-S', 'train.epochs=5000'])], 1, poll_s=1.0) and None)\n"
+    )
+    # the store exists before the worker trains: polling it must not race its schema creation
+    MlflowClient(tracking_uri=f"sqlite:///{lab / 'mlflow.db'}").search_experiments()
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as errors, (tmp_path / "stdout.txt").open("w") as output:
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", waiter_code], cwd=lab, env=lab_env(lab), stdout=output, stderr=errors
+        )
+    killed = []
+    try:
+        running = wait_until(lambda: mlflow_runs(lab), 240, "the queued training to start")[0]
+        train_pid = int(running.data.tags["spikelab.pid"])
+        # the training, `dvc exp exec-run` and the queue worker: a worker killed with its task
+        killed = [train_pid, parent_of(train_pid), parent_of(parent_of(train_pid))]
+        assert "queue-worker" in Path(f"/proc/{killed[2]}/cmdline").read_text(), killed
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        returncode = waiter.wait(timeout=120)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
+        for pid in killed:
+            if not process_gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        run(["dvc", "queue", "kill", "doomed"], lab, check=False)
+
+    result = subprocess.CompletedProcess(waiter.args, returncode, "", stderr.read_text())
+    assert_user_error(result, "no worker is alive", "doomed Running", "`dvc queue kill doomed`")
