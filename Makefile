@@ -7,7 +7,11 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
+<<<<<<< HEAD
 .PHONY: setup repro test test-fast compare structure plateau plateau-study bench seed-config quick-sweep sweep report replay gpu-setup sync
+=======
+.PHONY: setup repro test test-fast bench seed-config quick-sweep sweep report replay gpu-setup sync verify
+>>>>>>> reliability
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -33,6 +37,11 @@ test-fast: $(INSTALLED)
 # (the train stage says so in one line); running it again adds nothing
 sync: $(INSTALLED)
 	$(RUN) python -m spikelab.sync
+
+# Check every output dvc.lock records, workspace copy and DVC cache object, against its md5;
+# one line per damaged copy with the repair that works (spikelab/integrity.py)
+verify: $(INSTALLED)
+	$(RUN) python -m spikelab.integrity
 
 # Samples/s of the lab's loop vs bare model.fit vs the seed's generator, FLOP/s vs the matmul
 # peak, dvc repro wall times -> benchmarks/results.json (several minutes; docs/performance.md)

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from spikelab.errors import InputError
+from spikelab.integrity import damage
 from spikelab.model import to_model_input
 
 CLASSES = ("solid", "broken")
@@ -31,9 +32,10 @@ def score(model: keras.Model, loss_fn, images: np.ndarray, labels: np.ndarray, b
 
 
 def load_model(path: Path) -> keras.Model:
+    hint = "re-run the 'train' stage: dvc repro train"
     if not path.exists():
-        raise InputError(f"{path}: missing; re-run the 'train' stage: dvc repro train")
+        raise InputError(f"{path}: missing; {hint}")
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as error:  # Keras raises ValueError, OSError or zip errors for a damaged file
-        raise InputError(f"{path}: unreadable ({error}); re-run the 'train' stage: dvc repro train") from None
+        raise InputError(f"{path}: unreadable ({error}); {damage(path) or hint}") from None

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from spikelab.errors import InputError
+from spikelab.integrity import damage
 
 
 @contextlib.contextmanager
@@ -55,4 +56,4 @@ def read_npz(path: str | os.PathLike, keys: tuple[str, ...], produced_by: str) -
                 raise InputError(f"{path}: lacks arrays {', '.join(missing)}; {hint}")
             return {key: archive[key] for key in keys}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:  # zlib: corrupt, not cut short
-        raise InputError(f"{path}: unreadable, truncated or corrupt ({error}); {hint}") from None
+        raise InputError(f"{path}: unreadable, truncated or corrupt ({error}); {damage(path) or hint}") from None

@@ -10,12 +10,17 @@ names can collide across files); per-epoch curves come from each experiment's co
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
+from spikelab.errors import UserError
 from spikelab.history import parse_history_csv
 
 ACTIVE = ("Queued", "Running")
+# polls in a row with experiments pending and no live worker before the queue counts as dead:
+# right after `dvc queue start` and between two tasks the worker count can read 0 for a moment
+DEAD_AFTER_POLLS = 3
 
 
 def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -92,17 +97,44 @@ def read_output(rev: str, path: str) -> bytes:
 # ---- running experiments ----------------------------------------------------------------------------
 
 
-def queue_states() -> dict[str, str]:
-    """{experiment name: Queued | Running | Success | Failed} from `dvc queue status`'s table."""
-    states = {}
-    for line in dvc("queue", "status").stdout.splitlines():
+class QueueError(UserError):
+    """The queue cannot finish: its workers are gone while experiments still wait on them."""
+
+
+def parse_queue_status(text: str) -> tuple[dict[str, str], int | None]:
+    """`dvc queue status` -> ({experiment name: Queued | Running | Success | Failed}, active workers
+    or None when the line is missing)."""
+    states, workers = {}, None
+    for line in text.splitlines():
         fields = line.split()
         # Task  Name  Created  Status: the name is the 2nd column, the status the last
         if len(fields) >= 4 and fields[-1] in (*ACTIVE, "Success", "Failed"):
             # a re-queued name also has its old Failed row: an active row wins
             if states.get(fields[1]) not in ACTIVE:
                 states[fields[1]] = fields[-1]
-    return states
+        found = re.match(r"Worker status: (\d+) active", line.strip())
+        if found:
+            workers = int(found.group(1))
+    return states, workers
+
+
+def queue_states() -> tuple[dict[str, str], int | None]:
+    return parse_queue_status(dvc("queue", "status").stdout)
+
+
+def stuck_error(pending: list[str], states: dict[str, str]) -> QueueError:
+    running = [name for name in pending if states.get(name) == "Running"]
+    queued = [name for name in pending if states.get(name) == "Queued"]
+    repairs = []
+    if running:
+        repairs.append(f"`dvc queue kill {' '.join(running)}` marks the Running ones failed (a re-run re-queues them)")
+    if queued:
+        repairs.append("`dvc queue start -j N` resumes the Queued ones")
+    return QueueError(
+        f"dvc queue: no worker is alive, but {len(pending)} experiments wait on one "
+        f"({', '.join(f'{name} {states.get(name)}' for name in pending)}): the workers died (killed, out of "
+        f"memory, machine restarted); {'; '.join(repairs)}"
+    )
 
 
 def start_workers(jobs: int) -> None:
@@ -121,7 +153,8 @@ def queue_and_wait(
     """Queue (name, dvc -S args) pairs, start `jobs` workers, wait; returns each name's final state.
 
     A name that already succeeded on the current commit is skipped (unless rerun); one that
-    exists in another state is re-queued with -f.
+    exists in another state is re-queued with -f. Raises QueueError (one line: which experiments,
+    and the dvc command that unsticks them) when no worker is alive while experiments wait.
     """
     existing = {record["name"]: record["state"] for record in experiments_of(all_commits=False)}
     queued = []
@@ -138,9 +171,14 @@ def queue_and_wait(
         return {name: existing.get(name, "missing") for name, _ in runs}
     start_workers(jobs)
     started = time.monotonic()
+    workerless = 0
     while True:
-        states = queue_states()
+        states, workers = queue_states()
         pending = [name for name in queued if states.get(name) in ACTIVE]
+        # without a live worker, `dvc queue status` says Running for ever: this loop would never end
+        workerless = workerless + 1 if pending and workers == 0 else 0
+        if workerless >= DEAD_AFTER_POLLS:
+            raise stuck_error(pending, states)
         print(
             f"study: {len(queued) - len(pending)}/{len(queued)} done, {len(pending)} queued or running "
             f"({(time.monotonic() - started) / 60:.1f} min)",

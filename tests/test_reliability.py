@@ -22,6 +22,8 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, lab_env, make_lab, run, stage_command, wait_for_queue, write_params
+from spikelab.integrity import file_md5
+from spikelab.params import read_yaml
 
 # every test here runs the stages in a copy of the repo that ran `dvc repro` with a real MLflow store
 pytestmark = pytest.mark.slow
@@ -588,3 +590,92 @@ def test_evaluate_against_a_store_without_trains_run_fails_in_one_line(lab):
 
     assert_user_error(result, f"MLflow run {run_id}", "is not in", "MLFLOW_TRACKING_URI")
     assert stage_files(lab) == before
+
+
+def test_sync_into_a_store_without_the_run_creates_one_run_and_reuses_it(lab):
+    old_id = json.loads((lab / "metrics/run.json").read_text())["mlflow_run_id"]  # in the baseline's store
+    uri = f"sqlite:///{lab / 'mlflow.db'}"  # this copy's own store, new
+
+    first, second = sync(lab, uri), sync(lab, uri)
+
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    [created] = mlflow_runs(lab)
+    assert created.info.run_id != old_id and created.data.tags["spikelab.synced_from"] == old_id
+    assert created.info.status == "FINISHED" and created.data.params["train.epochs"] == "3"
+    assert f"sync: run {created.info.run_id} (a new run for {old_id})" in second.stdout
+    assert "0 metric values and 0 files uploaded" in second.stdout
+    history = MlflowClient(tracking_uri=uri).get_metric_history(created.info.run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    assert created.data.metrics["eval.best.accuracy"] >= 0  # evaluate.json's scores too
+
+
+def test_a_corrupt_dvc_cache_object_is_named_with_the_repair_that_works(lab):
+    md5 = read_yaml(lab / "dvc.lock", "dvc.lock")["stages"]["split"]["outs"][0]["md5"]
+    cache_object = Path(".dvc/cache/files/md5") / md5[:2] / md5[2:]
+    rot_in_place(lab / cache_object)  # bit rot: DVC trusts the object and copies it back
+    (lab / "data/split.npz").unlink()
+    run(["dvc", "checkout", "data/split.npz"], lab)
+    assert "up to date" in run(["dvc", "status"], lab).stdout  # DVC sees nothing wrong
+
+    line = assert_user_error(stage(lab, "train"), "data/split.npz", str(cache_object), "is corrupt")
+    repair = line.split(": rm ", 1)[1]
+    assert repair == f"{cache_object} && dvc repro -f split"
+    verify = run([sys.executable, "-m", "spikelab.integrity"], lab, check=False)
+    assert verify.returncode == 1 and f"data/split.npz (split): the DVC cache object {cache_object}" in verify.stdout
+
+    run(["dvc", "repro", "-f", "split"], lab)  # re-running alone: DVC copies the corrupt object back
+    assert file_md5(lab / "data/split.npz") != md5
+    run(["bash", "-c", f"rm {repair}"], lab)  # the repair the line names
+    assert file_md5(lab / "data/split.npz") == md5 == file_md5(lab / cache_object)
+    assert run([sys.executable, "-m", "spikelab.integrity"], lab).stdout.endswith(", 0 damaged copies\n")
+
+
+def rot_in_place(path: Path) -> None:
+    """Flip bytes of a read-only file in place, keeping its mtime: what a failing disk does."""
+    stat = path.stat()
+    path.chmod(0o644)
+    with path.open("r+b") as handle:
+        handle.seek(100)
+        handle.write(bytes(byte ^ 0xFF for byte in path.read_bytes()[100:132]))
+    path.chmod(stat.st_mode)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_queue_and_wait_stops_in_one_line_when_its_workers_die(lab, tmp_path):
+    waiter_code = (
+        "from spikelab.errors import run_entry_point\n"
+        "from study.experiments import queue_and_wait\n"
+        "run_entry_point(lambda: queue_and_wait([('doomed', ['-S', 'train.epochs=5000'])], 1, poll_s=1.0) and None)\n"
+    )
+    # the store exists before the worker trains: polling it must not race its schema creation
+    MlflowClient(tracking_uri=f"sqlite:///{lab / 'mlflow.db'}").search_experiments()
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("w") as errors, (tmp_path / "stdout.txt").open("w") as output:
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", waiter_code], cwd=lab, env=lab_env(lab), stdout=output, stderr=errors
+        )
+    killed = []
+    try:
+        running = wait_until(lambda: mlflow_runs(lab), 240, "the queued training to start")[0]
+        train_pid = int(running.data.tags["spikelab.pid"])
+        # the training, `dvc exp exec-run` and the queue worker: a worker killed with its task
+        killed = [train_pid, parent_of(train_pid), parent_of(parent_of(train_pid))]
+        assert "queue-worker" in Path(f"/proc/{killed[2]}/cmdline").read_text(), killed
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        returncode = waiter.wait(timeout=120)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
+        for pid in killed:
+            if not process_gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        run(["dvc", "queue", "kill", "doomed"], lab, check=False)
+
+    result = subprocess.CompletedProcess(waiter.args, returncode, "", stderr.read_text())
+    assert_user_error(result, "no worker is alive", "doomed Running", "`dvc queue kill doomed`")

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from spikelab.errors import one_line
 from spikelab.params import flatten, params_from_dict
-from study.experiments import parse_exp_show
+from study.experiments import parse_exp_show, parse_queue_status, stuck_error
 from study.report import aggregate, representative, run_record, write_report
 from study.sweep import SweepError, expand, load_sweep
 from study.tables import markdown_table
@@ -273,3 +274,28 @@ def test_compare_row_shows_only_the_changed_params(defaults):
         "val_accuracy": 0.3,
     }
     assert compare_row("ws", defaults, {}, {}, defaults)["changed"] == "(none)"
+
+
+# ---- dead queue workers (issue 15, item 4) ------------------------------------------------------------
+
+DEAD_QUEUE = """Task     Name     Created    Status
+a4e1aa6  longone  04:43 PM   Running
+b5f2bb7  later    04:44 PM   Queued
+c6a3cc8  done     04:40 PM   Success
+
+Worker status: 0 active, 0 idle
+"""
+
+
+def test_queue_status_gives_states_and_live_workers():
+    states, workers = parse_queue_status(DEAD_QUEUE)
+    assert states == {"longone": "Running", "later": "Queued", "done": "Success"} and workers == 0
+    assert parse_queue_status(DEAD_QUEUE.replace("0 active, 0 idle", "2 active, 1 idle"))[1] == 2
+    assert parse_queue_status("Task  Name  Created  Status\n")[1] is None
+
+
+def test_the_error_for_a_dead_queue_names_the_stuck_runs_and_the_repairs():
+    states, _ = parse_queue_status(DEAD_QUEUE)
+    message = one_line(stuck_error(["longone", "later"], states))
+    assert "no worker is alive" in message and "longone Running, later Queued" in message
+    assert "`dvc queue kill longone`" in message and "`dvc queue start -j N`" in message
