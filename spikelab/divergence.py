@@ -191,3 +191,22 @@ def train_metrics(
         "guard_epoch": guard_epochs[0] if guard_epochs else None,
         "best_epoch": best_epoch,
     }
+
+
+def describe_run(metrics: dict) -> str:
+    """metrics/train.json in one sentence, for the end of the train stage's console output."""
+    final = metrics.get("final_loss")
+    ending = f"final loss {final:.3g}" if final is not None else "final loss not finite"
+    if metrics.get("nan"):
+        return f"blew up: the loss became NaN/inf at epoch {metrics['divergence_epoch']}"
+    if metrics.get("broken_from_start"):
+        return f"never learned: {ending}, {metrics.get('final_to_first') or 0:.3g}x the first epoch's"
+    if metrics.get("plateaued"):
+        return (
+            f"spiked at epoch {metrics['divergence_epoch']} (jump {metrics['jump_ratio']:.0f}x) and stayed up: "
+            f"plateau from epoch {metrics['plateau_start_epoch']} for {metrics['plateau_epochs']} epochs at "
+            f"~{metrics['plateau_level']:.3g}; {ending}"
+        )
+    if metrics.get("diverged"):
+        return f"spiked at epoch {metrics['divergence_epoch']} (jump {metrics['jump_ratio']:.0f}x), recovered; {ending}"
+    return f"no spike; lowest loss {metrics['min_loss']:.3g} at epoch {metrics['min_epoch']}, {ending}"

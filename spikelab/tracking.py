@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import socket
 import subprocess
@@ -97,6 +98,10 @@ def retry_locked(call, *args, attempts: int = 20, **kwargs):
                 raise
             time.sleep(0.2 * (attempt + 1))
 
+
+# MLflow's and alembic's INFO lines (store creation, schema migrations) are not the lab's news
+for _name in ("mlflow", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 # MLflow 3's UI shows an experiment without a kind as GenAI work (traces, evaluations); this kind
 # opens it on its runs table. The note is the experiment's description on that page.

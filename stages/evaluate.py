@@ -8,18 +8,21 @@ import sys
 from pathlib import Path
 
 from spikelab.errors import run_entry_point
-from spikelab.evaluation import load_model, score
 from spikelab.files import read_npz, write_json
-from spikelab.losses import make_loss
+from spikelab.native_logs import quiet_native_startup
 from spikelab.params import load_params
-from spikelab.tracking import check_run, evaluation_metrics, log_metrics_at
 
 
 def main() -> None:
     split_path, models_dir, run_file, output = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
     params = load_params()
     arrays = read_npz(split_path, ("x_val", "y_val"), produced_by="split")
-    models = {name: load_model(models_dir / f"{name}.keras") for name in ("best", "last")}
+    with quiet_native_startup():  # TensorFlow's import and first op print noise
+        from spikelab.evaluation import load_model, score
+        from spikelab.losses import make_loss
+        from spikelab.tracking import check_run, evaluation_metrics, log_metrics_at
+
+        models = {name: load_model(models_dir / f"{name}.keras") for name in ("best", "last")}
     run_id = json.loads(run_file.read_text())["mlflow_run_id"]  # the scores join train's run in MLflow
     check_run(params.tracking.experiment, run_id)  # before the work: a wrong store is one line, not a traceback
     loss_fn = make_loss(params.loss)
@@ -28,8 +31,10 @@ def main() -> None:
         for name, model in models.items()
     }
     write_json(output, results)
+    best, last = results["best"], results["last"]
     print(
-        "evaluate: " + json.dumps({name: {"loss": r["loss"], "accuracy": r["accuracy"]} for name, r in results.items()})
+        f"evaluate: validation accuracy {last['accuracy']:.3f} for the last model, {best['accuracy']:.3f} for the "
+        f"best (lowest val_loss) one -> {output}"
     )
     log_metrics_at(run_id, evaluation_metrics(results), 0)
 

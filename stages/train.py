@@ -7,27 +7,18 @@ before the MLflow run opens and before any training, so a bad setup costs second
 neither outputs nor an orphan run.
 """
 
-import json
 import signal
 import sys
 import time
 from pathlib import Path
 
+from spikelab.divergence import describe_run
 from spikelab.errors import InputError, one_line, run_entry_point
 from spikelab.files import read_npz
 from spikelab.lifetime import die_with_parent
+from spikelab.native_logs import quiet_native_startup
 from spikelab.params import flatten, load_params
 from spikelab.state import check_resume
-
-SUMMARY_KEYS = (
-    "min_loss",
-    "final_loss",
-    "spike_ratio",
-    "jump_ratio",
-    "diverged",
-    "divergence_epoch",
-    "broken_from_start",
-)
 
 
 def _raise_interrupt(signum, frame):
@@ -43,15 +34,16 @@ def main() -> None:
         check_resume(params.train.resume_from, params.train.resume_epoch)
     arrays = read_npz(split_path, ("x_train", "y_train", "x_val", "y_val"), produced_by="split")
 
-    from spikelab.model import resolve_data_format
-    from spikelab.outputs import write_training_outputs
-    from spikelab.tracking import training_run
-    from spikelab.training import train
+    with quiet_native_startup():  # TensorFlow's import and first op (a test convolution) print noise
+        from spikelab.model import resolve_data_format
+        from spikelab.outputs import write_training_outputs
+        from spikelab.tracking import run_name, training_run
+        from spikelab.training import train
 
-    try:
-        data_format = resolve_data_format(params.model.data_format)
-    except ValueError as error:
-        raise InputError(one_line(error)) from None
+        try:
+            data_format = resolve_data_format(params.model.data_format)
+        except ValueError as error:
+            raise InputError(one_line(error)) from None
     print(f"train: data format {data_format} (model.data_format = {params.model.data_format})")
     # both signals end the run as KILLED; SIGINT is set explicitly because a process started in
     # the background by a non-interactive shell inherits it ignored, and Python then never raises
@@ -73,7 +65,7 @@ def main() -> None:
         }
         metrics, metric_files, model_files = write_training_outputs(result, params, models_dir, metrics_dir, run_facts)
         run.log_results(metrics, metric_files, model_files)
-    print("train: " + json.dumps({key: metrics[key] for key in SUMMARY_KEYS}))
+    print(f"train: {describe_run(metrics)}; MLflow run {run_name()} ({run.run_id})")
     # an MLflow failure after the run opened exits 0 all the same: every output is written and valid,
     # DVC records it, and the one line below says how to complete the MLflow run from those files
     if run.incomplete_line():

@@ -80,3 +80,24 @@ def test_one_finite_epoch_or_a_fall_within_noise_is_judged_by_the_margin():
     assert divergence_metrics([0.7], [0.7], RULE)["broken_from_start"] is False  # no second epoch: no evidence
     assert divergence_metrics([0.7, 0.69, 0.70], [0.7] * 3, RULE)["broken_from_start"] is True  # 1.4% < 2%
     assert divergence_metrics([0.7, 0.68, 0.70], [0.7] * 3, RULE)["broken_from_start"] is False  # 2.9% > 2%
+
+
+def test_the_closing_sentence_says_what_happened():
+    from spikelab.divergence import describe_run
+
+    base = {
+        "nan": False,
+        "broken_from_start": False,
+        "plateaued": False,
+        "diverged": False,
+        "final_loss": 0.00096,
+        "min_loss": 0.0005,
+        "min_epoch": 90,
+    }
+    assert describe_run(base) == "no spike; lowest loss 0.0005 at epoch 90, final loss 0.00096"
+    spiked = {**base, "diverged": True, "divergence_epoch": 84, "jump_ratio": 104.2}
+    assert describe_run(spiked) == "spiked at epoch 84 (jump 104x), recovered; final loss 0.00096"
+    stayed = {**spiked, "plateaued": True, "plateau_start_epoch": 84, "plateau_epochs": 60, "plateau_level": 3.9}
+    assert describe_run(stayed).startswith("spiked at epoch 84 (jump 104x) and stayed up: plateau from epoch 84")
+    assert describe_run({**base, "nan": True, "divergence_epoch": 3, "final_loss": None}).startswith("blew up")
+    assert describe_run({**base, "broken_from_start": True, "final_to_first": 1.0}).startswith("never learned")
