@@ -27,7 +27,9 @@ def plot_study(rows: list[dict], curves: dict[str, list[dict]], path: Path, titl
     rates = [row["divergence_rate"] or 0.0 for row in shown]
     bars.barh(names, rates, color=[colour_of(name) for name in names], alpha=0.85)
     for y, row in enumerate(shown):
-        label = f"{row['n_diverged']}/{row['n_runs']}" + (f", {row['n_failed']} failed" if row["n_failed"] else "")
+        label = f"{row['n_diverged']}/{row['n_runs']} spiked, {row.get('n_plateaued', 0)} stayed up" + (
+            f", {row['n_failed']} failed" if row["n_failed"] else ""
+        )
         bars.text(0.02, y, label, va="center", fontsize=8, color="white" if rates[y] > 0.15 else "black")
     bars.set_xlim(0, 1)
     bars.invert_yaxis()
