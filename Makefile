@@ -7,11 +7,7 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-<<<<<<< HEAD
-.PHONY: setup repro test test-fast compare structure plateau plateau-study bench seed-config quick-sweep sweep report replay gpu-setup sync
-=======
-.PHONY: setup repro test test-fast bench seed-config quick-sweep sweep report replay gpu-setup sync verify
->>>>>>> reliability
+.PHONY: setup repro test test-fast compare structure plateau plateau-study bench seed-config quick-sweep sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)

@@ -98,3 +98,19 @@ def test_each_stage_depends_on_every_module_it_imports(graph):
             path = modules[module].relative_to(REPO)
             covered = any(path == dep or dep in path.parents for dep in deps)
             assert covered, f"stage {name} imports {module} ({path}) but dvc.yaml's deps do not cover it"
+
+
+def test_no_merge_conflict_markers_in_tracked_files():
+    """A half-resolved merge must not land: the Makefile and README are not exercised by other tests."""
+    import subprocess
+
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    marked = []
+    for name in tracked:
+        path = REPO / name
+        if path.suffix in (".png", ".gz", ".npz", ".keras") or not path.is_file():
+            continue
+        lines = path.read_text(errors="replace").splitlines()
+        if any(line.startswith(("<<<<<<< ", ">>>>>>> ")) for line in lines):
+            marked.append(name)
+    assert marked == []
