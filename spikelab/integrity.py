@@ -41,13 +41,34 @@ def cache_object(md5: str, root: Path) -> Path:
     return root / CACHE / md5[:2] / md5[2:]
 
 
+def uncached_outputs(root: Path) -> set[str]:
+    """The outputs dvc.yaml declares `cache: false`: git keeps them, DVC keeps no cache object of them
+    (its run cache may hold one, or not), so they have no cache copy to verify."""
+    pipeline = root / "dvc.yaml"
+    stages = ((read_yaml(pipeline, "dvc.yaml") or {}).get("stages") or {}) if pipeline.is_file() else {}
+    found = set()
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind) or []:
+                if isinstance(entry, dict):
+                    found |= {path for path, flags in entry.items() if (flags or {}).get("cache") is False}
+    return found
+
+
 def locked_outputs(root: Path) -> dict[str, tuple[str, str]]:
-    """{output path: (stage, md5)} from dvc.lock; {} without one. A directory's md5 ends in .dir."""
+    """{output path: (stage, md5)} of the cached outputs dvc.lock records; {} without one. A
+    directory's md5 ends in .dir."""
     lock = root / "dvc.lock"
     if not lock.is_file():
         return {}
     stages = (read_yaml(lock, "dvc.lock") or {}).get("stages") or {}
-    return {out["path"]: (name, out["md5"]) for name, stage in stages.items() for out in stage.get("outs") or []}
+    uncached = uncached_outputs(root)
+    return {
+        out["path"]: (name, out["md5"])
+        for name, stage in stages.items()
+        for out in stage.get("outs") or []
+        if out["path"] not in uncached
+    }
 
 
 def _object_problem(md5: str, root: Path) -> str | None:
