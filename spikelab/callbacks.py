@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 
 from spikelab import state as training_state
-from spikelab.divergence import is_spike
+from spikelab.divergence import SpikeWatch
 from spikelab.params import DivergenceParams, GuardParams
 
 
@@ -22,7 +22,7 @@ class ProgressLine(keras.callbacks.Callback):
 
     def __init__(self, epochs: int, rule: DivergenceParams, lowest_loss: float = math.inf):
         super().__init__()
-        self.epochs, self.rule, self.lowest_loss = epochs, rule, lowest_loss
+        self.epochs, self.watch = epochs, SpikeWatch(rule, lowest_loss)
         self._width = len(f"epoch {epochs}/{epochs}")  # lines align; `epoch 1/150` stays greppable
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -32,14 +32,12 @@ class ProgressLine(keras.callbacks.Callback):
         logs = logs or {}
         loss = logs.get("loss", math.nan)
         mark = ""
-        if is_spike(loss, self.lowest_loss, self.rule):
+        if self.watch.observe(loss):
             mark = (
-                f"  <- spike: {loss / self.lowest_loss:.0f}x the lowest loss so far"
+                f"  <- spike: {loss / self.watch.lowest:.0f}x the lowest loss so far"
                 if math.isfinite(loss)
                 else "  <- NaN"
             )
-        elif math.isfinite(loss):
-            self.lowest_loss = min(self.lowest_loss, loss)
         print(
             f"{f'epoch {epoch + 1}/{self.epochs}':<{self._width}}  loss {loss:<10.4g} val_loss {logs.get('val_loss', math.nan):<10.4g}"
             f"accuracy {logs.get('accuracy', math.nan):.4f}  val_accuracy {logs.get('val_accuracy', math.nan):.4f}  "
@@ -99,14 +97,11 @@ class DivergenceGuard(keras.callbacks.Callback):
 
     def __init__(self, rule: DivergenceParams, guard: GuardParams, best: BestState, lowest_loss: float):
         super().__init__()
-        self.rule, self.guard, self.best = rule, guard, best
-        self.lowest_loss = lowest_loss
+        self.watch, self.guard, self.best = SpikeWatch(rule, lowest_loss), guard, best
         self.triggered_epochs: list[int] = []
 
     def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss", math.nan)
-        if not is_spike(loss, self.lowest_loss, self.rule):
-            self.lowest_loss = min(self.lowest_loss, loss)
+        if not self.watch.observe((logs or {}).get("loss", math.nan)):
             return
         self.triggered_epochs.append(epoch + 1)
         if self.best.state is not None:

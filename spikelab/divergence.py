@@ -38,14 +38,25 @@ def is_spike(loss: float, lowest_before: float, rule: DivergenceParams) -> bool:
     return loss >= rule.ratio * lowest_before and loss - lowest_before >= rule.min_rise
 
 
+class SpikeWatch:
+    """The divergence rule applied epoch by epoch, as the metrics, the guard and the progress line
+    all apply it: `observe(loss)` says whether the epoch is flagged; `lowest` is the lowest loss of
+    the epochs before it (a flagged epoch never lowers it)."""
+
+    def __init__(self, rule: DivergenceParams, lowest: float = math.inf):
+        self.rule, self.lowest = rule, lowest
+
+    def observe(self, loss: float) -> bool:
+        if is_spike(loss, self.lowest, self.rule):
+            return True
+        self.lowest = min(self.lowest, loss)
+        return False
+
+
 def divergence_epoch(losses: Sequence[float], rule: DivergenceParams) -> int | None:
     """The first epoch (1-based) the rule flags, or None."""
-    lowest = math.inf
-    for epoch, loss in enumerate(losses, start=1):
-        if is_spike(loss, lowest, rule):
-            return epoch
-        lowest = min(lowest, loss)
-    return None
+    watch = SpikeWatch(rule)
+    return next((epoch for epoch, loss in enumerate(losses, start=1) if watch.observe(loss)), None)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -129,10 +140,10 @@ def divergence_metrics(losses: Sequence[float], val_losses: Sequence[float], rul
 def plateau_metrics(losses: Sequence[float], rule: DivergenceParams, plateau: PlateauParams) -> dict:
     """plateaued, plateau_start_epoch (the flagged epoch it starts at), plateau_epochs (how long it
     stays up from there), plateau_to_end (still up at the last epoch), plateau_level (median loss over it)."""
-    lowest = math.inf
+    watch = SpikeWatch(rule)
     for start, loss in enumerate(losses, start=1):
-        if is_spike(loss, lowest, rule):
-            floor = plateau.ratio * lowest
+        if watch.observe(loss):
+            floor = plateau.ratio * watch.lowest
             length = 0
             for later in losses[start - 1 :]:
                 if math.isfinite(later) and later < floor:
@@ -147,8 +158,6 @@ def plateau_metrics(losses: Sequence[float], rule: DivergenceParams, plateau: Pl
                     "plateau_to_end": start - 1 + length == len(losses),
                     "plateau_level": statistics.median(held) if held else None,
                 }
-        if math.isfinite(loss):
-            lowest = min(lowest, loss)
     return {
         "plateaued": False,
         "plateau_start_epoch": None,
