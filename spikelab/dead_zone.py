@@ -55,10 +55,16 @@ def unclipped_bce(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.mean(np.logaddexp(0, z) - labels * z, axis=1)
 
 
+def saturated_and_wrong(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: past the Keras-2 clip (its smaller probability < 1e-7), and classified wrong."""
+    return probabilities.min(axis=1) < KERAS2_EPSILON, probabilities.argmax(axis=1) != labels.argmax(axis=1)
+
+
 def dead_zone_stats(logits: np.ndarray, labels: np.ndarray) -> dict:
     """From (n, 2) logits and one-hot labels: the dead samples and the loss they carry."""
     probabilities = softmax(logits)  # float32, as the model's softmax
-    dead = (probabilities.min(axis=1) < KERAS2_EPSILON) & (probabilities.argmax(axis=1) != labels.argmax(axis=1))
+    saturated, wrong = saturated_and_wrong(probabilities, labels)
+    dead = saturated & wrong
     clipped, unclipped = clipped_bce(probabilities, labels), unclipped_bce(logits, labels)
     n = len(labels)
     return {

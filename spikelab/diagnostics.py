@@ -21,8 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from spikelab.dead_zone import softmax
-from spikelab.losses import KERAS2_EPSILON
+from spikelab.dead_zone import saturated_and_wrong, softmax
 from spikelab.model import logits_model
 
 ADAM_KEYS = ("adam_ratio_max", "adam_ratio_p99", "v_below_eps_fraction", "v_sqrt_median")
@@ -50,9 +49,7 @@ def adam_state_stats(optimizer: keras.optimizers.Optimizer) -> dict:
 
 def saturation_stats(logits: np.ndarray, labels: np.ndarray) -> dict:
     """From (n, 2) logits and one-hot labels: the samples the clipped loss no longer trains."""
-    probabilities = softmax(logits)
-    saturated = probabilities.min(axis=1) < KERAS2_EPSILON
-    wrong = probabilities.argmax(axis=1) != labels.argmax(axis=1)
+    saturated, wrong = saturated_and_wrong(softmax(logits), labels)
     return {
         "logit_max_abs": float(np.abs(logits).max()),
         "saturated_fraction": float(saturated.mean()),
