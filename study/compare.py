@@ -16,7 +16,7 @@ from pathlib import Path
 
 from spikelab.errors import run_entry_point
 from study.experiments import experiments_of
-from study.sweep import format_value, load_defaults
+from study.sweep import changed_params, format_value, load_defaults
 from study.tables import markdown_table
 
 COLUMNS = (
@@ -32,11 +32,7 @@ COLUMNS = (
 
 
 def compare_row(name: str, params: dict, train: dict, evaluate: dict, defaults: dict) -> dict:
-    changed = [
-        f"{key}={format_value(value)}"
-        for key, value in params.items()
-        if key in defaults and format_value(value) != format_value(defaults[key])
-    ]
+    changed = [f"{key}={format_value(value)}" for key, value in changed_params(params, defaults).items()]
     return {
         "name": name,
         "changed": " ".join(changed) or "(none)",

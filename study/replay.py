@@ -35,7 +35,7 @@ from spikelab.state import HISTORY
 from study.experiments import experiments_by_name, history_of, history_text, queue_and_wait, read_output
 from study.figures import plot_replay
 from study.report import RESULTS
-from study.sweep import SWEEP_FILE, SweepError, expand, format_value, load_defaults, load_sweep
+from study.sweep import SWEEP_FILE, SweepError, changed_params, expand, format_value, load_defaults, load_sweep
 from study.tables import markdown_table, write_csv, write_text
 
 REPLAYS = Path("study/replays")
@@ -207,11 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = parse_history_csv(baseline["history_text"], skip_empty=True)
     write_history_csv(folder / HISTORY, [row for row in rows if row["epoch"] <= epoch])
     print(f"replay: {baseline['label']} resumed from epoch {epoch} ({snapshot})")
-    carried = {
-        key: value
-        for key, value in params.items()
-        if key in defaults and key not in NOT_CARRIED and format_value(value) != format_value(defaults[key])
-    }
+    carried = {key: value for key, value in changed_params(params, defaults).items() if key not in NOT_CARRIED}
     variants = {"unchanged": {}, **{name: cells[name] for name in settings.get("cells", [])}}
     runs = replay_runs(label, epoch, snapshot, carried, variants)
     if not args.report_only:

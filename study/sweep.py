@@ -62,6 +62,16 @@ def format_value(value) -> str:
     return str(value)
 
 
+def changed_params(params: dict, defaults: dict) -> dict:
+    """The params (flat keys) whose value, as `-S` would write it, differs from params.yaml's; keys
+    params.yaml does not have are left out."""
+    return {
+        key: value
+        for key, value in params.items()
+        if key in defaults and format_value(value) != format_value(defaults[key])
+    }
+
+
 def _check_name(name, what: str) -> str:
     if not isinstance(name, str) or not NAME.match(name):
         raise SweepError(
@@ -100,11 +110,7 @@ def parse_cells(sweep: dict, defaults: dict) -> list[Cell]:
             if key == "train.seed":
                 raise SweepError(f"study/sweep.yaml: cells.{name} sets train.seed; seeds come from 'seeds'")
         effective = tuple(
-            sorted(
-                (key, format_value(value))
-                for key, value in overrides.items()
-                if format_value(value) != format_value(defaults[key])
-            )
+            sorted((key, format_value(value)) for key, value in changed_params(overrides, defaults).items())
         )
         cells.append(Cell(name, dict(overrides), seen.get(effective)))
         seen.setdefault(effective, name)
