@@ -178,9 +178,9 @@ def write_report(records: list[dict], cells: list[Cell], prefix: str, results: P
 def write_histories(path: Path, histories: dict[str, list[dict]]) -> None:
     """Every finished run's per-epoch history in one gzipped CSV (column `run` first), so each rate and
     curve of the report can be recomputed from the repository without re-running anything."""
-    columns = ["run", *sorted({key for rows in histories.values() for row in rows for key in row} - {"epoch"})]
+    measured = sorted({key for rows in histories.values() for row in rows for key in row} - {"epoch"})
     rows = [{"run": name, **row} for name, history in histories.items() for row in history]
-    write_csv_gz(path, rows, ["run", "epoch", *columns[1:]])
+    write_csv_gz(path, rows, ["run", "epoch", *measured])
 
 
 def main(argv: list[str] | None = None) -> int:
