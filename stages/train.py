@@ -20,9 +20,16 @@ from spikelab.native_logs import quiet_native_startup
 from spikelab.params import flatten, load_params
 from spikelab.state import check_resume
 
+STOPPED_BY: list[str] = []  # the signal that stopped the training, once one arrived
+
 
 def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    # one signal ends the training; the ones after it are ignored, or a second SIGTERM (dvc forwards
+    # one, the kernel's parent-death signal is another) would cut short the MLflow run's KILLED ending
+    for ignored in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(ignored, signal.SIG_IGN)
+    STOPPED_BY.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt(f"signal {STOPPED_BY[0]}")
 
 
 def main() -> None:
@@ -52,7 +59,14 @@ def main() -> None:
 
     with training_run(params.tracking.experiment, flatten(params) | {"model.data_format_used": data_format}) as run:
         started = time.perf_counter()
-        result = train(params, arrays, data_format, models_dir / "snapshots", [run.epoch_logger()])
+        try:
+            result = train(params, arrays, data_format, models_dir / "snapshots", [run.epoch_logger()])
+        except Exception as error:
+            # an interrupt raised inside one of TensorFlow's context managers can come out as its
+            # RuntimeError ("Exiting device scope ..."): still an interrupt, so the run ends KILLED
+            if STOPPED_BY:
+                raise KeyboardInterrupt(f"signal {STOPPED_BY[0]}") from error
+            raise
         seconds = time.perf_counter() - started
         if result.fresh_optimizer_variables:
             print(f"train: resumed with fresh optimizer state for {len(result.fresh_optimizer_variables)} variables")
