@@ -188,18 +188,49 @@ def fail_orphans(experiment_id: str) -> list[str]:
     )
     failed = []
     for run in found:
-        tags = run.data.tags
-        if tags.get("spikelab.host") != host or not tags.get("spikelab.pid", "").isdigit():
-            continue  # another machine's run, or one without a process to check
-        pid = int(tags["spikelab.pid"])
-        started = process_start(pid)
-        if started is not None and tags.get("spikelab.pid_start") in (started, "unknown"):
-            continue  # its process is still there (a pid that now names another process does not count)
-        reason = f"orphan: its process {pid} on {host} no longer exists (found by process {os.getpid()})"
-        retry_locked(client.set_tag, run.info.run_id, ORPHAN_TAG, reason)
-        retry_locked(client.set_terminated, run.info.run_id, "FAILED")
-        failed.append(run.info.run_id)
+        if process_gone(run.data.tags, host):
+            pid = run.data.tags["spikelab.pid"]
+            reason = f"orphan: its process {pid} on {host} no longer exists (found by process {os.getpid()})"
+            mark_failed(client, run.info.run_id, reason)
+            failed.append(run.info.run_id)
     return failed
+
+
+def process_gone(tags: dict, host: str) -> bool:
+    """Whether the run's training process, on this host, no longer exists (False for another
+    machine's run, or one without a process to check)."""
+    if tags.get("spikelab.host") != host or not tags.get("spikelab.pid", "").isdigit():
+        return False
+    started = process_start(int(tags["spikelab.pid"]))
+    # a pid that now names another process does not count as its process
+    return started is None or tags.get("spikelab.pid_start") not in (started, "unknown")
+
+
+def mark_failed(client: MlflowClient, run_id: str, reason: str) -> None:
+    retry_locked(client.set_tag, run_id, ORPHAN_TAG, reason)
+    retry_locked(client.set_terminated, run_id, "FAILED")
+
+
+def fail_lost_runs(exp_names: list[str], reason: str, root: Path | None = None) -> dict[str, str]:
+    """Mark FAILED (tagged `reason`) the RUNNING runs of these DVC experiments whose process on this
+    host is gone; {experiment name: MLflow run id} of those marked."""
+    mlflow.set_tracking_uri(tracking_uri(root or project_root()))
+    client, host = MlflowClient(), socket.gethostname()
+    experiments = [e.experiment_id for e in retry_locked(client.search_experiments)]
+    lost = {}
+    for name in exp_names:
+        quoted = name.replace("'", "\\'")
+        found = retry_locked(
+            client.search_runs,
+            experiments,
+            filter_string=f"tags.`dvc.exp_name` = '{quoted}' and attributes.status = 'RUNNING'",
+            max_results=100,
+        )
+        for run in found:
+            if process_gone(run.data.tags, host):
+                mark_failed(client, run.info.run_id, reason)
+                lost[name] = run.info.run_id
+    return lost
 
 
 def log_metric_list(run_id: str, metrics: list[Metric]) -> None:

@@ -21,6 +21,10 @@ ACTIVE = ("Queued", "Running")
 # polls in a row with experiments pending and no live worker before the queue counts as dead:
 # right after `dvc queue start` and between two tasks the worker count can read 0 for a moment
 DEAD_AFTER_POLLS = 3
+# dead queues revived before the study gives up: workers that die again and again (out of memory
+# at every start) must end in one line, not a loop
+MAX_REVIVALS = 3
+LOST_REASON = "lost: its dvc queue worker died mid-run (the study marked it failed and went on)"
 
 
 def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -137,6 +141,29 @@ def stuck_error(pending: list[str], states: dict[str, str]) -> QueueError:
     )
 
 
+def revive_dead_queue(pending: list[str], states: dict[str, str], jobs: int) -> dict[str, str | None]:
+    """No worker is alive while `pending` experiments wait: the Running ones died with their worker.
+
+    Mark those failed in the queue (`dvc queue kill` on a task without a process does exactly that)
+    and in MLflow, restart workers for the Queued ones; returns {lost name: MLflow run id or None
+    when the run never opened one}.
+    """
+    from spikelab.tracking import fail_lost_runs  # MLflow: only on this rare path
+
+    running = [name for name in pending if states.get(name) == "Running"]
+    run_ids: dict[str, str | None] = {}
+    if running:
+        dvc("queue", "kill", *running, check=False)
+        run_ids = {name: None for name in running} | fail_lost_runs(running, LOST_REASON)
+        for name, run_id in run_ids.items():
+            where = f"MLflow run {run_id} marked FAILED" if run_id else "it had opened no MLflow run"
+            print(f"study: {name} lost: its dvc queue worker died mid-run; {where}", flush=True)
+    if any(states.get(name) == "Queued" for name in pending):
+        start_workers(jobs)
+        print(f"study: no dvc queue worker was alive; started {jobs} again", flush=True)
+    return run_ids
+
+
 def start_workers(jobs: int) -> None:
     """`dvc queue start`: its workers are daemons that inherit the parent's pipes, so a captured
     output would not close until the queue is empty (no progress lines meanwhile): no pipes here."""
@@ -153,8 +180,10 @@ def queue_and_wait(
     """Queue (name, dvc -S args) pairs, start `jobs` workers, wait; returns each name's final state.
 
     A name that already succeeded on the current commit is skipped (unless rerun); one that
-    exists in another state is re-queued with -f. Raises QueueError (one line: which experiments,
-    and the dvc command that unsticks them) when no worker is alive while experiments wait.
+    exists in another state is re-queued with -f. When no worker is alive while experiments wait,
+    the queue is revived (`revive_dead_queue`): a run lost with its worker ends failed, with its
+    MLflow run id, and the rest go on. Raises QueueError (one line: which experiments, and the dvc
+    command that unsticks them) when the workers keep dying.
     """
     existing = {record["name"]: record["state"] for record in experiments_of(all_commits=False)}
     queued = []
@@ -171,14 +200,18 @@ def queue_and_wait(
         return {name: existing.get(name, "missing") for name, _ in runs}
     start_workers(jobs)
     started = time.monotonic()
-    workerless = 0
+    workerless, revivals, lost = 0, 0, {}
     while True:
         states, workers = queue_states()
         pending = [name for name in queued if states.get(name) in ACTIVE]
         # without a live worker, `dvc queue status` says Running for ever: this loop would never end
         workerless = workerless + 1 if pending and workers == 0 else 0
         if workerless >= DEAD_AFTER_POLLS:
-            raise stuck_error(pending, states)
+            if revivals == MAX_REVIVALS:
+                raise stuck_error(pending, states)
+            lost |= revive_dead_queue(pending, states, jobs)
+            workerless, revivals = 0, revivals + 1
+            continue
         print(
             f"study: {len(queued) - len(pending)}/{len(queued)} done, {len(pending)} queued or running "
             f"({(time.monotonic() - started) / 60:.1f} min)",
@@ -188,7 +221,11 @@ def queue_and_wait(
             break
         time.sleep(poll_s)
     final = {name: states.get(name, "missing").lower() for name in queued}
-    failed = [name for name, state in final.items() if state != "success"]
+    failed = [
+        f"{name} (lost with its worker; MLflow run {lost[name] or 'none'})" if name in lost else name
+        for name, state in final.items()
+        if state != "success"
+    ]
     print(
         f"study: {len(queued)} experiments in {(time.monotonic() - started) / 60:.1f} min; "
         f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''} (see `dvc queue logs <name>`)"

@@ -517,11 +517,24 @@ def process_gone(pid: int) -> bool:
         return True
 
 
-def test_sigterm_to_dvc_repro_stops_the_train_stage_it_started(lab, tmp_path):
+def forking_shell(folder: Path) -> Path:
+    """A $SHELL whose `-c` forks the command instead of exec-ing it (as some /bin/sh builds do): DVC
+    starts stages through $SHELL, so the stage's parent is then a shell that outlives DVC."""
+    shell = folder / "forking-shell"
+    shell.write_text(
+        '#!/bin/bash\n# $1 is -c, $2 the command; the `exit` after it forbids the exec\neval "$2"\nexit $?\n'
+    )
+    shell.chmod(0o755)
+    return shell
+
+
+@pytest.mark.parametrize("launch", ["exec_shell", "forking_shell"])
+def test_sigterm_to_dvc_repro_stops_the_train_stage_it_started(lab, tmp_path, launch):
     long_training(lab)
+    env = lab_env(lab) | {"SHELL": "/bin/sh" if launch == "exec_shell" else str(forking_shell(tmp_path))}
     with (tmp_path / "stderr.txt").open("w") as stderr:
         dvc = subprocess.Popen(
-            ["dvc", "repro", "train"], cwd=lab, env=lab_env(lab), text=True, stdout=subprocess.PIPE, stderr=stderr
+            ["dvc", "repro", "train"], cwd=lab, env=env, text=True, stdout=subprocess.PIPE, stderr=stderr
         )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in dvc.stdout] + [lines.put(None)], daemon=True).start()
@@ -530,6 +543,8 @@ def test_sigterm_to_dvc_repro_stops_the_train_stage_it_started(lab, tmp_path):
         wait_for_line(lines, "epoch 1/")
         [running] = mlflow_runs(lab)
         train_pid = int(running.data.tags["spikelab.pid"])
+        if launch == "forking_shell":  # the case under test: a shell between DVC and the stage
+            assert Path(f"/proc/{parent_of(train_pid)}/cmdline").read_bytes().startswith(b"/bin/bash")
         dvc.send_signal(signal.SIGTERM)
         dvc.wait(timeout=30)
         stopped = wait_until(lambda: process_gone(train_pid), 60, "the train stage to exit")
@@ -645,29 +660,40 @@ def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def test_queue_and_wait_stops_in_one_line_when_its_workers_die(lab, tmp_path):
+def queue_worker_above(pid: int) -> list[int]:
+    """The processes from `pid` up to its `dvc queue` worker (`dvc exp exec-run` and, where $SHELL
+    forks, a shell between them)."""
+    chain = [pid]
+    while b"queue-worker" not in Path(f"/proc/{chain[-1]}/cmdline").read_bytes():
+        chain.append(parent_of(chain[-1]))
+        assert chain[-1] > 1 and len(chain) < 6, f"no queue worker above process {pid}: {chain}"
+    return chain
+
+
+def test_queue_and_wait_revives_a_queue_whose_worker_died_and_fails_the_lost_run(lab, tmp_path):
     waiter_code = (
+        "import json\n"
         "from spikelab.errors import run_entry_point\n"
         "from study.experiments import queue_and_wait\n"
-        "run_entry_point(lambda: queue_and_wait([('doomed', ['-S', 'train.epochs=5000'])], 1, poll_s=1.0) and None)\n"
+        "runs = [('doomed', ['-S', 'train.epochs=5000']), ('survivor', ['-S', 'train.epochs=2'])]\n"
+        "run_entry_point(lambda: print('final', json.dumps(queue_and_wait(runs, 1, poll_s=1.0))))\n"
     )
     # the store exists before the worker trains: polling it must not race its schema creation
     MlflowClient(tracking_uri=f"sqlite:///{lab / 'mlflow.db'}").search_experiments()
-    stderr = tmp_path / "stderr.txt"
-    with stderr.open("w") as errors, (tmp_path / "stdout.txt").open("w") as output:
+    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with stderr.open("w") as errors, stdout.open("w") as output:
         waiter = subprocess.Popen(
             [sys.executable, "-c", waiter_code], cwd=lab, env=lab_env(lab), stdout=output, stderr=errors
         )
     killed = []
     try:
-        running = wait_until(lambda: mlflow_runs(lab), 240, "the queued training to start")[0]
-        train_pid = int(running.data.tags["spikelab.pid"])
-        # the training, `dvc exp exec-run` and the queue worker: a worker killed with its task
-        killed = [train_pid, parent_of(train_pid), parent_of(parent_of(train_pid))]
-        assert "queue-worker" in Path(f"/proc/{killed[2]}/cmdline").read_text(), killed
+        doomed = wait_until(lambda: mlflow_runs(lab), 240, "the queued training to start")[0]
+        assert doomed.data.tags["dvc.exp_name"] == "doomed"
+        # the training, `dvc exp exec-run`, the queue worker: the worker is killed with its task
+        killed = queue_worker_above(int(doomed.data.tags["spikelab.pid"]))
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
-        returncode = waiter.wait(timeout=120)
+        returncode = waiter.wait(timeout=300)
     finally:
         if waiter.poll() is None:
             waiter.kill()
@@ -675,7 +701,21 @@ def test_queue_and_wait_stops_in_one_line_when_its_workers_die(lab, tmp_path):
         for pid in killed:
             if not process_gone(pid):
                 os.kill(pid, signal.SIGKILL)
-        run(["dvc", "queue", "kill", "doomed"], lab, check=False)
+        run(["dvc", "queue", "stop", "--kill"], lab, check=False)
 
-    result = subprocess.CompletedProcess(waiter.args, returncode, "", stderr.read_text())
-    assert_user_error(result, "no worker is alive", "doomed Running", "`dvc queue kill doomed`")
+    printed = stdout.read_text()
+    assert returncode == 0, stderr.read_text()
+    assert (
+        f"study: doomed lost: its dvc queue worker died mid-run; MLflow run {doomed.info.run_id} marked FAILED"
+        in printed
+    )
+    assert "study: no dvc queue worker was alive; started 1 again" in printed
+    assert f"1 failed: doomed (lost with its worker; MLflow run {doomed.info.run_id})" in printed
+    assert json.loads(printed.split("final ", 1)[1]) == {"doomed": "failed", "survivor": "success"}
+    runs = {r.data.tags["dvc.exp_name"]: r for r in mlflow_runs(lab)}
+    assert runs["doomed"].info.status == "FAILED"
+    assert runs["doomed"].data.tags["spikelab.failed_reason"].startswith("lost: its dvc queue worker died")
+    assert runs["survivor"].info.status == "FINISHED"
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], lab).stdout)
+    names = {e.get("name"): e for commit in shown for e in commit.get("experiments") or []}
+    assert "survivor" in names  # the run after the lost one became a DVC experiment

@@ -299,3 +299,19 @@ def test_the_error_for_a_dead_queue_names_the_stuck_runs_and_the_repairs():
     message = one_line(stuck_error(["longone", "later"], states))
     assert "no worker is alive" in message and "longone Running, later Queued" in message
     assert "`dvc queue kill longone`" in message and "`dvc queue start -j N`" in message
+
+
+def test_a_queue_whose_workers_keep_dying_ends_in_one_line_after_the_revivals(monkeypatch):
+    """The wait never hangs: revived MAX_REVIVALS times and still no worker -> QueueError."""
+    from study import experiments
+
+    revived, commands = [], []
+    monkeypatch.setattr(experiments, "experiments_of", lambda all_commits=True: [])
+    monkeypatch.setattr(experiments, "dvc", lambda *args, check=True: commands.append(args))
+    monkeypatch.setattr(experiments, "start_workers", lambda jobs: None)
+    monkeypatch.setattr(experiments, "queue_states", lambda: parse_queue_status(DEAD_QUEUE))
+    monkeypatch.setattr(experiments, "revive_dead_queue", lambda pending, states, jobs: revived.append(pending) or {})
+    with pytest.raises(experiments.QueueError, match="no worker is alive"):
+        experiments.queue_and_wait([("longone", []), ("later", [])], jobs=1, poll_s=0)
+    assert len(revived) == experiments.MAX_REVIVALS
+    assert [args[:3] for args in commands] == [("exp", "run", "--queue")] * 2
