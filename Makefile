@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: setup repro test test-fast compare structure plateau plateau-study bench seed-config quick-sweep sweep report replay gpu-setup sync verify
+.PHONY: setup repro test test-fast exp compare structure plateau plateau-study bench seed-config quick-sweep sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -77,6 +77,11 @@ plateau-study: $(INSTALLED)
 	-$(RUN) python -m study.sweep queue --sweep study/plateau.yaml
 	$(RUN) python -m study.report --sweep study/plateau.yaml
 	$(RUN) python -m study.replay --exp plateau-baseline-s0 --name replay_plateau
+
+# One DVC experiment named after its changes, checked against params.yaml first; the legend of
+# `dvc plots diff <name> <name>` then says what differs:  make exp S="optimizer.epsilon=1e-3 train.seed=2"
+exp: $(INSTALLED)
+	$(RUN) python -m study.exp $(S)
 
 # the current commit's experiments in one narrow table (changed params + the key metrics)
 compare: $(INSTALLED)

@@ -315,3 +315,32 @@ def test_a_queue_whose_workers_keep_dying_ends_in_one_line_after_the_revivals(mo
         experiments.queue_and_wait([("longone", []), ("later", [])], jobs=1, poll_s=0)
     assert len(revived) == experiments.MAX_REVIVALS
     assert [args[:3] for args in commands] == [("exp", "run", "--queue")] * 2
+
+
+# ---- make exp: an experiment named after its changes (issue 14) ---------------------------------------
+
+
+def test_an_experiment_is_named_after_its_changes():
+    from study.exp import experiment_name
+
+    assert experiment_name(["optimizer.epsilon=1e-3", "train.seed=2"]) == "epsilon=1e-3,seed=2"
+    # two sections share the key `name`: both keep their section
+    assert experiment_name(["loss.name=log_cosh", "optimizer.name=sgd"]) == "loss.name=log_cosh,optimizer.name=sgd"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ("optimizer.epsilon", "a change is section.key=value"),
+        ("optimizer.epsilonn=1e-3", "params.yaml has no key optimizer.epsilonn"),
+        ("train.epochs=-1", "train.epochs"),
+        ("optimizer.learning_rate=[1", "not valid YAML"),
+    ],
+)
+def test_a_bad_change_is_refused_in_one_line_before_dvc_runs(change, message):
+    from spikelab.params import read_yaml
+    from study.exp import ExpError, checked_changes
+
+    with pytest.raises((ExpError, ValueError)) as raised:
+        checked_changes([change], read_yaml("params.yaml", "params"))
+    assert message in one_line(raised.value)
