@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: setup repro test test-fast exp compare structure plateau plateau-study bench seed-config quick-sweep sweep report replay gpu-setup sync verify
+.PHONY: setup repro test test-fast exp compare structure plateau plateau-study bench bench-study seed-config quick-sweep sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -43,6 +43,11 @@ verify: $(INSTALLED)
 # peak, dvc repro wall times -> benchmarks/results.json (several minutes; docs/performance.md)
 bench: $(INSTALLED)
 	$(RUN) python -m benchmarks.bench
+
+# Study throughput: runs per hour of `dvc queue start -j 1` and `-j 2` on the default params, and
+# where a run's seconds go (stages vs DVC) -> benchmarks/results.json (~15 minutes; quiet machine)
+bench-study: $(INSTALLED)
+	$(RUN) python -m benchmarks.study_throughput
 
 # The seed's full-scale configuration (GPU advised): 64 filters, lr 1e-5, 250k images/class,
 # 1,024 held out, batch 256, 4,680 epochs, Keras-2 clipped BCE.

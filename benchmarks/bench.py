@@ -26,7 +26,6 @@ import io
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,9 @@ import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.machine import machine  # noqa: E402
 from benchmarks.workspace import commit_fresh_repo, copy_tracked_files  # noqa: E402
+from spikelab.callbacks import EpochClock  # noqa: E402
 from spikelab.data import generate, split  # noqa: E402
 from spikelab.model import resolve_data_format, to_model_input  # noqa: E402
 from spikelab.params import load_params  # noqa: E402
@@ -49,31 +50,6 @@ from spikelab.training import compile_model, seed_everything, train  # noqa: E40
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_FILTERS = 64
-
-
-class EpochClock(keras.callbacks.Callback):
-    """Seconds from one epoch's end to the next: everything the loop does per epoch.
-
-    Put it last in the callback list, so every other callback's epoch-end work is inside.
-    Wall seconds are the figure; process CPU seconds (all threads) are kept beside them,
-    because they inflate far less than wall seconds when other work shares the machine.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.intervals: list[float] = []
-        self.cpu_intervals: list[float] = []
-        self._last = None
-
-    def on_train_begin(self, logs=None):
-        self._last = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        now = (time.perf_counter(), time.process_time())
-        if self._last is not None:
-            self.intervals.append(now[0] - self._last[0])
-            self.cpu_intervals.append(now[1] - self._last[1])
-        self._last = now
 
 
 # ---------------------------------------------------------------- the three training loops
@@ -199,8 +175,8 @@ def width_flops(params, arrays, data_format, filters: int, n_train: int, n_val: 
         data_format,
         n_train,
         n_val,
-        float(np.median(clock.intervals[warmup - 1 :])),
-        float(np.median(clock.cpu_intervals[warmup - 1 :])),
+        float(np.median(clock.seconds[warmup:])),
+        float(np.median(clock.cpu_seconds[warmup:])),
     )
 
 
@@ -239,16 +215,6 @@ def repro_times(workdir: Path) -> dict:
 
 
 # ---------------------------------------------------------------- the run
-
-
-def machine() -> str:
-    model_name = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    return f"{model_name}, {os.cpu_count()} cores, {platform.system()}, TensorFlow {tf.__version__}, Keras {keras.__version__}"
 
 
 def quick_params(params):
@@ -301,14 +267,14 @@ def main() -> None:
         }
         for round_index in range(args.rounds):
             for name, runner in runners.items():
-                # interval i is epoch i + 1's duration (epoch 0 has none): drop the warm-up ones
+                # seconds[i] is epoch i + 1 (the first includes tracing): drop the warm-up ones
                 clock = runner()
-                timed = clock.intervals[args.warmup - 1 :]
+                timed = clock.seconds[args.warmup :]
                 intervals[name] += timed
-                cpu_intervals[name] += clock.cpu_intervals[args.warmup - 1 :]
+                cpu_intervals[name] += clock.cpu_seconds[args.warmup :]
                 print(
                     f"  round {round_index + 1} {name:9s} {n_train / np.median(timed):9.0f} samples/s "
-                    f"({n_train / np.median(clock.cpu_intervals[args.warmup - 1 :]):.0f} per CPU-second)",
+                    f"({n_train / np.median(clock.cpu_seconds[args.warmup :]):.0f} per CPU-second)",
                     flush=True,
                 )
 

@@ -15,32 +15,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-import keras
-
+from spikelab.callbacks import EpochClock
 from spikelab.data import generate, split
 from spikelab.model import resolve_data_format
 from spikelab.params import load_params
 from spikelab.training import train
-
-
-class EpochClock(keras.callbacks.Callback):
-    """CPU and wall seconds of each epoch, from one epoch end to the next (callbacks included)."""
-
-    def __init__(self):
-        super().__init__()
-        self.cpu, self.wall = [], []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if not hasattr(self, "_cpu0"):
-            self._cpu0, self._wall0 = time.process_time(), time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        cpu, wall = time.process_time(), time.perf_counter()
-        self.cpu.append(cpu - self._cpu0)
-        self.wall.append(wall - self._wall0)
-        self._cpu0, self._wall0 = cpu, wall
 
 
 def main() -> None:
@@ -80,12 +60,12 @@ def main() -> None:
             )
             clock = EpochClock()
             result = train(run_params, arrays, data_format, None, [clock])
-            per_epoch[name]["cpu"] += clock.cpu[1:]
-            per_epoch[name]["wall"] += clock.wall[1:]
+            per_epoch[name]["cpu"] += clock.cpu_seconds[1:]
+            per_epoch[name]["wall"] += clock.seconds[1:]
             # epoch 1 (tracing) left out; the dead-zone pass runs every few epochs, so the share is
             # total seconds in the diagnostics / total epoch seconds, not a median of epochs
             spent = [result.diagnostics_cpu_seconds.get(epoch, 0.0) for epoch in range(2, args.epochs + 1)]
-            per_epoch[name].setdefault("inside", []).append((sum(spent), sum(clock.cpu[1:])))
+            per_epoch[name].setdefault("inside", []).append((sum(spent), sum(clock.cpu_seconds[1:])))
     base = {kind: statistics.median(per_epoch["off"][kind]) for kind in ("cpu", "wall")}
     print(
         f"{len(arrays['x_train'])} training images, batch {params.train.batch_size}, "

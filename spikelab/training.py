@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from spikelab import state as training_state
-from spikelab.callbacks import BestState, DivergenceGuard, HistoryRows, ProgressLine, Snapshots
+from spikelab.callbacks import BestState, DivergenceGuard, EpochClock, HistoryRows, ProgressLine, Snapshots
 from spikelab.dead_zone import DeadZoneAccounting, accounting_epochs
 from spikelab.diagnostics import Diagnostics
 from spikelab.losses import make_loss
@@ -66,6 +66,7 @@ class TrainResult:
     guard_epochs: list[int] = field(default_factory=list)
     fresh_optimizer_variables: list[str] = field(default_factory=list)
     diagnostics_cpu_seconds: dict[int, float] = field(default_factory=dict)  # epoch -> CPU s in diagnostics
+    epoch_seconds: list[float] = field(default_factory=list)  # wall s per epoch; the first includes tracing
 
 
 def compile_model(params: Params, image_size: int, data_format: str, steps_per_execution: int = 1) -> keras.Model:
@@ -139,6 +140,8 @@ def train(
     if snapshot_dir is not None and params.train.snapshot_every:
         callbacks.append(Snapshots(snapshot_dir, params.train.snapshot_every, history))
     callbacks += list(extra_callbacks)
+    clock = EpochClock()  # last: every callback's epoch-end work counts in its epoch
+    callbacks.append(clock)
     model.fit(
         batch_stream(
             arrays["x_train"],
@@ -166,4 +169,5 @@ def train(
         guard.triggered_epochs if guard else [],
         fresh,
         diagnostics_cpu_seconds(measured),
+        clock.seconds,
     )

@@ -11,10 +11,12 @@ from spikelab.errors import run_entry_point
 from spikelab.files import read_npz, write_json
 from spikelab.native_logs import quiet_native_startup
 from spikelab.params import load_params
+from spikelab.timing import StageClock
 
 
 def main() -> None:
     split_path, models_dir, run_file, output = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+    clock = StageClock("evaluate")
     params = load_params()
     arrays = read_npz(split_path, ("x_val", "y_val"), produced_by="split")
     with quiet_native_startup():  # TensorFlow's import and first op print noise
@@ -25,11 +27,13 @@ def main() -> None:
         models = {name: load_model(models_dir / f"{name}.keras") for name in ("best", "last")}
     run_id = json.loads(run_file.read_text())["mlflow_run_id"]  # the scores join train's run in MLflow
     check_run(params.tracking.experiment, run_id)  # before the work: a wrong store is one line, not a traceback
+    clock.lap("startup")
     loss_fn = make_loss(params.loss)
     results = {
         name: score(model, loss_fn, arrays["x_val"], arrays["y_val"], params.train.batch_size)
         for name, model in models.items()
     }
+    clock.lap("scoring")
     write_json(output, results)
     best, last = results["best"], results["last"]
     print(
@@ -37,6 +41,8 @@ def main() -> None:
         f"best (lowest val_loss) one -> {output}"
     )
     log_metrics_at(run_id, evaluation_metrics(results), 0)
+    clock.lap("outputs")
+    log_metrics_at(run_id, clock.metrics(), 0)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from spikelab.lifetime import die_with_parent
 from spikelab.native_logs import quiet_native_startup
 from spikelab.params import flatten, load_params
 from spikelab.state import check_resume
+from spikelab.timing import StageClock
 
 STOPPED_BY: list[str] = []  # the signal that stopped the training, once one arrived
 
@@ -34,6 +35,7 @@ def _raise_interrupt(signum, frame):
 
 def main() -> None:
     split_path, models_dir, metrics_dir = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    clock = StageClock("train")
     die_with_parent(signal.SIGTERM)  # a killed `dvc repro` stops this stage (run KILLED, no outputs)
     # params and data are checked before TensorFlow and MLflow load (seconds of imports)
     params = load_params()
@@ -44,7 +46,7 @@ def main() -> None:
     with quiet_native_startup():  # TensorFlow's import and first op (a test convolution) print noise
         from spikelab.model import resolve_data_format
         from spikelab.outputs import write_training_outputs
-        from spikelab.tracking import run_name, training_run
+        from spikelab.tracking import log_metrics_at, run_name, training_run
         from spikelab.training import train
 
         try:
@@ -58,6 +60,7 @@ def main() -> None:
         signal.signal(signum, _raise_interrupt)
 
     with training_run(params.tracking.experiment, flatten(params) | {"model.data_format_used": data_format}) as run:
+        clock.lap("startup")  # imports, checks, data, the MLflow run opened
         started = time.perf_counter()
         try:
             result = train(params, arrays, data_format, models_dir / "snapshots", [run.epoch_logger()])
@@ -78,7 +81,11 @@ def main() -> None:
             "seconds_per_epoch": seconds / epochs_trained,
         }
         metrics, metric_files, model_files = write_training_outputs(result, params, models_dir, metrics_dir, run_facts)
+        clock.lap("training")
         run.log_results(metrics, metric_files, model_files)
+        clock.lap("outputs")  # written, and logged to MLflow
+        first_epoch = result.epoch_seconds[0] if result.epoch_seconds else 0.0
+        run.call("log timing", log_metrics_at, run.run_id, clock.metrics(first_epoch=first_epoch), 0)
     print(f"train: {describe_run(metrics)}; MLflow run {run_name()} ({run.run_id})")
     # an MLflow failure after the run opened exits 0 all the same: every output is written and valid,
     # DVC records it, and the one line below says how to complete the MLflow run from those files

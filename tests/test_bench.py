@@ -33,3 +33,31 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path):
     # forward 2 FLOPs a MAC, forward + backward 3x forward
     assert results["train_flops_per_sample"] == {"filters_8": 6 * 722_976, "filters_64": 6 * 13_123_840}
     assert "(1)/(2) lab vs bare" in result.stdout
+
+
+@pytest.mark.slow
+def test_study_throughput_benchmark_splits_a_queued_run_between_the_stages_and_dvc(tmp_path: Path):
+    out = tmp_path / "results.json"
+    out.write_text(json.dumps({"samples_per_s": {"lab": 1.0}}))  # make bench's figures stay beside
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.study_throughput", "--runs", "1", "--jobs", "1", "--epochs", "2"]
+        + ["--out", str(out)],
+        cwd=REPO,
+        env=lab_env(REPO),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads(out.read_text())
+    assert results["samples_per_s"] == {"lab": 1.0}
+    study = results["study"]["by_jobs"]["1"]
+    assert results["study_runs_per_hour"] == study["runs_per_hour"] > 0
+    phases = study["breakdown"]
+    # every phase was measured, and the stages and DVC add up to a worker's time per run
+    for key in ("train.startup", "train.first_epoch", "train.other_epochs", "evaluate.startup", "dvc.rest"):
+        assert phases[key] > 0, key
+    total = phases["train.total"] + phases["evaluate.total"] + phases["dvc.rest"]
+    assert total == pytest.approx(phases["worker_seconds_per_run"])
+    assert phases["train.total"] >= phases["train.startup"] + phases["train.first_epoch"]
+    assert "runs per hour" in result.stdout

@@ -1,0 +1,170 @@
+"""Study throughput: runs per hour of `dvc queue start -j N` on the default params, and where each
+run's seconds go (issue 12).
+
+    python -m benchmarks.study_throughput [--runs 6] [--jobs 1 2] [--epochs N] [--out results.json]
+
+In a fresh copy of the repo (tracked files, `git init`, data generated and split once, as in a
+study, where every experiment only trains and evaluates), for each worker count: queue `--runs`
+default-params experiments (distinct seeds), start the workers, wait until the queue is empty.
+Runs per hour = runs / wall seconds from `dvc queue start` to the last experiment done x 3600.
+
+The split of a run comes from the stages' own clocks (`spikelab/timing.py`, MLflow metrics
+`time.<stage>.<phase>`): train start-up (imports, checks, data, MLflow run opened), the first epoch
+(tracing), the other epochs, outputs; evaluate start-up and scoring. What is left of a worker's
+time per run (wall x workers / runs, minus both stages) is DVC's: copying the repo into its temp
+folder, checking out, running the stage commands, committing the experiment.
+
+Writes `study_runs_per_hour` (and the breakdown) into benchmarks/results.json, beside `make bench`'s
+figures. Time it on a quiet machine: a second workload on 2 cores halves the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.machine import machine
+from benchmarks.workspace import commit_fresh_repo, copy_tracked_files
+
+REPO = Path(__file__).resolve().parents[1]
+# the per-run phases, in the order a run goes through them: (label, stage, metric phase)
+PHASES = (
+    ("train: start-up (imports, checks, data, MLflow run)", "train", "startup"),
+    ("train: first epoch (tracing)", "train", "first_epoch"),
+    ("train: other epochs", "train", "other_epochs"),
+    ("train: outputs (files, MLflow)", "train", "outputs"),
+    ("evaluate: start-up (imports, models)", "evaluate", "startup"),
+    ("evaluate: scoring + outputs", "evaluate", "scoring_outputs"),
+)
+
+
+def run(args: list[str], cwd: Path) -> str:
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"study_throughput: {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def prepare_workspace(root: Path) -> None:
+    copy_tracked_files(REPO, root)
+    commit_fresh_repo(root, "study throughput benchmark")
+    run(["dvc", "repro", "split"], root)  # the data, once: experiments only train and evaluate
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "data"], root)
+
+
+def run_study(root: Path, names_seeds: list[tuple[str, int]], jobs: int, extra: list[str]) -> float:
+    """Queue the runs, start `jobs` workers, wait (the study's own queue_and_wait); wall seconds."""
+    from study.experiments import queue_and_wait
+
+    here = Path.cwd()
+    os.chdir(root)  # queue_and_wait talks to the repo it runs in
+    try:
+        started = time.perf_counter()
+        final = queue_and_wait([(name, ["-S", f"train.seed={seed}", *extra]) for name, seed in names_seeds], jobs)
+        seconds = time.perf_counter() - started
+    finally:
+        os.chdir(here)
+    failed = [name for name, state in final.items() if state != "success"]
+    if failed:
+        raise SystemExit(f"study_throughput: experiments failed: {failed} (see `dvc queue logs <name>` in {root})")
+    return seconds
+
+
+def stage_seconds(root: Path, names: list[str]) -> list[dict[str, float]]:
+    """Each run's phase seconds, from its MLflow run's time.* metrics."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    rows = []
+    for run_record in client.search_runs(experiments, max_results=1000):
+        if run_record.data.tags.get("dvc.exp_name") not in names:
+            continue
+        m = run_record.data.metrics
+        rows.append(
+            {
+                "train.startup": m["time.train.startup"],
+                "train.first_epoch": m["time.train.first_epoch"],
+                "train.other_epochs": m["time.train.training"] - m["time.train.first_epoch"],
+                "train.outputs": m["time.train.outputs"],
+                "evaluate.startup": m["time.evaluate.startup"],
+                "evaluate.scoring_outputs": m["time.evaluate.scoring"] + m["time.evaluate.outputs"],
+                "train.total": m["time.train.ended_at"] - m["time.train.started_at"],
+                "evaluate.total": m["time.evaluate.ended_at"] - m["time.evaluate.started_at"],
+                "dvc.between_stages": m["time.evaluate.started_at"] - m["time.train.ended_at"],
+            }
+        )
+    return rows
+
+
+def breakdown(rows: list[dict], wall_s: float, jobs: int) -> dict[str, float]:
+    """Median seconds per phase; DVC's share = a worker's seconds per run minus both stages."""
+    medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+    per_run = wall_s * jobs / len(rows)
+    medians["worker_seconds_per_run"] = per_run
+    medians["dvc.rest"] = per_run - medians["train.total"] - medians["evaluate.total"]
+    return medians
+
+
+def print_table(results: dict[int, dict]) -> None:
+    jobs = sorted(results)
+    print(f"\n{'seconds per run (median)':<52}" + "".join(f"{f'-j {j}':>10}" for j in jobs))
+    lines = [(label, f"{stage}.{phase}") for label, stage, phase in PHASES] + [
+        ("DVC between train and evaluate", "dvc.between_stages"),
+        ("DVC, the rest (temp copy, checkout, commit; by difference)", "dvc.rest"),
+        ("a worker's seconds per run (wall x workers / runs)", "worker_seconds_per_run"),
+    ]
+    for label, key in lines:
+        print(f"{label:<52}" + "".join(f"{results[j]['breakdown'][key]:>10.1f}" for j in jobs))
+    print(f"{'runs per hour':<52}" + "".join(f"{results[j]['runs_per_hour']:>10.1f}" for j in jobs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=6, help="experiments per worker count")
+    parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="worker counts to measure")
+    parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: params.yaml's)")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.json")
+    parser.add_argument("--note", default="", help="stored with the figures (e.g. the machine's load)")
+    args = parser.parse_args()
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="spikelab-study-bench-") as tmp:
+        root = Path(tmp) / "lab"
+        prepare_workspace(root)
+        extra = [] if args.epochs is None else ["-S", f"train.epochs={args.epochs}"]
+        for index, jobs in enumerate(args.jobs):
+            names_seeds = [(f"bench-j{jobs}-s{seed}", 1000 * (index + 1) + seed) for seed in range(args.runs)]
+            print(f"study_throughput: {args.runs} runs with {jobs} worker(s) ...", flush=True)
+            wall = run_study(root, names_seeds, jobs, extra)
+            rows = stage_seconds(root, [name for name, _ in names_seeds])
+            results[jobs] = {
+                "wall_s": wall,
+                "runs_per_hour": args.runs / wall * 3600,
+                "breakdown": breakdown(rows, wall, jobs),
+            }
+    print_table(results)
+    figures = json.loads(args.out.read_text()) if args.out.exists() else {}
+    figures["study"] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "note": args.note,
+        "runs": args.runs,
+        "epochs": args.epochs,
+        "by_jobs": {str(jobs): result for jobs, result in results.items()},
+    }
+    best = max(results)
+    figures["study_runs_per_hour"] = results[best]["runs_per_hour"]
+    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"study_throughput: {results[best]['runs_per_hour']:.1f} runs per hour with {best} workers -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
