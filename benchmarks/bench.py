@@ -46,7 +46,7 @@ from spikelab.data import generate, split  # noqa: E402
 from spikelab.model import resolve_data_format, to_model_input  # noqa: E402
 from spikelab.params import load_params  # noqa: E402
 from spikelab.tracking import MlflowEpochLogger, prepare_experiment  # noqa: E402
-from spikelab.training import compile_model, seed_everything, train  # noqa: E402
+from spikelab.training import compile_model, seed_everything, steps_per_call, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_FILTERS = 64
@@ -65,14 +65,17 @@ def lab_loop(params, arrays, data_format, epochs: int, workdir: Path) -> EpochCl
     return clock
 
 
-def fresh_model(params, image_size: int, data_format: str) -> keras.Model:
+def fresh_model(params, image_size: int, data_format: str, steps_per_execution: int = 1) -> keras.Model:
     seed_everything(params.train.seed)
-    return compile_model(params, image_size, data_format)
+    return compile_model(params, image_size, data_format, steps_per_execution)
 
 
 def bare_loop(params, arrays, data_format, epochs: int) -> EpochClock:
     """(2) model.fit on in-memory float32 arrays: Keras's own shuffling and batching."""
-    model = fresh_model(params, arrays["x_train"].shape[-1], data_format)
+    # the best plain Keras loop: the lab's steps per call into TensorFlow (and its jit setting, through
+    # compile_model), so the comparison is of the loops, not of a setting fit leaves at its default
+    steps = math.ceil(len(arrays["x_train"]) / params.train.batch_size)
+    model = fresh_model(params, arrays["x_train"].shape[-1], data_format, steps_per_call(steps))
     clock = EpochClock()
     model.fit(
         to_model_input(arrays["x_train"], data_format),

@@ -18,6 +18,9 @@ from spikelab.errors import UserError
 from spikelab.history import parse_history_csv
 
 ACTIVE = ("Queued", "Running")
+# one `dvc queue status` costs about 1 CPU-second (a Python start and DVC's imports): polled every
+# 5 s it took a fifth of a core from the trainings on a 2-core machine
+POLL_S = 15.0
 # polls in a row with experiments pending and no live worker before the queue counts as dead:
 # right after `dvc queue start` and between two tasks the worker count can read 0 for a moment
 DEAD_AFTER_POLLS = 3
@@ -175,7 +178,7 @@ def start_workers(jobs: int) -> None:
 
 
 def queue_and_wait(
-    runs: list[tuple[str, list[str]]], jobs: int, rerun: bool = False, poll_s: float = 5.0
+    runs: list[tuple[str, list[str]]], jobs: int, rerun: bool = False, poll_s: float = POLL_S
 ) -> dict[str, str]:
     """Queue (name, dvc -S args) pairs, start `jobs` workers, wait; returns each name's final state.
 
