@@ -66,6 +66,8 @@ def run_study(root: Path, names_seeds: list[tuple[str, int]], jobs: int, extra: 
 
     here = Path.cwd()
     os.chdir(root)  # queue_and_wait talks to the repo it runs in
+    # the copy's own code: the editable install would otherwise import spikelab from the checkout
+    os.environ["PYTHONPATH"] = str(root)
     try:
         started = time.perf_counter()
         final = queue_and_wait([(name, ["-S", f"train.seed={seed}", *extra]) for name, seed in names_seeds], jobs)
@@ -132,6 +134,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=6, help="experiments per worker count")
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="worker counts to measure")
     parser.add_argument("--epochs", type=int, default=None, help="train.epochs (default: params.yaml's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more -S changes (repeatable)")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results.json")
     parser.add_argument("--note", default="", help="stored with the figures (e.g. the machine's load)")
     args = parser.parse_args()
@@ -139,7 +142,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="spikelab-study-bench-") as tmp:
         root = Path(tmp) / "lab"
         prepare_workspace(root)
-        extra = [] if args.epochs is None else ["-S", f"train.epochs={args.epochs}"]
+        changes = args.set + ([] if args.epochs is None else [f"train.epochs={args.epochs}"])
+        extra = [arg for change in changes for arg in ("-S", change)]
         for index, jobs in enumerate(args.jobs):
             names_seeds = [(f"bench-j{jobs}-s{seed}", 1000 * (index + 1) + seed) for seed in range(args.runs)]
             print(f"study_throughput: {args.runs} runs with {jobs} worker(s) ...", flush=True)
@@ -158,6 +162,7 @@ def main() -> None:
         "note": args.note,
         "runs": args.runs,
         "epochs": args.epochs,
+        "changes": args.set,
         "by_jobs": {str(jobs): result for jobs, result in results.items()},
     }
     best = max(results)

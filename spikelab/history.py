@@ -34,17 +34,19 @@ def write_history_csv(path: str | os.PathLike, history: list[dict]) -> None:
                 writer.writerow({key: row.get(key, "") for key in columns})
 
 
+def history_row(cells: dict[str, str], skip_empty: bool = False) -> dict:
+    """One history.csv row's text cells as numbers: the epoch an int, the rest floats; an empty cell
+    (a column that epoch did not measure) is NaN, or left out of the row with skip_empty."""
+    return {
+        key: (int(value) if key == "epoch" else float(value)) if value != "" else math.nan
+        for key, value in cells.items()
+        if value != "" or not skip_empty
+    }
+
+
 def parse_history_csv(text: str, skip_empty: bool = False) -> list[dict]:
-    """Rows of the text of a history.csv: the epoch an int, the rest floats; an empty cell (a column
-    that epoch did not measure) is NaN, or left out of its row with skip_empty."""
-    return [
-        {
-            key: (int(value) if key == "epoch" else float(value)) if value != "" else math.nan
-            for key, value in row.items()
-            if value != "" or not skip_empty
-        }
-        for row in csv.DictReader(io.StringIO(text))
-    ]
+    """Rows of the text of a history.csv (see history_row)."""
+    return [history_row(row, skip_empty) for row in csv.DictReader(io.StringIO(text))]
 
 
 def read_history_csv(path: str | os.PathLike, skip_empty: bool = False) -> list[dict]:

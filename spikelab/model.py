@@ -37,15 +37,44 @@ def input_shape(image_size: int, data_format: str) -> tuple[int, int, int]:
     return (1, image_size, image_size) if data_format == "channels_first" else (image_size, image_size, 1)
 
 
-def build_model(p: ModelParams, image_size: int, data_format: str) -> keras.Model:
-    """The seed's architecture exactly; filters=64, kernel=16 on 32x32 gives 2,113,986 params."""
+@keras.saving.register_keras_serializable(package="spikelab")
+class BlockMax(keras.layers.Layer):
+    """MaxPooling2D(2) (stride 2, valid) written as a reshape and a max: the same function, but a
+    reduction, whose gradient XLA computes deterministically (TensorFlow has no deterministic XLA
+    MaxPool gradient). Its gradient splits a tie between equal maxima where MaxPool's picks one."""
+
+    def __init__(self, data_format: str, **kwargs):
+        super().__init__(**kwargs)
+        self.data_format = data_format
+
+    def call(self, x):
+        if self.data_format == "channels_first":
+            _, channels, height, width = x.shape
+            x = x[:, :, : height // 2 * 2, : width // 2 * 2]
+            return keras.ops.max(keras.ops.reshape(x, (-1, channels, height // 2, 2, width // 2, 2)), axis=(3, 5))
+        _, height, width, channels = x.shape
+        x = x[:, : height // 2 * 2, : width // 2 * 2, :]
+        return keras.ops.max(keras.ops.reshape(x, (-1, height // 2, 2, width // 2, 2, channels)), axis=(2, 4))
+
+    def get_config(self):
+        return super().get_config() | {"data_format": self.data_format}
+
+
+def build_model(p: ModelParams, image_size: int, data_format: str, block_max: bool = False) -> keras.Model:
+    """The seed's architecture exactly; filters=64, kernel=16 on 32x32 gives 2,113,986 params.
+    block_max: the pooling as BlockMax (for XLA), else the seed's MaxPooling2D."""
     inputs = keras.Input(shape=input_shape(image_size, data_format), name="image")
     x = keras.layers.Activation("relu", name="input_relu")(inputs)
     x = keras.layers.Conv2D(p.filters, p.kernel_size, data_format=data_format, name="conv1")(x)
     if p.hidden_activation == "relu":  # not the seed's: without it conv1 -> conv2 is one linear map
         x = keras.layers.Activation("relu", name="hidden_relu")(x)
     x = keras.layers.Conv2D(2 * p.filters, p.kernel_size, data_format=data_format, name="conv2")(x)
-    x = keras.layers.MaxPooling2D(2, data_format=data_format, name="pool")(x)
+    pool = (
+        BlockMax(data_format, name="pool")
+        if block_max
+        else keras.layers.MaxPooling2D(2, data_format=data_format, name="pool")
+    )
+    x = pool(x)
     x = keras.layers.Flatten(data_format=data_format, name="flatten")(x)
     logits = keras.layers.Dense(2, name="logits")(x)
     outputs = keras.layers.Activation("softmax", name="softmax")(logits)

@@ -98,6 +98,7 @@ class TrainParams(Section):
     snapshot_every: int = Field(ge=0, description="an integer >= 0")
     resume_from: str | None
     resume_epoch: int | None = Field(ge=0, description="null or an integer >= 0")
+    jit_compile: bool
 
 
 class DivergenceParams(Section):

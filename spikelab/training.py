@@ -76,13 +76,19 @@ class TrainResult:
 
 
 def compile_model(params: Params, image_size: int, data_format: str, steps_per_execution: int = 1) -> keras.Model:
-    model = build_model(params.model, image_size, data_format)
+    jit = params.train.jit_compile
+    model = build_model(params.model, image_size, data_format, block_max=jit)
     model.compile(
         optimizer=make_optimizer(params.optimizer),
         loss=make_loss(params.loss),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         steps_per_execution=steps_per_execution,
     )
+    if jit:
+        # Keras turns jit_compile=True off whenever op determinism is on, because some ops have no
+        # deterministic XLA kernel; with BlockMax this model has none of those (TensorFlow itself
+        # raises if one appears), and the result is bit-identical run to run (tests/test_model_and_losses.py)
+        model._jit_compile = True
     return model
 
 

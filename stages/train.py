@@ -71,6 +71,7 @@ def main() -> None:
                 raise KeyboardInterrupt(f"signal {STOPPED_BY[0]}") from error
             raise
         seconds = time.perf_counter() - started
+        clock.lap("training")
         if result.fresh_optimizer_variables:
             print(f"train: resumed with fresh optimizer state for {len(result.fresh_optimizer_variables)} variables")
         epochs_trained = max(1, len(result.history) - (params.train.resume_epoch or 0))
@@ -81,7 +82,6 @@ def main() -> None:
             "seconds_per_epoch": seconds / epochs_trained,
         }
         metrics, metric_files, model_files = write_training_outputs(result, params, models_dir, metrics_dir, run_facts)
-        clock.lap("training")
         run.log_results(metrics, metric_files, model_files)
         clock.lap("outputs")  # written, and logged to MLflow
         first_epoch = result.epoch_seconds[0] if result.epoch_seconds else 0.0

@@ -13,28 +13,46 @@ def _positive(values) -> list[float]:
     return [value if value > 0 else math.nan for value in values]
 
 
-def plot_study(rows: list[dict], curves: dict[str, list[dict]], path: Path, title: str) -> None:
-    """Left: divergence rate per distinct intervention (k/n; a cell equal to an earlier one is not
-    drawn again). Right: small multiples, one typical loss curve per intervention, each on its own
-    log axis (log_cosh's values are not on cross-entropy's scale)."""
+def plot_study(
+    rows: list[dict], curves: dict[str, list[dict]], survival: dict[str, list[tuple]], path: Path, title: str
+) -> None:
+    """Left, top: divergence rate per distinct intervention (k/n, with its 95% Wilson interval; a cell
+    equal to an earlier one is not drawn again). Left, bottom: time to the first spike (Kaplan-Meier;
+    runs that never spiked censored at their last epoch). Right: small multiples, one typical loss
+    curve per intervention, each on its own log axis (log_cosh's values are not on cross-entropy's scale)."""
     shown = [row for row in rows if " (= " not in row["cell"]]
     columns = 3
-    grid_rows = max(1, math.ceil(len(curves) / columns))
-    figure = plt.figure(figsize=(15, max(4.5, 2.3 * grid_rows + 1)))
-    grid = figure.add_gridspec(grid_rows, columns + 1, width_ratios=[1.3] + [1] * columns)
-    bars = figure.add_subplot(grid[:, 0])
+    grid_rows = max(2, math.ceil(len(curves) / columns))
+    figure = plt.figure(figsize=(16, max(7.0, 2.3 * grid_rows + 1)))
+    grid = figure.add_gridspec(grid_rows, columns + 1, width_ratios=[1.5] + [1] * columns)
+    half = grid_rows // 2
+    bars = figure.add_subplot(grid[:half, 0])
     names = [row["cell"] for row in shown]
     rates = [row["divergence_rate"] or 0.0 for row in shown]
-    bars.barh(names, rates, color=[colour_of(name) for name in names], alpha=0.85)
+    low = [rate - (row.get("divergence_rate_low") or rate) for rate, row in zip(rates, shown)]
+    high = [(row.get("divergence_rate_high") or rate) - rate for rate, row in zip(rates, shown)]
+    bars.barh(names, rates, xerr=[low, high], color=[colour_of(name) for name in names], alpha=0.85, capsize=3)
     for y, row in enumerate(shown):
         label = f"{row['n_diverged']}/{row['n_runs']} spiked, {row.get('n_plateaued', 0)} stayed up" + (
             f", {row['n_failed']} failed" if row["n_failed"] else ""
         )
-        bars.text(0.02, y, label, va="center", fontsize=8, color="white" if rates[y] > 0.15 else "black")
+        bars.text(0.02, y, label, va="center", fontsize=8, color="white" if rates[y] > 0.25 else "black")
     bars.set_xlim(0, 1)
     bars.invert_yaxis()
-    bars.set_xlabel("share of finished runs that spiked (divergence rule)")
+    bars.tick_params(labelsize=8)
+    bars.set_xlabel("share of finished runs that spiked (divergence rule), 95% interval", fontsize=8)
     bars.set_title("runs that spiked", fontsize=10, loc="left")
+    survive = figure.add_subplot(grid[half:, 0])
+    for cell, steps in survival.items():
+        epochs, fractions = zip(*steps)
+        survive.step(epochs, fractions, where="post", color=colour_of(cell), label=cell, linewidth=1.4)
+    survive.set_ylim(-0.03, 1.03)
+    survive.set_xlabel("epoch", fontsize=8)
+    survive.set_ylabel("share not yet spiked", fontsize=8)
+    survive.set_title("time to the first spike (Kaplan-Meier)", fontsize=10, loc="left")
+    survive.grid(alpha=0.3)
+    survive.tick_params(labelsize=7)
+    survive.legend(fontsize=6, loc="lower left", ncol=2)
     for index, (cell, history) in enumerate(curves.items()):
         axis = figure.add_subplot(grid[index // columns, 1 + index % columns])
         axis.plot([row["epoch"] for row in history], _positive(row["loss"] for row in history), color=colour_of(cell))
@@ -44,7 +62,7 @@ def plot_study(rows: list[dict], curves: dict[str, list[dict]], path: Path, titl
         axis.tick_params(labelsize=7)
         if index // columns == grid_rows - 1:
             axis.set_xlabel("epoch", fontsize=8)
-    figure.suptitle(f"{title}: rates (left), a typical run per intervention (median peak/min; log loss)", fontsize=11)
+    figure.suptitle(f"{title}: rates and time to spike (left), a typical run per intervention (log loss)", fontsize=11)
     figure.tight_layout()
     save_figure(figure, path, dpi=100)
 

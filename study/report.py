@@ -20,13 +20,17 @@ collect (I/O: dvc, git) -> run records (plain dicts) -> aggregate (pure, tested)
 from __future__ import annotations
 
 import argparse
+import csv
+import gzip
 import math
 import statistics
 from pathlib import Path
 
 from spikelab.errors import run_entry_point
+from spikelab.history import history_row
 from study.experiments import experiments_by_name, history_of
 from study.figures import plot_dead_zone, plot_study
+from study.stats import fisher_exact, kaplan_meier, wilson_interval
 from study.sweep import SWEEP_FILE, Cell, Run, expand, format_value, load_defaults, load_sweep, run_prefix
 from study.tables import markdown_table, write_csv, write_csv_gz, write_text
 
@@ -51,14 +55,16 @@ TABLE_COLUMNS = (
     ("overrides", "overrides"),
     ("n_runs", "n runs"),
     ("n_failed", "n failed"),
-    ("divergence_rate", "divergence rate"),
+    ("divergence_rate_text", "divergence rate [95% CI]"),
+    ("divergence_p", "p vs baseline (Fisher)"),
     ("n_nan", "n NaN"),
     ("median_spike_epoch", "median spike epoch"),
     ("median_jump_ratio", "median jump (diverged)"),
     ("median_spike_ratio", "median peak/min"),
     ("median_final_loss", "median final loss"),
     ("median_val_accuracy", "median val accuracy"),
-    ("plateau_rate", "stays-up rate (plateau rule)"),
+    ("plateau_rate_text", "stays-up rate (plateau rule) [95% CI]"),
+    ("plateau_p", "p vs baseline"),
     ("median_final_dead_fraction", "median dead fraction at the end"),
 )
 
@@ -92,8 +98,25 @@ def summarize(records: list[dict]) -> dict:
     }
 
 
+def rate_with_interval(row: dict, count: str, rate: str) -> None:
+    """Adds <rate>_low / _high (95% Wilson) and <rate>_text ("3/5 = 0.60 [0.23, 0.88]") to a row."""
+    interval = wilson_interval(row[count], row["n_runs"])
+    row[f"{rate}_low"], row[f"{rate}_high"] = interval or (None, None)
+    row[f"{rate}_text"] = (
+        f"{row[count]}/{row['n_runs']} = {row[rate]:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else None
+    )
+
+
+# (count, rate, p-value key): the rates every table gives with an interval and a test against the baseline
+RATES = (("n_diverged", "divergence_rate", "divergence_p"), ("n_plateaued", "plateau_rate", "plateau_p"))
+
+
 def aggregate(records: list[dict], cells: list[Cell]) -> list[dict]:
-    """A row per cell, in sweep order; a cell that equals an earlier one reports that cell's runs."""
+    """A row per cell, in sweep order; a cell that equals an earlier one reports that cell's runs.
+
+    Each rate carries its 95% Wilson interval and the two-sided p-value of Fisher's exact test
+    against the first cell (the sweep's baseline; None on the baseline's own row).
+    """
     rows = []
     for cell in cells:
         source = cell.same_as or cell.name
@@ -102,8 +125,28 @@ def aggregate(records: list[dict], cells: list[Cell]) -> list[dict]:
             "overrides": " ".join(f"{k}={format_value(v)}" for k, v in cell.overrides.items()) or "(params.yaml)",
         }
         row.update(summarize([r for r in records if r["cell"] == source]))
+        for count, rate, p_key in RATES:
+            rate_with_interval(row, count, rate)
+            # the baseline's own runs (its row, or a cell equal to it) are not tested against themselves
+            if source == (cells[0].same_as or cells[0].name):
+                row[p_key] = None
+            else:
+                row[p_key] = fisher_exact(row[count], row["n_runs"], rows[0][count], rows[0]["n_runs"])
         rows.append(row)
     return rows
+
+
+def time_to_spike(records: list[dict], cells: list[Cell]) -> dict[str, list[tuple[float, float]]]:
+    """Kaplan-Meier curves of the epoch of the first spike, one per distinct cell with finished runs:
+    a run that never spiked is censored at its last epoch (it might have spiked later)."""
+    curves = {}
+    for cell in cells:
+        done = [r for r in records if r["cell"] == cell.name and r["state"] == "success"]
+        if cell.same_as is None and done:
+            spiked = [bool(r["diverged"] or r["nan"]) and r["divergence_epoch"] is not None for r in done]
+            times = [r["divergence_epoch"] if event else r["epochs_run"] for r, event in zip(done, spiked)]
+            curves[cell.name] = kaplan_meier(times, spiked)
+    return curves
 
 
 def representative(records: list[dict]) -> dict | None:
@@ -142,7 +185,10 @@ def run_record(run: Run, experiment: dict | None) -> dict:
 # ---- writing ----------------------------------------------------------------------------------------
 
 
-def write_report(records: list[dict], cells: list[Cell], prefix: str, results: Path = RESULTS) -> list[dict]:
+def write_report(
+    records: list[dict], cells: list[Cell], prefix: str, results: Path = RESULTS, histories: dict | None = None
+) -> list[dict]:
+    """Tables, figures and (read from git unless given) the per-epoch histories archive."""
     rows = aggregate(records, cells)
     results.mkdir(parents=True, exist_ok=True)
     write_csv(results / f"{prefix}.csv", rows, list(rows[0]) if rows else ["cell"])
@@ -151,22 +197,24 @@ def write_report(records: list[dict], cells: list[Cell], prefix: str, results: P
     text = (
         f"# Study results: `{prefix}`\n\n{len(records)} planned runs: "
         + ", ".join(f"{n} {state}" for state, n in states.items())
-        + ". Divergence rate, medians: over finished runs; a NaN run counts as diverged;"
+        + ". Divergence rate, medians: over finished runs; a NaN run counts as diverged; rates carry 95% Wilson"
+        " intervals and Fisher's exact test (two-sided) against the first row;"
         " failed, queued and missing runs are counted in `n failed`. Per run: "
         + f"`{prefix}_runs.csv`.\n\n"
         + markdown_table(rows, TABLE_COLUMNS)
         + f"\n![{prefix}]({prefix}.png)\n"
     )
     write_text(results / f"{prefix}.md", text)
-    histories = {r["name"]: history_of(r["rev"]) for r in records if r["state"] == "success"}
-    write_histories(results / f"{prefix}_histories.csv.gz", histories)
+    if histories is None:  # from git: each experiment's commit holds its history.csv
+        histories = {r["name"]: history_of(r["rev"]) for r in records if r["state"] == "success"}
+        write_histories(results / f"{prefix}_histories.csv.gz", histories)
     curves = {}
     for cell in cells:
         if cell.same_as is None:
             typical = representative([r for r in records if r["cell"] == cell.name])
             if typical and histories.get(typical["name"]):
                 curves[f"{cell.name} (seed {typical['seed']})"] = histories[typical["name"]]
-    plot_study(rows, curves, results / f"{prefix}.png", f"spikelab study: {prefix}")
+    plot_study(rows, curves, time_to_spike(records, cells), results / f"{prefix}.png", f"spikelab study: {prefix}")
     plateaued = [r for r in records if r["state"] == "success" and r["plateaued"]]
     if plateaued:  # the mechanism, on the first plateaued run in sweep order
         first = plateaued[0]
@@ -183,18 +231,60 @@ def write_histories(path: Path, histories: dict[str, list[dict]]) -> None:
     write_csv_gz(path, rows, ["run", "epoch", *measured])
 
 
+# ---- reading a report back from its files ------------------------------------------------------------
+
+
+def _parsed(key: str, text: str):
+    """A _runs.csv cell back to its value: "" is None, True/False bools, counts ints, the rest floats."""
+    if text == "" or key in ("name", "cell", "state", "rev"):
+        return text or None
+    if text in ("True", "False"):
+        return text == "True"
+    return int(text) if key in ("seed", "divergence_epoch", "epochs_run") else float(text)
+
+
+def read_records(path: Path) -> list[dict]:
+    """A committed <prefix>_runs.csv as run records (columns it predates are None)."""
+    with open(path, newline="") as handle:
+        return [
+            {key: _parsed(key, row.get(key, "") or "") for key in RUN_COLUMNS} | {"state": row["state"]}
+            for row in csv.DictReader(handle)
+        ]
+
+
+def read_histories(path: Path) -> dict[str, list[dict]]:
+    """A committed <prefix>_histories.csv.gz back to {run name: its rows}; {} when there is none."""
+    if not path.exists():
+        return {}
+    histories: dict[str, list[dict]] = {}
+    with gzip.open(path, "rt", newline="") as handle:
+        for cells in csv.DictReader(handle):
+            histories.setdefault(cells.pop("run"), []).append(history_row(cells))
+    return histories
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="report the quick sweep's runs")
     parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--from-files",
+        action="store_true",
+        help="recompute from the committed <prefix>_runs.csv and _histories.csv.gz, without DVC's experiments",
+    )
     args = parser.parse_args(argv)
     sweep = load_sweep(args.sweep)
     cells, runs = expand(sweep, load_defaults(), quick=args.quick)
-    experiments = experiments_by_name()
-    records = [run_record(run, experiments.get(run.name)) for run in runs]
     prefix = run_prefix(sweep, args.quick)
-    rows = write_report(records, cells, prefix, args.results)
+    if args.from_files:
+        records = read_records(args.results / f"{prefix}_runs.csv")
+        histories = read_histories(args.results / f"{prefix}_histories.csv.gz")
+        rows = write_report(records, cells, prefix, args.results, histories)
+    else:
+        experiments = experiments_by_name()
+        records = [run_record(run, experiments.get(run.name)) for run in runs]
+        rows = write_report(records, cells, prefix, args.results)
     print(markdown_table(rows, TABLE_COLUMNS))
     print(f"report: {args.results / prefix}.md, .csv, _runs.csv, .png")
     return 0

@@ -218,13 +218,18 @@ def test_markdown_and_csv_tables(records, tmp_path, monkeypatch):
     )
     write_report(rows, cells, "sweep", tmp_path)
     text = (tmp_path / "sweep.md").read_text()
-    assert "| baseline | (params.yaml) | 2 | 0 | 1 | 1 | 25 | 100 | 100 | 8 | 0.5 |" in text
-    assert "| clip | optimizer.clipnorm=1.0 optimizer.amsgrad=true | 0 | 2 | — | 0 | — | — | — | — | — |" in text
+    # rates as count/runs = rate [95% Wilson interval]; Fisher's p against the baseline (none on its own runs)
+    assert "| baseline | (params.yaml) | 2 | 0 | 2/2 = 1.00 [0.34, 1.00] | — | 1 | 25 | 100 | 100 | 8 | 0.5 |" in text
+    assert "| eps-1e-8 | optimizer.epsilon=1e-08 | 1 | 1 | 0/1 = 0.00 [0.00, 0.79] | 0.333 | 0 |" in text
+    assert "| eps-1e-7 (= baseline) | optimizer.epsilon=1e-07 | 2 | 0 | 2/2 = 1.00 [0.34, 1.00] | — |" in text
+    assert "| clip | optimizer.clipnorm=1.0 optimizer.amsgrad=true | 0 | 2 | — | — | 0 | — | — | — | — | — |" in text
     assert "8 planned runs: 1 failed, 2 missing, 1 queued, 4 success" in text
     with open(tmp_path / "sweep.csv") as handle:
         table = list(csv.DictReader(handle))
     assert [row["cell"] for row in table][:3] == ["baseline", "eps-1e-8", "eps-1e-7 (= baseline)"]
     assert table[1]["n_failed"] == "1" and table[4]["divergence_rate"] == ""
+    assert float(table[1]["divergence_rate_high"]) == pytest.approx(0.7935, abs=1e-4)
+    assert float(table[1]["divergence_p"]) == pytest.approx(1 / 3)
     with open(tmp_path / "sweep_runs.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 8
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
@@ -274,6 +279,29 @@ def test_compare_row_shows_only_the_changed_params(defaults):
         "val_accuracy": 0.3,
     }
     assert compare_row("ws", defaults, {}, {}, defaults)["changed"] == "(none)"
+
+
+def test_a_report_is_recomputed_from_its_committed_files_alone(records, tmp_path, monkeypatch):
+    """make report from the repository: _runs.csv and _histories.csv.gz give back the same records,
+    histories, tables and figure, without DVC's experiments (issue 11)."""
+    from study.report import read_histories, read_records
+
+    cells, rows = records
+    history = [{"epoch": 1, "loss": 0.7, "val_loss": 0.8}, {"epoch": 2, "loss": math.nan, "val_loss": 0.9}]
+    monkeypatch.setattr("study.report.history_of", lambda rev: history)
+    first = write_report(rows, cells, "sweep", tmp_path)
+    table = (tmp_path / "sweep.md").read_text()
+
+    again = read_records(tmp_path / "sweep_runs.csv")
+    histories = read_histories(tmp_path / "sweep_histories.csv.gz")
+    assert [{k: r[k] for k in again[0]} for r in rows] == again
+    assert set(histories) == {r["name"] for r in rows if r["state"] == "success"}
+    assert histories["sweep-baseline-s0"][0] == history[0] and math.isnan(histories["sweep-baseline-s0"][1]["loss"])
+    (tmp_path / "sweep.md").unlink()
+    monkeypatch.setattr("study.report.history_of", None)  # git is not asked again
+    second = write_report(again, cells, "sweep", tmp_path, histories)
+    assert (tmp_path / "sweep.md").read_text() == table
+    assert [row["divergence_rate_text"] for row in second] == [row["divergence_rate_text"] for row in first]
 
 
 # ---- dead queue workers (issue 15, item 4) ------------------------------------------------------------
