@@ -260,14 +260,19 @@ def main() -> None:
         flush=True,
     )
 
-    intervals = {name: [] for name in ("lab", "bare", "generator")}
+    intervals = {name: [] for name in ("lab", "lab_no_diagnostics", "bare", "generator")}
     cpu_intervals = {name: [] for name in intervals}
     with tempfile.TemporaryDirectory(prefix="spikelab-bench-") as tmp:
         workdir = Path(tmp)
         os.environ.pop("MLFLOW_TRACKING_URI", None)  # the throw-away store under workdir
         epochs = args.warmup + args.epochs
+        without_diagnostics = params.model_copy(
+            update={"diagnostics": params.diagnostics.model_copy(update={"enabled": False})}
+        )
         runners = {
             "lab": lambda: lab_loop(params, arrays, data_format, epochs, workdir),
+            # the same loop without the per-epoch diagnostics (work the lab asks for, not loop overhead)
+            "lab_no_diagnostics": lambda: lab_loop(without_diagnostics, arrays, data_format, epochs, workdir),
             "bare": lambda: bare_loop(params, arrays, data_format, epochs),
             "generator": lambda: generator_loop(params, arrays, data_format, epochs),
         }
@@ -279,7 +284,7 @@ def main() -> None:
                 intervals[name] += timed
                 cpu_intervals[name] += clock.cpu_seconds[args.warmup :]
                 print(
-                    f"  round {round_index + 1} {name:9s} {n_train / np.median(timed):9.0f} samples/s "
+                    f"  round {round_index + 1} {name:18s} {n_train / np.median(timed):9.0f} samples/s "
                     f"({n_train / np.median(clock.cpu_seconds[args.warmup :]):.0f} per CPU-second)",
                     flush=True,
                 )
@@ -340,6 +345,7 @@ def main() -> None:
         },
         "samples_per_s": rate,
         "train_vs_bare": rate["lab"] / rate["bare"],
+        "train_no_diagnostics_vs_bare": rate["lab_no_diagnostics"] / rate["bare"],
         "train_vs_generator": rate["lab"] / rate["generator"],
         "matmul_peak_flop_per_s": peak,
         "flop_per_s": {f"filters_{w['filters']}": w["flop_per_s"] for w in widths},
@@ -352,6 +358,7 @@ def main() -> None:
         "cpu_seconds_view": {
             "samples_per_cpu_s": cpu_rate,
             "train_vs_bare": cpu_rate["lab"] / cpu_rate["bare"],
+            "train_no_diagnostics_vs_bare": cpu_rate["lab_no_diagnostics"] / cpu_rate["bare"],
             "train_vs_generator": cpu_rate["lab"] / cpu_rate["generator"],
             "matmul_peak_flop_per_cpu_s": peak_per_cpu_s,
             "fraction_of_peak": default["flop_per_cpu_s"] / peak_per_cpu_s,
@@ -380,6 +387,7 @@ def table(r: dict) -> str:
         ("(2) bare model.fit, arrays", f"{s['bare']:.0f} samples/s"),
         ("(3) seed's Python generator", f"{s['generator']:.0f} samples/s"),
         ("(1)/(2) lab vs bare", f"{r['train_vs_bare']:.3f}"),
+        ("(1)/(2) lab without diagnostics vs bare", f"{r['train_no_diagnostics_vs_bare']:.3f}"),
         ("(1)/(3) lab vs generator", f"{r['train_vs_generator']:.2f}"),
         (
             "float32 matmul peak",
