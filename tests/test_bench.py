@@ -24,7 +24,9 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path):
     )
     assert result.returncode == 0, result.stderr
     results = json.loads(out.read_text())
-    for key in ("train_vs_bare", "train_no_diagnostics_vs_bare", "train_vs_generator", "fraction_of_peak_seed_width_jit"):
+    ratios = ("train_vs_bare", "train_no_diagnostics_vs_bare", "train_vs_generator")
+    fractions = ("fraction_of_peak", "fraction_of_peak_seed_width", "fraction_of_peak_seed_width_jit")
+    for key in ratios + fractions:
         assert math.isfinite(results[key]) and results[key] > 0, key
     assert set(results["samples_per_s"]) == {"lab", "lab_no_diagnostics", "bare", "generator"}
     assert results["repro_s"] is None and results["repro_noop_s"] is None  # --quick skips dvc
