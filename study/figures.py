@@ -21,9 +21,9 @@ def plot_study(
     runs that never spiked censored at their last epoch). Right: small multiples, one typical loss
     curve per intervention, each on its own log axis (log_cosh's values are not on cross-entropy's scale)."""
     shown = [row for row in rows if " (= " not in row["cell"]]
-    columns = 3
-    grid_rows = max(2, math.ceil(len(curves) / columns))
-    figure = plt.figure(figsize=(16, max(7.0, 2.3 * grid_rows + 1)))
+    columns = 3 if curves else 0  # a report read back without histories has no curves to draw
+    grid_rows = max(2, math.ceil(len(curves) / 3))
+    figure = plt.figure(figsize=(16 if curves else 7, max(7.0, 2.3 * grid_rows + 1)))
     grid = figure.add_gridspec(grid_rows, columns + 1, width_ratios=[1.5] + [1] * columns)
     half = grid_rows // 2
     bars = figure.add_subplot(grid[:half, 0])
@@ -31,17 +31,19 @@ def plot_study(
     rates = [row["divergence_rate"] or 0.0 for row in shown]
     low = [rate - (row.get("divergence_rate_low") or rate) for rate, row in zip(rates, shown)]
     high = [(row.get("divergence_rate_high") or rate) - rate for rate, row in zip(rates, shown)]
-    bars.barh(names, rates, xerr=[low, high], color=[colour_of(name) for name in names], alpha=0.85, capsize=3)
-    for y, row in enumerate(shown):
-        label = f"{row['n_diverged']}/{row['n_runs']} spiked, {row.get('n_plateaued', 0)} stayed up" + (
-            f", {row['n_failed']} failed" if row["n_failed"] else ""
-        )
-        bars.text(0.02, y, label, va="center", fontsize=8, color="white" if rates[y] > 0.25 else "black")
+    # the counts go in the labels: text inside the bars would sit under the interval whiskers
+    labels = [
+        f"{row['cell']}  {row['n_diverged']}/{row['n_runs']}"
+        + (f", {row['n_plateaued']} up" if row.get("n_plateaued") else "")
+        + (f", {row['n_failed']} failed" if row["n_failed"] else "")
+        for row in shown
+    ]
+    bars.barh(labels, rates, xerr=[low, high], color=[colour_of(name) for name in names], alpha=0.85, capsize=3)
     bars.set_xlim(0, 1)
     bars.invert_yaxis()
     bars.tick_params(labelsize=8)
     bars.set_xlabel("share of finished runs that spiked (divergence rule), 95% interval", fontsize=8)
-    bars.set_title("runs that spiked", fontsize=10, loc="left")
+    bars.set_title("runs that spiked (k/n; 'up': stayed up by the plateau rule)", fontsize=10, loc="left")
     survive = figure.add_subplot(grid[half:, 0])
     for cell, steps in survival.items():
         epochs, fractions = zip(*steps)
@@ -62,7 +64,12 @@ def plot_study(
         axis.tick_params(labelsize=7)
         if index // columns == grid_rows - 1:
             axis.set_xlabel("epoch", fontsize=8)
-    figure.suptitle(f"{title}: rates and time to spike (left), a typical run per intervention (log loss)", fontsize=11)
+    what = (
+        "rates and time to spike (left), a typical run per intervention (log loss)"
+        if curves
+        else "rates, time to spike"
+    )
+    figure.suptitle(f"{title}: {what}", fontsize=11)
     figure.tight_layout()
     save_figure(figure, path, dpi=100)
 

@@ -54,7 +54,8 @@ def kaplan_meier(times: list[float], events: list[bool]) -> list[tuple[float, fl
     """The Kaplan-Meier estimate of S(t) = P(no spike by epoch t) as steps [(t, S after t)].
 
     times: the epoch of each run's spike (event) or of its last epoch (censored: it never spiked
-    while it was watched). Starts at (0, 1.0); a step at every epoch with at least one event.
+    while it was watched). Starts at (0, 1.0); a step at every epoch with at least one event; ends
+    at the last epoch watched, so a curve without events still spans the runs' epochs.
     """
     steps = [(0.0, 1.0)]
     survival = 1.0
@@ -66,4 +67,6 @@ def kaplan_meier(times: list[float], events: list[bool]) -> list[tuple[float, fl
             survival *= 1 - spikes / at_risk
             steps.append((float(t), survival))
         at_risk -= len(at_t)
+    if times and max(times) > steps[-1][0]:
+        steps.append((float(max(times)), survival))
     return steps

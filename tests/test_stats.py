@@ -33,5 +33,6 @@ def test_fisher_exact_two_sided_p_values():
 def test_kaplan_meier_steps_at_events_and_keeps_censored_runs_at_risk_until_they_end():
     # spikes at 10 and 30; one run censored at 20 (never spiked in its 20 epochs), one at 150
     steps = kaplan_meier([10, 20, 30, 150], [True, False, True, False])
-    assert steps == [(0.0, 1.0), (10.0, 0.75), (30.0, 0.375)]
-    assert kaplan_meier([150, 150], [False, False]) == [(0.0, 1.0)]
+    assert steps == [(0.0, 1.0), (10.0, 0.75), (30.0, 0.375), (150.0, 0.375)]  # the curve spans the watch
+    assert kaplan_meier([150, 150], [False, False]) == [(0.0, 1.0), (150.0, 1.0)]
+    assert kaplan_meier([5, 5], [True, True]) == [(0.0, 1.0), (5.0, 0.0)]
