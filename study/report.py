@@ -81,6 +81,7 @@ def summarize(records: list[dict]) -> dict:
     """One cell's numbers. Only finished runs count toward the rates; failed/missing ones are counted apart."""
     done = [r for r in records if r["state"] == "success"]
     diverged = [r for r in done if r["diverged"] or r["nan"]]
+    unjudged = any(r.get("plateaued") is None for r in done)
     return {
         "n_runs": len(done),
         "n_failed": len(records) - len(done),
@@ -92,15 +93,16 @@ def summarize(records: list[dict]) -> dict:
         "median_spike_ratio": _median(r["spike_ratio"] for r in done),
         "median_final_loss": _median(r["final_loss"] for r in done),
         "median_val_accuracy": _median(r["val_accuracy"] for r in done),
-        "n_plateaued": sum(1 for r in done if r["plateaued"]),
-        "plateau_rate": sum(1 for r in done if r["plateaued"]) / len(done) if done else None,
+        # None where a run predates the plateau rule (its train.json has no `plateaued`): unknown, not 0
+        "n_plateaued": None if unjudged else sum(1 for r in done if r["plateaued"]),
+        "plateau_rate": None if unjudged or not done else sum(1 for r in done if r["plateaued"]) / len(done),
         "median_final_dead_fraction": _median(r["final_dead_fraction"] for r in done),
     }
 
 
 def rate_with_interval(row: dict, count: str, rate: str) -> None:
     """Adds <rate>_low / _high (95% Wilson) and <rate>_text ("3/5 = 0.60 [0.23, 0.88]") to a row."""
-    interval = wilson_interval(row[count], row["n_runs"])
+    interval = None if row[count] is None else wilson_interval(row[count], row["n_runs"])
     row[f"{rate}_low"], row[f"{rate}_high"] = interval or (None, None)
     row[f"{rate}_text"] = (
         f"{row[count]}/{row['n_runs']} = {row[rate]:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else None
@@ -131,7 +133,10 @@ def aggregate(records: list[dict], cells: list[Cell]) -> list[dict]:
             if source == (cells[0].same_as or cells[0].name):
                 row[p_key] = None
             else:
-                row[p_key] = fisher_exact(row[count], row["n_runs"], rows[0][count], rows[0]["n_runs"])
+                known = row[count] is not None and rows[0][count] is not None
+                row[p_key] = (
+                    fisher_exact(row[count], row["n_runs"], rows[0][count], rows[0]["n_runs"]) if known else None
+                )
         rows.append(row)
     return rows
 

@@ -372,3 +372,13 @@ def test_a_bad_change_is_refused_in_one_line_before_dvc_runs(change, message):
     with pytest.raises((ExpError, ValueError)) as raised:
         checked_changes([change], read_yaml("params.yaml", "params"))
     assert message in one_line(raised.value)
+
+
+def test_runs_from_before_the_plateau_rule_leave_the_stays_up_rate_unknown_not_zero():
+    from study.report import summarize
+
+    run = {"state": "success", "diverged": True, "nan": False, "divergence_epoch": 9, "jump_ratio": 20.0}
+    run |= {"spike_ratio": 20.0, "final_loss": 0.1, "val_accuracy": 0.5, "final_dead_fraction": None}
+    assert summarize([run | {"plateaued": None}])["plateau_rate"] is None
+    assert summarize([run | {"plateaued": None}])["n_plateaued"] is None
+    assert summarize([run | {"plateaued": False}])["plateau_rate"] == 0.0
