@@ -290,28 +290,21 @@ def main() -> None:
                 )
 
         peak, peak_per_cpu_s = matmul_peak(512 if args.quick else 2048, 3 if args.quick else 10)
-        # the seed's width costs ~18x the default's per image: a subset, fewer epochs
-        seed_width = width_flops(
-            params,
-            arrays,
-            data_format,
-            SEED_FILTERS,
-            n_train=min(n_train, 2 * params.train.batch_size if args.quick else 2048),
-            n_val=min(n_val, 512),
-            epochs=2 if args.quick else 4,
-            warmup=1,
-        )
-        # the same with XLA (train.jit_compile: the pooling as a block max), the lever for this width
+        # the seed's width costs ~18x the default's per image: a subset, fewer epochs; and the same
+        # with XLA (train.jit_compile: the pooling as a block max), the lever for this width
         jit_params = params.model_copy(update={"train": params.train.model_copy(update={"jit_compile": True})})
-        seed_width_jit = width_flops(
-            jit_params,
-            arrays,
-            data_format,
-            SEED_FILTERS,
-            n_train=min(n_train, 2 * params.train.batch_size if args.quick else 2048),
-            n_val=min(n_val, 512),
-            epochs=2 if args.quick else 4,
-            warmup=1,
+        seed_width, seed_width_jit = (
+            width_flops(
+                width_params,
+                arrays,
+                data_format,
+                SEED_FILTERS,
+                n_train=min(n_train, 2 * params.train.batch_size if args.quick else 2048),
+                n_val=min(n_val, 512),
+                epochs=2 if args.quick else 4,
+                warmup=1,
+            )
+            for width_params in (params, jit_params)
         )
         repro = {"repro_s": None, "repro_noop_s": None} if args.quick else repro_times(workdir)
 
