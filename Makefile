@@ -40,9 +40,11 @@ verify: $(INSTALLED)
 	$(RUN) python -m spikelab.integrity
 
 # Samples/s of the lab's loop vs bare model.fit vs the seed's generator, FLOP/s vs the matmul
-# peak, dvc repro wall times -> benchmarks/results.json (several minutes; docs/performance.md)
+# peak, dvc repro wall times, then the study's runs per hour -> benchmarks/results.json
+# (about 25 minutes on 2 cores; run it with nothing else on the machine; docs/performance.md)
 bench: $(INSTALLED)
 	$(RUN) python -m benchmarks.bench
+	$(RUN) python -m benchmarks.study_throughput
 
 # Study throughput: runs per hour of `dvc queue start -j 1` and `-j 2` on the default params, and
 # where a run's seconds go (stages vs DVC) -> benchmarks/results.json (~15 minutes; quiet machine)
