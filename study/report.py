@@ -26,7 +26,7 @@ import math
 import statistics
 from pathlib import Path
 
-from spikelab.errors import run_entry_point
+from spikelab.errors import UserError, run_entry_point
 from spikelab.history import history_row
 from study.experiments import experiments_by_name, history_of
 from study.figures import plot_dead_zone, plot_study
@@ -289,6 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         experiments = experiments_by_name()
         records = [run_record(run, experiments.get(run.name)) for run in runs]
+        if all(record["state"] == "missing" for record in records):
+            # a checkout without the study's experiments (a fresh clone, another machine) would
+            # overwrite the committed results with a table of missing runs
+            raise UserError(
+                f"report: none of the {len(records)} runs of {args.sweep} is a DVC experiment in this repository; "
+                f"nothing written (run the study first, or recompute from the committed rows with --from-files)"
+            )
         rows = write_report(records, cells, prefix, args.results)
     print(markdown_table(rows, TABLE_COLUMNS))
     print(f"report: {args.results / prefix}.md, .csv, _runs.csv, .png")

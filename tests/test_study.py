@@ -382,3 +382,12 @@ def test_runs_from_before_the_plateau_rule_leave_the_stays_up_rate_unknown_not_z
     assert summarize([run | {"plateaued": None}])["plateau_rate"] is None
     assert summarize([run | {"plateaued": None}])["n_plateaued"] is None
     assert summarize([run | {"plateaued": False}])["plateau_rate"] == 0.0
+
+
+def test_a_report_without_any_of_its_experiments_refuses_instead_of_overwriting_the_results(tmp_path, monkeypatch):
+    from study import report
+
+    monkeypatch.setattr(report, "experiments_by_name", lambda: {})
+    with pytest.raises(report.UserError, match=r"none of the \d+ runs of study/sweep.yaml is a DVC experiment"):
+        report.main(["--results", str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []
