@@ -1,6 +1,6 @@
 """Stage evaluate: <models>/{best,last}.keras on the validation set -> <evaluate.json>, and into train's MLflow run.
 
-python stages/evaluate.py data/split.npz models metrics/run.json metrics/evaluate.json
+python -m stages.evaluate data/split.npz models metrics/run.json metrics/evaluate.json
 """
 
 import json

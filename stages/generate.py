@@ -1,6 +1,6 @@
 """Stage generate: params `data` -> <lines.npz> (solid and broken stacks, uint8, and gap sizes).
 
-python stages/generate.py data/lines.npz
+python -m stages.generate data/lines.npz
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Stage split: <lines.npz> -> <split.npz> (shuffled, val_per_class held out, one-hot labels).
 
-python stages/split.py data/lines.npz data/split.npz
+python -m stages.split data/lines.npz data/split.npz
 """
 
 import sys

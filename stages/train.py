@@ -1,6 +1,6 @@
 """Stage train: <split.npz> -> <models>/, <metrics>/{train.json, history.csv, run.json, loss_curve.png}; one MLflow run.
 
-    python stages/train.py data/split.npz models metrics      (the paths come from dvc.yaml)
+    python -m stages.train data/split.npz models metrics      (the paths come from dvc.yaml)
 
 Order matters: every check that can fail (params, inputs, data format, the tracking store) runs
 before the MLflow run opens and before any training, so a bad setup costs seconds and leaves

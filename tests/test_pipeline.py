@@ -2,11 +2,12 @@
 
 import csv
 import json
+import subprocess
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import run, wait_for_queue
+from conftest import lab_env, run, wait_for_queue
 
 pytestmark = pytest.mark.slow
 
@@ -109,3 +110,16 @@ def test_repro_then_experiments_land_in_dvc_and_the_one_mlflow_store(lab_repo):
     assert names == ["", "eps-1e-3", "queued-seed-1"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert not list((root / ".dvc/tmp/exps").rglob("mlflow.db"))  # nothing went to a throw-away store
+
+
+def test_a_copy_of_the_repo_runs_its_own_library_not_the_checkouts(lab_repo):
+    """DVC runs queued experiments in copies of the repo; the editable install points at the checkout.
+    Each stage must import spikelab from the copy it runs in, with nothing on PYTHONPATH."""
+    marker = "spikelab imported from the copy"
+    init = lab_repo / "spikelab" / "__init__.py"
+    init.write_text(init.read_text() + f"\nprint({marker!r})\n")
+    env = lab_env(lab_repo)
+    env.pop("PYTHONPATH")
+    result = subprocess.run(["dvc", "repro", "generate"], cwd=lab_repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert marker in result.stdout
