@@ -58,6 +58,7 @@ INTERVENTION_COLOURS = {
     "twins-together": "tab:blue",
     "hidden-relu": "tab:red",
     "relu-twins-together": "tab:purple",
+    "xla": "#e6ab02",
 }
 SPARE_COLOURS = ("#8c564b", "#17becf", "#bcbd22", "#7f7f7f", "#e377c2", "#1f77b4")
 
