@@ -6,6 +6,11 @@ Computed at each epoch's end, from the real Keras variables:
 - update_rms: root-mean-square of the weight change over the epoch, and update_rms_over_lr;
 - Adam family only: adam_ratio_max / adam_ratio_p99 of |m_hat / (sqrt(v_hat) + epsilon)|,
   v_below_eps_fraction (share of weights with sqrt(v_hat) < epsilon), v_sqrt_median;
+- Adam family only, the second-moment lag of Wortsman et al. 2023 (arXiv 2304.13013):
+  g2_over_v_rms = sqrt(mean(g^2 / max(v_hat, epsilon^2))) over every weight, and
+  g2_over_v_rms_<layer> per layer, with g the probe gradient and v_hat the bias-corrected second
+  moment Adam divides by (AMSGrad: its running maximum). Above 1, v_hat underestimates the
+  gradients now arriving: the step Adam takes is larger than its normalisation assumes;
 - weight_norm_<layer> for every layer with a kernel (the last layer is `logits`);
 - logit_max_abs on the probe batch, saturated_fraction (probe samples whose softmax is past the
   Keras-2 clip, so the clipped loss gives them zero gradient) and saturated_wrong_fraction (those
@@ -47,6 +52,23 @@ def adam_state_stats(optimizer: keras.optimizers.Optimizer) -> dict:
     }
 
 
+def second_moment_lag(gradients: list[np.ndarray], variables: list, optimizer: keras.optimizers.Optimizer) -> dict:
+    """g2_over_v_rms overall and per layer (the part of a variable's path before its last '/')."""
+    step = float(optimizer.iterations.numpy())
+    velocities = optimizer._velocity_hats if optimizer.amsgrad else optimizer._velocities
+    floor = optimizer.epsilon**2
+    ratios: dict[str, list[np.ndarray]] = {}
+    for gradient, variable, velocity in zip(gradients, variables, velocities):
+        v_hat = velocity.numpy() / (1.0 - optimizer.beta_2**step) if step else np.zeros_like(gradient)
+        layer = variable.path.rsplit("/", 1)[0].split("/")[-1]
+        ratios.setdefault(layer, []).append(np.ravel(gradient**2 / np.maximum(v_hat, floor)))
+    every = np.concatenate([part for parts in ratios.values() for part in parts])
+    stats = {"g2_over_v_rms": float(np.sqrt(every.mean()))}
+    for layer, parts in ratios.items():
+        stats[f"g2_over_v_rms_{layer}"] = float(np.sqrt(np.concatenate(parts).mean()))
+    return stats
+
+
 def saturation_stats(logits: np.ndarray, labels: np.ndarray) -> dict:
     """From (n, 2) logits and one-hot labels: the samples the clipped loss no longer trains."""
     saturated, wrong = saturated_and_wrong(softmax(logits), labels)
@@ -79,7 +101,7 @@ class Diagnostics(keras.callbacks.Callback):
             logits, output = self._logits_and_output(self.probe_x, training=True)
             loss = keras.ops.mean(self.loss_fn(self.probe_y, output))
         gradients = tape.gradient(loss, self.model.trainable_variables)
-        return tf.linalg.global_norm(gradients), logits
+        return tf.linalg.global_norm(gradients), logits, gradients
 
     def on_epoch_begin(self, epoch, logs=None):
         started = time.process_time()
@@ -100,12 +122,14 @@ class Diagnostics(keras.callbacks.Callback):
         )
         update_rms = (squared_change / sum(w.size for w in weights)) ** 0.5
         optimizer = self.model.optimizer
-        grad_norm, logits = self._probe_pass()
+        grad_norm, logits, gradients = self._probe_pass()
         logs["grad_norm"] = float(grad_norm)
         logs["update_rms"] = update_rms
         logs["update_rms_over_lr"] = update_rms / float(keras.ops.convert_to_numpy(optimizer.learning_rate))
         if isinstance(optimizer, keras.optimizers.Adam):  # AdamW subclasses Adam
             logs.update(adam_state_stats(optimizer))
+            gradients = [g.numpy() for g in gradients]
+            logs.update(second_moment_lag(gradients, self.model.trainable_variables, optimizer))
         for layer in self.model.layers:
             if hasattr(layer, "kernel"):
                 logs[f"weight_norm_{layer.name}"] = float(np.linalg.norm(layer.kernel.numpy()))

@@ -24,6 +24,8 @@ PANELS = (
     ("update RMS / learning rate (log)", "log", ("update_rms_over_lr",)),
     ("Adam |m_hat / (sqrt(v_hat)+eps)| (log)", "log", ("adam_ratio_max", "adam_ratio_p99")),
     ("Adam median sqrt(v_hat), and epsilon (log)", "log", ("v_sqrt_median",)),
+    # Wortsman et al. 2023: above 1, v_hat lags behind the gradients now arriving
+    ("second-moment lag sqrt(mean(g^2 / v_hat)), probe batch (log)", "log", ("g2_over_v_rms",)),
     ("saturated past the clip, probe batch", "linear", ("saturated_fraction", "saturated_wrong_fraction")),
     # a plateau of the clipped loss is its dead samples: the loss sits on dead_loss_clipped (~16.03 x dead fraction)
     ("loss vs what dead samples carry, whole training set (log)", "log", ("loss", "dead_loss_clipped")),
@@ -93,6 +95,8 @@ def plot_run(
         axis.set_title(name, fontsize=9, loc="left")
         if "v_sqrt_median" in keys and epsilon is not None:
             axis.axhline(epsilon, color="tab:purple", linestyle=":", linewidth=1.2, label=f"epsilon = {epsilon:g}")
+        if "g2_over_v_rms" in keys:
+            axis.axhline(1.0, color="tab:purple", linestyle=":", linewidth=1.2, label="1: v_hat matches g^2")
         if divergence_epoch is not None:
             axis.axvline(divergence_epoch, color="red", linestyle="--", linewidth=0.8, label="divergence")
         axis.legend(fontsize=7, loc="best")

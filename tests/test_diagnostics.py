@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from spikelab.data import generate, split
-from spikelab.diagnostics import adam_state_stats, saturation_stats
+from spikelab.diagnostics import adam_state_stats, saturation_stats, second_moment_lag
 from spikelab.losses import clipped_binary_crossentropy
 from spikelab.model import build_model
 from spikelab.params import ModelParams, params_from_dict
@@ -62,6 +62,23 @@ def test_adam_diagnostics_match_a_numpy_adam_over_three_steps():
     assert stats["v_below_eps_fraction"] == pytest.approx(np.mean(v_sqrt < EPSILON))
     assert 0 < stats["adam_ratio_max"] <= 1 / (1 - BETA_1**3) * 3  # sanity: a bounded, normalised step
 
+    # the second-moment lag (Wortsman et al. 2023) at the weights reached, against numpy's v
+    twin.set_weights(weights)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(clipped_binary_crossentropy(y, twin(x)))
+    grads = [g.numpy() for g in tape.gradient(loss, twin.trainable_variables)]
+    lag = [g**2 / np.maximum(vi / (1 - BETA_2**3), EPSILON**2) for g, vi in zip(grads, v)]
+    lagged = second_moment_lag(grads, model.trainable_variables, optimizer)
+    assert lagged["g2_over_v_rms"] == pytest.approx(np.sqrt(np.concatenate([a.ravel() for a in lag]).mean()), rel=1e-4)
+    conv1 = [a.ravel() for a, w in zip(lag, model.trainable_variables) if w.path.split("/")[-2] == "conv1"]
+    assert lagged["g2_over_v_rms_conv1"] == pytest.approx(np.sqrt(np.concatenate(conv1).mean()), rel=1e-4)
+    assert set(lagged) == {"g2_over_v_rms", "g2_over_v_rms_conv1", "g2_over_v_rms_conv2", "g2_over_v_rms_logits"}
+    # a second moment 100x too small reads as gradients 10x larger than v expects
+    for velocity in optimizer._velocities:
+        velocity.assign(velocity * 0.01)
+    shrunk = second_moment_lag(grads, model.trainable_variables, optimizer)["g2_over_v_rms"]
+    assert shrunk == pytest.approx(10 * lagged["g2_over_v_rms"], rel=1e-3)
+
 
 def test_saturation_counts_only_samples_past_the_clip():
     logits = np.array([[20.0, -20.0], [20.0, -20.0], [1.0, 0.0], [-3.0, 3.0]], dtype=np.float32)
@@ -85,6 +102,8 @@ def test_training_history_carries_every_diagnostic(tiny_raw):
         "adam_ratio_p99",
         "v_below_eps_fraction",
         "v_sqrt_median",
+        "g2_over_v_rms",
+        "g2_over_v_rms_conv2",
         "weight_norm_conv1",
         "weight_norm_conv2",
         "weight_norm_logits",
