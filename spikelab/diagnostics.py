@@ -53,14 +53,14 @@ def adam_state_stats(optimizer: keras.optimizers.Optimizer) -> dict:
 
 
 def second_moment_lag(gradients: list[np.ndarray], variables: list, optimizer: keras.optimizers.Optimizer) -> dict:
-    """g2_over_v_rms overall and per layer (the part of a variable's path before its last '/')."""
+    """g2_over_v_rms overall and per layer (a variable's path is <...>/<layer>/<kernel or bias>)."""
     step = float(optimizer.iterations.numpy())
     velocities = optimizer._velocity_hats if optimizer.amsgrad else optimizer._velocities
     floor = optimizer.epsilon**2
     ratios: dict[str, list[np.ndarray]] = {}
     for gradient, variable, velocity in zip(gradients, variables, velocities):
         v_hat = velocity.numpy() / (1.0 - optimizer.beta_2**step) if step else np.zeros_like(gradient)
-        layer = variable.path.rsplit("/", 1)[0].split("/")[-1]
+        layer = variable.path.split("/")[-2]
         ratios.setdefault(layer, []).append(np.ravel(gradient**2 / np.maximum(v_hat, floor)))
     every = np.concatenate([part for parts in ratios.values() for part in parts])
     stats = {"g2_over_v_rms": float(np.sqrt(every.mean()))}

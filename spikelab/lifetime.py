@@ -26,14 +26,21 @@ SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish", "ash", "
 WATCH_EVERY_S = 1.0
 
 
-def _parent_of(pid: int) -> int | None:
-    """The parent pid of a live process; None when it is gone or a zombie."""
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (which may hold spaces and parentheses):
+    [0] the state, [1] the parent pid, [19] the start time in clock ticks since boot; None when no
+    such process exists (or no /proc)."""
     try:
-        text = open(f"/proc/{pid}/stat").read()
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    state, parent = text[text.rindex(")") + 2 :].split()[:2]
-    return None if state == "Z" else int(parent)
+
+
+def _parent_of(pid: int) -> int | None:
+    """The parent pid of a live process; None when it is gone or a zombie."""
+    fields = stat_fields(pid)
+    return None if fields is None or fields[0] == "Z" else int(fields[1])
 
 
 def _is_shell(pid: int) -> bool:

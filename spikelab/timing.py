@@ -11,17 +11,18 @@ from __future__ import annotations
 import os
 import time
 
+from spikelab.lifetime import stat_fields
+
 
 def process_started_at() -> float:
     """Unix time this process started (Linux /proc); now where /proc is not there."""
+    fields = stat_fields("self")
     try:
-        with open("/proc/self/stat") as handle:
-            ticks = int(handle.read().rsplit(")", 1)[1].split()[19])  # field 22: start, in ticks since boot
         with open("/proc/stat") as handle:
             boot = next(int(line.split()[1]) for line in handle if line.startswith("btime "))
-    except (OSError, StopIteration, ValueError, IndexError):
+    except (OSError, StopIteration):
         return time.time()
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
+    return time.time() if fields is None else boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 class StageClock:
@@ -32,10 +33,12 @@ class StageClock:
         self.started_at = self.last = process_started_at()
         self.phases: dict[str, float] = {}
 
-    def lap(self, phase: str) -> None:
+    def lap(self, phase: str) -> float:
+        """Closes `phase`; returns its seconds."""
         now = time.time()
         self.phases[phase] = now - self.last
         self.last = now
+        return self.phases[phase]
 
     def metrics(self, **more_phases: float) -> dict[str, float]:
         phases = self.phases | more_phases

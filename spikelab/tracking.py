@@ -38,6 +38,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
 from spikelab.errors import TrackingError, one_line
+from spikelab.lifetime import stat_fields
 
 SYNC_COMMAND = "python -m spikelab.sync"
 # MLflow's own HTTP retries take minutes (7 retries, back-off factor 2) and a request may wait
@@ -155,13 +156,10 @@ def run_name() -> str:
 
 
 def process_start(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), or None when
-    no such process exists: with the pid it names one process, even after the pid is reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]  # the fields after the command name, which may hold spaces
+    """The process's start time in clock ticks since boot, or None when no such process exists: with
+    the pid it names one process, even after the pid is reused."""
+    fields = stat_fields(pid)
+    return None if fields is None else fields[19]
 
 
 def run_tags(root: Path) -> dict[str, str]:

@@ -87,7 +87,7 @@ def compile_model(params: Params, image_size: int, data_format: str, steps_per_e
     if jit:
         # Keras turns jit_compile=True off whenever op determinism is on, because some ops have no
         # deterministic XLA kernel; with BlockMax this model has none of those (TensorFlow itself
-        # raises if one appears), and the result is bit-identical run to run (tests/test_model_and_losses.py)
+        # raises if one appears), and the result is bit-identical run to run (tests/test_xla.py)
         model._jit_compile = True
     return model
 

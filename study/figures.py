@@ -21,8 +21,9 @@ def plot_study(
     runs that never spiked censored at their last epoch). Right: small multiples, one typical loss
     curve per intervention, each on its own log axis (log_cosh's values are not on cross-entropy's scale)."""
     shown = [row for row in rows if " (= " not in row["cell"]]
-    columns = 3 if curves else 0  # a report read back without histories has no curves to draw
-    grid_rows = max(2, math.ceil(len(curves) / 3))
+    per_row = 3
+    columns = per_row if curves else 0  # a report read back without histories has no curves to draw
+    grid_rows = max(2, math.ceil(len(curves) / per_row))
     figure = plt.figure(figsize=(16 if curves else 7, max(7.0, 2.3 * grid_rows + 1)))
     grid = figure.add_gridspec(grid_rows, columns + 1, width_ratios=[1.5] + [1] * columns)
     half = grid_rows // 2

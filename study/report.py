@@ -81,7 +81,8 @@ def summarize(records: list[dict]) -> dict:
     """One cell's numbers. Only finished runs count toward the rates; failed/missing ones are counted apart."""
     done = [r for r in records if r["state"] == "success"]
     diverged = [r for r in done if r["diverged"] or r["nan"]]
-    unjudged = any(r.get("plateaued") is None for r in done)
+    # None where a run predates the plateau rule (its train.json has no `plateaued`): unknown, not 0
+    n_plateaued = None if any(r.get("plateaued") is None for r in done) else sum(1 for r in done if r["plateaued"])
     return {
         "n_runs": len(done),
         "n_failed": len(records) - len(done),
@@ -93,9 +94,8 @@ def summarize(records: list[dict]) -> dict:
         "median_spike_ratio": _median(r["spike_ratio"] for r in done),
         "median_final_loss": _median(r["final_loss"] for r in done),
         "median_val_accuracy": _median(r["val_accuracy"] for r in done),
-        # None where a run predates the plateau rule (its train.json has no `plateaued`): unknown, not 0
-        "n_plateaued": None if unjudged else sum(1 for r in done if r["plateaued"]),
-        "plateau_rate": None if unjudged or not done else sum(1 for r in done if r["plateaued"]) / len(done),
+        "n_plateaued": n_plateaued,
+        "plateau_rate": None if n_plateaued is None or not done else n_plateaued / len(done),
         "median_final_dead_fraction": _median(r["final_dead_fraction"] for r in done),
     }
 
