@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: setup repro test test-fast exp compare structure plateau plateau-study bench bench-study seed-config quick-sweep sweep report replay gpu-setup sync verify
+.PHONY: setup repro test test-fast exp compare structure plateau plateau-study evidence bench bench-study seed-config quick-sweep sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -96,6 +96,12 @@ compare: $(INSTALLED)
 
 report: $(INSTALLED)
 	$(RUN) python -m study.report
+
+# The evidence study (issue 11): 13 cells x 20 seeds with both spike predictors logged, ~4.5 h on
+# 2 cores; stopped part-way, running it again goes on where it stopped (study/evidence.yaml)
+evidence: $(INSTALLED)
+	-$(RUN) python -m study.sweep queue --sweep study/evidence.yaml
+	$(RUN) python -m study.report --sweep study/evidence.yaml
 
 # Counterfactual replays of the workspace run's spike (EXP=<name> replays a sweep experiment instead)
 replay: $(INSTALLED)

@@ -26,11 +26,13 @@ PANELS = (
     ("Adam median sqrt(v_hat), and epsilon (log)", "log", ("v_sqrt_median",)),
     # Wortsman et al. 2023: above 1, v_hat lags behind the gradients now arriving
     ("second-moment lag sqrt(mean(g^2 / v_hat)), probe batch (log)", "log", ("g2_over_v_rms",)),
+    # Bai et al. 2025: the step is unstable along the gradient when lambda_grad passes 2 / lr
+    ("preconditioned curvature P H, probe batch (log)", "log", ("lambda_grad", "lambda_max")),
     ("saturated past the clip, probe batch", "linear", ("saturated_fraction", "saturated_wrong_fraction")),
     # a plateau of the clipped loss is its dead samples: the loss sits on dead_loss_clipped (~16.03 x dead fraction)
     ("loss vs what dead samples carry, whole training set (log)", "log", ("loss", "dead_loss_clipped")),
 )
-SPARSE = ("dead_loss_clipped",)  # logged every few epochs: drawn through the epochs that have it
+SPARSE = ("dead_loss_clipped", "lambda_max")  # logged every few epochs: drawn through the epochs that have it
 
 
 def save_figure(figure, path: str | os.PathLike, dpi: int = 90) -> None:
@@ -74,10 +76,16 @@ def colour_of(intervention: str) -> str:
 
 
 def plot_run(
-    history: list[dict], divergence_epoch: int | None, path: str | os.PathLike, title: str, epsilon: float | None = None
+    history: list[dict],
+    divergence_epoch: int | None,
+    path: str | os.PathLike,
+    title: str,
+    epsilon: float | None = None,
+    beta_1: float | None = None,
 ) -> None:
-    """Draw the panels whose columns exist in history; mark the divergence epoch on each, and
-    epsilon on the sqrt(v_hat) panel (the scale it competes with)."""
+    """Draw the panels whose columns exist in history; mark the divergence epoch on each,
+    epsilon on the sqrt(v_hat) panel (the scale it competes with), and on the curvature panel the
+    stability thresholds 2 / lr and, with Adam's beta_1, (2 + 2 beta_1) / ((1 - beta_1) lr)."""
     # a panel is drawn when its last column was logged (diagnostics off: loss and accuracy only)
     panels = [panel for panel in PANELS if any(panel[2][-1] in row for row in history)] if history else PANELS[:1]
     figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 * len(panels) + 0.6), sharex=True, squeeze=False)
@@ -97,6 +105,14 @@ def plot_run(
             axis.axhline(epsilon, color="tab:purple", linestyle=":", linewidth=1.2, label=f"epsilon = {epsilon:g}")
         if "g2_over_v_rms" in keys:
             axis.axhline(1.0, color="tab:purple", linestyle=":", linewidth=1.2, label="1: v_hat matches g^2")
+        if "lambda_grad" in keys:
+            rates = _column(history, "learning_rate")
+            axis.plot(epochs, [2 / r for r in rates], color="tab:purple", linestyle=":", label="2 / lr")
+            if beta_1 is not None:
+                momentum = (2 + 2 * beta_1) / (1 - beta_1)
+                axis.plot(
+                    epochs, [momentum / r for r in rates], color="tab:gray", linestyle=":", label=f"{momentum:g} / lr"
+                )
         if divergence_epoch is not None:
             axis.axvline(divergence_epoch, color="red", linestyle="--", linewidth=0.8, label="divergence")
         axis.legend(fontsize=7, loc="best")

@@ -54,6 +54,13 @@ def write_training_outputs(
     write_history_csv(files[1], result.history)
     write_json(files[0], metrics)
     write_json(metrics_dir / "run.json", run_facts)
-    epsilon = params.optimizer.epsilon if params.optimizer.name in ("adam", "adamw") else None
-    plot_run(result.history, metrics["divergence_epoch"], files[2], title=run_title(params), epsilon=epsilon)
+    adam = params.optimizer.name in ("adam", "adamw")
+    plot_run(
+        result.history,
+        metrics["divergence_epoch"],
+        files[2],
+        title=run_title(params),
+        epsilon=params.optimizer.epsilon if adam else None,
+        beta_1=params.optimizer.beta_1 if adam else None,
+    )
     return metrics, files, model_files

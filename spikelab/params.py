@@ -121,6 +121,9 @@ class DiagnosticsParams(Section):
     enabled: bool
     probe_size: AtLeastOne
     dead_zone_every: int = Field(ge=0, description="an integer >= 0 (0 = only at the end and at snapshots)")
+    curvature: bool
+    eigen_every: int = Field(ge=0, description="an integer >= 0 (0 = never)")
+    power_iterations: AtLeastOne
 
 
 class TrackingParams(Section):

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from spikelab import state as training_state
 from spikelab.callbacks import BestState, DivergenceGuard, EpochClock, HistoryRows, ProgressLine, Snapshots
+from spikelab.curvature import Curvature
 from spikelab.dead_zone import DeadZoneAccounting, accounting_epochs
 from spikelab.diagnostics import Diagnostics
 from spikelab.losses import make_loss
@@ -71,7 +72,7 @@ class TrainResult:
     best_epoch: int | None
     guard_epochs: list[int] = field(default_factory=list)
     fresh_optimizer_variables: list[str] = field(default_factory=list)
-    diagnostics_cpu_seconds: dict[int, float] = field(default_factory=dict)  # epoch -> CPU s in diagnostics
+    diagnostics_cpu_seconds: dict[str, dict[int, float]] = field(default_factory=dict)  # callback -> epoch -> CPU s
     epoch_seconds: list[float] = field(default_factory=list)  # wall s per epoch; the first includes tracing
 
 
@@ -103,12 +104,9 @@ def steps_per_call(steps_per_epoch: int, most: int = 16) -> int:
     return max(d for d in range(1, most + 1) if steps_per_epoch % d == 0)
 
 
-def diagnostics_cpu_seconds(callbacks: list) -> dict[int, float]:
-    total: dict[int, float] = {}
-    for callback in callbacks:
-        for epoch, seconds in callback.cpu_seconds.items():
-            total[epoch] = total.get(epoch, 0.0) + seconds
-    return total
+def diagnostics_cpu_seconds(callbacks: list) -> dict[str, dict[int, float]]:
+    """{callback class: {1-based epoch: CPU seconds inside it}}, for the cost benchmark."""
+    return {type(callback).__name__: dict(callback.cpu_seconds) for callback in callbacks}
 
 
 def train(
@@ -140,6 +138,9 @@ def train(
             Diagnostics(probe_x, arrays["y_train"][probe], model.loss),
             DeadZoneAccounting(arrays["x_train"], arrays["y_train"], data_format, epochs),
         ]
+        if params.diagnostics.curvature:
+            every, iterations = params.diagnostics.eigen_every, params.diagnostics.power_iterations
+            measured.append(Curvature(probe_x, arrays["y_train"][probe], model.loss, every, iterations))
         callbacks += measured
     lowest = min((row["loss"] for row in history), default=math.inf)  # a resumed run's history counts
     callbacks += [keras.callbacks.TerminateOnNaN(), ProgressLine(params.train.epochs, params.divergence, lowest)]

@@ -82,6 +82,26 @@ def experiments_by_name(all_commits: bool = True) -> dict[str, dict]:
     return {record["name"]: record for record in experiments_of(all_commits)}
 
 
+# what an experiment's numbers depend on: a run made on another commit with these paths unchanged
+# is a run of the current commit too (a study goes on across commits that only add results or docs)
+TRAINING_INPUTS = ("spikelab", "stages", "dvc.yaml", "params.yaml")
+
+
+def same_training_inputs(baseline: str) -> bool:
+    """True when the training code and params of `baseline` equal those of HEAD."""
+    result = subprocess.run(["git", "diff", "--quiet", baseline, "HEAD", "--", *TRAINING_INPUTS], capture_output=True)
+    return result.returncode == 0
+
+
+def reusable_successes() -> dict[str, str]:
+    """{name: baseline} of succeeded experiments on any commit whose training inputs equal HEAD's."""
+    return {
+        record["name"]: record["baseline"]
+        for record in experiments_of(all_commits=True)
+        if record["state"] == "success" and record["baseline"] and same_training_inputs(record["baseline"])
+    }
+
+
 def history_text(rev: str, path: str = "metrics/history.csv") -> str:
     """The text of an experiment's history.csv, from its commit; "" when the commit lacks it."""
     result = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
@@ -182,18 +202,24 @@ def queue_and_wait(
 ) -> dict[str, str]:
     """Queue (name, dvc -S args) pairs, start `jobs` workers, wait; returns each name's final state.
 
-    A name that already succeeded on the current commit is skipped (unless rerun); one that
-    exists in another state is re-queued with -f. When no worker is alive while experiments wait,
+    A name that already succeeded on the current commit, or on a commit whose training code and
+    params equal HEAD's, is skipped (unless rerun); one that exists in another state is re-queued
+    with -f. When no worker is alive while experiments wait,
     the queue is revived (`revive_dead_queue`): a run lost with its worker ends failed, with its
     MLflow run id, and the rest go on. Raises QueueError (one line: which experiments, and the dvc
     command that unsticks them) when the workers keep dying.
     """
     existing = {record["name"]: record["state"] for record in experiments_of(all_commits=False)}
+    elsewhere = {} if rerun else reusable_successes()
     queued = []
     for name, args in runs:
         state = existing.get(name)
         if state == "success" and not rerun:
             print(f"study: {name} already succeeded on this commit, skipped (--rerun re-runs it)")
+            continue
+        if state is None and name in elsewhere:
+            print(f"study: {name} succeeded on {elsewhere[name][:7]}, same training code and params, skipped")
+            existing[name] = "success"
             continue
         force = ["-f"] if state is not None else []
         dvc("exp", "run", "--queue", *force, "-n", name, *args)

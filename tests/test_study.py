@@ -391,3 +391,30 @@ def test_a_report_without_any_of_its_experiments_refuses_instead_of_overwriting_
     with pytest.raises(report.UserError, match=r"none of the \d+ runs of study/sweep.yaml is a DVC experiment"):
         report.main(["--results", str(tmp_path)])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_on_another_commit_counts_only_while_the_training_code_and_params_are_unchanged(tmp_path, monkeypatch):
+    import subprocess
+
+    from study.experiments import same_training_inputs
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "spikelab").mkdir()
+    (tmp_path / "spikelab" / "model.py").write_text("A = 1\n")
+    (tmp_path / "params.yaml").write_text("a: 1\n")
+    git("add", ".")
+    git("commit", "-qm", "study commit")
+    study_commit = git("rev-parse", "HEAD")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "README.md").write_text("results\n")  # a results-only commit keeps the runs
+    git("add", ".")
+    git("commit", "-qm", "results")
+    assert same_training_inputs(study_commit)
+    (tmp_path / "params.yaml").write_text("a: 2\n")  # a params change does not
+    git("commit", "-qam", "params")
+    assert not same_training_inputs(study_commit)
