@@ -7,12 +7,12 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: setup repro test test-fast exp compare structure plateau plateau-study evidence bench bench-study seed-config quick-sweep sweep report replay gpu-setup sync verify
+.PHONY: team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure plateau plateau-study evidence bench bench-study seed-config quick-sweep sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,team]'
 	touch $(INSTALLED)
 
 setup: $(INSTALLED)
@@ -111,3 +111,29 @@ replay: $(INSTALLED)
 gpu-setup: $(INSTALLED)
 	$(BIN)/python -m pip uninstall --yes tensorflow-cpu
 	$(BIN)/python -m pip install "tensorflow[and-cuda]==2.21.0"
+
+# ---- team mode (docs/team.md) ----------------------------------------------------------------------
+# PostgreSQL from the OS's packages where it is missing (root, or sudo)
+team-setup:
+	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "PostgreSQL: installed"; \
+	else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null \
+	  && echo "PostgreSQL: installed from the OS packages"; \
+	fi
+
+# the whole team stack on this machine, on loopback; prints the client settings to export
+team-up: $(INSTALLED) team-setup
+	$(RUN) python -m team.stack up
+
+team-down: $(INSTALLED)
+	$(RUN) python -m team.stack down
+
+# SWEEP=study/sweep.yaml by default; with the settings of `python -m team.stack env` exported
+SWEEP ?= study/sweep.yaml
+team-study: $(INSTALLED)
+	$(RUN) python -m team.study submit --sweep $(SWEEP)
+
+team-collect: $(INSTALLED)
+	$(RUN) python -m team.study collect --sweep $(SWEEP)

@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 from spikelab.params import read_yaml
 
-PACKAGES = ("spikelab", "study", "stages", "benchmarks")
+PACKAGES = ("spikelab", "study", "stages", "benchmarks", "team")
 # who may import whom: the library is the bottom layer; the study and the benchmarks are its clients
 MAY_IMPORT = {
     "spikelab": {"spikelab"},
@@ -19,6 +19,8 @@ MAY_IMPORT = {
     "study": {"spikelab", "study"},
     # the study-throughput benchmark times the study's own queue-and-wait: the study is its workload
     "benchmarks": {"spikelab", "study", "benchmarks"},
+    # team mode spreads the study over machines: it reuses the study's sweep and report
+    "team": {"spikelab", "study", "team"},
 }
 
 

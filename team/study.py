@@ -1,0 +1,267 @@
+"""A study spread over machines by Ray: each run a normal DVC experiment in its own clone.
+
+    python -m team.study submit [--sweep study/sweep.yaml] [--quick]   # make team-study, on the head
+    python -m team.study collect [--sweep study/sweep.yaml] [--quick]  # make team-collect, anywhere
+
+submit: checks the tracking server and its credentials (MLFLOW_TRACKING_URI, _USERNAME, _PASSWORD)
+and creates the lab's MLflow experiment there once; pushes the current commit to the git remote
+(`--git-remote`, default `team`) and the DVC-tracked data to the DVC remote (`--dvc-remote`); then
+submits one Ray task per cell x seed (RAY_ADDRESS, or --address). Each task, on whichever worker
+Ray gives it, clones the git remote at that commit into a fresh folder, `dvc pull`s, runs
+`dvc exp run -n <prefix>-<cell>-s<seed> -S ...` logging to the shared server, and
+`dvc exp push origin` (the experiment's git ref to the git remote, its outputs to the DVC remote).
+A run whose experiment is already on the git remote is not run again, so a re-submission or a
+retry never doubles a row; a task whose worker dies is retried by Ray on another worker
+(--retries); a run that fails leaves `refs/spikelab/failed/<name>` on the git remote, with the
+error, so it is a row of the report, not a hole (a later success removes it).
+
+collect: `dvc exp pull` of the study's experiments from the git remote (with their outputs), and
+the usual report (study/results/<prefix>.*), failed runs included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from spikelab.errors import UserError, run_entry_point
+from study.report import run_record, write_report
+from study.sweep import SWEEP_FILE, expand, load_defaults, load_sweep, run_prefix
+from team.stack import RAY_LOOPBACK_ONLY
+
+FAILED_REFS = "refs/spikelab/failed/"
+DIE_WITH_WORKER = ["setpriv", "--pdeathsig", "TERM", "--"]  # util-linux: prctl(PR_SET_PDEATHSIG) then exec
+EXPERIMENT_REFS = "refs/exps/"
+
+
+class TeamError(UserError, RuntimeError):
+    """Team mode cannot go on; the message names what and how to mend it."""
+
+
+# ---- git and dvc, in a given repository ----------------------------------------------------------
+
+
+def sh(args: list[str], cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
+        raise RuntimeError(f"{' '.join(args[:4])} ... exited {result.returncode}: {tail}")
+    return result
+
+
+def remote_refs(remote: str, prefix: str, cwd: Path) -> dict[str, str]:
+    """{last path part of the ref: sha} for the refs under prefix on the remote."""
+    out = sh(["git", "ls-remote", remote, f"{prefix}*"], cwd).stdout
+    return {line.split("\t")[1].rsplit("/", 1)[-1]: line.split("\t")[0] for line in out.splitlines() if "\t" in line}
+
+
+def experiments_on_remote(remote: str, cwd: Path) -> set[str]:
+    # DVC keeps an experiment at refs/exps/<2 hex>/<38 hex of the baseline>/<name>
+    return set(remote_refs(remote, EXPERIMENT_REFS, cwd))
+
+
+# ---- the task: one run, on a worker ----------------------------------------------------------------
+
+
+def run_one(spec: dict) -> dict:
+    """Clone at the commit, pull, run the experiment, push it. Returns {name, state, host, seconds, error}."""
+    started = time.monotonic()
+    name = spec["name"]
+    outcome = {"name": name, "host": f"{socket.gethostname()}:{os.getpid()}", "state": "success", "error": ""}
+    root = Path(spec["work_root"]).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    clone = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+    env = dict(os.environ, **spec["env"])
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(clone)  # the clone's own spikelab, whatever is installed
+    try:
+        sh(["git", "clone", "--quiet", spec["git_remote"], str(clone)], root)
+        if name in experiments_on_remote("origin", clone):
+            outcome["state"] = "skipped"  # a retry after the push, or another submission's run
+            return outcome
+        sh(["git", "checkout", "--quiet", "--detach", spec["commit"]], clone)
+        sh(["dvc", "remote", "add", "--local", "--force", "--default", "team", spec["dvc_remote"]], clone)
+        sh(["dvc", "pull", "--quiet"], clone, env, check=False)  # what is missing is recomputed
+        # the run dies with this worker (SIGTERM when it exits, however): a killed worker leaves no
+        # orphaned training behind while Ray retries the run elsewhere
+        run = sh([*DIE_WITH_WORKER, "dvc", "exp", "run", "-n", name, *spec["dvc_args"]], clone, env, check=False)
+        if run.returncode != 0:
+            outcome.update(state="failed", error="\n".join((run.stderr or run.stdout).strip().splitlines()[-20:]))
+            record_failure(clone, name, outcome["error"])
+            return outcome
+        sh(["dvc", "exp", "push", "origin", name], clone, env)
+        sh(["git", "push", "--quiet", "origin", f":{FAILED_REFS}{name}"], clone, check=False)
+        return outcome
+    finally:
+        outcome["seconds"] = round(time.monotonic() - started, 1)
+        shutil.rmtree(clone, ignore_errors=True)
+
+
+def record_failure(clone: Path, name: str, error: str) -> None:
+    """refs/spikelab/failed/<name> on the git remote: a commit of the baseline's tree whose message is the error."""
+    env = dict(os.environ, GIT_AUTHOR_NAME="spikelab", GIT_AUTHOR_EMAIL="spikelab@localhost")
+    env.update(GIT_COMMITTER_NAME="spikelab", GIT_COMMITTER_EMAIL="spikelab@localhost")
+    tree = sh(["git", "rev-parse", "HEAD^{tree}"], clone).stdout.strip()
+    commit = sh(
+        ["git", "commit-tree", tree, "-p", "HEAD", "-m", f"{name} failed\n\n{error}"], clone, env
+    ).stdout.strip()
+    sh(["git", "push", "--quiet", "--force", "origin", f"{commit}:{FAILED_REFS}{name}"], clone)
+
+
+# ---- submit (on the head) ----------------------------------------------------------------------------
+
+
+def check_tracking_server() -> str:
+    """The lab's experiment on the shared server, created once here (parallel first runs would race)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        raise TeamError(
+            "team study: MLFLOW_TRACKING_URI must name the team's tracking server (http://...); "
+            "`python -m team.stack env` prints the settings of the local stack"
+        )
+    from mlflow.exceptions import MlflowException
+
+    from spikelab.params import load_params
+    from spikelab.tracking import prepare_experiment
+
+    try:
+        return prepare_experiment(load_params().tracking.experiment, Path.cwd())
+    except MlflowException as error:
+        first = str(error).strip().splitlines()[0][:200]
+        raise TeamError(
+            f"team study: the tracking server at {uri} refused us ({first}); check MLFLOW_TRACKING_USERNAME "
+            "and MLFLOW_TRACKING_PASSWORD"
+        ) from None
+
+
+def clean_commit(cwd: Path) -> str:
+    if sh(["git", "status", "--porcelain", "--untracked-files=no"], cwd).stdout.strip():
+        raise TeamError("team study: the working tree has uncommitted changes; commit them (workers run a commit)")
+    return sh(["git", "rev-parse", "HEAD"], cwd).stdout.strip()
+
+
+def remote_url(kind: str, name: str, cwd: Path) -> str:
+    if kind == "git":
+        result = sh(["git", "remote", "get-url", name], cwd, check=False)
+    else:
+        result = sh(["dvc", "config", f"remote.{name}.url"], cwd, check=False)
+    url = result.stdout.strip()
+    if result.returncode != 0 or not url:
+        raise TeamError(f"team study: no {kind} remote named {name!r} (`python -m team.stack up` adds `team`)")
+    return url
+
+
+def submit(args) -> int:
+    cwd = Path.cwd()
+    sweep = load_sweep(args.sweep)
+    cells, runs = expand(sweep, load_defaults(), quick=args.quick)
+    commit = clean_commit(cwd)
+    git_remote, dvc_remote = remote_url("git", args.git_remote, cwd), remote_url("dvc", args.dvc_remote, cwd)
+    check_tracking_server()
+    sh(["git", "push", "--quiet", args.git_remote, f"{commit}:refs/heads/spikelab-study-{commit[:12]}"], cwd)
+    sh(["dvc", "push", "--quiet", "-r", args.dvc_remote], cwd, check=False)  # data the workers then need not make
+    done = experiments_on_remote(args.git_remote, cwd)
+    todo = [run for run in runs if run.name not in done]
+    for run in runs:
+        if run.name in done:
+            print(f"team study: {run.name} is already on the git remote, not run again")
+    if not todo:
+        print("team study: nothing to run")
+        return 0
+    address = args.address or os.environ.get("RAY_ADDRESS") or "auto"
+    if address.startswith(("127.", "localhost")):
+        os.environ.update(RAY_LOOPBACK_ONLY)  # before Ray reads it: this driver stays on 127.0.0.1 too
+    import ray
+
+    ray.init(address=address, log_to_driver=False)
+    tracking = {
+        key: os.environ[key]
+        for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+        if key in os.environ
+    }
+    task = ray.remote(run_one).options(num_cpus=1, max_retries=args.retries, retry_exceptions=False)
+    pending = {
+        task.remote(
+            {
+                "name": run.name,
+                "commit": commit,
+                "git_remote": git_remote,
+                "dvc_remote": dvc_remote,
+                "dvc_args": run.dvc_args(),
+                "work_root": args.work_root,
+                "env": tracking,
+            }
+        ): run.name
+        for run in todo
+    }
+    print(f"team study: {len(pending)} runs submitted to Ray at commit {commit[:12]}", flush=True)
+    started, outcomes = time.monotonic(), []
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        name = pending.pop(ready[0])
+        try:
+            outcome = ray.get(ready[0])
+        except Exception as error:  # the task died more often than Ray retries it
+            outcome = {"name": name, "state": "failed", "error": str(error).splitlines()[0], "host": "?", "seconds": 0}
+        outcomes.append(outcome)
+        print(
+            f"team study: {name} {outcome['state']} on {outcome['host']} in {outcome['seconds']} s "
+            f"({len(outcomes)}/{len(todo)}, {(time.monotonic() - started) / 60:.1f} min)"
+            + (f": {outcome['error'].splitlines()[-1]}" if outcome["error"] else ""),
+            flush=True,
+        )
+    failed = [o["name"] for o in outcomes if o["state"] == "failed"]
+    print(f"team study: {len(outcomes)} runs, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
+    return 1 if failed else 0
+
+
+# ---- collect (anywhere) ------------------------------------------------------------------------------
+
+
+def collect(args) -> int:
+    cwd = Path.cwd()
+    sweep = load_sweep(args.sweep)
+    cells, runs = expand(sweep, load_defaults(), quick=args.quick)
+    names = {run.name for run in runs}
+    remote_url("git", args.git_remote, cwd)
+    on_remote = sorted(names & experiments_on_remote(args.git_remote, cwd))
+    failures = {name: sha for name, sha in remote_refs(args.git_remote, FAILED_REFS, cwd).items() if name in names}
+    if on_remote:
+        sh(["dvc", "exp", "pull", "--force", "-r", args.dvc_remote, args.git_remote, *on_remote], cwd)
+    print(f"team study: pulled {len(on_remote)} experiments; {len(failures)} runs failed on the workers")
+    from study.experiments import experiments_by_name
+
+    experiments = experiments_by_name()
+    records = []
+    for run in runs:
+        experiment = experiments.get(run.name)
+        if experiment is None and run.name in failures:
+            experiment = {"state": "failed", "rev": failures[run.name]}
+        records.append(run_record(run, experiment))
+    write_report(records, cells, run_prefix(sweep, args.quick))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m team.study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("submit", "collect"))
+    parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--git-remote", default="team")
+    parser.add_argument("--dvc-remote", default="team")
+    parser.add_argument("--address", default=None, help="the Ray head (default: RAY_ADDRESS)")
+    parser.add_argument("--retries", type=int, default=3, help="Ray retries of a task whose worker died")
+    parser.add_argument("--work-root", default="~/.cache/spikelab/team", help="where workers make their clones")
+    args = parser.parse_args(argv)
+    return submit(args) if args.command == "submit" else collect(args)
+
+
+if __name__ == "__main__":
+    run_entry_point(main)

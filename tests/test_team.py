@@ -1,0 +1,167 @@
+"""Team mode for real, on loopback: the project's stack (PostgreSQL, the MLflow server with basic
+auth and proxied artifacts, a bare git remote, a DVC remote, Ray), a small study submitted through
+Ray from one clone, run in the workers' own clones, collected in a third clone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import lab_env, make_lab, run
+
+pytestmark = pytest.mark.slow
+
+TEAM_SWEEP = """\
+prefix: teamtest
+seeds: [0, 1]
+cells:
+  baseline: {}
+  eps-1e-2: {optimizer.epsilon: 1.0e-2}
+  # the params validator refuses adamw without weight_decay in the train stage: a run that fails
+  adamw-no-decay: {optimizer.name: adamw}
+"""
+NAMES = [f"teamtest-{cell}-s{seed}" for seed in (0, 1) for cell in ("baseline", "eps-1e-2", "adamw-no-decay")]
+
+
+def postgres_installed() -> bool:
+    return shutil.which("initdb") is not None or any(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+
+
+@pytest.fixture
+def team_lab(tmp_path, tiny_raw):
+    if not postgres_installed():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is missing on CI: .ci/run runs `make team-setup` first")
+        pytest.skip("PostgreSQL is not installed (make team-setup)")
+    tiny_raw["train"]["epochs"] = 3
+    lab = make_lab(tmp_path / "head", tiny_raw)
+    (lab / "study" / "team_test.yaml").write_text(TEAM_SWEEP)
+    run(["git", "add", "study/team_test.yaml"], lab)
+    run(["git", "commit", "-qm", "the team test's study"], lab)
+    stack_dir = tmp_path / "stack"
+    up = run(["python", "-m", "team.stack", "up", "--dir", str(stack_dir), "--workers", "2", *free_ports()], lab)
+    env = lab_env(lab)
+    env.update(
+        line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines() if line.startswith("export ")
+    )
+    yield lab, stack_dir, env
+    subprocess.run(
+        [sys.executable, "-m", "team.stack", "down", "--dir", str(stack_dir), "--purge"],
+        cwd=lab,
+        env=lab_env(lab),
+        capture_output=True,
+    )
+
+
+def free_ports() -> list[str]:
+    return ["--postgres-port", "0", "--mlflow-port", "0", "--ray-port", "0"]
+
+
+def kill_one_running_task(deadline_s: float) -> bool:
+    """SIGKILL a Ray worker while it runs a task's training (its `dvc exp run` child is up)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if title.startswith(b"ray::run_one") and training_below(int(pid)):
+                os.kill(int(pid), signal.SIGKILL)
+                return True
+        time.sleep(0.5)
+    return False
+
+
+def training_below(pid: int) -> bool:
+    result = subprocess.run(["pgrep", "-f", "-P", str(pid), "dvc exp run"], capture_output=True)
+    return result.returncode == 0
+
+
+def test_a_study_runs_through_ray_into_the_shared_server_and_remotes_and_is_collected(team_lab, tmp_path):
+    lab, stack_dir, env = team_lab
+    submit_args = ["python", "-m", "team.study", "submit", "--sweep", "study/team_test.yaml"]
+    submit_args += ["--work-root", str(tmp_path / "workers"), "--retries", "3"]
+    # wrong credentials: one line, before anything runs
+    bad = subprocess.run(
+        submit_args, cwd=lab, env=env | {"MLFLOW_TRACKING_PASSWORD": "wrong"}, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "MLFLOW_TRACKING_PASSWORD" in bad.stderr.strip().splitlines()[-1]
+
+    submission = subprocess.Popen(
+        submit_args, cwd=lab, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    killed = kill_one_running_task(deadline_s=240)
+    output, _ = submission.communicate(timeout=900)
+    assert killed, output
+    lines = [line for line in output.splitlines() if line.startswith("team study:")]
+    # every run ends: the killed one retried by Ray, the adamw ones failed as rows
+    for name in NAMES:
+        expected = "failed" if "adamw" in name else "success"
+        assert any(line.startswith(f"team study: {name} {expected} on ") for line in lines), output
+    assert submission.returncode == 1  # failed runs make the submission fail, after all ran
+    assert any("2 failed" in line for line in lines), output
+
+    # each successful run is a FINISHED MLflow run in the PostgreSQL-backed server, with its per-epoch
+    # metrics and its checkpoints stored through the server's artifact proxy
+    from mlflow.tracking import MlflowClient
+
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        os.environ[key] = env[key]
+    try:
+        client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+        experiment = client.get_experiment_by_name("spikelab-test")
+        runs = {
+            r.info.run_name: r for r in client.search_runs([experiment.experiment_id]) if r.info.status == "FINISHED"
+        }
+        for name in (n for n in NAMES if "adamw" not in n):
+            assert name in runs, sorted(runs)
+            info = runs[name].info
+            assert info.artifact_uri.startswith("mlflow-artifacts:")
+            assert [m.step for m in client.get_metric_history(info.run_id, "loss")] == [1, 2, 3]
+            paths = {a.path for a in client.list_artifacts(info.run_id, "checkpoints")}
+            assert {"checkpoints/best.keras", "checkpoints/last.keras"} <= paths
+            stored = stack_dir / "artifacts" / experiment.experiment_id / info.run_id / "artifacts"
+            assert (stored / "checkpoints" / "best.keras").stat().st_size > 0
+    finally:
+        for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(key, None)
+    # ... and the store really is PostgreSQL: the runs table there holds them
+    stack = __import__("json").loads((stack_dir / "stack.json").read_text())
+    count = subprocess.run(
+        ["runuser", "-u", "postgres", "--"] * (os.geteuid() == 0)
+        + ["psql", "-h", stack["postgres_data"], "-p", str(stack["postgres_port"]), "-U", "postgres", "-d", "mlflow"]
+        + ["-tAc", "SELECT count(*) FROM runs WHERE status = 'FINISHED' AND name LIKE 'teamtest-%'"],
+        capture_output=True,
+        text=True,
+    )
+    assert int(count.stdout.strip()) >= 4, count.stderr
+
+    # a re-submission runs nothing that is on the remote: no doubled rows
+    again = subprocess.run(submit_args, cwd=lab, env=env, capture_output=True, text=True)
+    assert "teamtest-baseline-s0 is already on the git remote" in again.stdout
+    assert " success on " not in again.stdout
+
+    # a third clone collects: the experiments and their outputs, and the report with the failures as rows
+    collector = tmp_path / "collector"
+    run(["git", "clone", "-q", str(lab), str(collector)], tmp_path)
+    run(["git", "remote", "add", "team", stack["git_remote"]], collector)
+    run(["dvc", "remote", "add", "--local", "team", stack["dvc_remote"]], collector)
+    run(["python", "-m", "team.study", "collect", "--sweep", "study/team_test.yaml"], collector)
+    rows = (collector / "study" / "results" / "teamtest_runs.csv").read_text().splitlines()
+    states = {row.split(",")[0]: row.split(",")[3] for row in rows[1:]}
+    assert states == {name: "failed" if "adamw" in name else "success" for name in NAMES}, rows
+    # the checkpoint another machine made, from the DVC remote: what a replay starts from
+    shown = run(["dvc", "exp", "show", "--json"], collector).stdout
+    assert "teamtest-baseline-s1" in shown
+    run(["dvc", "exp", "apply", "teamtest-baseline-s1"], collector)
+    assert (collector / "models" / "best.keras").stat().st_size > 0
