@@ -102,6 +102,7 @@ report: $(INSTALLED)
 evidence: $(INSTALLED)
 	-$(RUN) python -m study.sweep queue --sweep study/evidence.yaml
 	$(RUN) python -m study.report --sweep study/evidence.yaml
+	$(RUN) python -m study.predictors --sweep study/evidence.yaml
 
 # Counterfactual replays of the workspace run's spike (EXP=<name> replays a sweep experiment instead)
 replay: $(INSTALLED)

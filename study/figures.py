@@ -30,8 +30,10 @@ def plot_study(
     bars = figure.add_subplot(grid[:half, 0])
     names = [row["cell"] for row in shown]
     rates = [row["divergence_rate"] or 0.0 for row in shown]
-    low = [rate - (row.get("divergence_rate_low") or rate) for rate, row in zip(rates, shown)]
-    high = [(row.get("divergence_rate_high") or rate) - rate for rate, row in zip(rates, shown)]
+    # whiskers from the Wilson bounds; clipped at 0: at k = n the bound can sit an ulp inside the rate
+    bounds = [(row.get("divergence_rate_low"), row.get("divergence_rate_high")) for row in shown]
+    low = [max(0.0, rate - lo) if lo is not None else 0.0 for rate, (lo, _) in zip(rates, bounds)]
+    high = [max(0.0, hi - rate) if hi is not None else 0.0 for rate, (_, hi) in zip(rates, bounds)]
     # the counts go in the labels: text inside the bars would sit under the interval whiskers
     labels = [
         f"{row['cell']}  {row['n_diverged']}/{row['n_runs']}"

@@ -81,6 +81,7 @@ def run_one(spec: dict) -> dict:
     env = dict(os.environ, **spec["env"])
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONPATH"] = str(clone)  # the clone's own spikelab, whatever is installed
+    keep = False
     try:
         sh(["git", "clone", "--quiet", spec["git_remote"], str(clone)], root)
         if name in experiments_on_remote("origin", clone):
@@ -93,15 +94,22 @@ def run_one(spec: dict) -> dict:
         # orphaned training behind while Ray retries the run elsewhere
         run = sh([*DIE_WITH_WORKER, "dvc", "exp", "run", "-n", name, *spec["dvc_args"]], clone, env, check=False)
         if run.returncode != 0:
-            outcome.update(state="failed", error="\n".join((run.stderr or run.stdout).strip().splitlines()[-20:]))
+            # the clone stays: whatever the stages wrote (a finished training whose evaluation could
+            # not reach the server) is there to recover, and the row says where
+            keep = True
+            error = [*(run.stderr or run.stdout).strip().splitlines()[-20:], f"(files kept in {clone})"]
+            outcome.update(state="failed", error="\n".join(error))
             record_failure(clone, name, outcome["error"])
             return outcome
+        incomplete = [line for line in run.stdout.splitlines() if "is incomplete" in line]
+        outcome["error"] = "\n".join(incomplete)  # the tracking store failed mid-run: `make sync` mends it
         sh(["dvc", "exp", "push", "origin", name], clone, env)
         sh(["git", "push", "--quiet", "origin", f":{FAILED_REFS}{name}"], clone, check=False)
         return outcome
     finally:
         outcome["seconds"] = round(time.monotonic() - started, 1)
-        shutil.rmtree(clone, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(clone, ignore_errors=True)
 
 
 def record_failure(clone: Path, name: str, error: str) -> None:
@@ -113,6 +121,15 @@ def record_failure(clone: Path, name: str, error: str) -> None:
         ["git", "commit-tree", tree, "-p", "HEAD", "-m", f"{name} failed\n\n{error}"], clone, env
     ).stdout.strip()
     sh(["git", "push", "--quiet", "--force", "origin", f"{commit}:{FAILED_REFS}{name}"], clone)
+
+
+def summary(error: str) -> str:
+    """One line of a task's error: the lab's own one-line error where there is one (DVC's lines
+    around it only say which stage failed), and where the files were kept."""
+    lines = error.strip().splitlines()
+    ours = [line for line in lines if line.startswith("error:")]
+    kept = [line for line in lines if line.startswith("(files kept in ")]
+    return " ".join((ours or lines)[-1:] + kept)
 
 
 # ---- submit (on the head) ----------------------------------------------------------------------------
@@ -214,7 +231,7 @@ def submit(args) -> int:
         print(
             f"team study: {name} {outcome['state']} on {outcome['host']} in {outcome['seconds']} s "
             f"({len(outcomes)}/{len(todo)}, {(time.monotonic() - started) / 60:.1f} min)"
-            + (f": {outcome['error'].splitlines()[-1]}" if outcome["error"] else ""),
+            + (f": {summary(outcome['error'])}" if outcome["error"] else ""),
             flush=True,
         )
     failed = [o["name"] for o in outcomes if o["state"] == "failed"]

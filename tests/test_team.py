@@ -4,17 +4,20 @@ Ray from one clone, run in the workers' own clones, collected in a third clone."
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import lab_env, make_lab, run
+from conftest import TINY, lab_env, make_lab, run
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +30,13 @@ cells:
   # the params validator refuses adamw without weight_decay in the train stage: a run that fails
   adamw-no-decay: {optimizer.name: adamw}
 """
+# one run long enough to lose its tracking server in the middle
+OUTAGE_SWEEP = """\
+prefix: teamoutage
+seeds: [0]
+cells:
+  long: {train.epochs: 400}
+"""
 NAMES = [f"teamtest-{cell}-s{seed}" for seed in (0, 1) for cell in ("baseline", "eps-1e-2", "adamw-no-decay")]
 
 
@@ -34,17 +44,21 @@ def postgres_installed() -> bool:
     return shutil.which("initdb") is not None or any(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
 
 
-@pytest.fixture
-def team_lab(tmp_path, tiny_raw):
+@pytest.fixture(scope="module")
+def team_lab(tmp_path_factory):
+    """One stack for the module's tests (starting one costs ~30 s); torn down after the last."""
     if not postgres_installed():
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL is missing on CI: .ci/run runs `make team-setup` first")
         pytest.skip("PostgreSQL is not installed (make team-setup)")
-    tiny_raw["train"]["epochs"] = 3
-    lab = make_lab(tmp_path / "head", tiny_raw)
+    tmp_path = tmp_path_factory.mktemp("team")
+    raw = copy.deepcopy(TINY)
+    raw["train"]["epochs"] = 3
+    lab = make_lab(tmp_path / "head", raw)
     (lab / "study" / "team_test.yaml").write_text(TEAM_SWEEP)
-    run(["git", "add", "study/team_test.yaml"], lab)
-    run(["git", "commit", "-qm", "the team test's study"], lab)
+    (lab / "study" / "team_outage.yaml").write_text(OUTAGE_SWEEP)
+    run(["git", "add", "study"], lab)
+    run(["git", "commit", "-qm", "the team tests' studies"], lab)
     stack_dir = tmp_path / "stack"
     up = run(["python", "-m", "team.stack", "up", "--dir", str(stack_dir), "--workers", "2", *free_ports()], lab)
     env = lab_env(lab)
@@ -52,12 +66,8 @@ def team_lab(tmp_path, tiny_raw):
         line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines() if line.startswith("export ")
     )
     yield lab, stack_dir, env
-    subprocess.run(
-        [sys.executable, "-m", "team.stack", "down", "--dir", str(stack_dir), "--purge"],
-        cwd=lab,
-        env=lab_env(lab),
-        capture_output=True,
-    )
+    if (stack_dir / "stack.json").exists():  # a test failed before the teardown test
+        run(["python", "-m", "team.stack", "down", "--dir", str(stack_dir), "--purge"], lab, check=False)
 
 
 def free_ports() -> list[str]:
@@ -91,6 +101,10 @@ def test_a_study_runs_through_ray_into_the_shared_server_and_remotes_and_is_coll
     lab, stack_dir, env = team_lab
     submit_args = ["python", "-m", "team.study", "submit", "--sweep", "study/team_test.yaml"]
     submit_args += ["--work-root", str(tmp_path / "workers"), "--retries", "3"]
+    # the server refuses a client without credentials
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1")
+    assert refused.value.code == 401
     # wrong credentials: one line, before anything runs
     bad = subprocess.run(
         submit_args, cwd=lab, env=env | {"MLFLOW_TRACKING_PASSWORD": "wrong"}, capture_output=True, text=True
@@ -136,7 +150,7 @@ def test_a_study_runs_through_ray_into_the_shared_server_and_remotes_and_is_coll
         for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
             os.environ.pop(key, None)
     # ... and the store really is PostgreSQL: the runs table there holds them
-    stack = __import__("json").loads((stack_dir / "stack.json").read_text())
+    stack = json.loads((stack_dir / "stack.json").read_text())
     count = subprocess.run(
         ["runuser", "-u", "postgres", "--"] * (os.geteuid() == 0)
         + ["psql", "-h", stack["postgres_data"], "-p", str(stack["postgres_port"]), "-U", "postgres", "-d", "mlflow"]
@@ -159,9 +173,48 @@ def test_a_study_runs_through_ray_into_the_shared_server_and_remotes_and_is_coll
     run(["python", "-m", "team.study", "collect", "--sweep", "study/team_test.yaml"], collector)
     rows = (collector / "study" / "results" / "teamtest_runs.csv").read_text().splitlines()
     states = {row.split(",")[0]: row.split(",")[3] for row in rows[1:]}
+    assert len(rows) == 1 + len(NAMES)  # every row, each once
     assert states == {name: "failed" if "adamw" in name else "success" for name in NAMES}, rows
-    # the checkpoint another machine made, from the DVC remote: what a replay starts from
     shown = run(["dvc", "exp", "show", "--json"], collector).stdout
-    assert "teamtest-baseline-s1" in shown
+    assert all(name in shown for name in NAMES if "adamw" not in name)
+    # the checkpoint another machine made, from the DVC remote: what a replay starts from
     run(["dvc", "exp", "apply", "teamtest-baseline-s1"], collector)
     assert (collector / "models" / "best.keras").stat().st_size > 0
+
+
+def test_the_server_stopped_mid_run_loses_no_files_and_says_so(team_lab, tmp_path):
+    lab, stack_dir, env = team_lab
+    stack = json.loads((stack_dir / "stack.json").read_text())
+    args = ["python", "-m", "team.study", "submit", "--sweep", "study/team_outage.yaml"]
+    submission = subprocess.Popen(
+        [*args, "--work-root", str(tmp_path / "workers")],
+        cwd=lab,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    # mid-training: the tiny config snapshots every epoch, so a few snapshots mean epochs are running
+    while len(list((tmp_path / "workers").glob("*/models/snapshots/epoch_*.npz"))) < 5:
+        assert time.monotonic() < deadline and submission.poll() is None, "the training never got going"
+        time.sleep(0.2)
+    os.killpg(stack["mlflow_pid"], signal.SIGKILL)  # the tracking server dies mid-training
+    output, _ = submission.communicate(timeout=600)  # no hang: the train stage degrades, evaluate refuses
+    row = next(line for line in output.splitlines() if line.startswith("team study: teamoutage-long-s0 "))
+    assert " failed on " in row and "unreachable" in row, output  # evaluate refuses in one line
+    kept = Path(row.rsplit("(files kept in ", 1)[1].rstrip(")"))
+    # the training finished and wrote its files; the row names where they are
+    train = json.loads((kept / "metrics" / "train.json").read_text())
+    assert train["epochs_run"] == 400
+    assert (kept / "models" / "best.keras").stat().st_size > 0
+
+
+def test_the_stack_comes_down_leaving_no_process_behind(team_lab):
+    lab, stack_dir, _ = team_lab
+    stack = json.loads((stack_dir / "stack.json").read_text())
+    run(["python", "-m", "team.stack", "down", "--dir", str(stack_dir), "--purge"], lab)
+    time.sleep(2)
+    for pattern in ("raylet", "gcs_server", "ray::", stack["postgres_data"], f"--port {stack['mlflow_port']}"):
+        assert subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True).returncode == 1, pattern
+    assert not Path(stack["postgres_data"]).exists() and not stack_dir.exists()
