@@ -12,13 +12,13 @@ experiment minutes later.
 from __future__ import annotations
 
 import argparse
-import subprocess
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from spikelab.errors import UserError, run_entry_point
 from spikelab.params import params_from_dict, read_yaml
+from study.experiments import is_valid_ref_name, run_experiment
 
 
 class ExpError(UserError, ValueError):
@@ -62,8 +62,7 @@ def experiment_name(changes: list[str]) -> str:
 
 def check_ref_name(name: str) -> None:
     """DVC experiment names are git ref names (no spaces, `~^:?*[\\`, `..`, `/`)."""
-    valid = subprocess.run(["git", "check-ref-format", f"refs/exps/{name}"], capture_output=True).returncode == 0
-    if not valid or "/" in name:
+    if not is_valid_ref_name(f"refs/exps/{name}") or "/" in name:
         raise ExpError(f"experiment name {name!r} (from the changes) is not a valid git ref name: simplify the values")
 
 
@@ -77,10 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     checked_changes(args.changes, read_yaml("params.yaml", "params"))
     name = experiment_name(args.changes)
     check_ref_name(name)
-    command = ["dvc", "exp", "run", "-n", name, *(["--queue"] if args.queue else [])]
-    command += [arg for text in args.changes for arg in ("-S", text)]
-    print(f"exp: {' '.join(command)}", flush=True)
-    return subprocess.run(command).returncode
+    return run_experiment(name, [arg for text in args.changes for arg in ("-S", text)], queue=args.queue)
 
 
 if __name__ == "__main__":

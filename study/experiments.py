@@ -121,6 +121,10 @@ def read_output(rev: str, path: str) -> bytes:
         return handle.read()
 
 
+def is_valid_ref_name(ref: str) -> bool:
+    return subprocess.run(["git", "check-ref-format", ref], capture_output=True).returncode == 0
+
+
 # ---- running experiments ----------------------------------------------------------------------------
 
 
@@ -260,3 +264,10 @@ def queue_and_wait(
         f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''} (see `dvc queue logs <name>`)"
     )
     return final
+
+
+def run_experiment(name: str, dvc_args: list[str], queue: bool = False) -> int:
+    """One named `dvc exp run` in the foreground, its output to the terminal; its exit code."""
+    command = ["dvc", "exp", "run", "-n", name, *(["--queue"] if queue else []), *dvc_args]
+    print(f"exp: {' '.join(command)}", flush=True)
+    return subprocess.run(command).returncode

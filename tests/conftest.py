@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
 
 from benchmarks.workspace import commit_fresh_repo, copy_tracked_files
-from spikelab.params import read_yaml
+from spikelab.params import ModelParams, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -107,3 +109,23 @@ def stage_command(root: Path, name: str) -> list[str]:
     """The stage's command line as dvc.yaml writes it (its paths are written there only)."""
     stages = read_yaml(root / "dvc.yaml", "dvc")["stages"]
     return shlex.split(stages[name]["cmd"])
+
+
+def tiny_model_params(**changes) -> ModelParams:
+    """The tiny config's model section, with changes (e.g. filters=64)."""
+    return ModelParams(**{**TINY["model"], **changes})
+
+
+def store_client(root: Path) -> MlflowClient:
+    """A client of the copy's own sqlite store."""
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def mlflow_runs(root: Path) -> list:
+    """Every run (deleted ones too) of the tiny config's experiment in the copy's own store; none
+    when the store was never created."""
+    if not (root / "mlflow.db").exists():
+        return []
+    client = store_client(root)
+    experiment = client.get_experiment_by_name(TINY["tracking"]["experiment"])
+    return [] if experiment is None else client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)

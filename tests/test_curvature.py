@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_model_params
 from spikelab.curvature import ProbeHessian, adam_preconditioner, curvature_along_step, top_eigenvalue
 from spikelab.data import generate, split
 from spikelab.losses import clipped_binary_crossentropy
 from spikelab.model import build_model
-from spikelab.params import ModelParams, params_from_dict
+from spikelab.params import params_from_dict
 from spikelab.training import train
 
 
@@ -18,9 +19,7 @@ def probe_problem():
     rng = np.random.default_rng(1)
     x = rng.random((16, 32, 32, 1), dtype=np.float32)
     y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 16)]
-    model = build_model(
-        ModelParams(filters=2, kernel_size=16, data_format="auto", hidden_activation="none"), 32, "channels_last"
-    )
+    model = build_model(tiny_model_params(hidden_activation="none"), 32, "channels_last")
     return model, x, y
 
 

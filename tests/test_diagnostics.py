@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_model_params
 from spikelab.data import generate, split
 from spikelab.diagnostics import adam_state_stats, saturation_stats, second_moment_lag
 from spikelab.losses import clipped_binary_crossentropy
 from spikelab.model import build_model
-from spikelab.params import ModelParams, params_from_dict
+from spikelab.params import params_from_dict
 from spikelab.training import train
 
 LEARNING_RATE, BETA_1, BETA_2, EPSILON = 0.01, 0.9, 0.999, 1e-7
@@ -29,12 +30,8 @@ def test_adam_diagnostics_match_a_numpy_adam_over_three_steps():
     rng = np.random.default_rng(0)
     x = rng.random((8, 32, 32, 1), dtype=np.float32)
     y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 8)]
-    model = build_model(
-        ModelParams(filters=2, kernel_size=16, data_format="auto", hidden_activation="none"), 32, "channels_last"
-    )
-    twin = build_model(
-        ModelParams(filters=2, kernel_size=16, data_format="auto", hidden_activation="none"), 32, "channels_last"
-    )  # computes the gradients numpy applies
+    model = build_model(tiny_model_params(), 32, "channels_last")
+    twin = build_model(tiny_model_params(), 32, "channels_last")  # computes the gradients numpy applies
     optimizer = keras.optimizers.Adam(LEARNING_RATE, beta_1=BETA_1, beta_2=BETA_2, epsilon=EPSILON)
     model.compile(optimizer=optimizer, loss=clipped_binary_crossentropy)
     weights = [w.numpy().copy() for w in model.trainable_variables]

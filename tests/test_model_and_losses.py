@@ -3,23 +3,20 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import tiny_model_params
 from spikelab.losses import clipped_binary_crossentropy, clipped_categorical_crossentropy, make_loss
 from spikelab.model import build_model, resolve_data_format
-from spikelab.params import LossParams, ModelParams
+from spikelab.params import LossParams
 
 
 def test_seed_architecture_has_the_seed_parameter_count():
-    model = build_model(
-        ModelParams(filters=64, kernel_size=16, data_format="auto", hidden_activation="none"), 32, "channels_last"
-    )
+    model = build_model(tiny_model_params(filters=64), 32, "channels_last")
     assert model.count_params() == 2_113_986  # 16,448 + 2,097,280 + 258, as in SEED.md
 
 
 @pytest.mark.parametrize("data_format", ["channels_last", resolve_data_format("auto")])
 def test_output_is_a_two_way_softmax(data_format):
-    model = build_model(
-        ModelParams(filters=2, kernel_size=16, data_format="auto", hidden_activation="none"), 32, data_format
-    )
+    model = build_model(tiny_model_params(), 32, data_format)
     shape = (3, 1, 32, 32) if data_format == "channels_first" else (3, 32, 32, 1)
     output = model(np.random.default_rng(0).random(shape, dtype=np.float32)).numpy()
     assert output.shape == (3, 2)

@@ -5,9 +5,8 @@ import json
 import subprocess
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from conftest import lab_env, run, wait_for_queue
+from conftest import lab_env, mlflow_runs, run, store_client, wait_for_queue
 
 pytestmark = pytest.mark.slow
 
@@ -42,12 +41,6 @@ TRAIN_KEYS = {
 }
 
 
-def mlflow_runs(root):
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("spikelab-test")
-    return client, client.search_runs([experiment.experiment_id])
-
-
 def test_repro_then_experiments_land_in_dvc_and_the_one_mlflow_store(lab_repo):
     root = lab_repo
     out = run(["dvc", "repro"], root).stdout
@@ -76,7 +69,7 @@ def test_repro_then_experiments_land_in_dvc_and_the_one_mlflow_store(lab_repo):
         assert (root / path).stat().st_size > 0, path
     assert "data/lines.npz" in (root / "dvc.lock").read_text()
 
-    client, runs = mlflow_runs(root)
+    client, runs = store_client(root), mlflow_runs(root)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     first = runs[0]
     assert first.data.params["optimizer.epsilon"] == "1e-07"
@@ -105,7 +98,7 @@ def test_repro_then_experiments_land_in_dvc_and_the_one_mlflow_store(lab_repo):
     shown = json.dumps(json.loads(run(["dvc", "exp", "show", "--json"], root).stdout))
     assert "eps-1e-3" in shown and "queued-seed-1" in shown
 
-    _, runs = mlflow_runs(root)
+    runs = mlflow_runs(root)
     names = sorted(r.data.tags.get("dvc.exp_name", "") for r in runs)
     assert names == ["", "eps-1e-3", "queued-seed-1"]
     assert all(r.info.status == "FINISHED" for r in runs)

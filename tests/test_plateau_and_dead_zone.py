@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from conftest import with_changes
+from conftest import tiny_model_params, with_changes
 from spikelab.data import generate, split
 from spikelab.dead_zone import accounting_epochs, dead_zone_stats
 from spikelab.divergence import plateau_metrics
 from spikelab.model import build_model
-from spikelab.params import DivergenceParams, ModelParams, PlateauParams, params_from_dict
+from spikelab.params import DivergenceParams, PlateauParams, params_from_dict
 from spikelab.training import train
 
 SOLID, BROKEN = [1.0, 0.0], [0.0, 1.0]
@@ -124,7 +124,7 @@ def test_hidden_relu_adds_no_parameters_and_changes_the_output():
         import keras
 
         keras.utils.set_random_seed(0)
-        params = ModelParams(filters=2, kernel_size=16, data_format="auto", hidden_activation=hidden)
+        params = tiny_model_params(hidden_activation=hidden)
         return build_model(params, 32, "channels_last")
 
     linear, nonlinear = model("none"), model("relu")

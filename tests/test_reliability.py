@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY, lab_env, make_lab, run, stage_command, wait_for_queue, write_params
+from conftest import TINY, lab_env, make_lab, mlflow_runs, run, stage_command, wait_for_queue, write_params
 from spikelab.integrity import file_md5
 from spikelab.params import read_yaml
 
@@ -77,15 +76,6 @@ def output_bytes(root: Path) -> dict[str, bytes]:
 def temp_files(root: Path) -> list[Path]:
     """Leftovers of files.atomic_path (.<stem>.tmp<pid><suffix>)."""
     return [path for folder in STAGE_FOLDERS for path in (root / folder).rglob("*.tmp*")]
-
-
-def mlflow_runs(root: Path) -> list:
-    """Every run in the copy's own store; none when the store was never created."""
-    if not (root / "mlflow.db").exists():
-        return []
-    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    return [] if experiment is None else client.search_runs([experiment.experiment_id], run_view_type=ViewType.ALL)
 
 
 def stage(root: Path, name: str, **env) -> subprocess.CompletedProcess:
