@@ -9,6 +9,8 @@ names can collide across files); per-epoch curves come from each experiment's co
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import re
 import subprocess
@@ -82,14 +84,50 @@ def experiments_by_name(all_commits: bool = True) -> dict[str, dict]:
     return {record["name"]: record for record in experiments_of(all_commits)}
 
 
-# what an experiment's numbers depend on: a run made on another commit with these paths unchanged
-# is a run of the current commit too (a study goes on across commits that only add results or docs)
-TRAINING_INPUTS = ("spikelab", "stages", "dvc.yaml", "params.yaml")
+# what an experiment's numbers depend on: the stages, the pipeline, the params, and the library
+# modules the stages import (found from the code, not listed: editing a library module no stage
+# imports, e.g. the sync tool, keeps the runs). A run made on another commit with all of these
+# unchanged is a run of the current commit too: a study goes on across commits that add results,
+# docs or tools
+PIPELINE_INPUTS = ("stages", "dvc.yaml", "params.yaml", "spikelab/__init__.py")
+
+
+def _git_lines(*args: str) -> list[str]:
+    result = subprocess.run(["git", *args], capture_output=True, text=True)
+    return result.stdout.splitlines() if result.returncode == 0 else []
+
+
+@functools.cache
+def stage_imports(rev: str) -> frozenset[str]:
+    """The library files (spikelab/*.py) the stages import at rev, directly or through each other."""
+    sources = {
+        path: "\n".join(_git_lines("show", f"{rev}:{path}"))
+        for path in _git_lines("ls-tree", "-r", "--name-only", rev, "--", "stages", "spikelab")
+        if path.endswith(".py")
+    }
+    found, todo = set(), [path for path in sources if path.startswith("stages/")]
+    while todo:
+        path = todo.pop()
+        try:
+            tree = ast.parse(sources[path])
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            for name in names:
+                module = name.replace(".", "/") + ".py"
+                if module.startswith("spikelab/") and module in sources and module not in found:
+                    found.add(module)
+                    todo.append(module)
+    return frozenset(found)
 
 
 def same_training_inputs(baseline: str) -> bool:
-    """True when the training code and params of `baseline` equal those of HEAD."""
-    result = subprocess.run(["git", "diff", "--quiet", baseline, "HEAD", "--", *TRAINING_INPUTS], capture_output=True)
+    """True when what the stages run at `baseline` equals what they run at HEAD."""
+    paths = sorted({*PIPELINE_INPUTS, *stage_imports(baseline), *stage_imports("HEAD")})
+    result = subprocess.run(["git", "diff", "--quiet", baseline, "HEAD", "--", *paths], capture_output=True)
     return result.returncode == 0
 
 

@@ -393,28 +393,44 @@ def test_a_report_without_any_of_its_experiments_refuses_instead_of_overwriting_
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_run_on_another_commit_counts_only_while_the_training_code_and_params_are_unchanged(tmp_path, monkeypatch):
+def test_a_run_on_another_commit_counts_only_while_what_the_stages_run_is_unchanged(tmp_path, monkeypatch):
     import subprocess
 
-    from study.experiments import same_training_inputs
+    from study.experiments import same_training_inputs, stage_imports
 
     def git(*args):
         return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
 
+    def commit(files: dict, message: str) -> str:
+        for path, text in files.items():
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_text(text)
+        git("add", ".")
+        git("commit", "-qm", message)
+        stage_imports.cache_clear()  # HEAD moved
+        return git("rev-parse", "HEAD")
+
     git("init", "-q")
     git("config", "user.email", "t@example.com")
     git("config", "user.name", "t")
-    (tmp_path / "spikelab").mkdir()
-    (tmp_path / "spikelab" / "model.py").write_text("A = 1\n")
-    (tmp_path / "params.yaml").write_text("a: 1\n")
-    git("add", ".")
-    git("commit", "-qm", "study commit")
-    study_commit = git("rev-parse", "HEAD")
+    study_commit = commit(
+        {
+            "stages/train.py": "from spikelab.training import train\n",
+            "spikelab/__init__.py": "",
+            "spikelab/training.py": "from spikelab import model\n",  # reached through another module
+            "spikelab/model.py": "A = 1\n",
+            "spikelab/sync.py": "from spikelab import model\n",  # a tool no stage imports
+            "params.yaml": "a: 1\n",
+        },
+        "study commit",
+    )
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "README.md").write_text("results\n")  # a results-only commit keeps the runs
-    git("add", ".")
-    git("commit", "-qm", "results")
-    assert same_training_inputs(study_commit)
-    (tmp_path / "params.yaml").write_text("a: 2\n")  # a params change does not
-    git("commit", "-qam", "params")
+    assert stage_imports("HEAD") == {"spikelab/training.py", "spikelab/model.py"}
+    commit({"README.md": "results\n", "spikelab/sync.py": "B = 2\n"}, "results, and the tool edited")
+    assert same_training_inputs(study_commit)  # results and tools keep the runs
+    commit({"spikelab/model.py": "A = 2\n"}, "a module the stages reach")
+    assert not same_training_inputs(study_commit)
+    git("reset", "-q", "--hard", "HEAD~1")
+    stage_imports.cache_clear()
+    commit({"params.yaml": "a: 2\n"}, "params")
     assert not same_training_inputs(study_commit)
