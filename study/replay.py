@@ -53,7 +53,8 @@ COLUMNS = (
     ("spiked", "spiked again?"),
     ("spike_epoch", "spike epoch"),
     ("ratio", "jump (peak from spike on / min before)"),
-    ("plateaued", "stays up? (plateau rule)"),
+    ("plateaued", "stays up? (plateau rule, after the resume)"),
+    ("recovered", "recovers? (final loss < plateau ratio x the original's lowest before its spike)"),
     ("final_loss", "final loss"),
     ("final_dead_fraction", "dead fraction at the end"),
     ("val_accuracy", "val accuracy"),
@@ -74,12 +75,25 @@ def pick_snapshot_epoch(divergence_epoch: int, snapshot_every: int, min_gap: int
     return k
 
 
-def continuation(history: list[dict], resume_epoch: int, rule: DivergenceParams, plateau: PlateauParams) -> dict:
-    """The divergence and plateau rules and the curve summary over the epochs after resume_epoch only."""
+def recovery_bar(history: list[dict], spike_epoch: int | None, plateau: PlateauParams) -> float:
+    """The loss a continuation must end below to count as recovered: the plateau rule's bar, plateau.ratio
+    x the original's lowest loss before its spike (before its end, when it did not spike)."""
+    before = [row["loss"] for row in history if spike_epoch is None or row["epoch"] < spike_epoch]
+    return plateau.ratio * min((loss for loss in before if math.isfinite(loss)), default=math.inf)
+
+
+def continuation(
+    history: list[dict], resume_epoch: int, rule: DivergenceParams, plateau: PlateauParams, bar: float = math.nan
+) -> dict:
+    """The divergence and plateau rules and the curve summary over the epochs after resume_epoch only;
+    recovered: the final loss is below `bar` (recovery_bar). The plateau rule alone cannot say it: a
+    resume from inside a plateau starts high, so "stays up" measures from that new start."""
     losses = [row["loss"] for row in history if row["epoch"] > resume_epoch]
     first = divergence_epoch(losses, rule)
     summary = curve_summary(losses)
+    final = summary["final"]
     return {
+        "recovered": None if math.isnan(bar) or final is None else bool(final < bar),
         "plateaued": plateau_metrics(losses, rule, plateau)["plateaued"],
         "spiked": first is not None,
         "spike_epoch": None if first is None else first + resume_epoch,
@@ -152,7 +166,8 @@ def write_replay(
         f"# Counterfactual replay of `{label}` from its epoch-{epoch} snapshot\n\n"
         "Each row continues the same run from the same weights and optimizer state on the same batch order, "
         'with one thing changed. "spiked again?" applies the divergence rule to the epochs after the resume only. '
-        '"unchanged" must match the original (last column).\n\n'
+        '"recovers?": the run ends below the plateau bar of the original (plateau ratio x its lowest loss before '
+        'its spike). "unchanged" must match the original (last column).\n\n'
         + markdown_table(rows, COLUMNS)
         + f"\n![{name}]({name}.png)\n"
     )
@@ -217,13 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     # a baseline older than the plateau rule has no plateau keys: today's params.yaml gives them
     setting = {key: params.get(f"plateau.{key}", defaults[f"plateau.{key}"]) for key in ("ratio", "min_epochs")}
     plateau = PlateauParams(**setting)
+    bar = recovery_bar(baseline["history"], baseline["train"].get("divergence_epoch"), plateau)
     experiments = experiments_by_name()
     rows = [
         {
             "intervention": "original",
             "overrides": "",
             "state": "success",
-            **continuation(baseline["history"], epoch, rule, plateau),
+            **continuation(baseline["history"], epoch, rule, plateau, bar),
             "final_dead_fraction": baseline["train"].get("final_dead_fraction"),
             "val_accuracy": None,
         }
@@ -239,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if found["state"] == "success":
             history = history_of(found["rev"])
             curves[variant] = history
-            row.update(continuation(history, epoch, rule, plateau))
+            row.update(continuation(history, epoch, rule, plateau, bar))
             row["final_dead_fraction"] = found["metrics"].get("metrics/train.json", {}).get("final_dead_fraction")
             row["val_accuracy"] = (found["metrics"].get("metrics/evaluate.json", {}).get("last") or {}).get("accuracy")
             if variant == "unchanged":

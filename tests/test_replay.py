@@ -99,6 +99,7 @@ def test_continuation_judges_only_the_epochs_after_the_resume(tiny_raw):
     history = [{"epoch": e, "loss": v} for e, v in enumerate([0.7, 0.5, 0.3, 0.002, 0.001, 0.05, 0.04], start=1)]
     summary = continuation(history, resume_epoch=3, rule=rule, plateau=plateau)
     assert summary == {
+        "recovered": None,  # no bar given
         "plateaued": False,
         "spiked": True,
         "spike_epoch": 6,
@@ -111,6 +112,19 @@ def test_continuation_judges_only_the_epochs_after_the_resume(tiny_raw):
     assert calm["spiked"] is False and calm["spike_epoch"] is None and calm["ratio"] is None
     broken = continuation(history[:4] + [{"epoch": 5, "loss": math.nan}], resume_epoch=3, rule=rule, plateau=plateau)
     assert broken["spiked"] is True and broken["spike_epoch"] == 5 and broken["nan"] is True
+
+
+def test_recovery_is_judged_against_the_originals_level_before_its_spike(tiny_raw):
+    from study.replay import recovery_bar
+
+    rule, plateau = params_from_dict(tiny_raw).divergence, params_from_dict(tiny_raw).plateau  # plateau ratio 5
+    original = [{"epoch": e, "loss": v} for e, v in enumerate([0.7, 0.1, 0.02, 1.5, 1.6, 1.6], start=1)]
+    bar = recovery_bar(original, spike_epoch=4, plateau=plateau)
+    assert bar == pytest.approx(5 * 0.02)
+    # resumed at epoch 5, from inside the plateau: one run comes down, one stays up
+    down = original[:5] + [{"epoch": 6, "loss": 0.05}]
+    assert continuation(down, 5, rule, plateau, bar)["recovered"] is True
+    assert continuation(original, 5, rule, plateau, bar)["recovered"] is False
 
 
 def test_snapshots_hold_state_only_and_the_history_once_beside_them(tiny_raw, tiny_arrays, tmp_path):
