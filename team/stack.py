@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -316,14 +317,25 @@ def up(stack_dir: Path, workers: int, ports: dict[str, int]) -> Stack:
     return stack
 
 
+def stop_group(pgid: int, grace_s: float = 20.0) -> None:
+    """SIGTERM a process group (the server, its uvicorn workers, job runner and huey consumers), wait
+    for every member to exit, SIGKILL what is left after grace_s: `down` returns with none running."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            os.killpg(pgid, 0)  # raises once the group is empty
+            time.sleep(0.2)
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def down(stack_dir: Path, purge: bool = False) -> None:
     stack = load_stack(stack_dir.resolve())
     subprocess.run([*ray_cli(), "stop", "--force"], capture_output=True, env=dict(os.environ, **RAY_LOOPBACK_ONLY))
     if stack.mlflow_pid:
-        try:
-            os.killpg(stack.mlflow_pid, 15)
-        except ProcessLookupError:
-            pass
+        stop_group(stack.mlflow_pid)
     data = Path(stack.postgres_data)
     if (data / "postmaster.pid").exists():
         subprocess.run(postgres_command("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"), capture_output=True)

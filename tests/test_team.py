@@ -215,6 +215,8 @@ def test_the_stack_comes_down_leaving_no_process_behind(team_lab):
     stack = json.loads((stack_dir / "stack.json").read_text())
     run(["python", "-m", "team.stack", "down", "--dir", str(stack_dir), "--purge"], lab)
     time.sleep(2)
-    for pattern in ("raylet", "gcs_server", "ray::", stack["postgres_data"], f"--port {stack['mlflow_port']}"):
+    # the server's own helpers (uvicorn, its job runner and huey consumers) are in its process group
+    server = ("mlflow server", "uvicorn", "mlflow.server.jobs", "huey_consumer")
+    for pattern in ("raylet", "gcs_server", "ray::", stack["postgres_data"], *server):
         assert subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True).returncode == 1, pattern
     assert not Path(stack["postgres_data"]).exists() and not stack_dir.exists()
