@@ -129,9 +129,13 @@ def score(runs: list[tuple[list[int], list[int], list[bool]]], horizon: int) -> 
     }
 
 
-def evaluate(histories: dict[str, list[dict]], rule, beta_1: float) -> list[dict]:
+def run_flags(histories: dict[str, list[dict]], rule) -> dict[str, list[bool]]:
+    """{run: the divergence rule's flag per epoch}, computed once for the table and the figure."""
+    return {name: flagged_epochs([row.get("loss", math.nan) for row in h], rule) for name, h in histories.items()}
+
+
+def evaluate(histories: dict[str, list[dict]], flags: dict[str, list[bool]], beta_1: float) -> list[dict]:
     rows = []
-    flags = {name: flagged_epochs([row.get("loss", math.nan) for row in h], rule) for name, h in histories.items()}
     for name, column, value in predictors(beta_1):
         measured = {run: h for run, h in histories.items() if any(column in row for row in h)}
         per_run = []
@@ -167,23 +171,22 @@ def table_rows(rows: list[dict]) -> list[dict]:
     ]
 
 
-def aligned(histories, rule, beta_1) -> dict[str, dict[int, list[float]]]:
+def aligned(histories, flags: dict[str, list[bool]], beta_1) -> dict[str, dict[int, list[float]]]:
     """{predictor: {offset from onset: values}} over every spike onset, and offset None: every quiet epoch."""
     found: dict[str, dict] = {}
     for name, column, value in predictors(beta_1):
         if name not in DRAWN:
             continue
         offsets = found.setdefault(name, {})
-        for history in histories.values():
+        for run, history in histories.items():
             if not any(column in row for row in history):
                 continue
             values = predictor_values(history, value)
-            flags = flagged_epochs([row.get("loss", math.nan) for row in history], rule)
-            for onset in onsets(flags):
+            for onset in onsets(flags[run]):
                 for offset in range(WINDOW[0], WINDOW[1] + 1):
                     if 1 <= onset + offset <= len(values) and math.isfinite(values[onset + offset - 1]):
                         offsets.setdefault(offset, []).append(values[onset + offset - 1])
-            offsets.setdefault(None, []).extend(v for v, f in zip(values, flags) if not f and math.isfinite(v))
+            offsets.setdefault(None, []).extend(v for v, f in zip(values, flags[run]) if not f and math.isfinite(v))
     return found
 
 
@@ -239,10 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     records = read_records(args.results / f"{prefix}_runs.csv")
     params = load_params()
-    rows = evaluate(histories, params.divergence, params.optimizer.beta_1)
+    flags = run_flags(histories, params.divergence)
+    rows = evaluate(histories, flags, params.optimizer.beta_1)
     write_csv(args.results / f"{prefix}_predictors.csv", rows, list(rows[0]))
     plot(
-        aligned(histories, params.divergence, params.optimizer.beta_1),
+        aligned(histories, flags, params.optimizer.beta_1),
         args.results / f"{prefix}_predictors.png",
         prefix,
     )
