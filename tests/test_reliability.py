@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from conftest import TINY, lab_env, make_lab, mlflow_runs, run, stage_command, wait_for_queue, write_params
 from spikelab.integrity import file_md5
 from spikelab.params import read_yaml
+from team.stack import free_port
 
 # every test here runs the stages in a copy of the repo that ran `dvc repro` with a real MLflow store
 pytestmark = pytest.mark.slow
@@ -335,12 +336,6 @@ def test_six_queued_experiments_on_two_workers_all_land_in_dvc_and_one_mlflow_st
 
 
 # ---- issue 15: MLflow failing mid-training, orphan runs, a stage outliving its parent ----------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_mlflow_server(store: Path, port: int) -> subprocess.Popen:
