@@ -32,7 +32,7 @@ test-fast: $(INSTALLED)
 # Complete the MLflow run of the last training from its files, after the store failed mid-run
 # (the train stage says so in one line); running it again adds nothing
 sync: $(INSTALLED)
-	$(RUN) python -m spikelab.sync
+	$(RUN) python -m study.sync
 
 # Check every output dvc.lock records, workspace copy and DVC cache object, against its md5;
 # one line per damaged copy with the repair that works (spikelab/integrity.py)

@@ -380,7 +380,7 @@ def wait_until(condition, timeout_s: float, what: str):
 
 def sync(root: Path, uri: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "spikelab.sync"],
+        [sys.executable, "-m", "study.sync"],
         cwd=root,
         env=lab_env(root) | {"MLFLOW_TRACKING_URI": uri},
         capture_output=True,
@@ -427,7 +427,7 @@ def test_mlflow_server_dying_mid_training_costs_nothing_and_sync_completes_the_r
     assert seconds < 120, seconds
     incomplete = [line for line in seen if "incomplete" in line]
     assert len(incomplete) == 1 and f"MLflow run {run_id} is incomplete" in incomplete[0], "".join(seen)
-    assert "`python -m spikelab.sync`" in incomplete[0]
+    assert "`python -m study.sync`" in incomplete[0]
     assert sum(line.startswith("epoch ") for line in seen) == epochs  # the training went on to the end
     for name in OUTPUTS[:3] + OUTPUTS[4:]:  # evaluate.json is the next stage's
         assert (lab / name).stat().st_size > 0, name
@@ -600,7 +600,7 @@ def test_sync_into_a_store_without_the_run_creates_one_run_and_reuses_it(lab):
 
     assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
     [created] = mlflow_runs(lab)
-    assert created.info.run_id != old_id and created.data.tags["spikelab.synced_from"] == old_id
+    assert created.info.run_id != old_id and created.data.tags["study.synced_from"] == old_id
     assert created.info.status == "FINISHED" and created.data.params["train.epochs"] == "3"
     assert f"sync: run {created.info.run_id} (a new run for {old_id})" in second.stdout
     assert "0 metric values and 0 files uploaded" in second.stdout

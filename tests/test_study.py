@@ -419,14 +419,14 @@ def test_a_run_on_another_commit_counts_only_while_what_the_stages_run_is_unchan
             "spikelab/__init__.py": "",
             "spikelab/training.py": "from spikelab import model\n",  # reached through another module
             "spikelab/model.py": "A = 1\n",
-            "spikelab/sync.py": "from spikelab import model\n",  # a tool no stage imports
+            "spikelab/unused.py": "from spikelab import model\n",  # a module no stage imports
             "params.yaml": "a: 1\n",
         },
         "study commit",
     )
     monkeypatch.chdir(tmp_path)
     assert stage_imports("HEAD") == {"spikelab/training.py", "spikelab/model.py"}
-    commit({"README.md": "results\n", "spikelab/sync.py": "B = 2\n"}, "results, and the tool edited")
+    commit({"README.md": "results\n", "spikelab/unused.py": "B = 2\n"}, "results, and an unused module edited")
     assert same_training_inputs(study_commit)  # results and tools keep the runs
     commit({"spikelab/model.py": "A = 2\n"}, "a module the stages reach")
     assert not same_training_inputs(study_commit)

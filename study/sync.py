@@ -1,6 +1,6 @@
 """Complete a training's MLflow run from the files the train stage wrote:
 
-    python -m spikelab.sync [--metrics metrics] [--models models]      (make sync)
+    python -m study.sync [--metrics metrics] [--models models]      (make sync)
 
 For a run the stage reported incomplete (the store failed mid-training). Into the run named in
 metrics/run.json, in the store the stages use (MLFLOW_TRACKING_URI, else the project's sqlite
@@ -8,7 +8,7 @@ store), it logs what the run lacks: the per-epoch metrics of history.csv (only t
 per key), train.json's summary.* and evaluate.json's eval.* metrics, the PNG/JSON/CSV artifacts
 and models/*.keras checkpoints (missing, or of another size than the file), the `diverged` tag;
 then it ends the run FINISHED. Running it again adds nothing. When the store has no such run (a
-new store), it creates one, tagged spikelab.synced_from = the old id, and reuses it next time.
+new store), it creates one, tagged study.synced_from = the old id, and reuses it next time.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from spikelab.tracking import (
     summary_metrics,
 )
 
-SYNCED_FROM = "spikelab.synced_from"
+SYNCED_FROM = "study.synced_from"
 
 
 def target_run(client: MlflowClient, experiment_id: str, run_id: str, params: dict) -> str:
@@ -110,7 +110,7 @@ def sync(metrics_dir: Path, models_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m spikelab.sync", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m study.sync", description=__doc__.split("\n\n")[0])
     parser.add_argument("--metrics", type=Path, default=Path("metrics"))
     parser.add_argument("--models", type=Path, default=Path("models"))
     args = parser.parse_args(argv)
