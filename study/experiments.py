@@ -86,7 +86,7 @@ def experiments_by_name(all_commits: bool = True) -> dict[str, dict]:
 
 # what an experiment's numbers depend on: the stages, the pipeline, the params, and the library
 # modules the stages import (found from the code, not listed: editing a library module no stage
-# imports, e.g. the sync tool, keeps the runs). A run made on another commit with all of these
+# imports keeps the runs). A run made on another commit with all of these
 # unchanged is a run of the current commit too: a study goes on across commits that add results,
 # docs or tools
 PIPELINE_INPUTS = ("stages", "dvc.yaml", "params.yaml", "spikelab/__init__.py")
