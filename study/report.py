@@ -53,10 +53,11 @@ RUN_COLUMNS = ("name", "cell", "seed", "state", *TRAIN_KEYS, "val_accuracy", "re
 TABLE_COLUMNS = (
     ("cell", "intervention"),
     ("overrides", "overrides"),
+    ("reference", "compared with"),
     ("n_runs", "n runs"),
     ("n_failed", "n failed"),
     ("divergence_rate_text", "divergence rate [95% CI]"),
-    ("divergence_p", "p vs baseline (Fisher)"),
+    ("divergence_p", "p (Fisher)"),
     ("n_nan", "n NaN"),
     ("median_spike_epoch", "median spike epoch"),
     ("median_jump_ratio", "median jump (diverged)"),
@@ -64,7 +65,7 @@ TABLE_COLUMNS = (
     ("median_final_loss", "median final loss"),
     ("median_val_accuracy", "median val accuracy"),
     ("plateau_rate_text", "stays-up rate (plateau rule) [95% CI]"),
-    ("plateau_p", "p vs baseline"),
+    ("plateau_p", "p (Fisher)"),
     ("median_final_dead_fraction", "median dead fraction at the end"),
 )
 
@@ -117,26 +118,25 @@ def aggregate(records: list[dict], cells: list[Cell]) -> list[dict]:
     """A row per cell, in sweep order; a cell that equals an earlier one reports that cell's runs.
 
     Each rate carries its 95% Wilson interval and the two-sided p-value of Fisher's exact test
-    against the first cell (the sweep's baseline; None on the baseline's own row).
+    against the cell's reference (`compare_with`, else the first cell, the sweep's baseline; None
+    where the reference's runs are the row's own).
     """
+    source_of = {cell.name: cell.same_as or cell.name for cell in cells}
+    summaries = {name: summarize([r for r in records if r["cell"] == name]) for name in set(source_of.values())}
     rows = []
     for cell in cells:
-        source = cell.same_as or cell.name
+        source, reference = source_of[cell.name], cell.reference or cells[0].name
         row = {
             "cell": cell.name if not cell.same_as else f"{cell.name} (= {cell.same_as})",
             "overrides": " ".join(f"{k}={format_value(v)}" for k, v in cell.overrides.items()) or "(params.yaml)",
+            "reference": None if source == source_of[reference] else reference,
+            **summaries[source],
         }
-        row.update(summarize([r for r in records if r["cell"] == source]))
+        against = summaries[source_of[reference]]
         for count, rate, p_key in RATES:
             rate_with_interval(row, count, rate)
-            # the baseline's own runs (its row, or a cell equal to it) are not tested against themselves
-            if source == (cells[0].same_as or cells[0].name):
-                row[p_key] = None
-            else:
-                known = row[count] is not None and rows[0][count] is not None
-                row[p_key] = (
-                    fisher_exact(row[count], row["n_runs"], rows[0][count], rows[0]["n_runs"]) if known else None
-                )
+            known = row["reference"] is not None and row[count] is not None and against[count] is not None
+            row[p_key] = fisher_exact(row[count], row["n_runs"], against[count], against["n_runs"]) if known else None
         rows.append(row)
     return rows
 
@@ -203,7 +203,7 @@ def write_report(
         f"# Study results: `{prefix}`\n\n{len(records)} planned runs: "
         + ", ".join(f"{n} {state}" for state, n in states.items())
         + ". Divergence rate, medians: over finished runs; a NaN run counts as diverged; rates carry 95% Wilson"
-        " intervals and Fisher's exact test (two-sided) against the first row;"
+        " intervals and Fisher's exact test (two-sided) against the cell named in 'compared with';"
         " failed, queued and missing runs are counted in `n failed`. Per run: "
         + f"`{prefix}_runs.csv`.\n\n"
         + markdown_table(rows, TABLE_COLUMNS)

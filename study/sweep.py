@@ -26,7 +26,7 @@ from study.experiments import queue_and_wait
 
 SWEEP_FILE = Path("study/sweep.yaml")
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")  # DVC experiment names are git ref names: no dots
-SWEEP_KEYS = {"seeds", "cells", "quick", "replay", "prefix"}
+SWEEP_KEYS = {"seeds", "cells", "quick", "replay", "prefix", "compare_with"}
 
 
 class SweepError(UserError, ValueError):
@@ -38,6 +38,7 @@ class Cell:
     name: str
     overrides: dict  # {"optimizer.epsilon": 0.001, ...}, applied on top of params.yaml
     same_as: str | None = None  # an earlier cell with the same effective params (no runs of its own)
+    reference: str | None = None  # the cell its rates are tested against (None: the sweep's first cell)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def parse_cells(sweep: dict, defaults: dict) -> list[Cell]:
     raw_cells = sweep.get("cells")
     if not isinstance(raw_cells, dict) or not raw_cells:
         raise SweepError("study/sweep.yaml: 'cells' must be a mapping of cell name -> {params key: value}")
+    references = parse_references(sweep, list(raw_cells))
     cells, seen = [], {}
     for name, overrides in raw_cells.items():
         _check_name(name, "cell name")
@@ -112,9 +114,24 @@ def parse_cells(sweep: dict, defaults: dict) -> list[Cell]:
         effective = tuple(
             sorted((key, format_value(value)) for key, value in changed_params(overrides, defaults).items())
         )
-        cells.append(Cell(name, dict(overrides), seen.get(effective)))
+        cells.append(Cell(name, dict(overrides), seen.get(effective), references.get(name)))
         seen.setdefault(effective, name)
     return cells
+
+
+def parse_references(sweep: dict, names: list[str]) -> dict[str, str]:
+    """`compare_with: {cell: reference cell}`: a cell tested against another than the first (e.g. a
+    plateau intervention against the plateau configuration, not against the default's baseline)."""
+    references = sweep.get("compare_with") or {}
+    if not isinstance(references, dict):
+        raise SweepError("study/sweep.yaml: 'compare_with' must be a mapping of cell -> the cell it is compared with")
+    for cell, reference in references.items():
+        for role, name in (("cell", cell), ("reference", reference)):
+            if name not in names:
+                raise SweepError(f"study/sweep.yaml: compare_with: unknown {role} {name!r}; the cells are {names}")
+        if cell == reference:
+            raise SweepError(f"study/sweep.yaml: compare_with: {cell!r} cannot be compared with itself")
+    return dict(references)
 
 
 def expand(sweep: dict, defaults: dict, quick: bool = False) -> tuple[list[Cell], list[Run]]:

@@ -74,6 +74,9 @@ def test_quick_subset_has_its_own_names_and_seeds(defaults):
         (lambda s: s.update(seeds=[]), "seeds must be a non-empty list"),
         (lambda s: s.update(quick={"cells": ["nope"], "seeds": [0]}), "quick.cells"),
         (lambda s: s.update(extra=1), "unknown keys"),
+        (lambda s: s.update(compare_with={"sgd": "nope"}), "compare_with: unknown reference 'nope'"),
+        (lambda s: s.update(compare_with={"sgd": "sgd"}), "'sgd' cannot be compared with itself"),
+        (lambda s: s.update(compare_with=["sgd"]), "'compare_with' must be a mapping"),
     ],
 )
 def test_bad_sweep_files_are_rejected_naming_the_key(defaults, change, message):
@@ -211,6 +214,25 @@ def test_aggregate_makes_one_row_per_intervention(records):
     assert (clip["n_runs"], clip["n_failed"], clip["divergence_rate"], clip["median_final_loss"]) == (0, 2, None, None)
 
 
+def test_a_cell_is_tested_against_its_compare_with_reference(defaults):
+    """A plateau intervention's rates are tested against the plateau configuration, not the baseline."""
+    cells, runs = expand({**SWEEP, "compare_with": {"clip": "eps-1e-8"}}, defaults)
+    done = {"state": "success", "nan": False, "plateaued": False}
+    outcomes = {"baseline": [True] * 2, "eps-1e-8": [False] * 2, "sgd": [True, False], "clip": [False, False]}
+    records = [
+        {"cell": run.cell, "seed": run.seed, **done, "diverged": outcomes[run.cell][run.seed], "divergence_epoch": 9}
+        for run in runs
+    ]
+    for record in records:
+        record.update({key: None for key in ("jump_ratio", "spike_ratio", "final_loss", "val_accuracy")})
+        record["final_dead_fraction"] = None
+    table = {row["cell"]: row for row in aggregate(records, cells)}
+    assert table["clip"]["reference"] == "eps-1e-8" and table["clip"]["divergence_p"] == 1.0  # 0/2 vs 0/2
+    assert table["sgd"]["reference"] == "baseline" and table["sgd"]["divergence_p"] == 1.0  # 1/2 vs 2/2
+    assert table["eps-1e-8"]["divergence_p"] == pytest.approx(1 / 3)  # 0/2 vs the baseline's 2/2
+    assert table["baseline"]["reference"] is None and table["baseline"]["divergence_p"] is None
+
+
 def test_markdown_and_csv_tables(records, tmp_path, monkeypatch):
     cells, rows = records
     monkeypatch.setattr(
@@ -219,10 +241,10 @@ def test_markdown_and_csv_tables(records, tmp_path, monkeypatch):
     write_report(rows, cells, "sweep", tmp_path)
     text = (tmp_path / "sweep.md").read_text()
     # rates as count/runs = rate [95% Wilson interval]; Fisher's p against the baseline (none on its own runs)
-    assert "| baseline | (params.yaml) | 2 | 0 | 2/2 = 1.00 [0.34, 1.00] | — | 1 | 25 | 100 | 100 | 8 | 0.5 |" in text
-    assert "| eps-1e-8 | optimizer.epsilon=1e-08 | 1 | 1 | 0/1 = 0.00 [0.00, 0.79] | 0.333 | 0 |" in text
-    assert "| eps-1e-7 (= baseline) | optimizer.epsilon=1e-07 | 2 | 0 | 2/2 = 1.00 [0.34, 1.00] | — |" in text
-    assert "| clip | optimizer.clipnorm=1.0 optimizer.amsgrad=true | 0 | 2 | — | — | 0 | — | — | — | — | — |" in text
+    assert "| baseline | (params.yaml) | — | 2 | 0 | 2/2 = 1.00 [0.34, 1.00] | — | 1 | 25 | 100 | 100 | 8 | 0.5 |" in text
+    assert "| eps-1e-8 | optimizer.epsilon=1e-08 | baseline | 1 | 1 | 0/1 = 0.00 [0.00, 0.79] | 0.333 | 0 |" in text
+    assert "| eps-1e-7 (= baseline) | optimizer.epsilon=1e-07 | — | 2 | 0 | 2/2 = 1.00 [0.34, 1.00] | — |" in text
+    assert "| clip | optimizer.clipnorm=1.0 optimizer.amsgrad=true | baseline | 0 | 2 | — | — | 0 | — | — | — | — | — |" in text
     assert "8 planned runs: 1 failed, 2 missing, 1 queued, 4 success" in text
     with open(tmp_path / "sweep.csv") as handle:
         table = list(csv.DictReader(handle))
