@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import os
 import re
 import subprocess
 import time
@@ -229,11 +230,19 @@ def revive_dead_queue(pending: list[str], states: dict[str, str], jobs: int) -> 
     return run_ids
 
 
+def absolute_path_variable(path: str) -> str:
+    """PATH with its relative entries made absolute: the workers run each experiment in a temporary
+    copy of the repo, where `.venv/bin` would not exist, and the stages' `python` would silently be
+    another one (seen: 80 runs failed in minutes with "No module named 'ruamel'")."""
+    return os.pathsep.join(os.path.abspath(entry) if entry else entry for entry in path.split(os.pathsep))
+
+
 def start_workers(jobs: int) -> None:
     """`dvc queue start`: its workers are daemons that inherit the parent's pipes, so a captured
     output would not close until the queue is empty (no progress lines meanwhile): no pipes here."""
+    env = {**os.environ, "PATH": absolute_path_variable(os.environ.get("PATH", ""))}
     result = subprocess.run(
-        ["dvc", "queue", "start", "-j", str(jobs)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ["dvc", "queue", "start", "-j", str(jobs)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
     )
     if result.returncode != 0:
         raise RuntimeError(f"dvc queue start -j {jobs} exited {result.returncode} (see `dvc queue status`)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import gzip
 import math
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -241,10 +243,15 @@ def test_markdown_and_csv_tables(records, tmp_path, monkeypatch):
     write_report(rows, cells, "sweep", tmp_path)
     text = (tmp_path / "sweep.md").read_text()
     # rates as count/runs = rate [95% Wilson interval]; Fisher's p against the baseline (none on its own runs)
-    assert "| baseline | (params.yaml) | — | 2 | 0 | 2/2 = 1.00 [0.34, 1.00] | — | 1 | 25 | 100 | 100 | 8 | 0.5 |" in text
+    assert (
+        "| baseline | (params.yaml) | — | 2 | 0 | 2/2 = 1.00 [0.34, 1.00] | — | 1 | 25 | 100 | 100 | 8 | 0.5 |" in text
+    )
     assert "| eps-1e-8 | optimizer.epsilon=1e-08 | baseline | 1 | 1 | 0/1 = 0.00 [0.00, 0.79] | 0.333 | 0 |" in text
     assert "| eps-1e-7 (= baseline) | optimizer.epsilon=1e-07 | — | 2 | 0 | 2/2 = 1.00 [0.34, 1.00] | — |" in text
-    assert "| clip | optimizer.clipnorm=1.0 optimizer.amsgrad=true | baseline | 0 | 2 | — | — | 0 | — | — | — | — | — |" in text
+    assert (
+        "| clip | optimizer.clipnorm=1.0 optimizer.amsgrad=true | baseline | 0 | 2 | — | — | 0 | — | — | — | — | — |"
+        in text
+    )
     assert "8 planned runs: 1 failed, 2 missing, 1 queued, 4 success" in text
     with open(tmp_path / "sweep.csv") as handle:
         table = list(csv.DictReader(handle))
@@ -456,3 +463,17 @@ def test_a_run_on_another_commit_counts_only_while_what_the_stages_run_is_unchan
     stage_imports.cache_clear()
     commit({"params.yaml": "a: 2\n"}, "params")
     assert not same_training_inputs(study_commit)
+
+
+def test_queue_workers_get_an_absolute_path(tmp_path, monkeypatch):
+    """The workers run in a temporary copy of the repo: a relative PATH entry would lose the venv."""
+    from study import experiments
+
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+    monkeypatch.setenv("PATH", f".venv/bin{os.pathsep}/usr/bin")
+    monkeypatch.setattr(
+        experiments.subprocess, "run", lambda cmd, **kw: seen.update(kw) or subprocess.CompletedProcess(cmd, 0)
+    )
+    experiments.start_workers(2)
+    assert seen["env"]["PATH"] == f"{tmp_path}/.venv/bin{os.pathsep}/usr/bin"
