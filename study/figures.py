@@ -13,6 +13,26 @@ def _positive(values) -> list[float]:
     return [value if value > 0 else math.nan for value in values]
 
 
+def comparison_groups(rows: list[dict]) -> dict[str, list[str]]:
+    """{reference cell: [it, and the cells compared with it]}: the first cell heads every cell without
+    a `compare_with` of its own; a cell that others are compared with heads its own group."""
+    first = rows[0]["cell"]
+    heads = [first] + [row["cell"] for row in rows if any(other.get("reference") == row["cell"] for other in rows)]
+    groups = {head: [] for head in dict.fromkeys(heads)}
+    for row in rows:
+        cell = row["cell"]
+        groups[cell if cell in groups else (row.get("reference") or first)].append(cell)
+    return groups
+
+
+def group_colour(cell: str, head: str, first: str) -> str:
+    """Within a group, a head drawn like the baseline and `<head>-<intervention>` in the intervention's
+    colour: plateau-amsgrad is AMSGrad's red, and no two curves of one panel share a colour."""
+    if cell == head:
+        return colour_of(first)
+    return colour_of(cell.removeprefix(f"{head}-"))
+
+
 def plot_study(
     rows: list[dict], curves: dict[str, list[dict]], survival: dict[str, list[tuple]], path: Path, title: str
 ) -> None:
@@ -41,26 +61,33 @@ def plot_study(
         + (f", {row['n_failed']} failed" if row["n_failed"] else "")
         for row in shown
     ]
-    bars.barh(labels, rates, xerr=[low, high], color=[colour_of(name) for name in names], alpha=0.85, capsize=3)
+    groups = comparison_groups(shown)
+    colours = {cell: group_colour(cell, head, names[0]) for head, members in groups.items() for cell in members}
+    bars.barh(labels, rates, xerr=[low, high], color=[colours[name] for name in names], alpha=0.85, capsize=3)
     bars.set_xlim(0, 1)
     bars.invert_yaxis()
     bars.tick_params(labelsize=8)
     bars.set_xlabel("share of finished runs that spiked (divergence rule), 95% interval", fontsize=8)
     bars.set_title("runs that spiked (k/n; 'up': stayed up by the plateau rule)", fontsize=10, loc="left")
-    survive = figure.add_subplot(grid[half:, 0])
-    for cell, steps in survival.items():
-        epochs, fractions = zip(*steps)
-        survive.step(epochs, fractions, where="post", color=colour_of(cell), label=cell, linewidth=1.4)
-    survive.set_ylim(-0.03, 1.03)
+    # one Kaplan-Meier panel per comparison group: thirteen curves in one panel repeat colours
+    panels = grid[half:, 0].subgridspec(len(groups), 1, hspace=0.45)
+    for index, (head, members) in enumerate(groups.items()):
+        survive = figure.add_subplot(panels[index])
+        for cell in (cell for cell in members if cell in survival):
+            epochs, fractions = zip(*survival[cell])
+            survive.step(epochs, fractions, where="post", color=colours[cell], label=cell, linewidth=1.4)
+        survive.set_ylim(-0.03, 1.03)
+        survive.set_ylabel("share not yet spiked", fontsize=8)
+        against = f"\n{head} and the cells compared with it" if len(groups) > 1 else ""
+        survive.set_title(f"time to the first spike (Kaplan-Meier){against}", fontsize=8, loc="left")
+        survive.grid(alpha=0.3)
+        survive.tick_params(labelsize=7)
+        survive.legend(fontsize=6, loc="lower left", ncol=2)
     survive.set_xlabel("epoch", fontsize=8)
-    survive.set_ylabel("share not yet spiked", fontsize=8)
-    survive.set_title("time to the first spike (Kaplan-Meier)", fontsize=10, loc="left")
-    survive.grid(alpha=0.3)
-    survive.tick_params(labelsize=7)
-    survive.legend(fontsize=6, loc="lower left", ncol=2)
     for index, (cell, history) in enumerate(curves.items()):
         axis = figure.add_subplot(grid[index // columns, 1 + index % columns])
-        axis.plot([row["epoch"] for row in history], _positive(row["loss"] for row in history), color=colour_of(cell))
+        colour = colours.get(cell.split(" (")[0], colour_of(cell))  # keyed "<cell> (seed N)"
+        axis.plot([row["epoch"] for row in history], _positive(row["loss"] for row in history), color=colour)
         axis.set_yscale("log")
         axis.set_title(cell, fontsize=8, loc="left")
         axis.grid(alpha=0.3)

@@ -477,3 +477,20 @@ def test_queue_workers_get_an_absolute_path(tmp_path, monkeypatch):
     )
     experiments.start_workers(2)
     assert seen["env"]["PATH"] == f"{tmp_path}/.venv/bin{os.pathsep}/usr/bin"
+
+
+def test_kaplan_meier_panels_follow_compare_with():
+    """One survival panel per reference: the plateau cells apart from the default's, coloured by intervention."""
+    from study.figures import comparison_groups, group_colour
+
+    rows = [
+        {"cell": "baseline", "reference": None},
+        {"cell": "amsgrad", "reference": "baseline"},
+        {"cell": "plateau", "reference": "baseline"},
+        {"cell": "plateau-amsgrad", "reference": "plateau"},
+    ]
+    groups = comparison_groups(rows)
+    assert groups == {"baseline": ["baseline", "amsgrad"], "plateau": ["plateau", "plateau-amsgrad"]}
+    assert group_colour("plateau-amsgrad", "plateau", "baseline") == group_colour("amsgrad", "baseline", "baseline")
+    assert group_colour("plateau", "plateau", "baseline") == group_colour("baseline", "baseline", "baseline")
+    assert comparison_groups([{**row, "reference": None} for row in rows]) == {"baseline": [r["cell"] for r in rows]}
