@@ -34,7 +34,7 @@ from spikelab.figures import plt, save_figure
 from spikelab.params import load_params
 from study.report import RESULTS, read_histories, read_records
 from study.stats import wilson_interval
-from study.sweep import SWEEP_FILE, load_sweep, run_prefix
+from study.sweep import SWEEP_FILE, calm_cells, load_sweep, run_prefix
 from study.tables import format_cell, markdown_table, write_csv, write_text
 
 HORIZONS = (5, 10)
@@ -229,12 +229,23 @@ def divergence_rule_firing(records: list[dict]) -> list[dict]:
     return rows
 
 
+def false_alarm_rate(records: list[dict], calm: list[str]) -> str | None:
+    """The rule's firings pooled over the cells where no spike is expected: "k/n = r [low, high]"."""
+    done = [r for r in records if r["cell"] in calm and r["state"] == "success" and r["diverged"] is not None]
+    if not done:
+        return None
+    fired = sum(1 for r in done if r["diverged"])
+    return rate(fired, len(done), wilson_interval(fired, len(done)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.predictors", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    prefix = run_prefix(load_sweep(args.sweep), quick=False)
+    sweep = load_sweep(args.sweep)
+    prefix = run_prefix(sweep, quick=False)
+    calm = calm_cells(sweep, list(sweep.get("cells") or {}))
     histories = read_histories(args.results / f"{prefix}_histories.csv.gz")
     if not histories:
         raise UserError(
@@ -261,7 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         "In cells where no one expects an Adam spike (AMSGrad: v cannot decay; SGD: no preconditioner), "
         "every firing is a false alarm of the rule.\n\n"
         + markdown_table(firing, [(key, key) for key in firing[0]])
-        + "\n",
+        + (
+            f"\n**False-alarm rate** of the rule, over the cells where no spike is expected ({', '.join(calm)}, "
+            f"the sweep file's `no_spike_expected`): {false_alarm_rate(records, calm)}.\n"
+            if calm
+            else ""
+        ),
     )
     print(markdown_table(shown, [(key, key) for key in shown[0]]))
     return 0

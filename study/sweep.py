@@ -26,7 +26,7 @@ from study.experiments import queue_and_wait
 
 SWEEP_FILE = Path("study/sweep.yaml")
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")  # DVC experiment names are git ref names: no dots
-SWEEP_KEYS = {"seeds", "cells", "quick", "replay", "prefix", "compare_with"}
+SWEEP_KEYS = {"seeds", "cells", "quick", "replay", "prefix", "compare_with", "no_spike_expected"}
 
 
 class SweepError(UserError, ValueError):
@@ -93,6 +93,15 @@ def _seeds(raw, key: str) -> list[int]:
     return list(raw)
 
 
+def calm_cells(sweep: dict, names: list[str]) -> list[str]:
+    """`no_spike_expected: [cell, ...]`: cells where no one would call a rise a spike (AMSGrad's v cannot
+    decay, SGD has no preconditioner): every firing of the divergence rule there is a false alarm."""
+    calm = sweep.get("no_spike_expected") or []
+    if not isinstance(calm, list) or any(name not in names for name in calm):
+        raise SweepError(f"study/sweep.yaml: no_spike_expected must list some of the cells {names}, got {calm!r}")
+    return list(calm)
+
+
 def parse_cells(sweep: dict, defaults: dict) -> list[Cell]:
     """The cells in file order; a cell whose overrides leave params.yaml's values as they are is
     marked same_as the first cell with the same effective params (it would only repeat those runs)."""
@@ -140,6 +149,7 @@ def expand(sweep: dict, defaults: dict, quick: bool = False) -> tuple[list[Cell]
     if unknown:
         raise SweepError(f"study/sweep.yaml: unknown keys {sorted(unknown)}; allowed: {sorted(SWEEP_KEYS)}")
     cells = parse_cells(sweep, defaults)
+    calm_cells(sweep, [cell.name for cell in cells])
     seeds = _seeds(sweep.get("seeds"), "seeds")
     prefix = _check_name(sweep.get("prefix", "sweep"), "prefix")
     if quick:

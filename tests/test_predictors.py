@@ -51,3 +51,15 @@ def test_predictor_values_scale_by_their_thresholds():
     assert math.isnan(predictor_values(history, by_name["g2_over_v_rms > 1"])[1])  # not measured that epoch
     naive = predictor_values(history, by_name["naive: loss > 2 x lowest so far"])
     assert naive[1] == pytest.approx(2.5) and naive[0] == 0.0  # the first epoch has no lowest before it
+
+
+def test_false_alarms_are_the_rule_firing_in_the_calm_cells_only():
+    from study.predictors import false_alarm_rate
+
+    def run(cell, diverged, state="success"):
+        return {"cell": cell, "diverged": diverged, "state": state}
+
+    records = [run("amsgrad", True), run("amsgrad", False), run("sgd", False), run("sgd", True, "failed")]
+    records += [run("baseline", True)] * 5  # a spike where one is expected is no false alarm
+    assert false_alarm_rate(records, ["amsgrad", "sgd"]) == "1/3 = 0.33 [0.06, 0.79]"
+    assert false_alarm_rate(records, []) is None

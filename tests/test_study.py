@@ -79,6 +79,7 @@ def test_quick_subset_has_its_own_names_and_seeds(defaults):
         (lambda s: s.update(compare_with={"sgd": "nope"}), "compare_with: unknown reference 'nope'"),
         (lambda s: s.update(compare_with={"sgd": "sgd"}), "'sgd' cannot be compared with itself"),
         (lambda s: s.update(compare_with=["sgd"]), "'compare_with' must be a mapping"),
+        (lambda s: s.update(no_spike_expected=["nope"]), "no_spike_expected must list some of the cells"),
     ],
 )
 def test_bad_sweep_files_are_rejected_naming_the_key(defaults, change, message):
