@@ -132,5 +132,7 @@ class Diagnostics(keras.callbacks.Callback):
             logs.update(second_moment_lag(gradients, self.model.trainable_variables, optimizer))
         for layer in self.model.layers:
             if hasattr(layer, "kernel"):
-                logs[f"weight_norm_{layer.name}"] = float(np.linalg.norm(layer.kernel.numpy()))
+                # not np.linalg.norm: its BLAS call spins threads (see curvature._dot)
+                kernel = layer.kernel.numpy()
+                logs[f"weight_norm_{layer.name}"] = float(np.sqrt(np.multiply(kernel, kernel, dtype=np.float64).sum()))
         logs.update(saturation_stats(logits.numpy(), self.probe_y.numpy()))
