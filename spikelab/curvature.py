@@ -32,6 +32,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from spikelab.model import logits_model
+
 Vectors = list[np.ndarray]
 HessianProduct = Callable[[Vectors], Vectors]
 
@@ -83,38 +85,61 @@ def top_eigenvalue(
 
 
 class ProbeHessian:
-    """Exact Hessian-vector products of the mean training loss on a fixed batch (nested tapes)."""
+    """Exact Hessian-vector products of the mean training loss on a fixed batch (nested tapes).
+
+    Its graph also returns the probe's gradient norm and logits, which Diagnostics reads too:
+    `at_epoch_end` runs it once per epoch for both callbacks (the probe's forward and backward
+    pass ran twice per epoch before, ~2% of an epoch)."""
 
     def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, loss_fn):
         self.model, self.loss_fn = model, loss_fn
         self.x, self.y = tf.constant(x), tf.constant(y)
-        self._product = tf.function(self._gradient_and_product)
+        self._logits_and_output = keras.Model(model.inputs, [logits_model(model).output, *model.outputs])
+        self._product = tf.function(self._probe_and_product)
+        self._last: tuple[tuple[int, int], tuple] | None = None
         # trace both graphs now (start-up), not inside the epochs that first call them
         specs = [tf.TensorSpec(v.shape, tf.float32) for v in model.trainable_variables]
         for times_gradient in (False, True):
             self._product.get_concrete_function(specs, times_gradient)
 
-    def _gradient_and_product(self, vectors, times_gradient: bool):
-        """(g, H w) with w = vectors, or w = vectors * g when times_gradient (P g: one graph call)."""
+    def _probe_and_product(self, vectors, times_gradient: bool):
+        """(|g|, logits, g, H w) with w = vectors, or w = vectors * g when times_gradient (P g: one call)."""
         variables = self.model.trainable_variables
         with tf.GradientTape() as outer:
             with tf.GradientTape() as inner:
-                loss = keras.ops.mean(self.loss_fn(self.y, self.model(self.x, training=True)))
+                logits, output = self._logits_and_output(self.x, training=True)
+                loss = keras.ops.mean(self.loss_fn(self.y, output))
             gradient = inner.gradient(loss, variables)
             if times_gradient:
                 vectors = [v * g for v, g in zip(vectors, gradient)]
             along = tf.add_n([tf.reduce_sum(g * tf.stop_gradient(v)) for g, v in zip(gradient, vectors)])
-        return gradient, outer.gradient(along, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        product = outer.gradient(along, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return tf.linalg.global_norm(gradient), logits, gradient, product
 
     def product(self, vectors: Vectors) -> Vectors:
         """H v."""
-        _, products = self._product([np.asarray(v, np.float32) for v in vectors], False)
+        *_, products = self._product([np.asarray(v, np.float32) for v in vectors], False)
         return [hv.numpy() for hv in products]
 
     def gradient_and_step_product(self, preconditioner: Vectors) -> tuple[Vectors, Vectors]:
         """(g, H (P g))."""
-        gradient, products = self._product([np.asarray(p, np.float32) for p in preconditioner], True)
+        _, _, gradient, products = self._product([np.asarray(p, np.float32) for p in preconditioner], True)
         return [g.numpy() for g in gradient], [hv.numpy() for hv in products]
+
+    def at_epoch_end(self, epoch: int, optimizer) -> tuple | None:
+        """(P, (|g|, logits, g, H (P g)) as tensors) at this epoch's end, computed once for every
+        callback that asks; None where there is no Adam preconditioner (another optimizer, step 0)."""
+        preconditioner = adam_preconditioner(optimizer) if isinstance(optimizer, keras.optimizers.Adam) else None
+        if preconditioner is None:
+            return None
+        # keyed by epoch AND step: a guard that restores an earlier state makes a step count recur
+        key = (epoch, int(optimizer.iterations.numpy()))
+        if self._last is None or self._last[0] != key:
+            self._last = (
+                key,
+                (preconditioner, self._product([np.asarray(p, np.float32) for p in preconditioner], True)),
+            )
+        return self._last[1]
 
 
 class Curvature(keras.callbacks.Callback):
@@ -122,25 +147,23 @@ class Curvature(keras.callbacks.Callback):
 
     Adam family only: other optimizers have no preconditioner, and their logs get no columns."""
 
-    def __init__(self, probe_x: np.ndarray, probe_y: np.ndarray, loss_fn, every: int, iterations: int):
+    def __init__(self, hessian: ProbeHessian, every: int, iterations: int):
         super().__init__()
-        self.probe = (probe_x, probe_y, loss_fn)
+        self.hessian = hessian
         self.every, self.iterations = every, iterations
         self.cpu_seconds: dict[int, float] = {}  # 1-based epoch -> CPU seconds inside this callback
         self._vector: Vectors | None = None
-
-    def set_model(self, model):
-        super().set_model(model)
-        self.hessian = ProbeHessian(model, *self.probe)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not isinstance(self.model.optimizer, keras.optimizers.Adam):
             return
         started = time.process_time()
-        preconditioner = adam_preconditioner(self.model.optimizer)
+        measured = self.hessian.at_epoch_end(epoch, self.model.optimizer)
         logs["lambda_grad"] = logs["lambda_max"] = math.nan
-        if preconditioner is not None:
-            gradient, hessian_times_step = self.hessian.gradient_and_step_product(preconditioner)
+        if measured is not None:
+            preconditioner, (_, _, gradient, hessian_times_step) = measured
+            gradient = [g.numpy() for g in gradient]
+            hessian_times_step = [hv.numpy() for hv in hessian_times_step]
             logs["lambda_grad"] = curvature_along_step(gradient, preconditioner, hessian_times_step)
             if self.every and (epoch + 1) % self.every == 0:
                 start = self._start(gradient, preconditioner)

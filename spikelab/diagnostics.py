@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from spikelab.curvature import ProbeHessian
 from spikelab.dead_zone import saturated_and_wrong, softmax
 from spikelab.model import logits_model
 
@@ -82,8 +83,9 @@ def saturation_stats(logits: np.ndarray, labels: np.ndarray) -> dict:
 class Diagnostics(keras.callbacks.Callback):
     """Adds the diagnostics to each epoch's logs, so every logger downstream records them."""
 
-    def __init__(self, probe_x: np.ndarray, probe_y: np.ndarray, loss_fn):
+    def __init__(self, probe_x: np.ndarray, probe_y: np.ndarray, loss_fn, shared: ProbeHessian | None = None):
         super().__init__()
+        self.shared = shared  # with the curvature on, its graph gives the probe's pass (one per epoch)
         self.probe_x = tf.constant(probe_x)
         self.probe_y = tf.constant(probe_y)
         self.loss_fn = loss_fn
@@ -112,6 +114,7 @@ class Diagnostics(keras.callbacks.Callback):
         if logs is None:
             return
         started = time.process_time()
+        self._epoch = epoch
         self._add_diagnostics(logs)
         self.cpu_seconds[epoch + 1] = self._spent_at_begin + time.process_time() - started
 
@@ -122,7 +125,8 @@ class Diagnostics(keras.callbacks.Callback):
         )
         update_rms = (squared_change / sum(w.size for w in weights)) ** 0.5
         optimizer = self.model.optimizer
-        grad_norm, logits, gradients = self._probe_pass()
+        measured = self.shared.at_epoch_end(self._epoch, optimizer) if self.shared else None
+        grad_norm, logits, gradients = measured[1][:3] if measured else self._probe_pass()
         logs["grad_norm"] = float(grad_norm)
         logs["update_rms"] = update_rms
         logs["update_rms_over_lr"] = update_rms / float(keras.ops.convert_to_numpy(optimizer.learning_rate))

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from spikelab import state as training_state
 from spikelab.callbacks import BestState, DivergenceGuard, EpochClock, HistoryRows, ProgressLine, Snapshots
-from spikelab.curvature import Curvature
+from spikelab.curvature import Curvature, ProbeHessian
 from spikelab.dead_zone import DeadZoneAccounting, accounting_epochs
 from spikelab.diagnostics import Diagnostics
 from spikelab.losses import make_loss
@@ -134,13 +134,17 @@ def train(
         probe = slice(0, params.diagnostics.probe_size)
         probe_x = to_model_input(arrays["x_train"][probe], data_format)
         epochs = accounting_epochs(params.train.epochs, params.diagnostics.dead_zone_every, params.train.snapshot_every)
+        # with the curvature on, one graph per epoch gives Diagnostics its probe pass too
+        hessian = (
+            ProbeHessian(model, probe_x, arrays["y_train"][probe], model.loss) if params.diagnostics.curvature else None
+        )
         measured = [
-            Diagnostics(probe_x, arrays["y_train"][probe], model.loss),
+            Diagnostics(probe_x, arrays["y_train"][probe], model.loss, hessian),
             DeadZoneAccounting(arrays["x_train"], arrays["y_train"], data_format, epochs),
         ]
-        if params.diagnostics.curvature:
+        if hessian is not None:
             every, iterations = params.diagnostics.eigen_every, params.diagnostics.power_iterations
-            measured.append(Curvature(probe_x, arrays["y_train"][probe], model.loss, every, iterations))
+            measured.append(Curvature(hessian, every, iterations))
         callbacks += measured
     lowest = min((row["loss"] for row in history), default=math.inf)  # a resumed run's history counts
     callbacks += [keras.callbacks.TerminateOnNaN(), ProgressLine(params.train.epochs, params.divergence, lowest)]
