@@ -104,4 +104,21 @@ def test_curvature_columns_are_logged_for_adam_at_their_cadence_and_not_for_sgd(
     assert "lambda_grad" not in sgd.history[0]
     tiny_raw["optimizer"]["name"] = "adam"
     tiny_raw["diagnostics"]["curvature"] = False
-    assert "lambda_grad" not in train(params_from_dict(tiny_raw), arrays, "channels_last", None).history[0]
+    off = train(params_from_dict(tiny_raw), arrays, "channels_last", None).history
+    assert "lambda_grad" not in off[0]
+    # with the curvature on, Diagnostics reads the probe pass from the Hessian product's graph: the
+    # same numbers as its own pass gives with the curvature off
+    shared = ("grad_norm", "g2_over_v_rms", "logit_max_abs", "saturated_fraction")
+    assert [[row[key] for key in shared] for row in off] == [[row[key] for key in shared] for row in rows]
+
+
+def test_the_probe_pass_runs_once_per_epoch_end_and_only_under_an_adam_preconditioner():
+    model, x, y = probe_problem()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=clipped_binary_crossentropy)
+    model.train_on_batch(x, y)  # one step: Adam's v exists
+    hessian = ProbeHessian(model, x, y, clipped_binary_crossentropy)
+    first = hessian.at_epoch_end(0, model.optimizer)
+    assert hessian.at_epoch_end(0, model.optimizer) is first  # the second callback reads the first's pass
+    # a new epoch at the same step count (a guard restored an earlier state) is measured again
+    assert hessian.at_epoch_end(1, model.optimizer) is not first
+    assert hessian.at_epoch_end(1, keras.optimizers.SGD(0.01)) is None
