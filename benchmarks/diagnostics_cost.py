@@ -40,13 +40,19 @@ def main() -> None:
     solid, broken, _ = generate(params.data)
     arrays = split(solid, broken, params.split)
     data_format = resolve_data_format(params.model.data_format)
-    settings = [("off", None)] + [(f"probe {size}", size) for size in args.probe_sizes]
-    per_epoch = {name: {"cpu": [], "wall": []} for name, _ in settings}
+    # (name, probe size or None: diagnostics off, curvature on): issue 11 asks for both costs
+    settings = (
+        [("off", None, False)]
+        + [(f"probe {size}", size, True) for size in args.probe_sizes]
+        + [(f"probe {args.probe_sizes[0]}, no curv.", args.probe_sizes[0], False)]
+    )
+    per_epoch = {name: {"cpu": [], "wall": []} for name, *_ in settings}
     for _ in range(args.rounds):
-        for name, probe_size in settings:
+        for name, probe_size, curvature in settings:
             diagnostics = params.diagnostics.model_copy(
                 update={
                     "enabled": probe_size is not None,
+                    "curvature": curvature,
                     "probe_size": probe_size or params.diagnostics.probe_size,
                     "dead_zone_every": params.diagnostics.dead_zone_every
                     if args.dead_zone_every is None
@@ -83,13 +89,13 @@ def main() -> None:
     # "in <callback>": CPU inside that callback / CPU of the epochs (the load-proof figure)
     header = "".join(f" {'in ' + callback:>20}" for callback in callbacks)
     print(
-        f"{'diagnostics':<12} {'CPU s/epoch':>12} {'overhead':>9} {'wall s/epoch':>13} {'overhead':>9}{header} {'in all':>8}"
+        f"{'diagnostics':<21} {'CPU s/epoch':>12} {'overhead':>9} {'wall s/epoch':>13} {'overhead':>9}{header} {'in all':>8}"
     )
-    for name, _ in settings:
+    for name, *_ in settings:
         cpu, wall = (statistics.median(per_epoch[name][kind]) for kind in ("cpu", "wall"))
         shares = [share(name, callback) for callback in callbacks]
         print(
-            f"{name:<12} {cpu:>12.3f} {cpu / base['cpu'] - 1:>9.1%} {wall:>13.3f} {wall / base['wall'] - 1:>9.1%}"
+            f"{name:<21} {cpu:>12.3f} {cpu / base['cpu'] - 1:>9.1%} {wall:>13.3f} {wall / base['wall'] - 1:>9.1%}"
             + "".join(f" {value:>20.1%}" for value in shares)
             + f" {sum(shares):>8.1%}"
         )
