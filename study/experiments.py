@@ -292,6 +292,12 @@ def queue_and_wait(
             lost |= revive_dead_queue(pending, states, jobs)
             workerless, revivals = 0, revivals + 1
             continue
+        # one of two workers can die alone (DVC's file-based broker: seen twice in one evening,
+        # JSONDecodeError on a message the other worker took): the study then runs at half speed
+        # with nothing said; `dvc queue start` spawns only the missing ones
+        if workers and workers < jobs and any(states.get(name) == "Queued" for name in pending):
+            start_workers(jobs)
+            print(f"study: {workers} of {jobs} queue workers alive; started the missing ones", flush=True)
         print(
             f"study: {len(queued) - len(pending)}/{len(queued)} done, {len(pending)} queued or running "
             f"({(time.monotonic() - started) / 60:.1f} min)",

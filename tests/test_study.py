@@ -375,6 +375,24 @@ def test_a_queue_whose_workers_keep_dying_ends_in_one_line_after_the_revivals(mo
     assert [args[:3] for args in commands] == [("exp", "run", "--queue")] * 2
 
 
+def test_a_queue_that_lost_one_of_its_workers_gets_it_back(monkeypatch, capsys):
+    """Two workers asked, one alive while runs wait: the missing one is started again, said in one line."""
+    from study import experiments
+
+    one_alive = DEAD_QUEUE.replace("0 active, 0 idle", "1 active, 0 idle")
+    finished = one_alive.replace("Running", "Success").replace("Queued", "Success")
+    polls = iter([parse_queue_status(one_alive), parse_queue_status(finished)])
+    started = []
+    monkeypatch.setattr(experiments, "experiments_of", lambda all_commits=True: [])
+    monkeypatch.setattr(experiments, "dvc", lambda *args, check=True: None)
+    monkeypatch.setattr(experiments, "start_workers", lambda jobs: started.append(jobs))
+    monkeypatch.setattr(experiments, "queue_states", lambda: next(polls))
+    final = experiments.queue_and_wait([("longone", []), ("later", [])], jobs=2, poll_s=0)
+    assert final == {"longone": "success", "later": "success"}
+    assert started == [2, 2]  # the first start, then the revival of the missing worker
+    assert "1 of 2 queue workers alive; started the missing ones" in capsys.readouterr().out
+
+
 # ---- make exp: an experiment named after its changes (issue 14) ---------------------------------------
 
 
