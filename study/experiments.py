@@ -280,7 +280,7 @@ def queue_and_wait(
         return {name: existing.get(name, "missing") for name, _ in runs}
     start_workers(jobs)
     started = time.monotonic()
-    workerless, revivals, lost = 0, 0, {}
+    workerless, short, revivals, lost = 0, 0, 0, {}
     while True:
         states, workers = queue_states()
         pending = [name for name in queued if states.get(name) in ACTIVE]
@@ -292,12 +292,16 @@ def queue_and_wait(
             lost |= revive_dead_queue(pending, states, jobs)
             workerless, revivals = 0, revivals + 1
             continue
-        # one of two workers can die alone (DVC's file-based broker: seen twice in one evening,
-        # JSONDecodeError on a message the other worker took): the study then runs at half speed
-        # with nothing said; `dvc queue start` spawns only the missing ones
-        if workers and workers < jobs and any(states.get(name) == "Queued" for name in pending):
+        # one of two workers can die alone (DVC's file-based broker: seen twice in one evening, a
+        # JSONDecodeError on a message file read empty): the study then runs at half speed with
+        # nothing said. `dvc queue start` spawns only the missing ones; after DEAD_AFTER_POLLS polls
+        # in a row, since a worker just started may not be registered yet
+        waiting = any(states.get(name) == "Queued" for name in pending)
+        short = short + 1 if workers and workers < jobs and waiting else 0
+        if short >= DEAD_AFTER_POLLS:
             start_workers(jobs)
             print(f"study: {workers} of {jobs} queue workers alive; started the missing ones", flush=True)
+            short = 0
         print(
             f"study: {len(queued) - len(pending)}/{len(queued)} done, {len(pending)} queued or running "
             f"({(time.monotonic() - started) / 60:.1f} min)",

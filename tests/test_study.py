@@ -381,7 +381,8 @@ def test_a_queue_that_lost_one_of_its_workers_gets_it_back(monkeypatch, capsys):
 
     one_alive = DEAD_QUEUE.replace("0 active, 0 idle", "1 active, 0 idle")
     finished = one_alive.replace("Running", "Success").replace("Queued", "Success")
-    polls = iter([parse_queue_status(one_alive), parse_queue_status(finished)])
+    # one poll short is a worker still starting; DEAD_AFTER_POLLS in a row is a dead one
+    polls = iter([parse_queue_status(one_alive)] * experiments.DEAD_AFTER_POLLS + [parse_queue_status(finished)])
     started = []
     monkeypatch.setattr(experiments, "experiments_of", lambda all_commits=True: [])
     monkeypatch.setattr(experiments, "dvc", lambda *args, check=True: None)
