@@ -211,18 +211,28 @@ def plot(found: dict, path: Path, title: str) -> None:
     save_figure(figure, path)
 
 
+def judged_runs(records: list[dict], cells) -> list[dict]:
+    """The finished runs of these cells that the divergence rule could judge."""
+    return [r for r in records if r["cell"] in cells and r["state"] == "success" and r["diverged"] is not None]
+
+
+def rule_fired(runs: list[dict]) -> str:
+    """How many of these runs the rule fired in: "k/n = r [low, high]"."""
+    fired = sum(1 for r in runs if r["diverged"])
+    return rate(fired, len(runs), wilson_interval(fired, len(runs)) or (0, 0))
+
+
 def divergence_rule_firing(records: list[dict]) -> list[dict]:
     """Per cell: how often the divergence rule fired. In cells where no one expects a spike
     (AMSGrad, SGD) every firing is a false alarm of the rule."""
     rows = []
     for cell in dict.fromkeys(record["cell"] for record in records):
-        done = [r for r in records if r["cell"] == cell and r["state"] == "success" and r["diverged"] is not None]
-        fired = [r for r in done if r["diverged"]]
-        jumps = [r["jump_ratio"] for r in fired if r.get("jump_ratio") is not None]
+        done = judged_runs(records, {cell})
+        jumps = [r["jump_ratio"] for r in done if r["diverged"] and r.get("jump_ratio") is not None]
         rows.append(
             {
                 "cell": cell,
-                "rule fired": rate(len(fired), len(done), wilson_interval(len(fired), len(done)) or (0, 0)),
+                "rule fired": rule_fired(done),
                 "median jump when fired": format_cell(statistics.median(jumps) if jumps else None),
             }
         )
@@ -230,12 +240,9 @@ def divergence_rule_firing(records: list[dict]) -> list[dict]:
 
 
 def false_alarm_rate(records: list[dict], calm: list[str]) -> str | None:
-    """The rule's firings pooled over the cells where no spike is expected: "k/n = r [low, high]"."""
-    done = [r for r in records if r["cell"] in calm and r["state"] == "success" and r["diverged"] is not None]
-    if not done:
-        return None
-    fired = sum(1 for r in done if r["diverged"])
-    return rate(fired, len(done), wilson_interval(fired, len(done)))
+    """The rule's firings pooled over the cells where no spike is expected."""
+    done = judged_runs(records, set(calm))
+    return rule_fired(done) if done else None
 
 
 def main(argv: list[str] | None = None) -> int:
