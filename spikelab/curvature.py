@@ -121,10 +121,9 @@ class ProbeHessian:
         *_, products = self._product([np.asarray(v, np.float32) for v in vectors], False)
         return [hv.numpy() for hv in products]
 
-    def gradient_and_step_product(self, preconditioner: Vectors) -> tuple[Vectors, Vectors]:
-        """(g, H (P g))."""
-        _, _, gradient, products = self._product([np.asarray(p, np.float32) for p in preconditioner], True)
-        return [g.numpy() for g in gradient], [hv.numpy() for hv in products]
+    def probe_and_step_product(self, preconditioner: Vectors) -> tuple:
+        """(|g|, logits, g, H (P g)), as the graph's tensors."""
+        return self._product([np.asarray(p, np.float32) for p in preconditioner], True)
 
     def at_epoch_end(self, epoch: int, optimizer) -> tuple | None:
         """(P, (|g|, logits, g, H (P g)) as tensors) at this epoch's end, computed once for every
@@ -135,10 +134,7 @@ class ProbeHessian:
         # keyed by epoch AND step: a guard that restores an earlier state makes a step count recur
         key = (epoch, int(optimizer.iterations.numpy()))
         if self._last is None or self._last[0] != key:
-            self._last = (
-                key,
-                (preconditioner, self._product([np.asarray(p, np.float32) for p in preconditioner], True)),
-            )
+            self._last = (key, (preconditioner, self.probe_and_step_product(preconditioner)))
         return self._last[1]
 
 

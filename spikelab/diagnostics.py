@@ -114,18 +114,17 @@ class Diagnostics(keras.callbacks.Callback):
         if logs is None:
             return
         started = time.process_time()
-        self._epoch = epoch
-        self._add_diagnostics(logs)
+        self._add_diagnostics(logs, epoch)
         self.cpu_seconds[epoch + 1] = self._spent_at_begin + time.process_time() - started
 
-    def _add_diagnostics(self, logs: dict) -> None:
+    def _add_diagnostics(self, logs: dict, epoch: int) -> None:
         weights = [v.numpy() for v in self.model.trainable_variables]
         squared_change = sum(
             float(np.sum((after - before) ** 2)) for after, before in zip(weights, self._weights_at_start)
         )
         update_rms = (squared_change / sum(w.size for w in weights)) ** 0.5
         optimizer = self.model.optimizer
-        measured = self.shared.at_epoch_end(self._epoch, optimizer) if self.shared else None
+        measured = self.shared.at_epoch_end(epoch, optimizer) if self.shared else None
         grad_norm, logits, gradients = measured[1][:3] if measured else self._probe_pass()
         logs["grad_norm"] = float(grad_norm)
         logs["update_rms"] = update_rms

@@ -50,7 +50,8 @@ def test_hessian_vector_product_matches_finite_differences_of_the_gradient():
     assert np.linalg.norm(exact) > 1e-3  # a zero product would match a zero difference
     assert np.linalg.norm(exact - central) <= 5e-3 * np.linalg.norm(exact)  # measured 4e-4
     # the gradient returned beside the product is the loss's gradient
-    gradient, along_step = hessian.gradient_and_step_product([np.full(w.shape, 2.0, np.float32) for w in weights])
+    _, _, gradient, along_step = hessian.probe_and_step_product([np.full(w.shape, 2.0, np.float32) for w in weights])
+    gradient, along_step = [g.numpy() for g in gradient], [hv.numpy() for hv in along_step]
     np.testing.assert_allclose(np.concatenate([g.ravel() for g in gradient]), flat_gradient(model, x, y), rtol=1e-5)
     # ... and the product along P g is H (P g)
     expected = hessian.product([2.0 * g for g in gradient])
