@@ -62,24 +62,26 @@ def curvature_along_step(gradient: Vectors, preconditioner: Vectors, hessian_tim
     return _dot(step, hessian_times_step) / denominator if denominator else math.nan
 
 
-def top_eigenvalue(
-    hessian_product: HessianProduct, preconditioner: Vectors, start: Vectors, iterations: int
-) -> tuple[float, Vectors]:
-    """Power iteration on S = P^1/2 H P^1/2: (Rayleigh quotient of the last vector, that vector).
+def _dot64(a, b) -> tf.Tensor:
+    """The dot product of two lists of tensors, summed in float64 (a few 10^4 float32 terms)."""
+    return tf.add_n([tf.reduce_sum(tf.cast(x, tf.float64) * tf.cast(y, tf.float64)) for x, y in zip(a, b)])
+
+
+def power_iteration(hessian_product: HessianProduct, root, start, iterations: int) -> tuple:
+    """Power iteration on S = R H R, R = diag(root) = P^1/2: (Rayleigh quotient of the last unit
+    vector, the last image S v), as tensors; TensorFlow ops only, so it runs inside a graph.
 
     Power iteration finds the eigenvalue of largest magnitude; near a minimum that is the largest
-    positive one. The returned vector warm-starts the next call, so few iterations suffice once
-    the top direction moves slowly."""
-    root = [np.sqrt(p) for p in preconditioner]
-    vector = start
-    estimate = math.nan
-    for _ in range(iterations):
-        norm = math.sqrt(_dot(vector, vector))
-        if norm == 0.0:
-            return math.nan, start
+    positive one. The returned image warm-starts the next call, so few iterations suffice once the
+    top direction moves slowly. A zero start gives NaN (0/0), which the caller reads as no estimate."""
+    vector, estimate = list(start), tf.constant(math.nan, tf.float64)
+    # tf.range: inside a tf.function this is one graph loop, traced once (a Python loop traced 8
+    # copies: 1.1 s of start-up instead of 0.35); what the products share is computed before it
+    for _ in tf.range(iterations):
+        norm = tf.cast(tf.sqrt(_dot64(vector, vector)), vector[0].dtype)
         vector = [x / norm for x in vector]
         image = [r * hv for r, hv in zip(root, hessian_product([r * x for r, x in zip(root, vector)]))]
-        estimate = _dot(vector, image)
+        estimate = _dot64(vector, image)
         vector = image
     return estimate, vector
 
@@ -87,43 +89,63 @@ def top_eigenvalue(
 class ProbeHessian:
     """Exact Hessian-vector products of the mean training loss on a fixed batch (nested tapes).
 
-    Its graph also returns the probe's gradient norm and logits, which Diagnostics reads too:
-    `at_epoch_end` runs it once per epoch for both callbacks (the probe's forward and backward
-    pass ran twice per epoch before, ~2% of an epoch)."""
+    Two graphs. The step product's also returns the probe's gradient norm and logits, which
+    Diagnostics reads too: `at_epoch_end` runs it once per epoch for both callbacks (the probe's
+    forward and backward pass ran twice per epoch before, ~2% of an epoch). The power iteration's
+    records the forward and first backward pass once on a persistent tape and takes each product
+    as one more backward pass through them (it recomputed both for each of its products before)."""
 
-    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, loss_fn):
+    def __init__(self, model: keras.Model, x: np.ndarray, y: np.ndarray, loss_fn, power_iterations: int):
         self.model, self.loss_fn = model, loss_fn
         self.x, self.y = tf.constant(x), tf.constant(y)
+        self.iterations = power_iterations
         self._logits_and_output = keras.Model(model.inputs, [logits_model(model).output, *model.outputs])
-        self._product = tf.function(self._probe_and_product)
+        self._step_product = tf.function(self._probe_and_step_product)
+        self._power_iteration = tf.function(self._power_iteration_on_probe)
         self._last: tuple[tuple[int, int], tuple] | None = None
         # trace both graphs now (start-up), not inside the epochs that first call them
         specs = [tf.TensorSpec(v.shape, tf.float32) for v in model.trainable_variables]
-        for times_gradient in (False, True):
-            self._product.get_concrete_function(specs, times_gradient)
+        self._step_product.get_concrete_function(specs)
+        self._power_iteration.get_concrete_function(specs, specs)
 
-    def _probe_and_product(self, vectors, times_gradient: bool):
-        """(|g|, logits, g, H w) with w = vectors, or w = vectors * g when times_gradient (P g: one call)."""
+    def _tapes(self):
+        """(outer tape, the probe's logits, its loss gradient), the gradient recorded on the outer tape."""
         variables = self.model.trainable_variables
-        with tf.GradientTape() as outer:
+        with tf.GradientTape(persistent=True) as outer:
             with tf.GradientTape() as inner:
                 logits, output = self._logits_and_output(self.x, training=True)
                 loss = keras.ops.mean(self.loss_fn(self.y, output))
             gradient = inner.gradient(loss, variables)
-            if times_gradient:
-                vectors = [v * g for v, g in zip(vectors, gradient)]
-            along = tf.add_n([tf.reduce_sum(g * tf.stop_gradient(v)) for g, v in zip(gradient, vectors)])
-        product = outer.gradient(along, variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return tf.linalg.global_norm(gradient), logits, gradient, product
+        return outer, logits, gradient
 
-    def product(self, vectors: Vectors) -> Vectors:
-        """H v."""
-        *_, products = self._product([np.asarray(v, np.float32) for v in vectors], False)
-        return [hv.numpy() for hv in products]
+    def _hessian_product(self, outer, gradient):
+        # H v as the vector-Jacobian product of the gradient (H is symmetric): one backward pass
+        variables = self.model.trainable_variables
+        return lambda vectors: outer.gradient(
+            gradient, variables, output_gradients=vectors, unconnected_gradients=tf.UnconnectedGradients.ZERO
+        )
+
+    def _probe_and_step_product(self, preconditioner):
+        """(|g|, logits, g, H (P g))."""
+        outer, logits, gradient = self._tapes()
+        step = [p * g for p, g in zip(preconditioner, gradient)]
+        return tf.linalg.global_norm(gradient), logits, gradient, self._hessian_product(outer, gradient)(step)
+
+    def _power_iteration_on_probe(self, root, start):
+        outer, _, gradient = self._tapes()
+        return power_iteration(self._hessian_product(outer, gradient), root, start, self.iterations)
 
     def probe_and_step_product(self, preconditioner: Vectors) -> tuple:
         """(|g|, logits, g, H (P g)), as the graph's tensors."""
-        return self._product([np.asarray(p, np.float32) for p in preconditioner], True)
+        return self._step_product([np.asarray(p, np.float32) for p in preconditioner])
+
+    def top_eigenvalue(self, preconditioner: Vectors, start: Vectors) -> tuple[float, Vectors | None]:
+        """(lambda_max estimate, the vector to warm-start the next call), by power iteration on
+        P^1/2 H P^1/2 from `start`; (NaN, None) when the start is zero or the product not finite."""
+        root = [np.sqrt(p).astype(np.float32) for p in preconditioner]
+        estimate, vector = self._power_iteration(root, [np.asarray(x, np.float32) for x in start])
+        estimate = float(estimate)
+        return (estimate, [v.numpy() for v in vector]) if math.isfinite(estimate) else (math.nan, None)
 
     def at_epoch_end(self, epoch: int, optimizer) -> tuple | None:
         """(P, (|g|, logits, g, H (P g)) as tensors) at this epoch's end, computed once for every
@@ -143,10 +165,10 @@ class Curvature(keras.callbacks.Callback):
 
     Adam family only: other optimizers have no preconditioner, and their logs get no columns."""
 
-    def __init__(self, hessian: ProbeHessian, every: int, iterations: int):
+    def __init__(self, hessian: ProbeHessian, every: int):
         super().__init__()
         self.hessian = hessian
-        self.every, self.iterations = every, iterations
+        self.every = every
         self.cpu_seconds: dict[int, float] = {}  # 1-based epoch -> CPU seconds inside this callback
         self._vector: Vectors | None = None
 
@@ -163,9 +185,7 @@ class Curvature(keras.callbacks.Callback):
             logs["lambda_grad"] = curvature_along_step(gradient, preconditioner, hessian_times_step)
             if self.every and (epoch + 1) % self.every == 0:
                 start = self._start(gradient, preconditioner)
-                logs["lambda_max"], self._vector = top_eigenvalue(
-                    self.hessian.product, preconditioner, start, self.iterations
-                )
+                logs["lambda_max"], self._vector = self.hessian.top_eigenvalue(preconditioner, start)
         self.cpu_seconds[epoch + 1] = time.process_time() - started
 
     def _start(self, gradient: Vectors, preconditioner: Vectors) -> Vectors:

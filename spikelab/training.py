@@ -130,21 +130,23 @@ def train(
     best = BestState()
     callbacks: list[keras.callbacks.Callback] = []
     measured: list = []  # the diagnostic callbacks, whose CPU seconds the benchmarks read
-    if params.diagnostics.enabled:
-        probe = slice(0, params.diagnostics.probe_size)
+    diagnostics = params.diagnostics
+    if diagnostics.enabled:
+        probe = slice(0, diagnostics.probe_size)
         probe_x = to_model_input(arrays["x_train"][probe], data_format)
-        epochs = accounting_epochs(params.train.epochs, params.diagnostics.dead_zone_every, params.train.snapshot_every)
+        epochs = accounting_epochs(params.train.epochs, diagnostics.dead_zone_every, params.train.snapshot_every)
         # with the curvature on, one graph per epoch gives Diagnostics its probe pass too
         hessian = (
-            ProbeHessian(model, probe_x, arrays["y_train"][probe], model.loss) if params.diagnostics.curvature else None
+            ProbeHessian(model, probe_x, arrays["y_train"][probe], model.loss, diagnostics.power_iterations)
+            if diagnostics.curvature
+            else None
         )
         measured = [
             Diagnostics(probe_x, arrays["y_train"][probe], model.loss, hessian),
             DeadZoneAccounting(arrays["x_train"], arrays["y_train"], data_format, epochs),
         ]
         if hessian is not None:
-            every, iterations = params.diagnostics.eigen_every, params.diagnostics.power_iterations
-            measured.append(Curvature(hessian, every, iterations))
+            measured.append(Curvature(hessian, diagnostics.eigen_every))
         callbacks += measured
     lowest = min((row["loss"] for row in history), default=math.inf)  # a resumed run's history counts
     callbacks += [keras.callbacks.TerminateOnNaN(), ProgressLine(params.train.epochs, params.divergence, lowest)]
