@@ -33,8 +33,27 @@ MAX_REVIVALS = 3
 LOST_REASON = "lost: its dvc queue worker died mid-run (the study marked it failed and went on)"
 
 
-def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(["dvc", *args], capture_output=True, text=True)
+# DVC's queue keeps its tasks as message files (kombu's filesystem transport). A command that reads
+# them while another process writes one can read it empty and die with JSONDecodeError "Expecting
+# value" (treeverse/dvc-task#73, celery/kombu#1551): seen in `dvc queue status` right after two
+# `dvc exp run --queue`, failing a CI run. Commands that only read are retried on it; a queueing is
+# not (a repeat could queue twice)
+BROKER_RACE = "Expecting value"
+READ_RETRIES = 4
+RETRY_PAUSE_S = 0.5
+
+
+def is_broker_race(result: subprocess.CompletedProcess) -> bool:
+    return result.returncode != 0 and BROKER_RACE in result.stdout + result.stderr
+
+
+def dvc(*args: str, check: bool = True, retries: int = 0) -> subprocess.CompletedProcess:
+    """`dvc *args`, output captured; `retries` repeats of a command that met the broker race."""
+    for attempt in range(retries + 1):
+        result = subprocess.run(["dvc", *args], capture_output=True, text=True)
+        if not is_broker_race(result) or attempt == retries:
+            break
+        time.sleep(RETRY_PAUSE_S * (attempt + 1))
     if check and result.returncode != 0:
         raise RuntimeError(f"dvc {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
     return result
@@ -78,7 +97,7 @@ def parse_exp_show(payload: list[dict]) -> list[dict]:
 
 def experiments_of(all_commits: bool = True) -> list[dict]:
     args = ["exp", "show", "--json"] + (["--all-commits"] if all_commits else [])
-    return parse_exp_show(json.loads(dvc(*args).stdout or "[]"))
+    return parse_exp_show(json.loads(dvc(*args, retries=READ_RETRIES).stdout or "[]"))
 
 
 def experiments_by_name(all_commits: bool = True) -> dict[str, dict]:
@@ -189,7 +208,7 @@ def parse_queue_status(text: str) -> tuple[dict[str, str], int | None]:
 
 
 def queue_states() -> tuple[dict[str, str], int | None]:
-    return parse_queue_status(dvc("queue", "status").stdout)
+    return parse_queue_status(dvc("queue", "status", retries=READ_RETRIES).stdout)
 
 
 def stuck_error(pending: list[str], states: dict[str, str]) -> QueueError:

@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.workspace import commit_fresh_repo, copy_tracked_files
 from spikelab.params import ModelParams, read_yaml
+from study.experiments import BROKER_RACE
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -98,8 +99,12 @@ def wait_for_queue(root: Path, timeout_s: float = 900) -> str:
     """Poll `dvc queue status` until nothing is queued or running; returns the last status."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], root).stdout
-        if "Queued" not in status and "Running" not in status:
+        result = run(["dvc", "queue", "status"], root, check=False)
+        status = result.stdout + result.stderr
+        # the queue's message files read mid-write (study.experiments.BROKER_RACE): poll again
+        if result.returncode != 0 and BROKER_RACE not in status:
+            raise AssertionError(f"dvc queue status exited {result.returncode}:\n{status}")
+        if result.returncode == 0 and "Queued" not in status and "Running" not in status:
             return status
         time.sleep(3)
     raise AssertionError(f"queue still busy after {timeout_s}s:\n{status}")

@@ -394,6 +394,54 @@ def test_a_queue_that_lost_one_of_its_workers_gets_it_back(monkeypatch, capsys):
     assert "1 of 2 queue workers alive; started the missing ones" in capsys.readouterr().out
 
 
+FAKE_DVC = """#!/bin/sh
+# fails the first $FAILS calls the way DVC does when it reads a queue message file mid-write
+count=$(cat "$COUNTER" 2>/dev/null || echo 0); echo $((count + 1)) > "$COUNTER"
+if [ "$count" -lt "$FAILS" ]; then echo "ERROR: unexpected error - $MESSAGE" >&2; exit 255; fi
+echo "Worker status: 2 active, 0 idle"
+"""
+
+
+@pytest.fixture
+def fake_dvc(tmp_path, monkeypatch):
+    """A `dvc` first on PATH that fails $FAILS times with $MESSAGE, then prints a queue status."""
+    script = tmp_path / "bin" / "dvc"
+    script.parent.mkdir()
+    script.write_text(FAKE_DVC)
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("COUNTER", str(tmp_path / "calls"))
+    monkeypatch.setattr("study.experiments.RETRY_PAUSE_S", 0.0)
+
+    def calls() -> int:
+        return int((tmp_path / "calls").read_text())
+
+    return calls
+
+
+def test_a_queue_status_that_meets_the_broker_race_is_read_again(fake_dvc, monkeypatch):
+    from study import experiments
+
+    monkeypatch.setenv("FAILS", "2")
+    monkeypatch.setenv("MESSAGE", "Expecting value: line 1 column 1 (char 0)")
+    assert experiments.queue_states() == ({}, 2)
+    assert fake_dvc() == 3
+
+
+def test_a_queue_status_failing_otherwise_or_for_good_is_not_hidden(fake_dvc, monkeypatch):
+    from study import experiments
+
+    monkeypatch.setenv("FAILS", "99")
+    monkeypatch.setenv("MESSAGE", "not a DVC repository")
+    with pytest.raises(RuntimeError, match="not a DVC repository"):
+        experiments.queue_states()
+    assert fake_dvc() == 1  # another error is not retried
+    monkeypatch.setenv("MESSAGE", "Expecting value: line 1 column 1 (char 0)")
+    with pytest.raises(RuntimeError, match="Expecting value"):
+        experiments.queue_states()
+    assert fake_dvc() == 2 + experiments.READ_RETRIES  # retried, then said
+
+
 # ---- make exp: an experiment named after its changes (issue 14) ---------------------------------------
 
 
