@@ -9,6 +9,7 @@ from pathlib import Path
 
 from spikelab.errors import run_entry_point
 from spikelab.files import read_npz, write_json
+from spikelab.lean_imports import without_sklearn
 from spikelab.native_logs import quiet_native_startup
 from spikelab.params import load_params
 from spikelab.timing import StageClock
@@ -19,7 +20,7 @@ def main() -> None:
     clock = StageClock("evaluate")
     params = load_params()
     arrays = read_npz(split_path, ("x_val", "y_val"), produced_by="split")
-    with quiet_native_startup():  # TensorFlow's import and first op print noise
+    with quiet_native_startup(), without_sklearn():  # TensorFlow's import and first op print noise
         from spikelab.evaluation import load_model, score
         from spikelab.losses import make_loss
         from spikelab.tracking import check_run, evaluation_metrics, log_metrics_at

@@ -14,6 +14,7 @@ from pathlib import Path
 from spikelab.divergence import describe_run
 from spikelab.errors import InputError, one_line, run_entry_point
 from spikelab.files import read_npz
+from spikelab.lean_imports import without_sklearn
 from spikelab.lifetime import die_with_parent
 from spikelab.native_logs import quiet_native_startup
 from spikelab.params import flatten, load_params
@@ -42,7 +43,7 @@ def main() -> None:
         check_resume(params.train.resume_from, params.train.resume_epoch)
     arrays = read_npz(split_path, ("x_train", "y_train", "x_val", "y_val"), produced_by="split")
 
-    with quiet_native_startup():  # TensorFlow's import and first op (a test convolution) print noise
+    with quiet_native_startup(), without_sklearn():  # TensorFlow's import and first op (a test convolution) print noise
         from spikelab.model import resolve_data_format
         from spikelab.outputs import write_training_outputs
         from spikelab.tracking import log_metrics_at, run_name, training_run
