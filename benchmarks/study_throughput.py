@@ -138,7 +138,7 @@ def print_table(results: dict[int, dict]) -> None:
         ("DVC, the rest (temp copy, checkout, commit; by difference)", "dvc.rest"),
         ("a worker's seconds per run (wall x workers / runs)", "worker_seconds_per_run"),
         ("once per study: queueing, the wait's last poll (s)", "queueing_and_wait_s"),
-        ("the same, first training start to last evaluate end", "in_queue_worker_seconds_per_run"),
+        ("a worker's seconds per run, first start to last end", "in_queue_worker_seconds_per_run"),
         ("runs per hour, first training start to last end", "in_queue_runs_per_hour"),
     ]
     for label, key in lines:
