@@ -68,3 +68,21 @@ def test_study_throughput_benchmark_splits_a_queued_run_between_the_stages_and_d
     assert span + phases["queueing_and_wait_s"] == pytest.approx(phases["worker_seconds_per_run"])
     assert phases["in_queue_runs_per_hour"] == pytest.approx(3600 / span)
     assert "runs per hour" in result.stdout
+
+
+def test_conv2_forms_compute_the_same_function_and_print_both_timings():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.conv2_forms", "--filters", "2", "--batch", "2", "--repeats", "2"],
+        cwd=REPO,
+        env=lab_env(REPO),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] == ["2"]]
+    assert [row[1] for row in rows] == ["convolution", "matrix"]  # "matrix product"
+    for row in rows:
+        milliseconds, gflops, difference = float(row[-3]), float(row[-2]), float(row[-1])
+        assert milliseconds > 0 and gflops > 0
+        assert difference < 1e-5  # the two forms' gradients agree to float32 rounding
