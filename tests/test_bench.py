@@ -11,17 +11,22 @@ import pytest
 from conftest import REPO, lab_env
 
 
-@pytest.mark.slow
-def test_quick_benchmark_writes_every_figure(tmp_path: Path):
-    out = tmp_path / "results.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench", "--quick", "--out", str(out)],
-        cwd=tmp_path,
+def run_benchmark(module: str, *args: str, cwd: Path = REPO, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m benchmarks.<module> args` with the lab's environment; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
+        cwd=cwd,
         env=lab_env(REPO),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_every_figure(tmp_path: Path):
+    out = tmp_path / "results.json"
+    result = run_benchmark("bench", "--quick", "--out", str(out), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     results = json.loads(out.read_text())
     ratios = ("train_vs_bare", "train_no_diagnostics_vs_bare", "train_vs_generator")
@@ -41,15 +46,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path: Path):
 def test_study_throughput_benchmark_splits_a_queued_run_between_the_stages_and_dvc(tmp_path: Path):
     out = tmp_path / "results.json"
     out.write_text(json.dumps({"samples_per_s": {"lab": 1.0}}))  # make bench's figures stay beside
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.study_throughput", "--runs", "1", "--jobs", "1", "--epochs", "2"]
-        + ["--out", str(out)],
-        cwd=REPO,
-        env=lab_env(REPO),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_benchmark("study_throughput", "--runs", "1", "--jobs", "1", "--epochs", "2", "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     results = json.loads(out.read_text())
     assert results["samples_per_s"] == {"lab": 1.0}
@@ -71,14 +68,7 @@ def test_study_throughput_benchmark_splits_a_queued_run_between_the_stages_and_d
 
 
 def test_conv2_forms_compute_the_same_function_and_print_both_timings():
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.conv2_forms", "--filters", "2", "--batch", "2", "--repeats", "2"],
-        cwd=REPO,
-        env=lab_env(REPO),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = run_benchmark("conv2_forms", "--filters", "2", "--batch", "2", "--repeats", "2", timeout=300)
     assert result.returncode == 0, result.stderr
     rows = [line.split() for line in result.stdout.splitlines() if line.split()[:1] == ["2"]]
     assert [row[1] for row in rows] == ["convolution", "matrix"]  # "matrix product"
