@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from benchmarks.machine import machine
-from benchmarks.workspace import commit_fresh_repo, copy_tracked_files
+from benchmarks.workspace import commit_fresh_repo, copy_files_at, copy_tracked_files
 
 REPO = Path(__file__).resolve().parents[1]
 # the per-run phases, in the order a run goes through them: (label, stage, metric phase)
@@ -52,8 +52,12 @@ def run(args: list[str], cwd: Path) -> str:
     return result.stdout
 
 
-def prepare_workspace(root: Path) -> None:
-    copy_tracked_files(REPO, root)
+def prepare_workspace(root: Path, rev: str | None = None) -> None:
+    """A fresh repo of the working copy's tracked files (or of commit `rev`'s), data made once."""
+    if rev is None:
+        copy_tracked_files(REPO, root)
+    else:
+        copy_files_at(REPO, rev, root)
     commit_fresh_repo(root, "study throughput benchmark")
     run(["dvc", "repro", "split"], root)  # the data, once: experiments only train and evaluate
     run(["git", "add", "-A"], root)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 # a copy starts as a first run: no lock file, no metrics of an earlier run
@@ -17,6 +19,17 @@ def copy_tracked_files(source: Path, target: Path) -> None:
         if (source / name).is_file() and not name.startswith(LEFT_OUT):
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, target / name)
+
+
+def copy_files_at(source: Path, rev: str, target: Path) -> None:
+    """Copy the files git tracked in `source` at commit `rev` (less LEFT_OUT) into `target`: an
+    older version of the lab, for a same-day before/after measurement."""
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", rev], cwd=source, capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and not m.name.startswith(LEFT_OUT)]
+        tar.extractall(target, members=members, filter="data")
 
 
 def commit_fresh_repo(target: Path, message: str) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.study_ab import summarise, turn_order
+from benchmarks.workspace import commit_fresh_repo, copy_files_at
 from conftest import REPO, lab_env
 
 
@@ -79,3 +81,72 @@ def test_conv2_forms_compute_the_same_function_and_print_both_timings():
         milliseconds, gflops, difference = float(row[-3]), float(row[-2]), float(row[-1])
         assert milliseconds > 0 and gflops > 0
         assert difference < 1e-5  # the two forms' gradients agree to float32 rounding
+
+
+def test_a_copy_at_a_revision_holds_that_commits_files_less_the_first_run_leftovers(tmp_path: Path):
+    source, target = tmp_path / "source", tmp_path / "target"
+    (source / "metrics").mkdir(parents=True)
+    (source / "params.yaml").write_text("epochs: 1\n")
+    (source / "metrics" / "train.json").write_text("{}")
+    (source / "dvc.lock").write_text("schema: '2.0'\n")
+    commit_fresh_repo(source, "before")
+    (source / "params.yaml").write_text("epochs: 2\n")
+    (source / "new.py").write_text("")
+    subprocess.run(["git", "add", "-A"], cwd=source, check=True)
+    subprocess.run(["git", "commit", "-qm", "after"], cwd=source, check=True)
+    copy_files_at(source, "HEAD~1", target)
+    copied = {str(path.relative_to(target)) for path in target.rglob("*") if path.is_file()}
+    assert copied == {"params.yaml"}  # no file of the later commit, no lock file or metrics
+    assert (target / "params.yaml").read_text() == "epochs: 1\n"
+
+
+def test_the_before_after_turns_alternate_and_each_round_gives_its_own_ratio():
+    assert [turn_order(index) for index in range(3)] == [
+        ("after", "before"),
+        ("before", "after"),
+        ("after", "before"),
+    ]
+    figures = {("after", 1): 60.0, ("before", 1): 40.0, ("before", 2): 50.0, ("after", 2): 55.0, ("after", 3): 70.0}
+    figures[("before", 3)] = 35.0
+    turns = [
+        {"code": code, "round": round_number, "runs_per_hour": rate, "in_queue_runs_per_hour": 2 * rate}
+        | {"epochs_s_per_run": 3600 / rate}
+        for (code, round_number), rate in figures.items()
+    ]
+    summary = summarise(turns)
+    assert summary["ratio_by_round"] == pytest.approx([1.5, 1.1, 2.0])
+    assert (
+        summary["medians"]["after"]["runs_per_hour"] == 60.0 and summary["medians"]["before"]["runs_per_hour"] == 40.0
+    )
+    assert summary["ratio_of_medians"] == pytest.approx(1.5) == summary["in_queue_ratio_of_medians"]
+    assert summary["medians"]["before"]["epochs_s_per_run"] == pytest.approx(90.0)
+
+
+def test_a_baseline_that_is_no_commit_is_one_line_before_any_work(tmp_path: Path):
+    out = tmp_path / "results.json"
+    result = run_benchmark("study_ab", "--baseline-rev", "no-such-rev", "--out", str(out), timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.strip() == "study_ab: --baseline-rev 'no-such-rev' is not a commit of this repository"
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_study_ab_runs_both_codes_in_turns_and_writes_their_ratio(tmp_path: Path):
+    out = tmp_path / "results.json"
+    args = ("--baseline-rev", "HEAD", "--rounds", "1", "--runs", "1", "--jobs", "1", "--epochs", "2")
+    result = run_benchmark("study_ab", *args, "--out", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    ab = json.loads(out.read_text())["study_ab"]
+    assert (
+        ab["baseline_rev"]
+        == subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    assert [(turn["code"], turn["round"]) for turn in ab["turns"]] == [("after", 1), ("before", 1)]
+    for turn in ab["turns"]:
+        assert turn["runs_per_hour"] == pytest.approx(3600 / turn["wall_s"])
+        assert 0 < turn["epochs_s_per_run"] < turn["breakdown"]["train.total"]
+    after, before = (turn["runs_per_hour"] for turn in ab["turns"])
+    assert ab["ratio_of_medians"] == pytest.approx(after / before) == ab["ratio_by_round"][0]
+    assert "after / before" in result.stdout
