@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure plateau plateau-study evidence bench bench-study seed-config quick-sweep sweep report replay gpu-setup sync verify
+.PHONY: team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure plateau plateau-study evidence bench bench-study bench-before-after seed-config quick-sweep sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -50,6 +50,13 @@ bench: $(INSTALLED)
 # where a run's seconds go (stages vs DVC) -> benchmarks/results.json (~15 minutes; quiet machine)
 bench-study: $(INSTALLED)
 	$(RUN) python -m benchmarks.study_throughput
+
+# The study's runs per hour, this code against an older commit's (BASELINE, default: the code
+# before issue 12), in one sitting, taking turns -> study_ab in benchmarks/results.json
+# (~30 minutes; quiet machine)
+BASELINE ?= 3a31d71
+bench-before-after: $(INSTALLED)
+	$(RUN) python -m benchmarks.study_ab --baseline-rev $(BASELINE) --rounds 3 --runs 4
 
 # The seed's full-scale configuration (GPU advised): 64 filters, lr 1e-5, 250k images/class,
 # 1,024 held out, batch 256, 4,680 epochs, Keras-2 clipped BCE.

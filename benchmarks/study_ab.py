@@ -7,8 +7,8 @@ This machine's speed drifts within an hour (docs/performance.md): two benchmarks
 compare the machine as much as the code. Here the two codes take turns, after-before in odd
 rounds and before-after in even ones (a steady drift then weighs on both alike), each round with
 its own seeds, the same for both codes. Each code runs in its own fresh copy of the repo
-(`study_throughput.prepare_workspace`: the data made once, experiments only train and evaluate);
-the working copy's queue code drives both, the stages are each copy's own.
+(`study_throughput.prepare_workspace`: the data made once, experiments only train and evaluate),
+and each copy's own code queues, waits and trains: an older commit polls the queue as it did.
 
 Writes `study_ab` into benchmarks/results.json: every turn's runs per hour and epochs per run,
 each round's ratio and the ratio of the medians. Run it with nothing else on the machine.
@@ -51,7 +51,8 @@ def run_turn(root: Path, code: str, round_index: int, runs: int, jobs: int, extr
     names_seeds = [(f"ab-{code}-r{round_index}-s{seed}", 100 * (round_index + 1) + seed) for seed in range(runs)]
     started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     wall = run_study(root, names_seeds, jobs, extra)
-    phases = breakdown(stage_seconds(root, [name for name, _ in names_seeds]), wall, jobs)
+    rows = stage_seconds(root, [name for name, _ in names_seeds])
+    phases = breakdown(rows, wall, jobs)
     return {
         "code": code,
         "round": round_index + 1,
@@ -61,6 +62,7 @@ def run_turn(root: Path, code: str, round_index: int, runs: int, jobs: int, extr
         "in_queue_runs_per_hour": phases["in_queue_runs_per_hour"],
         "epochs_s_per_run": phases["train.first_epoch"] + phases["train.other_epochs"],
         "breakdown": phases,
+        "per_run": rows,  # a stall in one run hides in the medians, not here
     }
 
 

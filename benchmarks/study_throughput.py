@@ -26,8 +26,8 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.machine import machine
@@ -46,7 +46,10 @@ PHASES = (
 
 
 def run(args: list[str], cwd: Path) -> str:
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    # the copy's own code: an older commit's stages run as `python stages/x.py`, which imports
+    # spikelab from the checkout the editable install points to unless the copy comes first
+    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise SystemExit(f"study_throughput: {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     return result.stdout
@@ -64,24 +67,37 @@ def prepare_workspace(root: Path, rev: str | None = None) -> None:
     run(["git", "commit", "-qm", "data"], root)
 
 
-def run_study(root: Path, names_seeds: list[tuple[str, int]], jobs: int, extra: list[str]) -> float:
-    """Queue the runs, start `jobs` workers, wait (the study's own queue_and_wait); wall seconds."""
-    from study.experiments import queue_and_wait
+# The copy's own study code queues and waits (an older commit's polls the queue its own way), in a
+# Python started in the copy; it leaves the wall seconds and each run's final state in a JSON file.
+DRIVER = """
+import json, sys, time
+from study.experiments import queue_and_wait
+runs, jobs, report = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+started = time.perf_counter()
+final = queue_and_wait([tuple(run) for run in runs], jobs)
+with open(report, "w") as file:
+    json.dump({"wall_s": time.perf_counter() - started, "final": final}, file)
+"""
 
-    here = Path.cwd()
-    os.chdir(root)  # queue_and_wait talks to the repo it runs in
-    # the copy's own code: the editable install would otherwise import spikelab from the checkout
-    os.environ["PYTHONPATH"] = str(root)
-    try:
-        started = time.perf_counter()
-        final = queue_and_wait([(name, ["-S", f"train.seed={seed}", *extra]) for name, seed in names_seeds], jobs)
-        seconds = time.perf_counter() - started
-    finally:
-        os.chdir(here)
-    failed = [name for name, state in final.items() if state != "success"]
+
+def run_study(root: Path, names_seeds: list[tuple[str, int]], jobs: int, extra: list[str]) -> float:
+    """Queue the runs, start `jobs` workers, wait (the copy's own queue_and_wait); wall seconds."""
+    runs = [(name, ["-S", f"train.seed={seed}", *extra]) for name, seed in names_seeds]
+    report = root.with_name(f"{root.name}-study.json")  # outside the repo: a queued run takes untracked files along
+    report.unlink(missing_ok=True)
+    # no pipes: the queue's workers are daemons that would hold them open (study.experiments.start_workers)
+    result = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(runs), str(jobs), str(report)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    if result.returncode != 0 or not report.exists():
+        raise SystemExit(f"study_throughput: the study in {root} exited {result.returncode}")
+    outcome = json.loads(report.read_text())
+    failed = [name for name, state in outcome["final"].items() if state != "success"]
     if failed:
         raise SystemExit(f"study_throughput: experiments failed: {failed} (see `dvc queue logs <name>` in {root})")
-    return seconds
+    return outcome["wall_s"]
 
 
 def stage_seconds(root: Path, names: list[str]) -> list[dict[str, float]]:

@@ -147,6 +147,7 @@ def test_study_ab_runs_both_codes_in_turns_and_writes_their_ratio(tmp_path: Path
     for turn in ab["turns"]:
         assert turn["runs_per_hour"] == pytest.approx(3600 / turn["wall_s"])
         assert 0 < turn["epochs_s_per_run"] < turn["breakdown"]["train.total"]
+        assert [run["train.total"] for run in turn["per_run"]] == [turn["breakdown"]["train.total"]]
     after, before = (turn["runs_per_hour"] for turn in ab["turns"])
     assert ab["ratio_of_medians"] == pytest.approx(after / before) == ab["ratio_by_round"][0]
     assert "after / before" in result.stdout
