@@ -361,9 +361,10 @@ def main() -> None:
         **repro,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    # the study throughput figures (benchmarks/study_throughput.py) share the file: keep them
+    # other benchmarks' figures (study_throughput, study_ab) and dated records share the file:
+    # every key this run does not write is kept
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results = {key: previous[key] for key in ("study", "study_runs_per_hour") if key in previous} | results
+    results = previous | results
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     print(f"bench: wrote {args.out}")
