@@ -6,7 +6,8 @@ run's seconds go (issue 12).
 In a fresh copy of the repo (tracked files, `git init`, data generated and split once, as in a
 study, where every experiment only trains and evaluates), for each worker count: queue `--runs`
 default-params experiments (distinct seeds), start the workers, wait until the queue is empty.
-Runs per hour = runs / wall seconds from `dvc queue start` to the last experiment done x 3600.
+Runs per hour = runs / wall seconds x 3600, the wall from the first `dvc exp run --queue` to the
+wait seeing the last experiment done (the study's own `queue_and_wait`, run by the copy's code).
 
 The split of a run comes from the stages' own clocks (`spikelab/timing.py`, MLflow metrics
 `time.<stage>.<phase>`): train start-up (imports, checks, data, MLflow run opened), the first epoch
