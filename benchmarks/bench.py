@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import datetime
 import io
-import json
 import math
 import os
 import subprocess
@@ -40,6 +39,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.machine import machine  # noqa: E402
+from benchmarks.results_file import update_results  # noqa: E402
 from benchmarks.workspace import commit_fresh_repo, copy_tracked_files  # noqa: E402
 from spikelab.callbacks import EpochClock  # noqa: E402
 from spikelab.data import generate, split  # noqa: E402
@@ -360,12 +360,7 @@ def main() -> None:
         },
         **repro,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    # other benchmarks' figures (study_throughput, study_ab) and dated records share the file:
-    # every key this run does not write is kept
-    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results = previous | results
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    results = update_results(args.out, results)
     print(table(results))
     print(f"bench: wrote {args.out}")
 

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import subprocess
 import tempfile
 from pathlib import Path
 
 from benchmarks.machine import machine
+from benchmarks.results_file import update_results
 from benchmarks.study_throughput import REPO, breakdown, prepare_workspace, run_study, stage_seconds
 
 CODES = ("after", "before")
@@ -128,8 +128,7 @@ def main() -> None:
         f"{summary['medians']['after']['runs_per_hour']:.1f} / {summary['medians']['before']['runs_per_hour']:.1f} "
         f"runs/hour); by round {', '.join(f'{r:.2f}' for r in summary['ratio_by_round'])}"
     )
-    figures = json.loads(args.out.read_text()) if args.out.exists() else {}
-    figures["study_ab"] = {
+    study_ab = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "note": args.note,
@@ -140,7 +139,7 @@ def main() -> None:
         "turns": turns,
         **summary,
     }
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    update_results(args.out, {"study_ab": study_ab})
     print(f"study_ab: -> {args.out}")
 
 

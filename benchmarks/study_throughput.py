@@ -32,6 +32,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.machine import machine
+from benchmarks.results_file import update_results
 from benchmarks.workspace import commit_fresh_repo, copy_files_at, copy_tracked_files
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,11 +47,15 @@ PHASES = (
 )
 
 
+def copy_environment(root: Path) -> dict[str, str]:
+    """The environment for a command in the copy at `root`, running the copy's own code: an older
+    commit's stages run as `python stages/x.py`, which imports spikelab from the checkout the
+    editable install points to unless the copy comes first on the path."""
+    return {**os.environ, "PYTHONPATH": str(root)}
+
+
 def run(args: list[str], cwd: Path) -> str:
-    # the copy's own code: an older commit's stages run as `python stages/x.py`, which imports
-    # spikelab from the checkout the editable install points to unless the copy comes first
-    env = {**os.environ, "PYTHONPATH": str(cwd)}
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=copy_environment(cwd))
     if result.returncode != 0:
         raise SystemExit(f"study_throughput: {' '.join(args)} failed:\n{result.stdout}{result.stderr}")
     return result.stdout
@@ -90,7 +95,7 @@ def run_study(root: Path, names_seeds: list[tuple[str, int]], jobs: int, extra: 
     result = subprocess.run(
         [sys.executable, "-c", DRIVER, json.dumps(runs), str(jobs), str(report)],
         cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},
+        env=copy_environment(root),
     )
     if result.returncode != 0 or not report.exists():
         raise SystemExit(f"study_throughput: the study in {root} exited {result.returncode}")
@@ -193,8 +198,8 @@ def main() -> None:
                 "breakdown": breakdown(rows, wall, jobs),
             }
     print_table(results)
-    figures = json.loads(args.out.read_text()) if args.out.exists() else {}
-    figures["study"] = {
+    best = max(results)
+    study = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "note": args.note,
@@ -203,9 +208,7 @@ def main() -> None:
         "changes": args.set,
         "by_jobs": {str(jobs): result for jobs, result in results.items()},
     }
-    best = max(results)
-    figures["study_runs_per_hour"] = results[best]["runs_per_hour"]
-    args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    update_results(args.out, {"study": study, "study_runs_per_hour": results[best]["runs_per_hour"]})
     print(f"study_throughput: {results[best]['runs_per_hour']:.1f} runs per hour with {best} workers -> {args.out}")
 
 
