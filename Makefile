@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure plateau plateau-study evidence bench bench-study bench-before-after seed-config quick-sweep sweep report replay gpu-setup sync verify
+.PHONY: team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure preset plateau plateau-study evidence bench bench-study bench-before-after seed-config quick-sweep sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -58,13 +58,14 @@ BASELINE ?= 3a31d71
 bench-before-after: $(INSTALLED)
 	$(RUN) python -m benchmarks.study_ab --baseline-rev $(BASELINE) --rounds 3 --runs 4
 
-# The seed's full-scale configuration (GPU advised): 64 filters, lr 1e-5, 250k images/class,
-# 1,024 held out, batch 256, 4,680 epochs, Keras-2 clipped BCE.
-seed-config: $(INSTALLED)
-	$(RUN) dvc exp run -n seed-full-scale \
-	  -S data.per_class=251024 -S split.val_per_class=1024 -S model.filters=64 \
-	  -S optimizer.learning_rate=1e-5 -S train.epochs=4680 -S train.batch_size=256 \
-	  -S loss.name=binary_crossentropy -S loss.form=keras2_clipped
+# A named configuration (configs/NAME.yaml, only the keys it changes) as one DVC experiment named
+# NAME (NAME-2, ... when taken), started from the committed params.yaml:  make preset NAME=plateau
+preset: $(INSTALLED)
+	$(RUN) python -m study.exp --preset "$(NAME)" $(if $(FROM),--from $(FROM)) $(S)
+
+# The seed's full-scale configuration (GPU advised): configs/seed-full-scale.yaml
+seed-config:
+	@$(MAKE) --no-print-directory preset NAME=seed-full-scale
 
 # The study (docs/study.md): study/sweep.yaml queued as DVC experiments, run 2 at a time, then the
 # tables and figure in study/results/. A failed run does not stop the report: it is a row there.
@@ -81,10 +82,10 @@ structure: $(INSTALLED)
 	-$(RUN) python -m study.sweep queue --sweep study/structure.yaml
 	$(RUN) python -m study.report --sweep study/structure.yaml
 
-# The plateau preset: the default at learning rate 0.01 for 200 epochs, where the clipped loss
-# climbs and stays up (docs/plateau_search.md), as one DVC experiment named `plateau`
-plateau: $(INSTALLED)
-	$(RUN) dvc exp run -n plateau -S optimizer.learning_rate=0.01 -S train.epochs=200
+# The plateau configuration (configs/plateau.yaml: learning rate 0.01 for 200 epochs, where the
+# clipped loss climbs and stays up; docs/plateau_search.md) as the DVC experiment `plateau`
+plateau:
+	@$(MAKE) --no-print-directory preset NAME=plateau
 
 # The plateau study: that configuration x interventions x 5 seeds, then its replays
 plateau-study: $(INSTALLED)
@@ -92,12 +93,14 @@ plateau-study: $(INSTALLED)
 	$(RUN) python -m study.report --sweep study/plateau.yaml
 	$(RUN) python -m study.replay --exp plateau-baseline-s0 --name replay_plateau
 
-# One DVC experiment named after its changes, checked against params.yaml first; the legend of
-# `dvc plots diff <name> <name>` then says what differs:  make exp S="optimizer.epsilon=1e-3 train.seed=2"
+# One DVC experiment named after its changes, started from the committed params.yaml (FROM=workspace:
+# from the workspace's as it is), checked first; the legend of `dvc plots diff <name> <name>` then
+# says what differs:  make exp S="optimizer.epsilon=1e-3 train.seed=2"
 exp: $(INSTALLED)
-	$(RUN) python -m study.exp $(S)
+	$(RUN) python -m study.exp $(if $(FROM),--from $(FROM)) $(S)
 
-# the current commit's experiments in one narrow table (changed params + the key metrics)
+# the committed baseline, the workspace's last run and this commit's experiments in one narrow
+# table: the params each changed against the committed params.yaml + the key metrics
 compare: $(INSTALLED)
 	$(RUN) python -m study.compare
 
