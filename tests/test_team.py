@@ -210,13 +210,57 @@ def test_the_server_stopped_mid_run_loses_no_files_and_says_so(team_lab, tmp_pat
     assert (kept / "models" / "best.keras").stat().st_size > 0
 
 
+def process_table() -> dict[int, tuple[str, int, int, str]]:
+    """pid -> (start time, parent, process group, command line) of every process now running."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+            command = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
+        table[int(name)] = (fields[19], int(fields[1]), int(fields[2]), command)
+    return table
+
+
+def stack_processes(stack: dict) -> dict[str, set[tuple[int, str]]]:
+    """The stack's own processes as (pid, start time), by part: the MLflow server's process group, the
+    PostgreSQL server of this stack's data folder, the Ray processes of this stack's port."""
+    table = process_table()
+    postmaster = Path(stack["postgres_data"], "postmaster.pid").read_text().split()[0]
+    ray_marks = (f"{stack['ray_port']} ", f":{stack['ray_port']} ", f"={stack['ray_port']} ")
+    parts = {
+        "mlflow": lambda pid, parent, group, command: group == stack["mlflow_pid"],
+        "postgres": lambda pid, parent, group, command: int(postmaster) in (pid, parent),
+        "ray": lambda pid, parent, group, command: any(mark in command + " " for mark in ray_marks),
+    }
+    return {
+        part: {(pid, start) for pid, (start, *rest) in table.items() if belongs(pid, *rest)}
+        for part, belongs in parts.items()
+    }
+
+
 def test_the_stack_comes_down_leaving_no_process_behind(team_lab):
+    """Only the stack's own processes are checked: a developer's `mlflow ui` (uvicorn) or another
+    stack on the machine is none of this test's business."""
     lab, stack_dir, _ = team_lab
     stack = json.loads((stack_dir / "stack.json").read_text())
-    run(["python", "-m", "team.stack", "down", "--dir", str(stack_dir), "--purge"], lab)
-    time.sleep(2)
-    # the server's own helpers (uvicorn, its job runner and huey consumers) are in its process group
-    server = ("mlflow server", "uvicorn", "mlflow.server.jobs", "huey_consumer")
-    for pattern in ("raylet", "gcs_server", "ray::", stack["postgres_data"], *server):
-        assert subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True).returncode == 1, pattern
+    # an unrelated `mlflow ui` a developer left open: must neither fail the test nor be stopped
+    bystander = subprocess.Popen(["bash", "-c", "exec -a 'uvicorn mlflow.server:app --port 5000' sleep 300"])
+    try:
+        before = stack_processes(stack)
+        assert all(before.values()), before  # each part was found running, so its absence below means something
+        run(["python", "-m", "team.stack", "down", "--dir", str(stack_dir), "--purge"], lab)
+        time.sleep(2)
+        table = process_table()
+        for part, processes in before.items():
+            left = [pid for pid, start in processes if table.get(pid, ("",))[0] == start]
+            assert not left, f"{part}: {[table[pid][3] for pid in left]}"
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
     assert not Path(stack["postgres_data"]).exists() and not stack_dir.exists()
