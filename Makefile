@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure preset plateau plateau-study evidence bench bench-study bench-before-after seed-config quick-sweep sweep report replay gpu-setup sync verify
+.PHONY: browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure preset plateau plateau-study evidence bench bench-study bench-before-after seed-config quick-sweep sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -122,6 +122,22 @@ replay: $(INSTALLED)
 gpu-setup: $(INSTALLED)
 	$(BIN)/python -m pip uninstall --yes tensorflow-cpu
 	$(BIN)/python -m pip install "tensorflow[and-cuda]==2.21.0"
+
+# Chromium from the OS's packages where it is missing (root, or sudo): the plots pages and the
+# MLflow UI are tested in a real headless browser (tests/browser.py)
+browser-setup:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1; then \
+	  echo "Chromium: installed"; \
+	else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
+	  && echo "Chromium: installed from the OS packages"; \
+	fi
+
+# templates/plots.html, the page of `dvc plots show/diff` with Vega inlined, from templates/plots.src.html
+# and the npm packages pinned in templates/build_plots_page.py (needs npm and the registry)
+plots-page: $(INSTALLED)
+	$(RUN) python templates/build_plots_page.py
 
 # ---- team mode (docs/team.md) ----------------------------------------------------------------------
 # PostgreSQL from the OS's packages where it is missing (root, or sudo)
