@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure preset plateau plateau-study evidence bench bench-study bench-before-after seed-config quick-sweep sweep report replay gpu-setup sync verify
+.PHONY: ui browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure preset plateau plateau-study evidence bench bench-study bench-before-after seed-config quick-sweep sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -98,6 +98,12 @@ plateau-study: $(INSTALLED)
 # says what differs:  make exp S="optimizer.epsilon=1e-3 train.seed=2"
 exp: $(INSTALLED)
 	$(RUN) python -m study.exp $(if $(FROM),--from $(FROM)) $(S)
+
+# `mlflow ui` on the project's store (127.0.0.1:PORT) and the link that opens its runs table in the
+# training view (MLflow 3 otherwise starts in its GenAI view)
+PORT ?= 5000
+ui: $(INSTALLED)
+	$(RUN) python -m study.ui --port $(PORT)
 
 # the committed baseline, the workspace's last run and this commit's experiments in one narrow
 # table: the params each changed against the committed params.yaml + the key metrics

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import keras
 import mlflow
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities.lifecycle_stage import LifecycleStage
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -255,6 +255,19 @@ def summary_metrics(metrics: dict) -> dict:
     return {f"summary.{key}": value for key, value in metrics.items() if value is not None}
 
 
+def summary_tags(metrics: dict) -> dict:
+    """metrics/train.json as the run's summary.<key> tags, as the file writes them (true, 99, none):
+    a metric logged once is drawn by the UI as one bar labelled with two decimals (a flag or a loss
+    of 0.005 reads 0.00), a tag shows its value in the runs table and on the run's page."""
+
+    def shown(value) -> str:
+        if value is None or isinstance(value, bool):
+            return str(value).lower() if value is not None else "none"
+        return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+    return {f"summary.{key}": shown(value) for key, value in metrics.items()}
+
+
 def evaluation_metrics(results: dict) -> dict:
     """metrics/evaluate.json as the run's eval.<model>.<key> metrics."""
     return {f"eval.{name}.{key}": value for name, scores in results.items() for key, value in scores.items()}
@@ -322,9 +335,12 @@ class TrainingRun:
         return MlflowEpochLogger(self.run_id, run=self)
 
     def log_results(self, metrics: dict, metric_files: list[Path], model_files: list[Path]) -> None:
-        """summary.<key> metrics, the files as artifacts, a `diverged` tag."""
+        """summary.<key> metrics (for searches and comparisons) and tags (the values, readable in the
+        UI), the files as artifacts, a `diverged` tag."""
         client = MlflowClient()
         self.call("log summary metrics", log_metrics_at, self.run_id, summary_metrics(metrics), 0)
+        tags = [RunTag(key, value) for key, value in summary_tags(metrics).items()]
+        self.call("tag the summary", retry_locked, client.log_batch, self.run_id, tags=tags)
         for path in metric_files:
             self.call(f"log {path.name}", retry_locked, client.log_artifact, self.run_id, str(path))
         for path in model_files:

@@ -72,7 +72,9 @@ class Browser:
         self._buffer = b""
         self._next_id = 0
         self.events: list[dict] = []
-        self.offline = offline
+        # the DevTools offline switch blocks loopback too: a page of a local server relies on the
+        # resolver rule alone
+        self.offline = offline and not loopback_allowed
         self.session = None
 
     # ---- the protocol ----------------------------------------------------------------------------
