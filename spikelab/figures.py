@@ -1,6 +1,6 @@
 """Figures: the one place matplotlib is set up, and the per-run picture.
 
-The per-run picture: loss curves on a log scale above the diagnostics, one shared epoch axis.
+The per-run picture: loss curves on a log scale and the diagnostics, one shared epoch axis.
 The study's figures (study/figures.py) draw with `plt` and `save_figure` from here.
 """
 
@@ -46,33 +46,10 @@ def _column(history: list[dict], key: str) -> list[float]:
     return [row.get(key, math.nan) for row in history]
 
 
-# one colour per intervention in every figure of the lab (run, study, replay); others cycle after them
-INTERVENTION_COLOURS = {
-    "original": "#222222",
-    "baseline": "#222222",
-    "unchanged": "tab:orange",
-    "eps-1e-8": "tab:brown",
-    "eps-1e-3": "tab:olive",
-    "eps-1e-2": "tab:cyan",
-    "bce-keras3": "tab:blue",
-    "log-cosh": "tab:green",
-    "sgd": "tab:purple",
-    "amsgrad": "tab:red",
-    "clipnorm-1": "tab:pink",
-    "twins-together": "tab:blue",
-    "hidden-relu": "tab:red",
-    "relu-twins-together": "tab:purple",
-    "xla": "#e6ab02",
-}
-SPARE_COLOURS = ("#8c564b", "#17becf", "#bcbd22", "#7f7f7f", "#e377c2", "#1f77b4")
-
-
-def colour_of(intervention: str) -> str:
-    """The intervention's colour (its name before any ' (' suffix); unknown names get a stable spare."""
-    name = intervention.split(" (")[0]
-    if name in INTERVENTION_COLOURS:
-        return INTERVENTION_COLOURS[name]
-    return SPARE_COLOURS[sum(name.encode()) % len(SPARE_COLOURS)]
+def run_layout(count: int) -> tuple[int, int]:
+    """(rows, columns) of the run picture: one column for up to three panels, else two."""
+    columns = 1 if count <= 3 else 2
+    return math.ceil(count / columns), columns
 
 
 def plot_run(
@@ -85,12 +62,20 @@ def plot_run(
 ) -> None:
     """Draw the panels whose columns exist in history; mark the divergence epoch on each,
     epsilon on the sqrt(v_hat) panel (the scale it competes with), and on the curvature panel the
-    stability thresholds 2 / lr and, with Adam's beta_1, (2 + 2 beta_1) / ((1 - beta_1) lr)."""
+    stability thresholds 2 / lr and, with Adam's beta_1, (2 + 2 beta_1) / ((1 - beta_1) lr).
+    Two columns of panels (the run on the left, Adam's internals on the right), every panel with
+    its epoch axis labelled and its legend beside it, outside the curves."""
     # a panel is drawn when its last column was logged (diagnostics off: loss and accuracy only)
     panels = [panel for panel in PANELS if any(panel[2][-1] in row for row in history)] if history else PANELS[:1]
-    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.2 * len(panels) + 0.6), sharex=True, squeeze=False)
+    rows, columns = run_layout(len(panels))
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(8.5 * columns, 2.1 * rows + 0.7), sharex=True, squeeze=False, layout="constrained"
+    )
+    for axis in axes.flat[len(panels) :]:
+        axis.set_visible(False)
     epochs = _column(history, "epoch")
-    for axis, (name, scale, keys) in zip(axes[:, 0], panels):
+    # filled column by column: the loss and the run's own measures first, the optimizer's after
+    for axis, (name, scale, keys) in zip(axes.T.flat, panels):
         for key in keys:
             values = _column(history, key)
             if key in SPARSE:
@@ -100,7 +85,7 @@ def plot_run(
             elif any(math.isfinite(v) and (scale == "linear" or v > 0) for v in values):
                 axis.plot(epochs, values, label=key, linewidth=1)
         axis.set_yscale(scale)
-        axis.set_title(name, fontsize=9, loc="left")
+        axis.set_title(name, fontsize=10, loc="left")
         if "v_sqrt_median" in keys and epsilon is not None:
             axis.axhline(epsilon, color="tab:purple", linestyle=":", linewidth=1.2, label=f"epsilon = {epsilon:g}")
         if "g2_over_v_rms" in keys:
@@ -115,9 +100,9 @@ def plot_run(
                 )
         if divergence_epoch is not None:
             axis.axvline(divergence_epoch, color="red", linestyle="--", linewidth=0.8, label="divergence")
-        axis.legend(fontsize=7, loc="best")
+        axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
         axis.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("epoch")
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
+        axis.tick_params(labelbottom=True, labelsize=8)
+        axis.set_xlabel("epoch", fontsize=8)
+    figure.suptitle(title, fontsize=11)
     save_figure(figure, path)

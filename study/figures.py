@@ -5,7 +5,39 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from spikelab.figures import colour_of, plt, save_figure
+from matplotlib.ticker import FormatStrFormatter, FuncFormatter, NullFormatter
+
+from spikelab.figures import plt, save_figure
+
+# One colour per intervention in every figure of the study (quick, evidence, structure, plateau,
+# replays), no two interventions alike; a cell `<head>-<intervention>` takes its intervention's.
+# Names not listed get a stable spare, distinct from the listed ones.
+INTERVENTION_COLOURS = {
+    "original": "#222222",
+    "baseline": "#222222",
+    "unchanged": "tab:orange",
+    "eps-1e-8": "tab:brown",
+    "eps-1e-3": "tab:olive",
+    "eps-1e-2": "tab:cyan",
+    "bce-keras3": "tab:blue",
+    "log-cosh": "tab:green",
+    "sgd": "tab:purple",
+    "amsgrad": "tab:red",
+    "clipnorm-1": "tab:pink",
+    "twins-together": "#000080",
+    "hidden-relu": "#b15928",
+    "relu-twins-together": "#00a087",
+    "xla": "#e6ab02",
+}
+SPARE_COLOURS = ("#7f7f7f", "#8dd3c7", "#fb8072", "#80b1d3", "#fdb462", "#bc80bd")
+
+
+def colour_of(intervention: str) -> str:
+    """The intervention's colour (its name before any ' (' suffix); unknown names get a stable spare."""
+    name = intervention.split(" (")[0]
+    if name in INTERVENTION_COLOURS:
+        return INTERVENTION_COLOURS[name]
+    return SPARE_COLOURS[sum(name.encode()) % len(SPARE_COLOURS)]
 
 
 def _positive(values) -> list[float]:
@@ -33,19 +65,42 @@ def group_colour(cell: str, head: str, first: str) -> str:
     return colour_of(cell.removeprefix(f"{head}-"))
 
 
+def loss_override(row: dict) -> str | None:
+    """The loss.name a cell sets (None: the study's params.yaml loss)."""
+    for change in (row.get("overrides") or "").split():
+        key, _, value = change.partition("=")
+        if key == "loss.name":
+            return value
+    return None
+
+
+def curve_layout(count: int) -> tuple[int, int]:
+    """(columns, rows) of the small multiples: one column for one or two curves, two up to six,
+    three beyond; never fewer rows than the two panels on the left."""
+    if count == 0:
+        return 0, 2
+    columns = 1 if count <= 2 else 2 if count <= 6 else 3
+    return columns, max(2, math.ceil(count / columns))
+
+
+def shared_limits(histories: list[list[dict]]) -> tuple[float, float]:
+    """One log y range for curves that are compared: from the lowest to the highest positive loss."""
+    values = [row["loss"] for history in histories for row in history if math.isfinite(row["loss"]) and row["loss"] > 0]
+    return (min(values) / 1.4, max(values) * 1.4) if values else (1e-3, 1.0)
+
+
 def plot_study(
     rows: list[dict], curves: dict[str, list[dict]], survival: dict[str, list[tuple]], path: Path, title: str
 ) -> None:
     """Left, top: divergence rate per distinct intervention (k/n, with its 95% Wilson interval; a cell
     equal to an earlier one is not drawn again). Left, bottom: time to the first spike (Kaplan-Meier;
     runs that never spiked censored at their last epoch). Right: small multiples, one typical loss
-    curve per intervention, each on its own log axis (log_cosh's values are not on cross-entropy's scale)."""
+    curve per intervention, on one shared log axis per loss: a bounded loss (log_cosh) gets its own,
+    never the cross-entropy's."""
     shown = [row for row in rows if " (= " not in row["cell"]]
-    per_row = 3
-    columns = per_row if curves else 0  # a report read back without histories has no curves to draw
-    grid_rows = max(2, math.ceil(len(curves) / per_row))
-    figure = plt.figure(figsize=(16 if curves else 7, max(7.0, 2.3 * grid_rows + 1)))
-    grid = figure.add_gridspec(grid_rows, columns + 1, width_ratios=[1.5] + [1] * columns)
+    columns, grid_rows = curve_layout(len(curves))
+    figure = plt.figure(figsize=(7.5 + 3.4 * columns, max(7.0, 2.4 * grid_rows + 1)))
+    grid = figure.add_gridspec(grid_rows, columns + 1, width_ratios=[1.6] + [1] * columns)
     half = grid_rows // 2
     bars = figure.add_subplot(grid[:half, 0])
     names = [row["cell"] for row in shown]
@@ -66,36 +121,54 @@ def plot_study(
     bars.barh(labels, rates, xerr=[low, high], color=[colours[name] for name in names], alpha=0.85, capsize=3)
     bars.set_xlim(0, 1)
     bars.invert_yaxis()
-    bars.tick_params(labelsize=8)
-    bars.set_xlabel("share of finished runs that spiked (divergence rule), 95% interval", fontsize=8)
+    bars.tick_params(labelsize=9)
+    bars.set_xlabel("share of finished runs that spiked (divergence rule), 95% interval", fontsize=9)
     bars.set_title("runs that spiked (k/n; 'up': stayed up by the plateau rule)", fontsize=10, loc="left")
     # one Kaplan-Meier panel per comparison group: thirteen curves in one panel repeat colours
-    panels = grid[half:, 0].subgridspec(len(groups), 1, hspace=0.45)
+    panels = grid[half:, 0].subgridspec(len(groups), 1, hspace=0.5)
     for index, (head, members) in enumerate(groups.items()):
         survive = figure.add_subplot(panels[index])
         for cell in (cell for cell in members if cell in survival):
             epochs, fractions = zip(*survival[cell])
-            survive.step(epochs, fractions, where="post", color=colours[cell], label=cell, linewidth=1.4)
+            survive.step(epochs, fractions, where="post", color=colours[cell], label=cell, linewidth=1.6)
         survive.set_ylim(-0.03, 1.03)
-        survive.set_ylabel("share not yet spiked", fontsize=8)
+        survive.set_ylabel("share not yet spiked", fontsize=9)
         against = f"\n{head} and the cells compared with it" if len(groups) > 1 else ""
-        survive.set_title(f"time to the first spike (Kaplan-Meier){against}", fontsize=8, loc="left")
+        survive.set_title(f"time to the first spike (Kaplan-Meier){against}", fontsize=9, loc="left")
         survive.grid(alpha=0.3)
-        survive.tick_params(labelsize=7)
-        survive.legend(fontsize=6, loc="lower left", ncol=2)
-    survive.set_xlabel("epoch", fontsize=8)
+        survive.tick_params(labelsize=8)
+        # every curve starts at 1 and falls later: the lower left is empty
+        survive.legend(fontsize=8, loc="lower left", ncol=2, framealpha=0.9)
+    survive.set_xlabel("epoch", fontsize=9)
+    row_of = {row["cell"]: row for row in rows}
+    loss_of = {cell: loss_override(row_of.get(cell.split(" (")[0], {})) for cell in curves}
+    limits = {
+        loss: shared_limits([history for cell, history in curves.items() if loss_of[cell] == loss])
+        for loss in set(loss_of.values())
+    }
     for index, (cell, history) in enumerate(curves.items()):
-        axis = figure.add_subplot(grid[index // columns, 1 + index % columns])
+        # a lone curve takes the whole right column: no empty panel beside the two on the left
+        place = slice(None) if len(curves) == 1 else index // columns
+        axis = figure.add_subplot(grid[place, 1 + index % columns])
         colour = colours.get(cell.split(" (")[0], colour_of(cell))  # keyed "<cell> (seed N)"
         axis.plot([row["epoch"] for row in history], _positive(row["loss"] for row in history), color=colour)
         axis.set_yscale("log")
-        axis.set_title(cell, fontsize=8, loc="left")
+        low, high = limits[loss_of[cell]]
+        axis.set_ylim(low, high)
+        if high / low < 10:  # under a decade the minor ticks carry the labels: plain 0.2, 0.3, 0.5
+            axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            axis.yaxis.set_minor_formatter(
+                FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "235" else "")
+            )
+        else:
+            axis.yaxis.set_minor_formatter(NullFormatter())
+        axis.set_ylabel(f"{loss_of[cell] or 'training'} loss (log)", fontsize=8)
+        axis.set_title(cell, fontsize=9, loc="left")
         axis.grid(alpha=0.3)
-        axis.tick_params(labelsize=7)
-        if index // columns == grid_rows - 1:
-            axis.set_xlabel("epoch", fontsize=8)
+        axis.tick_params(which="both", labelsize=8)
+        axis.set_xlabel("epoch", fontsize=8)
     what = (
-        "rates and time to spike (left), a typical run per intervention (log loss)"
+        "rates and time to spike (left), a typical run per intervention (right, one log axis per loss)"
         if curves
         else "rates, time to spike"
     )
