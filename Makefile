@@ -7,7 +7,16 @@ INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
 
-.PHONY: ui browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure preset plateau plateau-study evidence bench bench-study bench-before-after seed-config quick-sweep sweep report replay gpu-setup sync verify
+# A virtual environment records its own absolute path (the scripts' #! lines, the editable install):
+# one made before the project moved or was renamed runs the old folder's tools, or none
+VENV_MADE_IN := $(shell sed -n '1s|^\#!\(.*\)/bin/python[0-9.]*$$|\1|p' $(VENV)/bin/dvc 2>/dev/null)
+ifneq ($(VENV_MADE_IN),)
+ifneq ($(VENV_MADE_IN),$(abspath $(VENV)))
+$(error .venv was made in $(VENV_MADE_IN), not here (the project moved or was renamed): rm -rf .venv && make setup, then make relocate)
+endif
+endif
+
+.PHONY: ui relocate browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure preset plateau plateau-study evidence bench bench-study bench-before-after seed-config quick-sweep sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -104,6 +113,10 @@ exp: $(INSTALLED)
 PORT ?= 5000
 ui: $(INSTALLED)
 	$(RUN) python -m study.ui --port $(PORT)
+
+# after the project moved or was renamed: point the MLflow store's recorded artifact folders here
+relocate: $(INSTALLED)
+	$(RUN) python -m study.relocate
 
 # the committed baseline, the workspace's last run and this commit's experiments in one narrow
 # table: the params each changed against the committed params.yaml + the key metrics

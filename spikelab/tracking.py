@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -118,6 +119,24 @@ EXPERIMENT_TAGS = {
 }
 
 
+RELOCATE_COMMAND = "make relocate"
+
+
+def check_store_location(artifact_location: str, experiment: str, root: Path) -> None:
+    """The project's store keeps absolute artifact folders: after the project moved (or was renamed,
+    or copied), its runs would write into the old folder. Refused before training, in one line."""
+    location = (
+        Path(urllib.parse.urlparse(artifact_location).path) if "://" in artifact_location else Path(artifact_location)
+    )
+    if location.is_relative_to(root):
+        return
+    raise TrackingError(
+        f"the MLflow store {root / 'mlflow.db'} keeps experiment '{experiment}' in {location}, outside this project: "
+        f"it was made in {location.parent.parent} (the project moved, or was renamed or copied); "
+        f"`{RELOCATE_COMMAND}` points the store at {root / 'mlruns'}"
+    )
+
+
 def prepare_experiment(experiment: str, root: Path) -> str:
     """Point MLflow at the store, create it and the experiment once; return the experiment id."""
     uri = tracking_uri(root)
@@ -136,6 +155,8 @@ def prepare_experiment(experiment: str, root: Path) -> str:
                     f"`mlflow experiments restore --experiment-id {found.experiment_id}`, remove it for good with "
                     "`mlflow gc`, or choose another tracking.experiment"
                 )
+            if is_local_sqlite:
+                check_store_location(found.artifact_location, experiment, root)
             missing = {key: value for key, value in EXPERIMENT_TAGS.items() if found.tags.get(key) is None}
             for key, value in missing.items():  # a store made before these tags existed
                 retry_locked(client.set_experiment_tag, found.experiment_id, key, value)
