@@ -67,11 +67,12 @@ def checked_changes(changes: list[str], raw_params: dict) -> None:
 
 def experiment_name(changes: list[str]) -> str:
     """`optimizer.epsilon=1e-3 train.seed=2` -> `epsilon=1e-3,seed=2`: the short key where it is
-    unique among the changes, the section too where two sections share a key name."""
+    unique among the changes, the section too where two sections share a key name, and for `name`
+    (`loss.name=log_cosh`: `name=log_cosh` would not say what was named)."""
     keys = [text.partition("=")[0] for text in changes]
     short = [key.rpartition(".")[2] for key in keys]
     return ",".join(
-        (name if short.count(name) == 1 else key) + "=" + text.partition("=")[2]
+        (name if short.count(name) == 1 and name != "name" else key) + "=" + text.partition("=")[2]
         for key, name, text in zip(keys, short, changes)
     )
 

@@ -451,6 +451,7 @@ def test_an_experiment_is_named_after_its_changes():
     assert experiment_name(["optimizer.epsilon=1e-3", "train.seed=2"]) == "epsilon=1e-3,seed=2"
     # two sections share the key `name`: both keep their section
     assert experiment_name(["loss.name=log_cosh", "optimizer.name=sgd"]) == "loss.name=log_cosh,optimizer.name=sgd"
+    assert experiment_name(["loss.name=log_cosh", "train.seed=2"]) == "loss.name=log_cosh,seed=2"
 
 
 @pytest.mark.parametrize(
