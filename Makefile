@@ -103,8 +103,8 @@ plateau-study: $(INSTALLED)
 	$(RUN) python -m study.replay --exp plateau-baseline-s0 --name replay_plateau
 
 # One DVC experiment named after its changes, started from the committed params.yaml (FROM=workspace:
-# from the workspace's as it is), checked first; the legend of `dvc plots diff <name> <name>` then
-# says what differs:  make exp S="optimizer.epsilon=1e-3 train.seed=2"
+# from the workspace's as it is), checked first, run in DVC's copy (the workspace is left as it is);
+# the legend of `dvc plots diff <name> <name>` says what differs:  make exp S="optimizer.epsilon=1e-3"
 exp: $(INSTALLED)
 	$(RUN) python -m study.exp $(if $(FROM),--from $(FROM)) $(S)
 

@@ -6,8 +6,9 @@ experiment that starts from the committed params.yaml, named after what it chang
 
 `dvc exp run -S` writes its changes into the workspace's params.yaml and leaves them there, so the
 next `dvc exp run` silently starts from them. This starts from the committed params.yaml (git
-HEAD's) unless `--from workspace` says otherwise, and says which it started from and what it put
-back. A preset is a file in configs/ holding only the keys it changes.
+HEAD's) unless `--from workspace` says otherwise, and says which it started from; the experiment
+runs in DVC's copy of the project (`--temp`), so it leaves params.yaml and the workspace as they
+were. A preset is a file in configs/ holding only the keys it changes.
 
 `dvc exp run -S ...` names an experiment at random (`nosed-pome`), and that name is all the legend
 of `dvc plots diff` shows. Here the experiment is named after its changes (`epsilon=1e-3,seed=2`)
@@ -150,34 +151,66 @@ def parse_params_text(text: str, what: str) -> dict:
     return raw if isinstance(raw, dict) else {}
 
 
-def start_from(source: str) -> tuple[dict, str]:
-    """The params an experiment starts from, and one line saying so. `committed`: params.yaml is
-    put back to git HEAD's (the workspace's file saved first, when it differed); `workspace`: it is
-    used as it is."""
+def resets(workspace: dict, committed: dict) -> list[str] | None:
+    """`-S` changes that turn the workspace's params into the committed ones, or None where `-S`
+    cannot (a section or key that only one of them has)."""
+    mine, base = flat(workspace), flat(committed)
+    if set(mine) != set(base):
+        return None
+    return [f"{key}={value}" for key, value in base.items() if mine[key] != value]
+
+
+def start_from(source: str) -> tuple[dict, list[str], bool, str]:
+    """(the params an experiment starts from, the `-S` changes that reset the workspace's params.yaml
+    to them in DVC's copy, whether params.yaml itself must be put back first, one line saying so).
+    `workspace`: params.yaml as it is. `committed`: git HEAD's, reached by `-S` resets where they
+    can, so the workspace's file is never touched; else by putting the file back (saved first)."""
     committed_text = committed_params_text()
     committed = parse_params_text(committed_text, "params.yaml at git HEAD")
     head = git("rev-parse", "--short", "HEAD").stdout.strip()
     workspace_text = PARAMS.read_text() if PARAMS.exists() else ""
-    if source == "workspace":
-        raw = parse_params_text(workspace_text, str(PARAMS))
-        changed = differences(raw, committed)
-        if not changed:
-            return raw, f"exp: starting from params.yaml, the same as the committed one (HEAD {head})"
-        return raw, (
-            f"exp: starting from the workspace's params.yaml, which differs from the committed one (HEAD {head}) in: "
-            + " ".join(changed)
-        )
-    if workspace_text == committed_text:
-        return committed, f"exp: starting from the committed params.yaml (HEAD {head})"
     try:
-        changed = differences(parse_params_text(workspace_text, str(PARAMS)), committed)
+        workspace = parse_params_text(workspace_text, str(PARAMS))
     except ParamsError:
-        changed = ["(the file is not valid YAML)"]
-    return committed, (
-        f"exp: starting from the committed params.yaml (HEAD {head}); the workspace's differed in: "
-        + (" ".join(changed) or "(comments or layout only)")
-        + f" (left by an earlier `dvc exp run -S`?): saved to {SAVED_WORKSPACE_PARAMS}; "
-        "`--from workspace` (make exp ... FROM=workspace) starts from it instead"
+        workspace = None
+    changed = differences(workspace, committed) if workspace is not None else ["(the file is not valid YAML)"]
+    if source == "workspace":
+        if workspace is None:
+            raise ExpError("params.yaml is not valid YAML: `git checkout params.yaml` restores the committed file")
+        if not changed:
+            return workspace, [], False, f"exp: starting from params.yaml, the same as the committed one (HEAD {head})"
+        return (
+            workspace,
+            [],
+            False,
+            (
+                f"exp: starting from the workspace's params.yaml, which differs from the committed one (HEAD {head}) in: "
+                + " ".join(changed)
+            ),
+        )
+    if workspace_text == committed_text or not changed:
+        return committed, [], False, f"exp: starting from the committed params.yaml (HEAD {head})"
+    undo = resets(workspace, committed) if workspace is not None else None
+    if undo is not None:
+        return (
+            committed,
+            undo,
+            False,
+            (
+                f"exp: starting from the committed params.yaml (HEAD {head}), not the workspace's, which differs in: "
+                + " ".join(changed)
+                + " (left by an earlier `dvc exp run -S`?; the file is left as it is, `--from workspace` starts from it)"
+            ),
+        )
+    return (
+        committed,
+        [],
+        True,
+        (
+            f"exp: starting from the committed params.yaml (HEAD {head}); the workspace's differed in: "
+            + " ".join(changed)
+            + f": put back, the workspace's saved to {SAVED_WORKSPACE_PARAMS} (`--from workspace` starts from it)"
+        ),
     )
 
 
@@ -228,24 +261,27 @@ def main(argv: list[str] | None = None) -> int:
     changes = (preset_changes(args.preset) if args.preset else []) + args.changes
     if not changes:
         raise ExpError('no change given: make exp S="optimizer.epsilon=1e-3" (params.yaml as it is is `make repro`)')
-    # every check before params.yaml is touched
-    start, message = start_from(args.source)
+    # every check before anything is touched
+    start, undo, put_back, message = start_from(args.source)
     checked_changes(changes, start)
     name = args.preset if args.preset and not args.changes else None
     name = name or (f"{args.preset},{experiment_name(args.changes)}" if args.preset else experiment_name(changes))
     check_ref_name(name)
-    taken = existing_experiment_names()
-    final_name = unique_name(name, taken)
-    if args.source == "committed":
+    final_name = unique_name(name, existing_experiment_names())
+    if put_back:
         restore_committed_params()
     print(message, flush=True)
     if final_name != name:
         print(f"exp: this commit already has an experiment named {name!r}: this one is {final_name!r}", flush=True)
-    code = run_experiment(final_name, [arg for text in changes for arg in ("-S", text)], queue=args.queue)
-    if not args.queue:
+    changed_keys = {text.partition("=")[0] for text in changes}
+    overrides = [text for text in undo if text.partition("=")[0] not in changed_keys] + changes
+    # --temp: DVC runs it in a copy (.dvc/tmp/exps), so `-S` never writes into the workspace's params.yaml
+    where = [] if args.queue else ["--temp"]
+    code = run_experiment(final_name, where + [arg for text in overrides for arg in ("-S", text)], queue=args.queue)
+    if code == 0 and not args.queue:
         print(
-            "exp: params.yaml now holds this experiment's changes (DVC leaves them there); the next `make exp` "
-            "starts from the committed file again, and `git checkout params.yaml` returns to it now",
+            f"exp: the workspace is as it was (the run ran in a copy): `dvc exp apply {final_name}` brings its "
+            f"outputs here; `dvc plots diff {final_name}` and `make compare` show it",
             flush=True,
         )
     return code

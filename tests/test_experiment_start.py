@@ -50,18 +50,32 @@ def exp_in(lab_repo, monkeypatch):
 
 
 def test_make_exp_starts_from_the_committed_params_not_an_earlier_experiments(lab_repo, exp_in, capsys):
-    from study.exp import SAVED_WORKSPACE_PARAMS, main
+    from study.exp import main
 
     leave_a_change_behind(lab_repo, "optimizer", "epsilon", 0.001)
     left = (lab_repo / "params.yaml").read_text()
     assert main(["loss.name=log_cosh"]) == 0
     [started] = exp_in
-    assert started["params"] == committed_text(lab_repo)
-    assert started["args"] == ["-S", "loss.name=log_cosh"]
+    # in DVC's copy (--temp), the leftover reset to the committed value, then the change
+    assert started["args"] == ["--temp", "-S", "optimizer.epsilon=1e-07", "-S", "loss.name=log_cosh"]
+    assert started["name"] == "loss.name=log_cosh"
     said = capsys.readouterr().out
     assert "starting from the committed params.yaml" in said
-    assert "optimizer.epsilon=0.001" in said  # what it put back
+    assert "optimizer.epsilon=0.001" in said  # what it did not start from
+    assert (lab_repo / "params.yaml").read_text() == left  # the user's file is never touched
+
+
+def test_a_workspace_file_that_resets_cannot_reach_is_put_back_and_saved(lab_repo, exp_in, capsys):
+    from study.exp import SAVED_WORKSPACE_PARAMS, main
+
+    (lab_repo / "params.yaml").write_text((lab_repo / "params.yaml").read_text() + "extra:\n  key: 1\n")
+    left = (lab_repo / "params.yaml").read_text()
+    assert main(["train.seed=3"]) == 0
+    [started] = exp_in
+    assert started["params"] == committed_text(lab_repo)
+    assert started["args"] == ["--temp", "-S", "train.seed=3"]
     assert (lab_repo / SAVED_WORKSPACE_PARAMS).read_text() == left  # nothing of the user's is lost
+    assert "saved to" in capsys.readouterr().out
 
 
 def test_make_exp_from_the_workspace_keeps_its_changes_and_says_which(lab_repo, exp_in, capsys):
@@ -71,6 +85,7 @@ def test_make_exp_from_the_workspace_keeps_its_changes_and_says_which(lab_repo, 
     left = (lab_repo / "params.yaml").read_text()
     assert main(["--from", "workspace", "loss.name=log_cosh"]) == 0
     assert exp_in[0]["params"] == left
+    assert exp_in[0]["args"] == ["--temp", "-S", "loss.name=log_cosh"]
     said = capsys.readouterr().out
     assert "starting from the workspace's params.yaml" in said and "optimizer.epsilon=0.001" in said
 
@@ -83,8 +98,8 @@ def test_a_preset_is_a_file_of_changes_and_runs_twice_under_two_names(lab_repo, 
     assert main(["--preset", "tiny-plateau"]) == 0
     assert main(["--preset", "tiny-plateau"]) == 0
     assert [record["name"] for record in exp_in] == ["tiny-plateau", "tiny-plateau-2"]
-    assert all(record["params"] == committed_text(lab_repo) for record in exp_in)
-    assert exp_in[0]["args"] == ["-S", "optimizer.learning_rate=0.01", "-S", "train.epochs=5"]
+    reset = ["-S", "loss.name=binary_crossentropy"]
+    assert exp_in[0]["args"] == ["--temp", *reset, "-S", "optimizer.learning_rate=0.01", "-S", "train.epochs=5"]
     assert "already has an experiment named 'tiny-plateau'" in capsys.readouterr().out
     # the repository's own presets are valid changes of the committed params.yaml
     for name in ("plateau", "seed-full-scale"):
