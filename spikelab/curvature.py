@@ -50,8 +50,8 @@ def adam_preconditioner(optimizer: keras.optimizers.Optimizer) -> Vectors | None
 
 def _dot(a: Vectors, b: Vectors) -> float:
     # elementwise in float64 and numpy's own sum, not BLAS (np.vdot): OpenBLAS splits a dot this size
-    # over its threads, which spin against TensorFlow's (measured beside a running study: 12.6 ms a
-    # call instead of 0.29), and its result depends on how many threads the machine has
+    # over its threads, which spin against TensorFlow's (tens of times slower beside a busy
+    # TensorFlow), and its result depends on how many threads the machine has
     return float(sum(np.multiply(x, y, dtype=np.float64).sum() for x, y in zip(a, b)))
 
 

@@ -13,8 +13,8 @@ snapshot epoch) one forward pass over the training set logs per epoch:
 - dead_loss_clipped: their share of the mean clipped loss (sum of their clipped loss / n);
 - dead_loss_unclipped: the same under the unclipped form (sigmoid cross-entropy on the logits);
 - full_loss_clipped, full_loss_unclipped: the whole set's mean loss in each form, same pass.
-A forward pass over 2,048 images costs about a tenth of a training epoch here; every 10 epochs
-(the default, which is also the snapshot cadence) keeps it near 1% of training (docs/performance.md).
+A forward pass over the training set costs about a tenth of a training epoch; every 10 epochs
+(the default, which is also the snapshot cadence) keeps it near 1% of training.
 """
 
 from __future__ import annotations

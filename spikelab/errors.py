@@ -46,7 +46,7 @@ def run_entry_point(main: Callable[[], int | None]) -> None:
     """`if __name__ == "__main__": run_entry_point(main)` for every stage and tool."""
     code = exit_code_of(main)
     # the interpreter's last garbage collection walks every object TensorFlow, Keras and MLflow
-    # made: 1.0 s of each stage's exit (measured 2026-11-26). Frozen objects are skipped; the
-    # work is done, files are closed, and atexit handlers still run
+    # made, about a second of each stage's exit. Frozen objects are skipped; the work is done,
+    # files are closed, and atexit handlers still run
     gc.freeze()
     sys.exit(code)

@@ -52,7 +52,7 @@ def batch_stream(
 
     # fixed parallelism, autotuning off: tf.data's autotuning thread wakes up at most once a minute
     # once a pipeline has run a while, and dropping the iterator at the end of `fit` waited for it:
-    # up to 60 s of idle wall time per run (measured: 59.5 s after a 150-epoch fit, docs/performance.md)
+    # up to a minute of idle wall time at the end of a run
     options = tf.data.Options()
     options.autotune.enabled = False
     return (
@@ -97,8 +97,7 @@ def steps_per_call(steps_per_epoch: int, most: int = 16) -> int:
     """Training steps per call into TensorFlow: the largest divisor of steps_per_epoch up to `most`.
 
     Running several steps in one call (a tf.while_loop) saves Python and dispatch time on every
-    step, about a third of an epoch at batch 32 on a 2-core CPU (docs/performance.md); the numbers
-    are the same. It must divide the epoch: the batch stream spans all epochs, so an execution
+    step, a large share of a small model's epoch at batch 32; the numbers are the same. It must divide the epoch: the batch stream spans all epochs, so an execution
     running over an epoch's end would pull the next epoch's first batches into this one.
     """
     return max(d for d in range(1, most + 1) if steps_per_epoch % d == 0)

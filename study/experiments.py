@@ -311,9 +311,8 @@ def queue_and_wait(
             lost |= revive_dead_queue(pending, states, jobs)
             workerless, revivals = 0, revivals + 1
             continue
-        # one of two workers can die alone (DVC's file-based broker: seen twice in one evening, a
-        # JSONDecodeError on a message file read empty): the study then runs at half speed with
-        # nothing said. `dvc queue start` spawns only the missing ones; after DEAD_AFTER_POLLS polls
+        # one of two workers can die alone (DVC's file-based broker: a JSONDecodeError on a message
+        # file read empty): the study then runs at half speed with nothing said. `dvc queue start` spawns only the missing ones; after DEAD_AFTER_POLLS polls
         # in a row, since a worker just started may not be registered yet
         waiting = any(states.get(name) == "Queued" for name in pending)
         short = short + 1 if workers and workers < jobs and waiting else 0
