@@ -112,7 +112,8 @@ EXPERIMENT_TAGS = {
         "spikelab: why does the training loss fall for a long time, then shoot up? One run per training "
         "(a DVC experiment, named after it; `workspace` for a plain `dvc repro`). Params are params.yaml's "
         "keys; per-epoch metrics: loss, val_loss, the Adam diagnostics, the dead zone; summary.* from "
-        "metrics/train.json (diverged, divergence_epoch, jump_ratio, plateaued, final_loss), eval.* from "
+        "metrics/train.json (diverged, divergence_epoch, jump_ratio, final_loss) and metrics/rules.json "
+        "(plateaued), eval.* from "
         "metrics/evaluate.json."
     ),
 }
@@ -251,7 +252,7 @@ def log_metrics_at(run_id: str, metrics: dict, step: int) -> None:
 
 
 def summary_metrics(metrics: dict) -> dict:
-    """metrics/train.json as the run's summary.<key> metrics (step 0; bools as 0/1, nulls left out)."""
+    """metrics/train.json or rules.json as the run's summary.<key> metrics (step 0; bools as 0/1, nulls left out)."""
     return {f"summary.{key}": value for key, value in metrics.items() if value is not None}
 
 

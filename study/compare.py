@@ -43,10 +43,11 @@ def compare_row(name: str, params: dict, train: dict, evaluate: dict, defaults: 
 
 def workspace_row(defaults: dict) -> dict | None:
     """The last `dvc repro` here, from its metrics files (none before the first run)."""
-    files = [Path("metrics/train.json"), Path("metrics/evaluate.json")]
+    files = [Path("metrics/train.json"), Path("metrics/rules.json"), Path("metrics/evaluate.json")]
     if not all(path.exists() for path in files):
         return None
-    train, evaluate = (json.loads(path.read_text()) for path in files)
+    train, rules, evaluate = (json.loads(path.read_text()) for path in files)
+    train |= rules
     return compare_row("workspace", defaults, train, evaluate, defaults)
 
 
@@ -61,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         row = compare_row(
             experiment["name"],
             experiment["params"],
-            metrics.get("metrics/train.json", {}) if experiment["state"] == "success" else {},
+            metrics.get("metrics/train.json", {}) | metrics.get("metrics/rules.json", {})
+            if experiment["state"] == "success"
+            else {},
             metrics.get("metrics/evaluate.json", {}) if experiment["state"] == "success" else {},
             defaults,
         )

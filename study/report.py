@@ -178,7 +178,7 @@ def run_record(run: Run, experiment: dict | None) -> dict:
     record.update(state=experiment["state"], rev=experiment["rev"])
     if experiment["state"] != "success":
         return record  # its metrics files are the start commit's, not its own
-    train = experiment["metrics"].get("metrics/train.json", {})
+    train = experiment["metrics"].get("metrics/train.json", {}) | experiment["metrics"].get("metrics/rules.json", {})
     evaluate = experiment["metrics"].get("metrics/evaluate.json", {})
     record.update({key: train.get(key) for key in TRAIN_KEYS})
     record["val_accuracy"] = (evaluate.get("last") or {}).get("accuracy")

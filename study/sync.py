@@ -95,6 +95,9 @@ def sync(metrics_dir: Path, models_dir: Path) -> dict:
     metrics = missing_epoch_metrics(client, run_id, read_history_csv(metric_files[1], skip_empty=True))
     train = json.loads(metric_files[0].read_text())
     scores = summary_metrics(train)
+    rules_file = metrics_dir / "rules.json"
+    if rules_file.is_file():
+        scores |= summary_metrics(json.loads(rules_file.read_text()))
     evaluate_file = metrics_dir / "evaluate.json"
     if evaluate_file.is_file():
         scores |= evaluation_metrics(json.loads(evaluate_file.read_text()))
