@@ -37,7 +37,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
-from spikelab.errors import TrackingError, one_line
+from spikelab.errors import TrackingError, one_line_shortened
+from spikelab.files import project_root
 from spikelab.lifetime import stat_fields
 
 SYNC_COMMAND = "python -m study.sync"
@@ -46,17 +47,6 @@ SYNC_COMMAND = "python -m study.sync"
 BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
 BACKOFF_S = (0.5, 1.0, 2.0)  # pauses between the attempts of one call: 3.5 s, plus at most 4 timeouts
 ORPHAN_TAG = "spikelab.failed_reason"
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The repo root, seen through DVC's experiment copies (<root>/.dvc/tmp/exps/...)."""
-    here = (start or Path.cwd()).resolve()
-    parts = here.parts
-    if ".dvc" in parts:
-        index = parts.index(".dvc")
-        if parts[index + 1 : index + 3] == ("tmp", "exps"):
-            return Path(*parts[:index])
-    return here
 
 
 def tracking_uri(root: Path) -> str:
@@ -210,9 +200,10 @@ def mark_failed(client: MlflowClient, run_id: str, reason: str) -> None:
     retry_locked(client.set_terminated, run_id, "FAILED")
 
 
-def fail_lost_runs(exp_names: list[str], reason: str, root: Path | None = None) -> dict[str, str]:
-    """Mark FAILED (tagged `reason`) the RUNNING runs of these DVC experiments whose process on this
-    host is gone; {experiment name: MLflow run id} of those marked."""
+def fail_lost_runs(exp_names: list[str], reason: str, root: Path | None = None, since_ms: int = 0) -> dict[str, str]:
+    """Mark FAILED (tagged `reason`) the runs of these DVC experiments started since `since_ms` that
+    did not finish (RUNNING, or KILLED by a signal) and whose process on this host is gone;
+    {experiment name: MLflow run id} of those marked."""
     mlflow.set_tracking_uri(tracking_uri(root or project_root()))
     client, host = MlflowClient(), socket.gethostname()
     experiments = [e.experiment_id for e in retry_locked(client.search_experiments)]
@@ -222,11 +213,11 @@ def fail_lost_runs(exp_names: list[str], reason: str, root: Path | None = None) 
         found = retry_locked(
             client.search_runs,
             experiments,
-            filter_string=f"tags.`dvc.exp_name` = '{quoted}' and attributes.status = 'RUNNING'",
+            filter_string=f"tags.`dvc.exp_name` = '{quoted}' and attributes.start_time >= {since_ms}",
             max_results=100,
         )
         for run in found:
-            if process_gone(run.data.tags, host):
+            if run.info.status in ("RUNNING", "KILLED") and process_gone(run.data.tags, host):
                 mark_failed(client, run.info.run_id, reason)
                 lost[name] = run.info.run_id
     return lost
@@ -313,7 +304,7 @@ class TrainingRun:
                 return True
             except Exception as error:  # any failure of the store: HTTP, sqlite, disk
                 if pause is None:
-                    self.failure = f"{what}: {one_line(error)[:300]}"
+                    self.failure = f"{what}: {one_line_shortened(error, 300)}"
                     print(f"train: MLflow failed ({self.failure}); training goes on without it", file=sys.stderr)
                     return False
                 time.sleep(pause)

@@ -368,7 +368,8 @@ def test_a_queue_whose_workers_keep_dying_ends_in_one_line_after_the_revivals(mo
     monkeypatch.setattr(experiments, "dvc", lambda *args, check=True: commands.append(args))
     monkeypatch.setattr(experiments, "start_workers", lambda jobs: None)
     monkeypatch.setattr(experiments, "queue_states", lambda: parse_queue_status(DEAD_QUEUE))
-    monkeypatch.setattr(experiments, "revive_dead_queue", lambda pending, states, jobs: revived.append(pending) or {})
+    monkeypatch.setattr(experiments, "orphaned_trainings", lambda names: {})
+    monkeypatch.setattr(experiments, "revive_dead_queue", lambda pending, *args: revived.append(pending) or {})
     with pytest.raises(experiments.QueueError, match="no worker is alive"):
         experiments.queue_and_wait([("longone", []), ("later", [])], jobs=1, poll_s=0)
     assert len(revived) == experiments.MAX_REVIVALS

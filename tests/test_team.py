@@ -210,13 +210,113 @@ def test_the_server_stopped_mid_run_loses_no_files_and_says_so(team_lab, tmp_pat
     assert (kept / "models" / "best.keras").stat().st_size > 0
 
 
-def test_the_stack_comes_down_leaving_no_process_behind(team_lab):
+def as_nobody(*command: str) -> subprocess.CompletedProcess:
+    """A command run by another local user, one with no rights on anything of the stack's."""
+    become = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+    return subprocess.run([*become, *command], capture_output=True, text=True, cwd="/")
+
+
+def test_no_secret_reaches_another_local_user_and_each_database_has_its_own_role(team_lab):
+    lab, stack_dir, _ = team_lab
+    if os.geteuid() != 0:
+        pytest.skip("becoming another local user needs root (CI runs as root)")
+    stack = json.loads((stack_dir / "stack.json").read_text())
+    secrets_ = dict(line.split("=", 1) for line in (stack_dir / "credentials.env").read_text().split())
+    hidden = [value for key, value in secrets_.items() if key != "MLFLOW_TRACKING_USERNAME"]
+    # every process's argv is readable by every user: no secret in any of them
+    listing = as_nobody("ps", "-eo", "args")
+    assert listing.returncode == 0 and "mlflow" in listing.stdout and "ray" in listing.stdout, listing.stderr
+    leaked = [line for line in listing.stdout.splitlines() if any(value in line for value in hidden)]
+    assert not leaked, leaked
+    # the server's environment (where its store's address is) and the files holding secrets are not
+    assert as_nobody("cat", f"/proc/{stack['mlflow_pid']}/environ").returncode != 0
+    for name in ("credentials.env", "basic_auth.ini"):
+        assert (stack_dir / name).stat().st_mode & 0o777 == 0o600, name
+
+    # the tracking role reaches the tracking store only; the auth role the auth database only
+    import psycopg2
+
+    def connects(role: str, password_key: str, database: str) -> bool:
+        try:
+            psycopg2.connect(
+                host="127.0.0.1",
+                port=stack["postgres_port"],
+                user=role,
+                password=secrets_[password_key],
+                dbname=database,
+                connect_timeout=10,
+            ).close()
+        except psycopg2.OperationalError as error:
+            assert "permission denied" in str(error), error
+            return False
+        return True
+
+    assert connects("mlflow", "SPIKELAB_DB_PASSWORD", "mlflow")
+    assert not connects("mlflow", "SPIKELAB_DB_PASSWORD", "mlflow_auth")
+    assert connects("mlflow_auth", "SPIKELAB_AUTH_DB_PASSWORD", "mlflow_auth")
+    assert not connects("mlflow_auth", "SPIKELAB_AUTH_DB_PASSWORD", "mlflow")
+    # ... and the auth role owns the users table the server made, so the server needs nothing more
+    owner = subprocess.run(
+        ["runuser", "-u", "postgres", "--"]
+        + ["psql", "-h", stack["postgres_data"], "-p", str(stack["postgres_port"]), "-U", "postgres"]
+        + ["-d", "mlflow_auth", "-tAc", "SELECT tableowner FROM pg_tables WHERE tablename = 'users'"],
+        capture_output=True,
+        text=True,
+    )
+    assert owner.stdout.strip() == "mlflow_auth", owner.stderr
+
+
+def start_other_ray_cluster() -> tuple[subprocess.Popen, Path]:
+    """Someone else's Ray head on this host (own ports, own temp dir), which `down` must leave alone."""
+    import tempfile
+
+    from team.stack import free_port
+
+    temp = Path(tempfile.mkdtemp(prefix="ray-other-", dir="/tmp"))  # short: Ray's socket paths are limited
+    command = [str(Path(os.sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats"]
+    command += ["--port", str(free_port()), "--node-ip-address", "127.0.0.1", "--num-cpus", "1"]
+    command += ["--include-dashboard", "false", "--temp-dir", str(temp)]
+    command += ["--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port())]
+    log = temp / "start.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"),
+        )
+    deadline = time.monotonic() + 120
+    while b"Ray runtime started." not in log.read_bytes():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)
+    return process, temp
+
+
+def test_the_stack_comes_down_leaving_no_process_behind_and_other_ray_clusters_running(team_lab):
+    from team.stack import descendants
+
     lab, stack_dir, _ = team_lab
     stack = json.loads((stack_dir / "stack.json").read_text())
-    run(["python", "-m", "team.stack", "down", "--dir", str(stack_dir), "--purge"], lab)
-    time.sleep(2)
-    # the server's own helpers (uvicorn, its job runner and huey consumers) are in its process group
-    server = ("mlflow server", "uvicorn", "mlflow.server.jobs", "huey_consumer")
-    for pattern in ("raylet", "gcs_server", "ray::", stack["postgres_data"], *server):
-        assert subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True).returncode == 1, pattern
-    assert not Path(stack["postgres_data"]).exists() and not stack_dir.exists()
+    other, other_temp = start_other_ray_cluster()
+    other_processes = descendants(other.pid)
+    try:
+        # the server's own helpers (uvicorn, its job runner and huey consumers) are in its process
+        # group; the Ray head's daemons are its children
+        ours = (
+            {stack["mlflow_pid"], stack["ray_pid"]} | descendants(stack["mlflow_pid"]) | descendants(stack["ray_pid"])
+        )
+        assert len(ours) > 4
+        run(["python", "-m", "team.stack", "down", "--dir", str(stack_dir), "--purge"], lab)
+        time.sleep(2)
+        left = [pid for pid in ours if Path(f"/proc/{pid}").exists()]
+        assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]
+        pattern = stack["postgres_data"]
+        assert subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True).returncode == 1
+        assert not Path(stack["postgres_data"]).exists() and not stack_dir.exists()
+        # another cluster on the host is not the stack's to stop
+        assert other.poll() is None and all(Path(f"/proc/{pid}").exists() for pid in other_processes)
+    finally:
+        other.terminate()
+        other.wait(timeout=60)
+        shutil.rmtree(other_temp, ignore_errors=True)
