@@ -11,7 +11,7 @@ RUN := PATH="$(BIN):$$PATH"
 help: ## list every target with what it does (the default)
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: help team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure plateau plateau-study evidence bench bench-study bench-before-after seed-config quick-sweep sweep report replay gpu-setup sync verify
+.PHONY: help browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure preset plateau plateau-study evidence bench bench-study bench-before-after seed-config quick-sweep sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -62,13 +62,14 @@ BASELINE ?= 3a31d71
 bench-before-after: $(INSTALLED) ## runs per hour of this code against BASELINE=<rev>, taking turns in one sitting
 	$(RUN) python -m benchmarks.study_ab --baseline-rev $(BASELINE) --rounds 3 --runs 4
 
-# The seed's full-scale configuration (GPU advised): 64 filters, lr 1e-5, 250k images/class,
-# 1,024 held out, batch 256, 4,680 epochs, Keras-2 clipped BCE.
-seed-config: $(INSTALLED) ## the original case at full scale (GPU advised): 64 filters, 250k images/class, 4,680 epochs
-	$(RUN) dvc exp run -n seed-full-scale \
-	  -S data.per_class=251024 -S split.val_per_class=1024 -S model.filters=64 \
-	  -S optimizer.learning_rate=1e-5 -S train.epochs=4680 -S train.batch_size=256 \
-	  -S loss.name=binary_crossentropy -S loss.form=keras2_clipped
+# A named configuration (configs/NAME.yaml, only the keys it changes) as one DVC experiment named
+# NAME (NAME-2, ... when taken), started from the committed params.yaml:  make preset NAME=plateau
+preset: $(INSTALLED) ## a named configuration (configs/NAME.yaml) as one DVC experiment, from the committed params
+	$(RUN) python -m study.exp --preset "$(NAME)" $(if $(FROM),--from $(FROM)) $(S)
+
+# The seed's full-scale configuration (GPU advised): configs/seed-full-scale.yaml
+seed-config: ## the original case at full scale (GPU advised): configs/seed-full-scale.yaml
+	@$(MAKE) --no-print-directory preset NAME=seed-full-scale
 
 # The study (docs/study.md): study/sweep.yaml queued as DVC experiments, run 2 at a time, then the
 # tables and figure in study/results/. A failed run does not stop the report: it is a row there.
@@ -85,10 +86,10 @@ structure: $(INSTALLED) ## the twins split and a ReLU between the convolutions, 
 	-$(RUN) python -m study.sweep queue --sweep study/structure.yaml
 	$(RUN) python -m study.report --sweep study/structure.yaml
 
-# The plateau preset: the default at learning rate 0.01 for 200 epochs, where the clipped loss
-# climbs and stays up (docs/journal/plateau_search.md), as one DVC experiment named `plateau`
-plateau: $(INSTALLED) ## one run of the plateau configuration (lr 0.01, 200 epochs) as the DVC experiment `plateau`
-	$(RUN) dvc exp run -n plateau -S optimizer.learning_rate=0.01 -S train.epochs=200
+# The plateau configuration (configs/plateau.yaml: learning rate 0.01 for 200 epochs, where the
+# clipped loss climbs and stays up; docs/plateau_search.md) as the DVC experiment `plateau`
+plateau: ## the plateau configuration (configs/plateau.yaml: lr 0.01, 200 epochs) as one DVC experiment
+	@$(MAKE) --no-print-directory preset NAME=plateau
 
 # The plateau study: that configuration x interventions x 5 seeds, then its replays
 plateau-study: $(INSTALLED) ## the plateau configuration x 5 interventions x 5 seeds, the report, its replays
@@ -96,13 +97,15 @@ plateau-study: $(INSTALLED) ## the plateau configuration x 5 interventions x 5 s
 	$(RUN) python -m study.report --sweep study/plateau.yaml
 	$(RUN) python -m study.replay --exp plateau-baseline-s0 --name replay_plateau
 
-# One DVC experiment named after its changes, checked against params.yaml first; the legend of
-# `dvc plots diff <name> <name>` then says what differs:  make exp S="optimizer.epsilon=1e-3 train.seed=2"
-exp: $(INSTALLED) ## one DVC experiment named after its changes: make exp S="optimizer.epsilon=1e-3 train.seed=2"
-	$(RUN) python -m study.exp $(S)
+# One DVC experiment named after its changes, started from the committed params.yaml (FROM=workspace:
+# from the workspace's as it is), checked first; the legend of `dvc plots diff <name> <name>` then
+# says what differs:  make exp S="optimizer.epsilon=1e-3 train.seed=2"
+exp: $(INSTALLED) ## one DVC experiment from the committed params + S: make exp S="optimizer.epsilon=1e-3"
+	$(RUN) python -m study.exp $(if $(FROM),--from $(FROM)) $(S)
 
-# the current commit's experiments in one narrow table (changed params + the key metrics)
-compare: $(INSTALLED) ## this commit's experiments in one narrow table: changed params and the key metrics
+# the committed baseline, the workspace's last run and this commit's experiments in one narrow
+# table: the params each changed against the committed params.yaml + the key metrics
+compare: $(INSTALLED) ## this commit's experiments against the committed baseline: changed params, key metrics
 	$(RUN) python -m study.compare
 
 report: $(INSTALLED) ## the tables and figure of study/sweep.yaml from `dvc exp show`
@@ -123,6 +126,22 @@ replay: $(INSTALLED) ## counterfactual replays of the workspace run's spike (EXP
 gpu-setup: $(INSTALLED) ## on a machine with an NVIDIA GPU: swap the CPU build of TensorFlow for the CUDA one
 	$(BIN)/python -m pip uninstall --yes tensorflow-cpu
 	$(BIN)/python -m pip install "tensorflow[and-cuda]==2.21.0"
+
+# Chromium from the OS's packages where it is missing (root, or sudo): the plots pages and the
+# MLflow UI are tested in a real headless browser (tests/browser.py)
+browser-setup: ## Chromium from the OS's packages where missing, for the browser tests
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1; then \
+	  echo "Chromium: installed"; \
+	else \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null \
+	  && echo "Chromium: installed from the OS packages"; \
+	fi
+
+# templates/plots.html, the page of `dvc plots show/diff` with Vega inlined, from templates/plots.src.html
+# and the npm packages pinned in templates/build_plots_page.py (needs npm and the registry)
+plots-page: $(INSTALLED) ## rebuild templates/plots.html (Vega inlined) from the pinned npm packages
+	$(RUN) python templates/build_plots_page.py
 
 # ---- team mode (docs/team.md) ----------------------------------------------------------------------
 # PostgreSQL from the OS's packages where it is missing (root, or sudo)

@@ -275,8 +275,17 @@ def read_yaml(path: str | Path, what: str):
         raise ParamsError(f"{path}: not valid {what} YAML: {' '.join(str(error).split())}") from None
 
 
+# `dvc exp run -S` writes its value into params.yaml before the stages read it, and leaves a bad one
+# there: every later command fails on it too until the file is put back
+RECOVERY = "; if `dvc exp run -S` put it there, `git checkout params.yaml` restores the committed file"
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
-    return params_from_dict(read_yaml(path, "params"))
+    raw = read_yaml(path, "params")
+    try:
+        return params_from_dict(raw)
+    except ParamsError as error:
+        raise ParamsError(str(error) + RECOVERY) from None
 
 
 def flatten(params: Params) -> dict:

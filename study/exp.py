@@ -1,24 +1,40 @@
-"""`make exp S="optimizer.epsilon=1e-3 train.seed=2"`: one DVC experiment named after what it changes.
+"""`make exp S="optimizer.epsilon=1e-3 train.seed=2"` and `make preset NAME=plateau`: one DVC
+experiment that starts from the committed params.yaml, named after what it changes.
 
-    python -m study.exp optimizer.epsilon=1e-3 train.seed=2 [--queue]
+    python -m study.exp optimizer.epsilon=1e-3 train.seed=2 [--queue] [--from workspace]
+    python -m study.exp --preset plateau [section.key=value ...]
+
+`dvc exp run -S` writes its changes into the workspace's params.yaml and leaves them there, so the
+next `dvc exp run` silently starts from them. This starts from the committed params.yaml (git
+HEAD's) unless `--from workspace` says otherwise, and says which it started from and what it put
+back. A preset is a file in configs/ holding only the keys it changes.
 
 `dvc exp run -S ...` names an experiment at random (`nosed-pome`), and that name is all the legend
-of `dvc plots diff` shows. Here the experiment is named after its changes (`epsilon=1e-3,seed=2`),
-so the legend of `dvc plots diff epsilon=1e-3,seed=2 epsilon=1e-2,seed=2` says what differs. The
-changes are checked against params.yaml's keys and rules first: a typo is one line, not a failed
-experiment minutes later.
+of `dvc plots diff` shows. Here the experiment is named after its changes (`epsilon=1e-3,seed=2`)
+or its preset (`plateau`; `plateau-2` when that name is taken), so the legend says what differs.
+The changes are checked against params.yaml's keys and rules first: a typo is one line, not a
+failed experiment minutes later.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+from pathlib import Path
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from spikelab.errors import UserError, run_entry_point
-from spikelab.params import params_from_dict, read_yaml
+from spikelab.params import ParamsError, params_from_dict, read_yaml
 from study.experiments import is_valid_ref_name, run_experiment
+from study.sweep import format_value
+
+PARAMS = Path("params.yaml")
+PRESETS = Path("configs")
+# where the workspace's own params.yaml goes when an experiment starts from the committed one:
+# inside .dvc/tmp, which git and DVC experiments ignore, so it never rides along into a run
+SAVED_WORKSPACE_PARAMS = Path(".dvc/tmp/params.workspace.yaml")
 
 
 class ExpError(UserError, ValueError):
@@ -66,17 +82,172 @@ def check_ref_name(name: str) -> None:
         raise ExpError(f"experiment name {name!r} (from the changes) is not a valid git ref name: simplify the values")
 
 
+# ---- presets: named configurations as files ------------------------------------------------------
+
+
+def preset_names(folder: Path = PRESETS) -> list[str]:
+    return sorted(path.stem for path in folder.glob("*.yaml"))
+
+
+def preset_changes(name: str, folder: Path = PRESETS) -> list[str]:
+    """configs/<name>.yaml ({section: {key: value}}) -> ["section.key=value", ...] as `-S` takes them."""
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        raise ExpError(f"no preset {name!r} ({path} not found); presets: {', '.join(preset_names(folder)) or 'none'}")
+    raw = read_yaml(path, "preset")
+    if not isinstance(raw, dict) or not all(isinstance(values, dict) and values for values in raw.values()):
+        raise ExpError(f"{path}: a preset is a mapping of params sections to the keys it changes")
+    return [
+        f"{section}.{key}={format_value(value)}" for section, values in raw.items() for key, value in values.items()
+    ]
+
+
+# ---- where an experiment starts -----------------------------------------------------------------
+
+
+def git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], capture_output=True, text=True)
+
+
+def committed_params_text() -> str:
+    """params.yaml as git HEAD has it (the text, byte for byte)."""
+    result = git("show", "HEAD:params.yaml")
+    if result.returncode != 0:
+        raise ExpError(
+            "params.yaml is not committed (git show HEAD:params.yaml failed): commit it, or use --from workspace"
+        )
+    return result.stdout
+
+
+def flat(raw) -> dict:
+    """Parsed params -> {'section.key': value as `-S` writes it}."""
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        f"{section}.{key}": format_value(value)
+        for section, values in raw.items()
+        if isinstance(values, dict)
+        for key, value in values.items()
+    }
+
+
+def differences(raw: dict, baseline: dict) -> list[str]:
+    """`key=value` for each key whose value in raw differs from baseline's (keys of either)."""
+    mine, base = flat(raw), flat(baseline)
+    return [
+        f"{key}={mine.get(key, '(absent)')}"
+        for key in [*base, *(k for k in mine if k not in base)]
+        if mine.get(key) != base.get(key)
+    ]
+
+
+def parse_params_text(text: str, what: str) -> dict:
+    try:
+        raw = YAML(typ="safe", pure=True).load(text)
+    except YAMLError as error:
+        raise ParamsError(f"{what}: not valid params YAML: {' '.join(str(error).split())}") from None
+    return raw if isinstance(raw, dict) else {}
+
+
+def start_from(source: str) -> tuple[dict, str]:
+    """The params an experiment starts from, and one line saying so. `committed`: params.yaml is
+    put back to git HEAD's (the workspace's file saved first, when it differed); `workspace`: it is
+    used as it is."""
+    committed_text = committed_params_text()
+    committed = parse_params_text(committed_text, "params.yaml at git HEAD")
+    head = git("rev-parse", "--short", "HEAD").stdout.strip()
+    workspace_text = PARAMS.read_text() if PARAMS.exists() else ""
+    if source == "workspace":
+        raw = parse_params_text(workspace_text, str(PARAMS))
+        changed = differences(raw, committed)
+        if not changed:
+            return raw, f"exp: starting from params.yaml, the same as the committed one (HEAD {head})"
+        return raw, (
+            f"exp: starting from the workspace's params.yaml, which differs from the committed one (HEAD {head}) in: "
+            + " ".join(changed)
+        )
+    if workspace_text == committed_text:
+        return committed, f"exp: starting from the committed params.yaml (HEAD {head})"
+    try:
+        changed = differences(parse_params_text(workspace_text, str(PARAMS)), committed)
+    except ParamsError:
+        changed = ["(the file is not valid YAML)"]
+    return committed, (
+        f"exp: starting from the committed params.yaml (HEAD {head}); the workspace's differed in: "
+        + (" ".join(changed) or "(comments or layout only)")
+        + f" (left by an earlier `dvc exp run -S`?): saved to {SAVED_WORKSPACE_PARAMS}; "
+        "`--from workspace` (make exp ... FROM=workspace) starts from it instead"
+    )
+
+
+def restore_committed_params() -> None:
+    """params.yaml <- git HEAD's, the workspace's own file saved to SAVED_WORKSPACE_PARAMS first."""
+    committed_text = committed_params_text()
+    if PARAMS.exists() and PARAMS.read_text() == committed_text:
+        return
+    if PARAMS.exists():
+        SAVED_WORKSPACE_PARAMS.parent.mkdir(parents=True, exist_ok=True)
+        SAVED_WORKSPACE_PARAMS.write_text(PARAMS.read_text())
+    temporary = PARAMS.with_name(PARAMS.name + ".tmp")
+    temporary.write_text(committed_text)
+    temporary.replace(PARAMS)
+
+
+def existing_experiment_names() -> set[str]:
+    """Names of this commit's experiments (DVC refuses a second one with the same name)."""
+    result = subprocess.run(["dvc", "exp", "list", "--name-only"], capture_output=True, text=True)
+    return set(result.stdout.split()) if result.returncode == 0 else set()
+
+
+def unique_name(name: str, taken: set[str]) -> str:
+    """name, or name-2, name-3, ... : the first that is not taken."""
+    if name not in taken:
+        return name
+    number = 2
+    while f"{name}-{number}" in taken:
+        number += 1
+    return f"{name}-{number}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.exp", description=__doc__.split("\n\n")[0])
     parser.add_argument("changes", nargs="*", metavar="section.key=value")
+    parser.add_argument("--preset", metavar="NAME", help="start from configs/NAME.yaml's changes")
+    parser.add_argument(
+        "--from",
+        dest="source",
+        choices=("committed", "workspace"),
+        default="committed",
+        help="the params.yaml to start from: git HEAD's (default) or the workspace's as it is",
+    )
     parser.add_argument("--queue", action="store_true", help="queue it (`dvc queue start` runs it)")
     args = parser.parse_args(argv)
-    if not args.changes:
+    if args.preset is not None and not args.preset:
+        raise ExpError(f"no preset named: make preset NAME=<name>; presets: {', '.join(preset_names()) or 'none'}")
+    changes = (preset_changes(args.preset) if args.preset else []) + args.changes
+    if not changes:
         raise ExpError('no change given: make exp S="optimizer.epsilon=1e-3" (params.yaml as it is is `make repro`)')
-    checked_changes(args.changes, read_yaml("params.yaml", "params"))
-    name = experiment_name(args.changes)
+    # every check before params.yaml is touched
+    start, message = start_from(args.source)
+    checked_changes(changes, start)
+    name = args.preset if args.preset and not args.changes else None
+    name = name or (f"{args.preset},{experiment_name(args.changes)}" if args.preset else experiment_name(changes))
     check_ref_name(name)
-    return run_experiment(name, [arg for text in args.changes for arg in ("-S", text)], queue=args.queue)
+    taken = existing_experiment_names()
+    final_name = unique_name(name, taken)
+    if args.source == "committed":
+        restore_committed_params()
+    print(message, flush=True)
+    if final_name != name:
+        print(f"exp: this commit already has an experiment named {name!r}: this one is {final_name!r}", flush=True)
+    code = run_experiment(final_name, [arg for text in changes for arg in ("-S", text)], queue=args.queue)
+    if not args.queue:
+        print(
+            "exp: params.yaml now holds this experiment's changes (DVC leaves them there); the next `make exp` "
+            "starts from the committed file again, and `git checkout params.yaml` returns to it now",
+            flush=True,
+        )
+    return code
 
 
 if __name__ == "__main__":

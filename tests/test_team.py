@@ -294,12 +294,16 @@ def start_other_ray_cluster() -> tuple[subprocess.Popen, Path]:
 
 
 def test_the_stack_comes_down_leaving_no_process_behind_and_other_ray_clusters_running(team_lab):
+    """Only the stack's own processes are checked (its recorded pids and their descendants): a
+    developer's `mlflow ui` or another Ray cluster on the machine is none of this test's business."""
     from team.stack import descendants
 
     lab, stack_dir, _ = team_lab
     stack = json.loads((stack_dir / "stack.json").read_text())
     other, other_temp = start_other_ray_cluster()
     other_processes = descendants(other.pid)
+    # an unrelated `mlflow ui` a developer left open: must neither fail the test nor be stopped
+    bystander = subprocess.Popen(["bash", "-c", "exec -a 'uvicorn mlflow.server:app --port 5000' sleep 300"])
     try:
         # the server's own helpers (uvicorn, its job runner and huey consumers) are in its process
         # group; the Ray head's daemons are its children
@@ -316,7 +320,10 @@ def test_the_stack_comes_down_leaving_no_process_behind_and_other_ray_clusters_r
         assert not Path(stack["postgres_data"]).exists() and not stack_dir.exists()
         # another cluster on the host is not the stack's to stop
         assert other.poll() is None and all(Path(f"/proc/{pid}").exists() for pid in other_processes)
+        assert bystander.poll() is None
     finally:
+        bystander.kill()
+        bystander.wait()
         other.terminate()
         other.wait(timeout=60)
         shutil.rmtree(other_temp, ignore_errors=True)

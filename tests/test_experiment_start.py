@@ -1,0 +1,182 @@
+"""Experiments that start where the user thinks they start (issue 24, item 1).
+
+`dvc exp run -S` leaves its changes in params.yaml; `make exp`, the presets and `make compare`
+must not inherit them: they start from, and compare against, the committed params.yaml.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run
+from spikelab.errors import one_line
+from spikelab.params import ParamsError, load_params
+
+
+def committed_text(root: Path) -> str:
+    return subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=root, capture_output=True, text=True).stdout
+
+
+def leave_a_change_behind(root: Path, section: str, key: str, value) -> None:
+    """What a finished `dvc exp run -S section.key=value` leaves in the workspace."""
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw[section][key] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture
+def exp_in(lab_repo, monkeypatch):
+    """study.exp.main run in the lab copy; DVC is not started: each call records its name, its
+    `-S` arguments and the params.yaml text DVC would have started from."""
+    import study.exp
+
+    monkeypatch.chdir(lab_repo)
+    started = []
+
+    def fake_run(name, dvc_args, queue=False):
+        started.append({"name": name, "args": dvc_args, "params": (lab_repo / "params.yaml").read_text()})
+        return 0
+
+    monkeypatch.setattr(study.exp, "run_experiment", fake_run)
+    monkeypatch.setattr(
+        study.exp, "existing_experiment_names", lambda: {record["name"] for record in started}, raising=False
+    )
+    return started
+
+
+def test_make_exp_starts_from_the_committed_params_not_an_earlier_experiments(lab_repo, exp_in, capsys):
+    from study.exp import SAVED_WORKSPACE_PARAMS, main
+
+    leave_a_change_behind(lab_repo, "optimizer", "epsilon", 0.001)
+    left = (lab_repo / "params.yaml").read_text()
+    assert main(["loss.name=log_cosh"]) == 0
+    [started] = exp_in
+    assert started["params"] == committed_text(lab_repo)
+    assert started["args"] == ["-S", "loss.name=log_cosh"]
+    said = capsys.readouterr().out
+    assert "starting from the committed params.yaml" in said
+    assert "optimizer.epsilon=0.001" in said  # what it put back
+    assert (lab_repo / SAVED_WORKSPACE_PARAMS).read_text() == left  # nothing of the user's is lost
+
+
+def test_make_exp_from_the_workspace_keeps_its_changes_and_says_which(lab_repo, exp_in, capsys):
+    from study.exp import main
+
+    leave_a_change_behind(lab_repo, "optimizer", "epsilon", 0.001)
+    left = (lab_repo / "params.yaml").read_text()
+    assert main(["--from", "workspace", "loss.name=log_cosh"]) == 0
+    assert exp_in[0]["params"] == left
+    said = capsys.readouterr().out
+    assert "starting from the workspace's params.yaml" in said and "optimizer.epsilon=0.001" in said
+
+
+def test_a_preset_is_a_file_of_changes_and_runs_twice_under_two_names(lab_repo, exp_in, capsys):
+    from study.exp import main, preset_changes
+
+    (lab_repo / "configs" / "tiny-plateau.yaml").write_text("optimizer:\n  learning_rate: 0.01\ntrain:\n  epochs: 5\n")
+    leave_a_change_behind(lab_repo, "loss", "name", "log_cosh")  # the trap: a preset run as log_cosh
+    assert main(["--preset", "tiny-plateau"]) == 0
+    assert main(["--preset", "tiny-plateau"]) == 0
+    assert [record["name"] for record in exp_in] == ["tiny-plateau", "tiny-plateau-2"]
+    assert all(record["params"] == committed_text(lab_repo) for record in exp_in)
+    assert exp_in[0]["args"] == ["-S", "optimizer.learning_rate=0.01", "-S", "train.epochs=5"]
+    assert "already has an experiment named 'tiny-plateau'" in capsys.readouterr().out
+    # the repository's own presets are valid changes of the committed params.yaml
+    for name in ("plateau", "seed-full-scale"):
+        assert preset_changes(name)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no preset 'missing'"),
+        ("optimizer:\n  learning_rat: 0.01\n", "params.yaml has no key optimizer.learning_rat"),
+        ("- 1\n", "a preset is a mapping"),
+    ],
+)
+def test_a_bad_preset_is_refused_before_params_yaml_is_touched(lab_repo, exp_in, content, message):
+    from study.exp import ExpError, main
+
+    if content is not None:
+        (lab_repo / "configs" / "missing.yaml").write_text(content)
+    leave_a_change_behind(lab_repo, "optimizer", "epsilon", 0.001)
+    left = (lab_repo / "params.yaml").read_text()
+    with pytest.raises(ExpError, match=message):
+        main(["--preset", "missing"])
+    assert (lab_repo / "params.yaml").read_text() == left and not exp_in
+
+
+def test_a_bad_value_left_in_params_yaml_names_the_recovery(tiny_raw, tmp_path):
+    tiny_raw["optimizer"]["epsilon"] = "abc"  # what `dvc exp run -S optimizer.epsilon=abc` leaves
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
+    with pytest.raises(ParamsError) as raised:
+        load_params(path)
+    message = one_line(raised.value)
+    assert message.startswith("params.yaml: optimizer.epsilon = 'abc'")
+    assert "git checkout params.yaml" in message
+
+
+def test_a_failed_dvc_exp_run_says_how_to_get_back(lab_repo):
+    result = run(["dvc", "exp", "run", "-S", "optimizer.epsilon=abc"], lab_repo, check=False)
+    assert result.returncode != 0
+    assert "git checkout params.yaml" in result.stdout + result.stderr
+
+
+# ---- make compare: always against the committed baseline -----------------------------------------
+
+
+def exp_show_payload(head: str, defaults: dict, experiment_params: dict) -> list[dict]:
+    """`dvc exp show --json` as DVC 3 writes it: the workspace, then HEAD with one experiment."""
+
+    def data(params: dict, final_loss: float) -> dict:
+        nested: dict = {}
+        for key, value in params.items():
+            section, _, name = key.partition(".")
+            nested.setdefault(section, {})[name] = value
+        return {
+            "timestamp": "2026-01-01T00:00:00",
+            "params": {"params.yaml": {"data": nested}},
+            "metrics": {
+                "metrics/train.json": {"data": {"diverged": False, "final_loss": final_loss}},
+                "metrics/evaluate.json": {"data": {"last": {"accuracy": 0.5}}},
+            },
+        }
+
+    return [
+        {"rev": "workspace", "data": data(experiment_params, 0.2), "experiments": None},
+        {
+            "rev": head,
+            "name": "main",
+            "data": data(defaults, 0.1),
+            "experiments": [
+                {"name": "logcosh", "revs": [{"rev": "abc", "name": "logcosh", "data": data(experiment_params, 0.2)}]}
+            ],
+        },
+    ]
+
+
+def test_compare_has_the_committed_row_and_counts_changes_against_it(lab_repo, monkeypatch, capsys):
+    import study.compare
+    from study.sweep import load_defaults
+
+    monkeypatch.chdir(lab_repo)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=lab_repo, capture_output=True, text=True).stdout.strip()
+    defaults = load_defaults()
+    # an epsilon run left its change in params.yaml, then log_cosh ran on top of it
+    inherited = {**defaults, "optimizer.epsilon": 0.001, "loss.name": "log_cosh"}
+    leave_a_change_behind(lab_repo, "optimizer", "epsilon", 0.001)
+    payload = exp_show_payload(head, defaults, inherited)
+    monkeypatch.setattr(
+        study.compare, "dvc", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, json.dumps(payload), "")
+    )
+    assert study.compare.main([]) == 0
+    rows = [line.split("|")[1:3] for line in capsys.readouterr().out.splitlines()[2:]]
+    rows = [(name.strip(), changed.strip()) for name, changed in rows]
+    assert rows[0] == (f"committed ({head[:7]})", "(none)")
+    assert ("logcosh", "optimizer.epsilon=0.001 loss.name=log_cosh") in rows
