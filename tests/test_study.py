@@ -268,12 +268,17 @@ def test_markdown_and_csv_tables(records, tmp_path, monkeypatch):
     text = (tmp_path / "sweep.md").read_text()
     # rates as count/runs = rate [95% Wilson interval]; Fisher's p against the baseline (none on its own runs)
     assert (
-        "| baseline | (params.yaml) | — | 2 | 0 | 2/2 = 1.00 [0.34, 1.00] | — | 1 | 25 | 100 | 100 | 8 | 0.5 |" in text
+        "| baseline | (params.yaml) | — | 2 | 0 | 2/2 = 1.00 [0.34, 1.00] | — | — | — | 1 | 25 | 100 | 100 | 8 | 0.5 |"
+        in text
     )
-    assert "| eps-1e-8 | optimizer.epsilon=1e-08 | baseline | 1 | 1 | 0/1 = 0.00 [0.00, 0.79] | 0.333 | 0 |" in text
+    # Holm over the column's two tests (eps-1e-8: p 1/3, sgd: p 1): 2 x 1/3
+    assert (
+        "| eps-1e-8 | optimizer.epsilon=1e-08 | baseline | 1 | 1 | 0/1 = 0.00 [0.00, 0.79] | 0.333 | 0.667 |"
+        " no detectable difference | 0 |" in text
+    )
     assert "| eps-1e-7 (= baseline) | optimizer.epsilon=1e-07 | — | 2 | 0 | 2/2 = 1.00 [0.34, 1.00] | — |" in text
     assert (
-        "| clip | optimizer.clipnorm=1.0 optimizer.amsgrad=true | baseline | 0 | 2 | — | — | 0 | — | — | — | — | — |"
+        "| clip | optimizer.clipnorm=1.0 optimizer.amsgrad=true | baseline | 0 | 2 | — | — | — | — | 0 | — | — | — | — | — |"
         in text
     )
     assert "8 planned runs: 1 failed, 2 missing, 1 queued, 4 success" in text
