@@ -75,7 +75,7 @@ def _dot64(a, b) -> tf.Tensor:
 
 def _along_leading(value, x):
     """value (a scalar, or one number per member) shaped to divide x (whose leading axis is the member's)."""
-    return tf.reshape(value, tf.concat([tf.shape(value), tf.ones([tf.rank(x) - tf.rank(value)], tf.int32)], 0))
+    return tf.reshape(value, [*value.shape, *[1] * (len(x.shape) - len(value.shape))])
 
 
 def power_iteration(hessian_product: HessianProduct, root, start, iterations: int, dot=_dot64) -> tuple:

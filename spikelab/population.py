@@ -335,10 +335,20 @@ class Population:
         return outer, logits, gradient
 
     def _hessian_product(self, outer, gradient):
-        # the summed loss's Hessian is block-diagonal by member: one product is every member's own
-        return lambda vectors: outer.gradient(
-            gradient, self.variables, output_gradients=vectors, unconnected_gradients=tf.UnconnectedGradients.ZERO
-        )
+        # the summed loss's Hessian is block-diagonal by member: one product is every member's own;
+        # shapes restated, as the second-order gradient of the grouped filter's reshape loses them
+        return lambda vectors: [
+            tf.ensure_shape(product, variable.shape)
+            for product, variable in zip(
+                outer.gradient(
+                    gradient,
+                    self.variables,
+                    output_gradients=vectors,
+                    unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                ),
+                self.variables,
+            )
+        ]
 
     def _probe_and_step_product(self, preconditioner):
         outer, logits, gradient = self._tapes()
