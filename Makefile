@@ -66,20 +66,30 @@ seed-config: $(INSTALLED)
 	  -S optimizer.learning_rate=1e-5 -S train.epochs=4680 -S train.batch_size=256 \
 	  -S loss.name=binary_crossentropy -S loss.form=keras2_clipped
 
-# The study (docs/study.md): study/sweep.yaml queued as DVC experiments, run 2 at a time, then the
-# tables and figure in study/results/. A failed run does not stop the report: it is a row there.
+# The study engine: dvc (default) queues one DVC experiment per run, 2 at a time; population
+# trains each cell's seeds together in one process (study/population.py; docs/performance.md),
+# each member still a full run's outputs and its own MLflow run:  make evidence ENGINE=population
+ENGINE ?= dvc
+ifeq ($(filter $(ENGINE),dvc population),)
+$(error ENGINE=$(ENGINE): use ENGINE=dvc or ENGINE=population)
+endif
+STUDY := $(if $(filter population,$(ENGINE)),python -m study.population,python -m study.sweep queue)
+REPORT := python -m study.report --engine $(ENGINE)
+
+# The study (docs/study.md): study/sweep.yaml run by the ENGINE, then the tables and figure in
+# study/results/. A failed run does not stop the report: it is a row there.
 quick-sweep: $(INSTALLED)
-	-$(RUN) python -m study.sweep queue --quick
-	$(RUN) python -m study.report --quick
+	-$(RUN) $(STUDY) --quick
+	$(RUN) $(REPORT) --quick
 
 sweep: $(INSTALLED)
-	-$(RUN) python -m study.sweep queue
-	$(RUN) python -m study.report
+	-$(RUN) $(STUDY)
+	$(RUN) $(REPORT)
 
 # "Network structure?": the twins split and a ReLU between the convolutions, 4 cells x 5 seeds
 structure: $(INSTALLED)
-	-$(RUN) python -m study.sweep queue --sweep study/structure.yaml
-	$(RUN) python -m study.report --sweep study/structure.yaml
+	-$(RUN) $(STUDY) --sweep study/structure.yaml
+	$(RUN) $(REPORT) --sweep study/structure.yaml
 
 # The plateau preset: the default at learning rate 0.01 for 200 epochs, where the clipped loss
 # climbs and stays up (docs/plateau_search.md), as one DVC experiment named `plateau`
@@ -88,8 +98,8 @@ plateau: $(INSTALLED)
 
 # The plateau study: that configuration x interventions x 5 seeds, then its replays
 plateau-study: $(INSTALLED)
-	-$(RUN) python -m study.sweep queue --sweep study/plateau.yaml
-	$(RUN) python -m study.report --sweep study/plateau.yaml
+	-$(RUN) $(STUDY) --sweep study/plateau.yaml
+	$(RUN) $(REPORT) --sweep study/plateau.yaml
 	$(RUN) python -m study.replay --exp plateau-baseline-s0 --name replay_plateau
 
 # One DVC experiment named after its changes, checked against params.yaml first; the legend of
@@ -107,8 +117,8 @@ report: $(INSTALLED)
 # The evidence study (issue 11): 13 cells x 20 seeds with both spike predictors logged, ~4.5 h on
 # 2 cores; stopped part-way, running it again goes on where it stopped (study/evidence.yaml)
 evidence: $(INSTALLED)
-	-$(RUN) python -m study.sweep queue --sweep study/evidence.yaml
-	$(RUN) python -m study.report --sweep study/evidence.yaml
+	-$(RUN) $(STUDY) --sweep study/evidence.yaml
+	$(RUN) $(REPORT) --sweep study/evidence.yaml
 	$(RUN) python -m study.predictors --sweep study/evidence.yaml
 
 # Counterfactual replays of the workspace run's spike (EXP=<name> replays a sweep experiment instead)

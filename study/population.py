@@ -87,7 +87,7 @@ def dataset(params: Params, cache: dict) -> dict[str, np.ndarray]:
 
 
 def train_population(
-    name: str, runs: list[Run], member_params: list[Params], folders: list[Path], cache: dict
+    name: str, names: list[str], member_params: list[Params], folders: list[Path], cache: dict
 ) -> float:
     """Train one population, write every member's outputs and MLflow run; returns the training seconds."""
     from spikelab import state as training_state
@@ -100,7 +100,7 @@ def train_population(
     from spikelab.tracking import evaluation_metrics, git_commit, log_metrics_at, training_run
 
     data_format = resolve_data_format(member_params[0].model.data_format)
-    members = [Member(run.name, params, dataset(params, cache)) for run, params in zip(runs, member_params)]
+    members = [Member(run_name, params, dataset(params, cache)) for run_name, params in zip(names, member_params)]
     for folder in folders:
         shutil.rmtree(folder, ignore_errors=True)
         (folder / "models" / "snapshots").mkdir(parents=True)
@@ -170,6 +170,119 @@ def train_population(
     return result.seconds
 
 
+def unflatten(flat: dict) -> dict:
+    raw: dict = {}
+    for key, value in flat.items():
+        section, name = key.split(".", 1)
+        raw.setdefault(section, {})[name] = value
+    return raw
+
+
+def population_of(prefix: str, run_name: str, root: Path) -> tuple[dict, list[str]]:
+    """(the run's run.json facts, the names of its population's members in slot order)."""
+    folder = member_dir(prefix, run_name, root)
+    if not is_finished(folder):
+        raise PopulationError(f"no finished population member {run_name!r} under {root / prefix}")
+    facts = json.loads((folder / "metrics" / "run.json").read_text())
+    slots: dict[int, str] = {}
+    for other in (root / prefix).iterdir():
+        other_facts = other / "metrics" / "run.json"
+        if is_finished(other) and other_facts.is_file():
+            found = json.loads(other_facts.read_text())
+            if found.get("population") == facts["population"]:
+                slots[found["slot"]] = other.name
+    return facts, [slots.get(slot, run_name) for slot in range(facts["population_size"])]
+
+
+def replay(args, sweep: dict, prefix: str) -> int:
+    """Counterfactual replays of one population member, each variant a population of the original's
+    size with the member at its slot: every original member resumed from its snapshot at the same
+    epoch (a slot whose member has no such snapshot gets a copy of the replayed member's: a member's
+    numbers do not depend on its neighbours). Same P, same slot: the unchanged control reproduces the
+    original's losses bit for bit. Writes study/results/<name>.{md,csv,png} as study.replay does."""
+    from spikelab.history import read_history_csv
+    from spikelab.params import DivergenceParams, PlateauParams
+    from study.replay import continuation, max_difference, pick_snapshot_epoch, recovery_bar, write_replay
+
+    cells = {cell.name: cell.overrides for cell in expand(sweep, load_defaults())[0]}
+    settings = sweep.get("replay") or {}
+    unknown = [name for name in settings.get("cells", []) if name not in cells]
+    if unknown or "min_gap" not in settings:
+        raise PopulationError(f"{args.sweep}: replay needs min_gap and cells from {sorted(cells)}; unknown: {unknown}")
+    facts, slot_names = population_of(prefix, args.replay, args.root)
+    target = member_dir(prefix, args.replay, args.root)
+    original = read_history_csv(target / "metrics" / "history.csv")
+    train = json.loads((target / "metrics" / "train.json").read_text())
+    flat = json.loads((target / "params.json").read_text())
+    epoch = args.epoch
+    if epoch is None:
+        if train.get("divergence_epoch") is None:
+            raise PopulationError(f"{args.replay} did not diverge; pass --epoch to replay anyway")
+        epoch = pick_snapshot_epoch(train["divergence_epoch"], flat["train.snapshot_every"], settings["min_gap"])
+    snapshot_name = f"epoch_{epoch:05d}.npz"
+
+    def snapshot_of(name: str) -> Path:
+        path = member_dir(prefix, name, args.root) / "models" / "snapshots" / snapshot_name
+        return path if path.is_file() else target / "models" / "snapshots" / snapshot_name
+
+    if not snapshot_of(args.replay).is_file():
+        raise PopulationError(f"{args.replay} has no snapshot at epoch {epoch} ({snapshot_name})")
+    variants = {"unchanged": {}, **{name: cells[name] for name in settings.get("cells", [])}}
+    cache: dict = {}
+    curves, rows = {"original": original}, []
+    rule = DivergenceParams(ratio=flat["divergence.ratio"], min_rise=flat["divergence.min_rise"])
+    plateau = PlateauParams(ratio=flat["plateau.ratio"], min_epochs=flat["plateau.min_epochs"])
+    bar = recovery_bar(original, train.get("divergence_epoch"), plateau)
+    rows.append(
+        {
+            "intervention": "original",
+            "overrides": "",
+            "state": "success",
+            **continuation(original, epoch, rule, plateau, bar),
+            "final_dead_fraction": train.get("final_dead_fraction"),
+            "val_accuracy": None,
+        }
+    )
+    replays_root = args.root / f"{prefix}-replay"
+    for variant, overrides in variants.items():
+        names, member_params, folders = [], [], []
+        for slot, name in enumerate(slot_names):
+            source = member_dir(prefix, name, args.root)
+            member_flat = (
+                json.loads((source / "params.json").read_text()) if (source / "params.json").is_file() else flat
+            )
+            member_flat = member_flat | dict(overrides)
+            member_flat |= {"train.resume_from": str(snapshot_of(name).resolve()), "train.resume_epoch": epoch}
+            lane = (
+                f"{name}-e{epoch}-{variant}" if name != args.replay or slot == facts["slot"] else f"{name}-lane{slot}"
+            )
+            names.append(lane)
+            member_params.append(params_from_dict(unflatten(member_flat)))
+            folders.append(replays_root / lane)
+        population = f"replay-{args.replay}-e{epoch}-{variant}"
+        print(f"replay: population {population}: {len(names)} members resumed at epoch {epoch}", flush=True)
+        train_population(population, names, member_params, folders, cache)
+        replayed = folders[facts["slot"]]
+        history = read_history_csv(replayed / "metrics" / "history.csv")
+        curves[variant] = history
+        replay_train = json.loads((replayed / "metrics" / "train.json").read_text())
+        scores = json.loads((replayed / "metrics" / "evaluate.json").read_text())
+        row = {
+            "intervention": variant,
+            "state": "success",
+            "overrides": " ".join(f"{k}={v}" for k, v in overrides.items()),
+            **continuation(history, epoch, rule, plateau, bar),
+            "final_dead_fraction": replay_train.get("final_dead_fraction"),
+            "val_accuracy": scores["last"]["accuracy"],
+        }
+        if variant == "unchanged":
+            row["max_loss_difference"] = max_difference(history, original, epoch)
+        rows.append(row)
+    write_replay(rows, curves, epoch, f"population member {args.replay}", args.results, args.name)
+    print((args.results / f"{args.name}.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.population", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
@@ -177,12 +290,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="most members per population")
     parser.add_argument("--rerun", action="store_true", help="re-run members that already finished")
     parser.add_argument("--root", type=Path, default=POPULATIONS, help="where the members' folders go")
+    parser.add_argument("--replay", metavar="RUN", help="replay this finished member (the sweep's replay cells)")
+    parser.add_argument("--epoch", type=int, help="with --replay: resume at this snapshot epoch")
+    parser.add_argument("--name", default="replay", help="with --replay: file name of the results")
+    parser.add_argument("--results", type=Path, default=Path("study/results"))
     args = parser.parse_args(argv)
     if args.size < 1:
         raise PopulationError(f"--size {args.size}: give at least 1 member per population")
     sweep = load_sweep(args.sweep)
-    cells, runs = expand(sweep, load_defaults(), quick=args.quick)
     prefix = run_prefix(sweep, args.quick)
+    if args.replay:
+        return replay(args, sweep, prefix)
+    cells, runs = expand(sweep, load_defaults(), quick=args.quick)
     raw = read_yaml("params.yaml", "params")
     params = {run.name: run_params(run, raw) for run in runs}  # every run's params checked before any work
     from spikelab.population import check_population
@@ -213,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         name = f"{prefix}-{group[0].cell}-p{group[0].seed}"
         print(f"study: population {name}: {len(group)} runs ({', '.join(run.name for run in group)})", flush=True)
         folders = [member_dir(prefix, run.name, args.root) for run in group]
-        seconds = train_population(name, group, [params[run.name] for run in group], folders, cache)
+        names = [run.name for run in group]
+        seconds = train_population(name, names, [params[run.name] for run in group], folders, cache)
         done += len(group)
         elapsed = time.monotonic() - started
         print(

@@ -171,6 +171,7 @@ TINY_SWEEP = {
     "prefix": "tiny",
     "seeds": [0, 1],
     "cells": {"baseline": {}, "eps-1e-2": {"optimizer.epsilon": 1.0e-2}},
+    "replay": {"min_gap": 1, "cells": ["eps-1e-2"]},
 }
 
 
@@ -208,3 +209,25 @@ def test_a_study_through_populations_reports_rows_and_nests_mlflow_runs(lab_repo
     assert child.data.metrics["loss"] == pytest.approx(
         json.loads((member / "metrics" / "train.json").read_text())["final_loss"]
     )
+
+    # replays of a member: the unchanged control, at the member's P and slot, repeats its losses exactly
+    run(
+        [
+            "python",
+            "-m",
+            "study.population",
+            "--sweep",
+            "study/tiny.yaml",
+            "--replay",
+            "tiny-baseline-s1",
+            "--epoch",
+            "1",
+        ],
+        lab_repo,
+    )
+    with open(results / "replay.csv") as handle:
+        replays = {row["intervention"]: row for row in csv.DictReader(handle)}
+    assert list(replays) == ["original", "unchanged", "eps-1e-2"]
+    assert float(replays["unchanged"]["max_loss_difference"]) == 0.0
+    assert replays["unchanged"]["final_loss"] == replays["original"]["final_loss"]
+    assert replays["eps-1e-2"]["final_loss"] != replays["original"]["final_loss"]
