@@ -71,20 +71,30 @@ preset: $(INSTALLED) ## a named configuration (configs/NAME.yaml) as one DVC exp
 seed-config: ## the original case at full scale (GPU advised): configs/seed-full-scale.yaml
 	@$(MAKE) --no-print-directory preset NAME=seed-full-scale
 
-# The study (docs/study.md): study/sweep.yaml queued as DVC experiments, run 2 at a time, then the
-# tables and figure in study/results/. A failed run does not stop the report: it is a row there.
+# The study engine: dvc (default) queues one DVC experiment per run, 2 at a time; population
+# trains each cell's seeds together in one process (study/population.py; docs/performance.md),
+# each member still a full run's outputs and its own MLflow run:  make evidence ENGINE=population
+ENGINE ?= dvc
+ifeq ($(filter $(ENGINE),dvc population),)
+$(error ENGINE=$(ENGINE): use ENGINE=dvc or ENGINE=population)
+endif
+STUDY := $(if $(filter population,$(ENGINE)),python -m study.population,python -m study.sweep queue)
+REPORT := python -m study.report --engine $(ENGINE)
+
+# The study (docs/study.md): study/sweep.yaml run by the ENGINE, then the tables and figure in
+# study/results/. A failed run does not stop the report: it is a row there.
 quick-sweep: $(INSTALLED) ## 3 cells x 2 seeds of study/sweep.yaml as DVC experiments, then the report
-	-$(RUN) python -m study.sweep queue --quick
-	$(RUN) python -m study.report --quick
+	-$(RUN) $(STUDY) --quick
+	$(RUN) $(REPORT) --quick
 
 sweep: $(INSTALLED) ## every cell of study/sweep.yaml x 5 seeds (45 runs), then the report
-	-$(RUN) python -m study.sweep queue
-	$(RUN) python -m study.report
+	-$(RUN) $(STUDY)
+	$(RUN) $(REPORT)
 
 # "Network structure?": the twins split and a ReLU between the convolutions, 4 cells x 5 seeds
 structure: $(INSTALLED) ## the twins split and a ReLU between the convolutions, 4 cells x 5 seeds, then the report
-	-$(RUN) python -m study.sweep queue --sweep study/structure.yaml
-	$(RUN) python -m study.report --sweep study/structure.yaml
+	-$(RUN) $(STUDY) --sweep study/structure.yaml
+	$(RUN) $(REPORT) --sweep study/structure.yaml
 
 # The plateau configuration (configs/plateau.yaml: learning rate 0.01 for 200 epochs, where the
 # clipped loss climbs and stays up; docs/plateau_search.md) as the DVC experiment `plateau`
@@ -93,8 +103,8 @@ plateau: ## the plateau configuration (configs/plateau.yaml: lr 0.01, 200 epochs
 
 # The plateau study: that configuration x interventions x 5 seeds, then its replays
 plateau-study: $(INSTALLED) ## the plateau configuration x 5 interventions x 5 seeds, the report, its replays
-	-$(RUN) python -m study.sweep queue --sweep study/plateau.yaml
-	$(RUN) python -m study.report --sweep study/plateau.yaml
+	-$(RUN) $(STUDY) --sweep study/plateau.yaml
+	$(RUN) $(REPORT) --sweep study/plateau.yaml
 	$(RUN) python -m study.replay --exp plateau-baseline-s0 --name replay_plateau
 
 # One DVC experiment named after its changes, started from the committed params.yaml (FROM=workspace:
@@ -114,8 +124,8 @@ report: $(INSTALLED) ## the tables and figure of study/sweep.yaml from `dvc exp 
 # The evidence study (issue 11): 13 cells x 20 seeds with both spike predictors logged, ~4.5 h on
 # 2 cores; stopped part-way, running it again goes on where it stopped (study/evidence.yaml)
 evidence: $(INSTALLED) ## the evidence study: 13 cells x 20 seeds (260 runs), report, spike predictors; resumable
-	-$(RUN) python -m study.sweep queue --sweep study/evidence.yaml
-	$(RUN) python -m study.report --sweep study/evidence.yaml
+	-$(RUN) $(STUDY) --sweep study/evidence.yaml
+	$(RUN) $(REPORT) --sweep study/evidence.yaml
 	$(RUN) python -m study.predictors --sweep study/evidence.yaml
 
 # Counterfactual replays of the workspace run's spike (EXP=<name> replays a sweep experiment instead)

@@ -360,10 +360,11 @@ def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
 
 
 @contextlib.contextmanager
-def training_run(experiment: str, params: dict):
-    """Open the run (named after the DVC experiment, tagged, params logged) after failing the
-    experiment's orphans; end it FINISHED when the block completes, KILLED on an interrupt
-    (SIGINT/SIGTERM arrive as KeyboardInterrupt), else FAILED.
+def training_run(experiment: str, params: dict, name: str | None = None, tags: dict | None = None):
+    """Open the run (named after the DVC experiment, or `name`; tagged, `tags` added; params logged)
+    after failing the experiment's orphans; end it FINISHED when the block completes, KILLED on an
+    interrupt (SIGINT/SIGTERM arrive as KeyboardInterrupt), else FAILED. A population's member runs
+    pass the cell's run as their parent (tag mlflow.parentRunId): `mlflow ui` nests them under it.
 
     Opening the run may fail (TrackingError, before any training); once it is open, no MLflow
     failure raises: the run degrades instead (TrainingRun.call).
@@ -373,8 +374,9 @@ def training_run(experiment: str, params: dict):
     client = MlflowClient()
     for run_id in fail_orphans(experiment_id):
         print(f"train: marked run {run_id} FAILED: its process no longer exists", file=sys.stderr)
-    tags = resolve_tags(run_tags(root))
-    created = retry_locked(client.create_run, experiment_id, tags=tags, run_name=run_name())
+    created = retry_locked(
+        client.create_run, experiment_id, tags=resolve_tags(run_tags(root) | (tags or {})), run_name=name or run_name()
+    )
     run = TrainingRun(created.info.run_id)
     status = "FAILED"
     with bounded_http():

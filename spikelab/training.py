@@ -31,6 +31,13 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def epoch_order(count: int, seed: int, epoch) -> tf.Tensor:
+    """The permutation of range(count) that epoch `epoch` (0-based, an int64 scalar) visits."""
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+    )
+
+
 def batch_stream(
     images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int, data_format: str
 ) -> tf.data.Dataset:
@@ -41,10 +48,7 @@ def batch_stream(
     channel_axis = 1 if data_format == "channels_first" else 3
 
     def epoch_batches(epoch):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
-        )
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        return tf.data.Dataset.from_tensor_slices(epoch_order(count, seed, epoch)).batch(batch_size)
 
     def gather(indices):
         x = tf.cast(tf.gather(images, indices), tf.float32) / 255.0

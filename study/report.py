@@ -22,21 +22,22 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import json
 import math
 import statistics
 from pathlib import Path
 
 from spikelab.errors import UserError, run_entry_point
-from spikelab.history import history_row
+from spikelab.history import history_row, read_history_csv
 from spikelab.params import load_params
 from study.experiments import experiments_by_name, history_of
 from study.figures import plot_dead_zone, plot_study, plot_thresholds
+from study.population import POPULATIONS, is_finished, member_dir
 from study.stats import bootstrap_interval, fisher_exact, holm, kaplan_meier, mann_whitney, wilson_interval
 from study.sweep import SWEEP_FILE, Cell, Run, expand, format_value, load_defaults, load_sweep, run_prefix
-from study.tables import markdown_table, write_csv, write_csv_gz, write_text
+from study.tables import RESULTS, markdown_table, write_csv, write_csv_gz, write_text
 from study.threshold_free import RATIOS, largest_jump, loss_bound, rate_curve, rule_can_fire
 
-RESULTS = Path("study/results")
 LATE = 30  # epochs at the end over which the loss's slope says "still climbing" or "flat"
 # what a run record takes from its train.json
 TRAIN_KEYS = (
@@ -52,7 +53,7 @@ TRAIN_KEYS = (
     "plateau_level",
     "final_dead_fraction",
 )
-RUN_COLUMNS = ("name", "cell", "seed", "state", *TRAIN_KEYS, "val_accuracy", "rev")
+RUN_COLUMNS = ("name", "cell", "seed", "state", *TRAIN_KEYS, "val_accuracy", "rev", "engine")
 TABLE_COLUMNS = (
     ("cell", "intervention"),
     ("overrides", "overrides"),
@@ -211,6 +212,7 @@ def run_record(run: Run, experiment: dict | None) -> dict:
         "seed": run.seed,
         "state": "missing",
         "rev": None,
+        "engine": "dvc",
         **{key: None for key in (*TRAIN_KEYS, "val_accuracy")},
     }
     if experiment is None:
@@ -218,13 +220,31 @@ def run_record(run: Run, experiment: dict | None) -> dict:
     record.update(state=experiment["state"], rev=experiment["rev"])
     if experiment["state"] != "success":
         return record  # its metrics files are the start commit's, not its own
-    train = experiment["metrics"].get("metrics/train.json", {}) | experiment["metrics"].get("metrics/rules.json", {})
-    evaluate = experiment["metrics"].get("metrics/evaluate.json", {})
+    return _with_metrics(
+        record,
+        experiment["metrics"].get("metrics/train.json", {}) | experiment["metrics"].get("metrics/rules.json", {}),
+        experiment["metrics"].get("metrics/evaluate.json", {}),
+    )
+
+
+def _with_metrics(record: dict, train: dict, evaluate: dict) -> dict:
     record.update({key: train.get(key) for key in TRAIN_KEYS})
     record["val_accuracy"] = (evaluate.get("last") or {}).get("accuracy")
     if record["diverged"] is None:  # train.json missing: the run cannot be judged
         record["state"] = "failed"
     return record
+
+
+def population_record(run: Run, folder: Path) -> dict:
+    """A planned run joined with its population member's folder (study/population.py): the same
+    record as run_record's, from the same train.json and evaluate.json; engine `population`."""
+    record = run_record(run, None) | {"engine": "population"}
+    if not is_finished(folder):
+        return record | {"state": "failed" if folder.exists() else "missing"}
+    metrics = folder / "metrics"
+    record["state"] = "success"
+    train = json.loads((metrics / "train.json").read_text()) | json.loads((metrics / "rules.json").read_text())
+    return _with_metrics(record, train, json.loads((metrics / "evaluate.json").read_text()))
 
 
 # ---- writing ----------------------------------------------------------------------------------------
@@ -473,7 +493,7 @@ def write_histories(path: Path, histories: dict[str, list[dict]]) -> None:
 
 def _parsed(key: str, text: str):
     """A _runs.csv cell back to its value: "" is None, True/False bools, counts ints, the rest floats."""
-    if text == "" or key in ("name", "cell", "state", "rev"):
+    if text == "" or key in ("name", "cell", "state", "rev", "engine"):
         return text or None
     if text in ("True", "False"):
         return text == "True"
@@ -510,11 +530,34 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="recompute from the committed <prefix>_runs.csv and _histories.csv.gz, without DVC's experiments",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("dvc", "population"),
+        default="dvc",
+        help="where the runs are: DVC experiments (dvc), or population members' folders (population)",
+    )
+    parser.add_argument("--populations", type=Path, default=POPULATIONS, help="the population members' root folder")
     args = parser.parse_args(argv)
     sweep = load_sweep(args.sweep)
     cells, runs = expand(sweep, load_defaults(), quick=args.quick)
     prefix = run_prefix(sweep, args.quick)
-    if args.from_files:
+    if args.engine == "population" and not args.from_files:
+        folders = {run.name: member_dir(prefix, run.name, args.populations) for run in runs}
+        records = [population_record(run, folders[run.name]) for run in runs]
+        if all(record["state"] == "missing" for record in records):
+            raise UserError(
+                f"report: none of the {len(records)} runs of {args.sweep} has a population member under "
+                f"{args.populations / prefix}; nothing written (run `python -m study.population --sweep {args.sweep}` first)"
+            )
+        histories = {
+            r["name"]: read_history_csv(folders[r["name"]] / "metrics" / "history.csv")
+            for r in records
+            if r["state"] == "success"
+        }
+        args.results.mkdir(parents=True, exist_ok=True)
+        write_histories(args.results / f"{prefix}_histories.csv.gz", histories)
+        rows = write_report(records, cells, prefix, args.results, histories)
+    elif args.from_files:
         records = read_records(args.results / f"{prefix}_runs.csv")
         histories = read_histories(args.results / f"{prefix}_histories.csv.gz")
         rows = write_report(records, cells, prefix, args.results, histories)
