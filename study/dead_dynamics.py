@@ -2,7 +2,7 @@
 leave it too (a balance)? Measured on the plateau configuration (study/plateau.yaml).
 
     python -m study.dead_dynamics run --seed 0      # one plateau run, its dead sets kept
-    python -m study.dead_dynamics report            # -> study/results/dead_dynamics.{md,csv}
+    python -m study.dead_dynamics report            # -> study/results/dead_dynamics.{md,csv,png}
 
 `run` trains the plateau configuration (params.yaml with the plateau preset's overrides, at a
 train seed) in this process, without DVC or MLflow, with the dead-zone accounting keeping which
@@ -29,6 +29,7 @@ import numpy as np
 
 from spikelab.errors import UserError, run_entry_point
 from spikelab.params import params_from_dict, read_yaml
+from study.figures import plot_dead_dynamics
 from study.report import RESULTS, late_change, read_histories
 from study.tables import markdown_table, write_csv, write_text
 
@@ -164,6 +165,12 @@ def report(results: Path) -> list[dict]:
             summary["same loss curve as the study's run"] = "yes" if same else "no"
         per_run.append(summary)
     write_csv(results / "dead_dynamics.csv", intervals, list(intervals[0]))
+    by_run: dict[str, list[dict]] = {}
+    for row in intervals:
+        by_run.setdefault(row["run"], []).append(row)
+    plot_dead_dynamics(
+        by_run, results / "dead_dynamics.png", "the dead set between accountings: images that entered (up), left (down)"
+    )
     text = (
         f"# The dead zone, image by image ({len(files)} plateau runs)\n\n"
         "Runs of the plateau configuration (lr 0.01, 200 epochs, data 0) at train seeds 0-4, made on this "
@@ -201,6 +208,7 @@ def report(results: Path) -> list[dict]:
             ],
         )
         + f"\nMargin: wrong logit minus right logit; the dead zone starts at {MARGIN_EDGE:.2f}.\n"
+        + "\n![the dead set between accountings](dead_dynamics.png)\n"
     )
     write_text(results / "dead_dynamics.md", text)
     print(markdown_table(per_run, [(key, key) for key in per_run[0]]))
