@@ -31,16 +31,19 @@ from spikelab.errors import UserError, run_entry_point
 from spikelab.params import params_from_dict, read_yaml
 from study.figures import plot_dead_dynamics
 from study.report import RESULTS, late_change, read_histories
+from study.sweep import expand, load_defaults, load_sweep
 from study.tables import markdown_table, write_csv, write_text
 
-DEAD_SETS = RESULTS / "dead_sets"
-PLATEAU = {("optimizer", "learning_rate"): 0.01, ("train", "epochs"): 200}  # study/plateau.yaml's baseline
+PLATEAU_SWEEP = Path("study/plateau.yaml")  # its first cell is the plateau configuration
 MARGIN_EDGE = math.log((1 - 1e-7) / 1e-7)  # the margin where the smaller probability reaches the clip
 
 
 def plateau_params(seed: int):
+    """params.yaml with the plateau configuration's overrides (study/plateau.yaml's first cell)."""
+    cells, _ = expand(load_sweep(PLATEAU_SWEEP), load_defaults())
     raw = read_yaml("params.yaml", "params")
-    for (section, key), value in {**PLATEAU, ("train", "seed"): seed}.items():
+    for name, value in {**cells[0].overrides, "train.seed": seed}.items():
+        section, key = name.split(".")
         raw[section][key] = value
     return params_from_dict(raw)
 
