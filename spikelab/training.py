@@ -118,8 +118,11 @@ def train(
     data_format: str,
     snapshot_dir: Path | None,
     extra_callbacks: list[keras.callbacks.Callback] = (),
+    dead_sets: dict | None = None,
 ) -> TrainResult:
-    """Train from scratch, or from the snapshot params.train.resume_from names."""
+    """Train from scratch, or from the snapshot params.train.resume_from names.
+
+    dead_sets: a dict the dead-zone accounting fills with {epoch: (dead mask, margin)} (None: not kept)."""
     seed_everything(params.train.seed)
     image_size = arrays["x_train"].shape[-1]
     steps = math.ceil(len(arrays["x_train"]) / params.train.batch_size)
@@ -146,8 +149,10 @@ def train(
         )
         measured = [
             Diagnostics(probe_x, arrays["y_train"][probe], model.loss, hessian),
-            DeadZoneAccounting(arrays["x_train"], arrays["y_train"], data_format, epochs),
+            DeadZoneAccounting(arrays["x_train"], arrays["y_train"], data_format, epochs, dead_sets is not None),
         ]
+        if dead_sets is not None:
+            measured[-1].dead_sets = dead_sets
         if hessian is not None:
             measured.append(Curvature(hessian, diagnostics.eigen_every))
         callbacks += measured

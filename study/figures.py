@@ -214,3 +214,25 @@ def plot_thresholds(
     figure.suptitle(f"{title}: spikes without the rule's one threshold", fontsize=11)
     figure.tight_layout()
     save_figure(figure, path, dpi=100)
+
+
+def plot_dead_dynamics(intervals: dict[str, list[dict]], path: Path, title: str) -> None:
+    """One panel per run: per interval between accountings the images that entered the dead set
+    (up) and left it (down), and the dead set's size (line): a ratchet would have no bars below 0."""
+    figure, axes = plt.subplots(1, len(intervals), figsize=(3.4 * len(intervals), 3.4), sharey=True, squeeze=False)
+    for axis, (run, rows) in zip(axes[0], intervals.items()):
+        ends = [row["to"] for row in rows]
+        width = 0.8 * (ends[1] - ends[0]) if len(ends) > 1 else 8
+        axis.bar(ends, [row["entered"] for row in rows], width=width, color="tab:red", label="entered")
+        axis.bar(ends, [-row["left"] for row in rows], width=width, color="tab:green", label="left")
+        axis.plot(ends, [row["dead after"] for row in rows], color="black", marker=".", label="dead")
+        axis.axhline(0, color="gray", linewidth=0.8)
+        axis.set_title(run, fontsize=9, loc="left")
+        axis.set_xlabel("epoch (end of the interval)", fontsize=8)
+        axis.tick_params(labelsize=7)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training images", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    save_figure(figure, path, dpi=100)

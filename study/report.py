@@ -292,6 +292,45 @@ def with_curve_facts(records: list[dict], histories: dict, rule) -> list[dict]:
     return added
 
 
+def dead_zone_at_the_end(records: list[dict], cells: list[Cell], histories: dict) -> list[dict]:
+    """Per cell with dead images at the end: ranges over its runs of the last accounting's dead
+    fraction, the dead images' share of the clipped loss, and what the unclipped form would charge a
+    dead image on average. Each dead image costs the clipped loss exactly ~16.03, so the share is
+    16.03 x the dead fraction / the loss by construction; what it measures is the rest, the share
+    the live images carry."""
+    rows = []
+    for cell in cells:
+        facts = []
+        for record in (r for r in records if r["cell"] == cell.name and r["state"] == "success"):
+            accounted = [
+                row for row in histories.get(record["name"]) or [] if math.isfinite(row.get("dead_fraction", math.nan))
+            ]
+            if accounted and accounted[-1]["dead_fraction"] > 0:
+                last = accounted[-1]
+                facts.append(
+                    (
+                        last["dead_fraction"],
+                        last["dead_loss_clipped"] / last["full_loss_clipped"],
+                        last["dead_loss_unclipped"],
+                        last["dead_loss_unclipped"] / last["dead_fraction"],
+                    )
+                )
+        if len(facts) * 2 >= len([r for r in records if r["cell"] == cell.name]) and facts:
+            fractions, shares, unclipped, charges = zip(*facts)
+            rows.append(
+                {
+                    "cell": cell.name,
+                    "runs with dead images at the end": len(facts),
+                    "dead fraction": f"{min(fractions):.3f}-{max(fractions):.3f}",
+                    "dead images' share of the clipped loss": f"{min(shares):.3f}-{max(shares):.3f}",
+                    "live images' share": f"{max(0.0, 1 - max(shares)):.3f}-{max(0.0, 1 - min(shares)):.3f}",
+                    "their unclipped loss (per training image)": f"{min(unclipped):.0f}-{max(unclipped):.0f}",
+                    "unclipped charge per dead image": f"{min(charges):.0f}-{max(charges):.0f}",
+                }
+            )
+    return rows
+
+
 def unreachable_cells(records: list[dict], cells: list[Cell], histories: dict, rule) -> frozenset[str]:
     """Cells with a bounded loss that cannot reach ratio x its lowest in any of their runs."""
     found = set()
@@ -462,6 +501,15 @@ def write_report(
         + markdown_table(rows, TABLE_COLUMNS)
         + f"\n![{prefix}]({prefix}.png)\n"
     )
+    dead = dead_zone_at_the_end(records, cells, histories)
+    if dead:
+        text += (
+            "\n## The dead zone at the end (ranges over the runs; cells where most runs end with dead images)\n\n"
+            "A dead image costs the clipped loss exactly ~16.03, so the dead images' share of it is 16.03 x the "
+            "dead fraction / the loss by construction; the measured content is the live images' share.\n\n"
+            + markdown_table(dead, [(key, key) for key in dead[0]])
+        )
+
     write_text(results / f"{prefix}.md", text)
     if any(histories.values()):
         write_threshold_free(records, cells, prefix, results, unreachable, rule)

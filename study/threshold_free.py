@@ -18,7 +18,6 @@ min_rise, says at once at which ratios the rule would fire: at every ratio up to
 from __future__ import annotations
 
 import math
-import statistics
 
 LOG_COSH_BOUND = math.log(math.cosh(1.0))  # the most log_cosh can charge a softmax output
 RATIOS = (3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 25, 30)
@@ -60,7 +59,3 @@ def rule_can_fire(losses: list[float], bound: float | None, ratio: float) -> boo
 def rate_curve(jumps: list[float], ratios=RATIOS) -> list[float]:
     """The share of runs whose largest jump reaches each ratio (the rule's rate at that ratio)."""
     return [sum(1 for j in jumps if j >= r) / len(jumps) if jumps else math.nan for r in ratios]
-
-
-def median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
