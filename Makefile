@@ -6,6 +6,7 @@ BIN := $(abspath $(VENV))/bin
 INSTALLED := $(VENV)/.installed
 # stages call `python`, dvc and mlflow: run them with the venv first on PATH
 RUN := PATH="$(BIN):$$PATH"
+.DEFAULT_GOAL := help
 
 # A virtual environment records its own absolute path (the scripts' #! lines, the editable install):
 # one made before the project moved or was renamed runs the old folder's tools, or none
@@ -16,7 +17,10 @@ $(error .venv was made in $(VENV_MADE_IN), not here (the project moved or was re
 endif
 endif
 
-.PHONY: ui relocate browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure preset plateau plateau-study evidence bench bench-study bench-before-after seed-config quick-sweep sweep report replay gpu-setup sync verify
+help: ## list every target with what it does (the default)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: help ui relocate browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure preset plateau plateau-study evidence bench bench-study bench-before-after seed-config quick-sweep sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -24,127 +28,137 @@ $(INSTALLED): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,team]'
 	touch $(INSTALLED)
 
-setup: $(INSTALLED)
+setup: $(INSTALLED) ## create .venv/ and install the pinned dependencies (the other targets do it when needed)
 
-repro: $(INSTALLED)
+repro: $(INSTALLED) ## run the pipeline (dvc repro) on params.yaml
 	$(RUN) dvc repro
 
 # lint + format check, then the whole suite; `make test-fast` skips the end-to-end (slow) tests
-test: $(INSTALLED)
+test: $(INSTALLED) ## ruff (lint + format check), then the whole test suite; lists the 15 slowest tests
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) python -m pytest
+	$(RUN) python -m pytest --durations=15
 
-test-fast: $(INSTALLED)
+test-fast: $(INSTALLED) ## the unit tests only (pytest -m "not slow"): the inner loop
 	$(RUN) python -m pytest -m "not slow"
 
 # Complete the MLflow run of the last training from its files, after the store failed mid-run
 # (the train stage says so in one line); running it again adds nothing
-sync: $(INSTALLED)
+sync: $(INSTALLED) ## complete the last training's MLflow run from its files, after the store failed mid-run
 	$(RUN) python -m study.sync
 
 # Check every output dvc.lock records, workspace copy and DVC cache object, against its md5;
 # one line per damaged copy with the repair that works (spikelab/integrity.py)
-verify: $(INSTALLED)
+verify: $(INSTALLED) ## check every DVC output and cache object against dvc.lock, one line per damaged copy
 	$(RUN) python -m spikelab.integrity
 
 # Samples/s of the lab's loop vs bare model.fit vs the seed's generator, FLOP/s vs the matmul
 # peak, dvc repro wall times, then the study's runs per hour -> benchmarks/results.json
 # (about 25 minutes on 2 cores; run it with nothing else on the machine; docs/performance.md)
-bench: $(INSTALLED)
+bench: $(INSTALLED) ## training-loop speed, FLOP/s against the matmul peak, dvc repro wall time, then bench-study
 	$(RUN) python -m benchmarks.bench
 	$(RUN) python -m benchmarks.study_throughput
 
 # Study throughput: runs per hour of `dvc queue start -j 1` and `-j 2` on the default params, and
 # where a run's seconds go (stages vs DVC) -> benchmarks/results.json (~15 minutes; quiet machine)
-bench-study: $(INSTALLED)
+bench-study: $(INSTALLED) ## runs per hour of the study's DVC queue at -j 1 and -j 2, and where a run's seconds go
 	$(RUN) python -m benchmarks.study_throughput
 
 # The study's runs per hour, this code against an older commit's (BASELINE, default: the code
 # before issue 12), in one sitting, taking turns -> study_ab in benchmarks/results.json
 # (~30 minutes; quiet machine)
 BASELINE ?= 3a31d71
-bench-before-after: $(INSTALLED)
+bench-before-after: $(INSTALLED) ## runs per hour of this code against BASELINE=<rev>, taking turns in one sitting
 	$(RUN) python -m benchmarks.study_ab --baseline-rev $(BASELINE) --rounds 3 --runs 4
 
 # A named configuration (configs/NAME.yaml, only the keys it changes) as one DVC experiment named
 # NAME (NAME-2, ... when taken), started from the committed params.yaml:  make preset NAME=plateau
-preset: $(INSTALLED)
+preset: $(INSTALLED) ## a named configuration (configs/NAME.yaml) as one DVC experiment, from the committed params
 	$(RUN) python -m study.exp --preset "$(NAME)" $(if $(FROM),--from $(FROM)) $(S)
 
 # The seed's full-scale configuration (GPU advised): configs/seed-full-scale.yaml
-seed-config:
+seed-config: ## the original case at full scale (GPU advised): configs/seed-full-scale.yaml
 	@$(MAKE) --no-print-directory preset NAME=seed-full-scale
 
-# The study (docs/study.md): study/sweep.yaml queued as DVC experiments, run 2 at a time, then the
-# tables and figure in study/results/. A failed run does not stop the report: it is a row there.
-quick-sweep: $(INSTALLED)
-	-$(RUN) python -m study.sweep queue --quick
-	$(RUN) python -m study.report --quick
+# The study engine: dvc (default) queues one DVC experiment per run, 2 at a time; population
+# trains each cell's seeds together in one process (study/population.py; docs/performance.md),
+# each member still a full run's outputs and its own MLflow run:  make evidence ENGINE=population
+ENGINE ?= dvc
+ifeq ($(filter $(ENGINE),dvc population),)
+$(error ENGINE=$(ENGINE): use ENGINE=dvc or ENGINE=population)
+endif
+STUDY := $(if $(filter population,$(ENGINE)),python -m study.population,python -m study.sweep queue)
+REPORT := python -m study.report --engine $(ENGINE)
 
-sweep: $(INSTALLED)
-	-$(RUN) python -m study.sweep queue
-	$(RUN) python -m study.report
+# The study (docs/study.md): study/sweep.yaml run by the ENGINE, then the tables and figure in
+# study/results/. A failed run does not stop the report: it is a row there.
+quick-sweep: $(INSTALLED) ## 3 cells x 2 seeds of study/sweep.yaml as DVC experiments, then the report
+	-$(RUN) $(STUDY) --quick
+	$(RUN) $(REPORT) --quick
+
+sweep: $(INSTALLED) ## every cell of study/sweep.yaml x 5 seeds (45 runs), then the report
+	-$(RUN) $(STUDY)
+	$(RUN) $(REPORT)
 
 # "Network structure?": the twins split and a ReLU between the convolutions, 4 cells x 5 seeds
-structure: $(INSTALLED)
-	-$(RUN) python -m study.sweep queue --sweep study/structure.yaml
-	$(RUN) python -m study.report --sweep study/structure.yaml
+structure: $(INSTALLED) ## the twins split and a ReLU between the convolutions, 4 cells x 5 seeds, then the report
+	-$(RUN) $(STUDY) --sweep study/structure.yaml
+	$(RUN) $(REPORT) --sweep study/structure.yaml
 
 # The plateau configuration (configs/plateau.yaml: learning rate 0.01 for 200 epochs, where the
 # clipped loss climbs and stays up; docs/plateau_search.md) as the DVC experiment `plateau`
-plateau:
+plateau: ## the plateau configuration (configs/plateau.yaml: lr 0.01, 200 epochs) as one DVC experiment
 	@$(MAKE) --no-print-directory preset NAME=plateau
 
 # The plateau study: that configuration x interventions x 5 seeds, then its replays
-plateau-study: $(INSTALLED)
-	-$(RUN) python -m study.sweep queue --sweep study/plateau.yaml
-	$(RUN) python -m study.report --sweep study/plateau.yaml
+plateau-study: $(INSTALLED) ## the plateau configuration x 5 interventions x 5 seeds, the report, its replays
+	-$(RUN) $(STUDY) --sweep study/plateau.yaml
+	$(RUN) $(REPORT) --sweep study/plateau.yaml
 	$(RUN) python -m study.replay --exp plateau-baseline-s0 --name replay_plateau
 
 # One DVC experiment named after its changes, started from the committed params.yaml (FROM=workspace:
 # from the workspace's as it is), checked first, run in DVC's copy (the workspace is left as it is);
 # the legend of `dvc plots diff <name> <name>` says what differs:  make exp S="optimizer.epsilon=1e-3"
-exp: $(INSTALLED)
+exp: $(INSTALLED) ## one DVC experiment from the committed params + S: make exp S="optimizer.epsilon=1e-3"
 	$(RUN) python -m study.exp $(if $(FROM),--from $(FROM)) $(S)
 
 # `mlflow ui` on the project's store (127.0.0.1:PORT) and the link that opens its runs table in the
 # training view (MLflow 3 otherwise starts in its GenAI view)
 PORT ?= 5000
-ui: $(INSTALLED)
+ui: $(INSTALLED) ## mlflow ui on the project's store (127.0.0.1:PORT) + the link to its runs table
 	$(RUN) python -m study.ui --port $(PORT)
 
 # after the project moved or was renamed: point the MLflow store's recorded artifact folders here
-relocate: $(INSTALLED)
+relocate: $(INSTALLED) ## after the project moved or was renamed: point the MLflow store here
 	$(RUN) python -m study.relocate
 
 # the committed baseline, the workspace's last run and this commit's experiments in one narrow
 # table: the params each changed against the committed params.yaml + the key metrics
-compare: $(INSTALLED)
+compare: $(INSTALLED) ## this commit's experiments against the committed baseline: changed params, key metrics
 	$(RUN) python -m study.compare
 
-report: $(INSTALLED)
+report: $(INSTALLED) ## the tables and figure of study/sweep.yaml from `dvc exp show`
 	$(RUN) python -m study.report
 
 # The evidence study (issue 11): 13 cells x 20 seeds with both spike predictors logged, ~4.5 h on
 # 2 cores; stopped part-way, running it again goes on where it stopped (study/evidence.yaml)
-evidence: $(INSTALLED)
-	-$(RUN) python -m study.sweep queue --sweep study/evidence.yaml
-	$(RUN) python -m study.report --sweep study/evidence.yaml
+evidence: $(INSTALLED) ## the evidence study: 13 cells x 20 seeds (260 runs), report, spike predictors; resumable
+	-$(RUN) $(STUDY) --sweep study/evidence.yaml
+	$(RUN) $(REPORT) --sweep study/evidence.yaml
 	$(RUN) python -m study.predictors --sweep study/evidence.yaml
 
 # Counterfactual replays of the workspace run's spike (EXP=<name> replays a sweep experiment instead)
-replay: $(INSTALLED)
+replay: $(INSTALLED) ## counterfactual replays of the workspace run's spike (EXP=<name>: a sweep experiment's)
 	$(RUN) python -m study.replay $(if $(EXP),--exp $(EXP))
 
 # On a machine with an NVIDIA GPU: swap the CPU build of TensorFlow for the CUDA one.
-gpu-setup: $(INSTALLED)
+gpu-setup: $(INSTALLED) ## on a machine with an NVIDIA GPU: swap the CPU build of TensorFlow for the CUDA one
 	$(BIN)/python -m pip uninstall --yes tensorflow-cpu
 	$(BIN)/python -m pip install "tensorflow[and-cuda]==2.21.0"
 
 # Chromium from the OS's packages where it is missing (root, or sudo): the plots pages and the
 # MLflow UI are tested in a real headless browser (tests/browser.py)
-browser-setup:
+browser-setup: ## Chromium from the OS's packages where missing, for the browser tests
 	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1; then \
 	  echo "Chromium: installed"; \
 	else \
@@ -155,12 +169,12 @@ browser-setup:
 
 # templates/plots.html, the page of `dvc plots show/diff` with Vega inlined, from templates/plots.src.html
 # and the npm packages pinned in templates/build_plots_page.py (needs npm and the registry)
-plots-page: $(INSTALLED)
+plots-page: $(INSTALLED) ## rebuild templates/plots.html (Vega inlined) from the pinned npm packages
 	$(RUN) python templates/build_plots_page.py
 
 # ---- team mode (docs/team.md) ----------------------------------------------------------------------
 # PostgreSQL from the OS's packages where it is missing (root, or sudo)
-team-setup:
+team-setup: ## PostgreSQL from the OS's packages where it is missing (root, or sudo)
 	@if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "PostgreSQL: installed"; \
 	else \
@@ -170,16 +184,16 @@ team-setup:
 	fi
 
 # the whole team stack on this machine, on loopback; prints the client settings to export
-team-up: $(INSTALLED) team-setup
+team-up: $(INSTALLED) team-setup ## the whole team stack on this machine, on loopback; prints the client settings to export
 	$(RUN) python -m team.stack up
 
-team-down: $(INSTALLED)
+team-down: $(INSTALLED) ## stop the team stack (its data stays in .team/)
 	$(RUN) python -m team.stack down
 
 # SWEEP=study/sweep.yaml by default; with the settings of `python -m team.stack env` exported
 SWEEP ?= study/sweep.yaml
-team-study: $(INSTALLED)
+team-study: $(INSTALLED) ## a sweep (SWEEP=study/sweep.yaml) as Ray tasks on the team stack
 	$(RUN) python -m team.study submit --sweep $(SWEEP)
 
-team-collect: $(INSTALLED)
+team-collect: $(INSTALLED) ## pull the team study's experiments and write its report, failed runs as rows
 	$(RUN) python -m team.study collect --sweep $(SWEEP)

@@ -27,8 +27,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # 20 epochs, the first (tracing) not timed: the whole-set dead-zone pass and the eigenvalue
     # estimate run at epochs 10 and 20, as in the default run (every 10, the last, 150, among them).
-    # 21 epochs, as before 2026-11-26, added a dead-zone pass at the last epoch: 3 in 20 timed
-    # epochs instead of the default run's 1 in 10, over-weighting it 1.5x
+    # one more epoch would add a dead-zone pass at the last epoch: 3 in 20 timed epochs instead of
+    # the default run's 1 in 10, over-weighting it 1.5x
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--probe-sizes", type=int, nargs="+", default=[32])

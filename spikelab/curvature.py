@@ -32,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from spikelab.adam_state import AdamSlots, adam_slots
 from spikelab.model import logits_model
 
 Vectors = list[np.ndarray]
@@ -40,18 +41,23 @@ HessianProduct = Callable[[Vectors], Vectors]
 
 def adam_preconditioner(optimizer: keras.optimizers.Optimizer) -> Vectors | None:
     """P per variable, as the next Adam step applies it; None before the first step."""
-    step = float(optimizer.iterations.numpy())
-    if step == 0:
+    if float(optimizer.iterations.numpy()) == 0:
         return None
-    velocities = optimizer._velocity_hats if optimizer.amsgrad else optimizer._velocities
-    scale = math.sqrt(1.0 - optimizer.beta_2**step)
-    return [scale / (np.sqrt(v.numpy()) + optimizer.epsilon) for v in velocities]
+    return preconditioner_of(adam_slots(optimizer))
+
+
+def preconditioner_of(slots: AdamSlots) -> Vectors | None:
+    """adam_preconditioner from the slots as arrays (elementwise: stacked slots give stacked P)."""
+    if slots.step == 0:
+        return None
+    scale = math.sqrt(1.0 - slots.beta_2**slots.step)
+    return [scale / (np.sqrt(v) + slots.epsilon) for v in slots.velocities]
 
 
 def _dot(a: Vectors, b: Vectors) -> float:
     # elementwise in float64 and numpy's own sum, not BLAS (np.vdot): OpenBLAS splits a dot this size
-    # over its threads, which spin against TensorFlow's (measured beside a running study: 12.6 ms a
-    # call instead of 0.29), and its result depends on how many threads the machine has
+    # over its threads, which spin against TensorFlow's (tens of times slower beside a busy
+    # TensorFlow), and its result depends on how many threads the machine has
     return float(sum(np.multiply(x, y, dtype=np.float64).sum() for x, y in zip(a, b)))
 
 
@@ -67,21 +73,28 @@ def _dot64(a, b) -> tf.Tensor:
     return tf.add_n([tf.reduce_sum(tf.cast(x, tf.float64) * tf.cast(y, tf.float64)) for x, y in zip(a, b)])
 
 
-def power_iteration(hessian_product: HessianProduct, root, start, iterations: int) -> tuple:
+def _along_leading(value, x):
+    """value (a scalar, or one number per member) shaped to divide x (whose leading axis is the member's)."""
+    return tf.reshape(value, [*value.shape, *[1] * (len(x.shape) - len(value.shape))])
+
+
+def power_iteration(hessian_product: HessianProduct, root, start, iterations: int, dot=_dot64) -> tuple:
     """Power iteration on S = R H R, R = diag(root) = P^1/2: (Rayleigh quotient of the last unit
     vector, the last image S v), as tensors; TensorFlow ops only, so it runs inside a graph.
 
     Power iteration finds the eigenvalue of largest magnitude; near a minimum that is the largest
     positive one. The returned image warm-starts the next call, so few iterations suffice once the
-    top direction moves slowly. A zero start gives NaN (0/0), which the caller reads as no estimate."""
-    vector, estimate = list(start), tf.constant(math.nan, tf.float64)
+    top direction moves slowly. A zero start gives NaN (0/0), which the caller reads as no estimate.
+    dot: _dot64, or one returning a dot product per member (a population's stacked vectors): then
+    every member is normalised by its own norm and gets its own estimate."""
+    vector, estimate = list(start), tf.fill(tf.shape(dot(start, start)), tf.constant(math.nan, tf.float64))
     # tf.range: inside a tf.function this is one graph loop, traced once (a Python loop traced 8
     # copies: 1.1 s of start-up instead of 0.35); what the products share is computed before it
     for _ in tf.range(iterations):
-        norm = tf.cast(tf.sqrt(_dot64(vector, vector)), vector[0].dtype)
-        vector = [x / norm for x in vector]
+        norm = tf.cast(tf.sqrt(dot(vector, vector)), vector[0].dtype)
+        vector = [x / _along_leading(norm, x) for x in vector]
         image = [r * hv for r, hv in zip(root, hessian_product([r * x for r, x in zip(root, vector)]))]
-        estimate = _dot64(vector, image)
+        estimate = dot(vector, image)
         vector = image
     return estimate, vector
 
@@ -184,17 +197,19 @@ class Curvature(keras.callbacks.Callback):
             hessian_times_step = [hv.numpy() for hv in hessian_times_step]
             logs["lambda_grad"] = curvature_along_step(gradient, preconditioner, hessian_times_step)
             if self.every and (epoch + 1) % self.every == 0:
-                start = self._start(gradient, preconditioner)
+                start = power_start(gradient, preconditioner, self._vector)
                 logs["lambda_max"], self._vector = self.hessian.top_eigenvalue(preconditioner, start)
         self.cpu_seconds[epoch + 1] = time.process_time() - started
 
-    def _start(self, gradient: Vectors, preconditioner: Vectors) -> Vectors:
-        """P^1/2 g (its Rayleigh quotient is lambda_grad, so the estimate starts at least there)
-        plus the last estimate's unit vector (the top direction moves slowly between estimates)."""
-        along = [np.sqrt(p) * g for p, g in zip(preconditioner, gradient)]
-        norm = math.sqrt(_dot(along, along)) or 1.0
-        along = [a / norm for a in along]
-        if self._vector is None:
-            return along
-        norm = math.sqrt(_dot(self._vector, self._vector)) or 1.0
-        return [a + v / norm for a, v in zip(along, self._vector)]
+
+def power_start(gradient: Vectors, preconditioner: Vectors, last: Vectors | None) -> Vectors:
+    """The power iteration's start: P^1/2 g (its Rayleigh quotient is lambda_grad, so the estimate
+    starts at least there) plus the last estimate's unit vector (the top direction moves slowly
+    between estimates)."""
+    along = [np.sqrt(p) * g for p, g in zip(preconditioner, gradient)]
+    norm = math.sqrt(_dot(along, along)) or 1.0
+    along = [a / norm for a in along]
+    if last is None:
+        return along
+    norm = math.sqrt(_dot(last, last)) or 1.0
+    return [a + v / norm for a, v in zip(along, last)]

@@ -1,11 +1,14 @@
-"""Dead-zone accounting on the whole training set: the samples the clipped loss can never bring back.
+"""Dead-zone accounting on the whole training set: the samples the clipped loss gives no gradient.
 
 A training sample is *dead* when the network is wrong about it AND its softmax is saturated past
 the Keras-2 clip (its smaller probability < 1e-7): the clipped cross-entropy then charges it a
-constant ~16.03 and gives it exactly zero gradient, so nothing in training can revive it. A jump
-that throws samples there leaves the loss up for good: a plateau at about 16.03 x the dead
-fraction. The unclipped (Keras 3) form charges the same samples by their logits, and keeps a
-gradient.
+constant ~16.03 and gives it exactly zero gradient, so its own loss cannot pull it back. It is not
+gone for good: the weights it shares with the live samples keep moving under their gradients, and
+that can carry a dead sample back out (or throw more in); whether the dead set is a ratchet or a
+balance is measured image by image (`keep_dead_sets`, python -m study.dead_dynamics). Each dead
+sample costs exactly ~16.03, so 16.03 x the dead fraction matches most of the clipped loss by
+construction; what the accounting measures is the rest, the loss the live samples carry. The
+unclipped (Keras 3) form charges the same samples by their logits, and keeps a gradient.
 
 At a cadence (`diagnostics.dead_zone_every` epochs, and always at the last epoch and at every
 snapshot epoch) one forward pass over the training set logs per epoch:
@@ -13,8 +16,8 @@ snapshot epoch) one forward pass over the training set logs per epoch:
 - dead_loss_clipped: their share of the mean clipped loss (sum of their clipped loss / n);
 - dead_loss_unclipped: the same under the unclipped form (sigmoid cross-entropy on the logits);
 - full_loss_clipped, full_loss_unclipped: the whole set's mean loss in each form, same pass.
-A forward pass over 2,048 images costs about a tenth of a training epoch here; every 10 epochs
-(the default, which is also the snapshot cadence) keeps it near 1% of training (docs/performance.md).
+A forward pass over the training set costs about a tenth of a training epoch; every 10 epochs
+(the default, which is also the snapshot cadence) keeps it near 1% of training.
 """
 
 from __future__ import annotations
@@ -60,6 +63,12 @@ def saturated_and_wrong(probabilities: np.ndarray, labels: np.ndarray) -> tuple[
     return probabilities.min(axis=1) < KERAS2_EPSILON, probabilities.argmax(axis=1) != labels.argmax(axis=1)
 
 
+def dead_mask(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per sample: dead (saturated past the clip and wrong), from (n, 2) logits and one-hot labels."""
+    saturated, wrong = saturated_and_wrong(softmax(logits), labels)
+    return saturated & wrong
+
+
 def dead_zone_stats(logits: np.ndarray, labels: np.ndarray) -> dict:
     """From (n, 2) logits and one-hot labels: the dead samples and the loss they carry."""
     probabilities = softmax(logits)  # float32, as the model's softmax
@@ -86,12 +95,21 @@ def accounting_epochs(epochs: int, every: int, snapshot_every: int) -> set[int]:
 
 
 class DeadZoneAccounting(keras.callbacks.Callback):
-    """Adds the dead-zone keys to the logs of the accounting epochs (other epochs leave them out)."""
+    """Adds the dead-zone keys to the logs of the accounting epochs (other epochs leave them out).
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, data_format: str, epochs: set[int]):
+    keep_dead_sets: also keep, per accounting epoch, which samples are dead and their signed margin
+    (wrong logit minus right logit) in `dead_sets` {1-based epoch: (mask, margin)}, to follow the dead
+    set image by image; off by default, and it changes nothing in the logs.
+    """
+
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, data_format: str, epochs: set[int], keep_dead_sets: bool = False
+    ):
         super().__init__()
         self.images, self.labels, self.data_format, self.epochs = images, labels, data_format, epochs
         self.cpu_seconds: dict[int, float] = {}  # 1-based epoch -> CPU seconds inside this callback
+        self.keep_dead_sets = keep_dead_sets
+        self.dead_sets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def set_model(self, model):
         super().set_model(model)
@@ -108,4 +126,8 @@ class DeadZoneAccounting(keras.callbacks.Callback):
         )
         logits = np.concatenate([self._logits(tf.constant(batch)).numpy() for batch in batches])
         logs.update(dead_zone_stats(logits, self.labels))
+        if self.keep_dead_sets:
+            right = self.labels.argmax(axis=1)
+            margin = logits[np.arange(len(right)), 1 - right] - logits[np.arange(len(right)), right]
+            self.dead_sets[epoch + 1] = (dead_mask(logits, self.labels), margin.astype(np.float32))
         self.cpu_seconds[epoch + 1] = time.process_time() - started

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from spikelab.adam_state import AdamSlots, adam_slots
 from spikelab.curvature import ProbeHessian
 from spikelab.dead_zone import saturated_and_wrong, softmax
 from spikelab.model import logits_model
@@ -35,39 +36,81 @@ ADAM_KEYS = ("adam_ratio_max", "adam_ratio_p99", "v_below_eps_fraction", "v_sqrt
 
 def adam_state_stats(optimizer: keras.optimizers.Optimizer) -> dict:
     """Statistics of m_hat / (sqrt(v_hat) + eps) over every weight, from the optimizer's slots."""
-    step = float(optimizer.iterations.numpy())
+    return adam_ratio_stats(adam_slots(optimizer))
+
+
+def adam_ratio_stats(slots: AdamSlots) -> dict:
+    """adam_state_stats from the slots as arrays (NaN before the first step)."""
+    step = slots.step
     if step == 0:
         return {key: float("nan") for key in ADAM_KEYS}
-    # Keras 3 keeps the slots in these lists, ordered like model.trainable_variables
-    velocities = optimizer._velocity_hats if optimizer.amsgrad else optimizer._velocities
-    m = np.concatenate([np.ravel(v.numpy()) for v in optimizer._momentums])
-    v = np.concatenate([np.ravel(v.numpy()) for v in velocities])
-    m_hat = m / (1.0 - optimizer.beta_1**step)
-    v_sqrt = np.sqrt(v / (1.0 - optimizer.beta_2**step))
-    ratio = np.abs(m_hat) / (v_sqrt + optimizer.epsilon)
+    m = np.concatenate([np.ravel(v) for v in slots.momentums])
+    v = np.concatenate([np.ravel(v) for v in slots.velocities])
+    m_hat = m / (1.0 - slots.beta_1**step)
+    v_sqrt = np.sqrt(v / (1.0 - slots.beta_2**step))
+    ratio = np.abs(m_hat) / (v_sqrt + slots.epsilon)
     return {
         "adam_ratio_max": float(ratio.max()),
         "adam_ratio_p99": float(np.percentile(ratio, 99)),
-        "v_below_eps_fraction": float(np.mean(v_sqrt < optimizer.epsilon)),
+        "v_below_eps_fraction": float(np.mean(v_sqrt < slots.epsilon)),
         "v_sqrt_median": float(np.median(v_sqrt)),
     }
 
 
-def second_moment_lag(gradients: list[np.ndarray], variables: list, optimizer: keras.optimizers.Optimizer) -> dict:
-    """g2_over_v_rms overall and per layer (a variable's path is <...>/<layer>/<kernel or bias>)."""
-    step = float(optimizer.iterations.numpy())
-    velocities = optimizer._velocity_hats if optimizer.amsgrad else optimizer._velocities
-    floor = optimizer.epsilon**2
+def layer_of(variable_path: str) -> str:
+    """The layer a variable belongs to: its path is <...>/<layer>/<kernel or bias>."""
+    return variable_path.split("/")[-2]
+
+
+def second_moment_lag(gradients: list[np.ndarray], layers: list[str], slots: AdamSlots) -> dict:
+    """g2_over_v_rms overall and per layer; layers: each gradient's layer name (layer_of)."""
+    step = slots.step
+    floor = slots.epsilon**2
     ratios: dict[str, list[np.ndarray]] = {}
-    for gradient, variable, velocity in zip(gradients, variables, velocities):
-        v_hat = velocity.numpy() / (1.0 - optimizer.beta_2**step) if step else np.zeros_like(gradient)
-        layer = variable.path.split("/")[-2]
+    for gradient, layer, velocity in zip(gradients, layers, slots.velocities):
+        v_hat = velocity / (1.0 - slots.beta_2**step) if step else np.zeros_like(gradient)
         ratios.setdefault(layer, []).append(np.ravel(gradient**2 / np.maximum(v_hat, floor)))
     every = np.concatenate([part for parts in ratios.values() for part in parts])
     stats = {"g2_over_v_rms": float(np.sqrt(every.mean()))}
     for layer, parts in ratios.items():
         stats[f"g2_over_v_rms_{layer}"] = float(np.sqrt(np.concatenate(parts).mean()))
     return stats
+
+
+def update_rms(before: list[np.ndarray], after: list[np.ndarray]) -> float:
+    """Root-mean-square of the weight change between two lists of arrays."""
+    squared_change = sum(float(np.sum((a - b) ** 2)) for a, b in zip(after, before))
+    return (squared_change / sum(w.size for w in after)) ** 0.5
+
+
+def weight_norm(kernel: np.ndarray) -> float:
+    # not np.linalg.norm: its BLAS call spins threads (see curvature._dot)
+    return float(np.sqrt(np.multiply(kernel, kernel, dtype=np.float64).sum()))
+
+
+def epoch_diagnostics(
+    before: list[np.ndarray],
+    after: list[np.ndarray],
+    learning_rate: float,
+    grad_norm: float,
+    gradients: list[np.ndarray],
+    logits: np.ndarray,
+    probe_y: np.ndarray,
+    layers: list[str],
+    kernels: dict[str, np.ndarray],
+    slots: AdamSlots | None,
+) -> dict:
+    """One epoch's diagnostics keys from arrays: the weights at the epoch's start and end, the probe's
+    gradient (norm, per variable) and logits, the kernels by layer, Adam's slots (None: not Adam)."""
+    rms = update_rms(before, after)
+    logs = {"grad_norm": float(grad_norm), "update_rms": rms, "update_rms_over_lr": rms / learning_rate}
+    if slots is not None:
+        logs.update(adam_ratio_stats(slots))
+        logs.update(second_moment_lag(gradients, layers, slots))
+    for layer, kernel in kernels.items():
+        logs[f"weight_norm_{layer}"] = weight_norm(kernel)
+    logs.update(saturation_stats(logits, probe_y))
+    return logs
 
 
 def saturation_stats(logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -118,24 +161,22 @@ class Diagnostics(keras.callbacks.Callback):
         self.cpu_seconds[epoch + 1] = self._spent_at_begin + time.process_time() - started
 
     def _add_diagnostics(self, logs: dict, epoch: int) -> None:
-        weights = [v.numpy() for v in self.model.trainable_variables]
-        squared_change = sum(
-            float(np.sum((after - before) ** 2)) for after, before in zip(weights, self._weights_at_start)
-        )
-        update_rms = (squared_change / sum(w.size for w in weights)) ** 0.5
         optimizer = self.model.optimizer
         measured = self.shared.at_epoch_end(epoch, optimizer) if self.shared else None
         grad_norm, logits, gradients = measured[1][:3] if measured else self._probe_pass()
-        logs["grad_norm"] = float(grad_norm)
-        logs["update_rms"] = update_rms
-        logs["update_rms_over_lr"] = update_rms / float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-        if isinstance(optimizer, keras.optimizers.Adam):  # AdamW subclasses Adam
-            logs.update(adam_state_stats(optimizer))
-            gradients = [g.numpy() for g in gradients]
-            logs.update(second_moment_lag(gradients, self.model.trainable_variables, optimizer))
-        for layer in self.model.layers:
-            if hasattr(layer, "kernel"):
-                # not np.linalg.norm: its BLAS call spins threads (see curvature._dot)
-                kernel = layer.kernel.numpy()
-                logs[f"weight_norm_{layer.name}"] = float(np.sqrt(np.multiply(kernel, kernel, dtype=np.float64).sum()))
-        logs.update(saturation_stats(logits.numpy(), self.probe_y.numpy()))
+        is_adam = isinstance(optimizer, keras.optimizers.Adam)  # AdamW subclasses Adam
+        variables = self.model.trainable_variables
+        logs.update(
+            epoch_diagnostics(
+                self._weights_at_start,
+                [v.numpy() for v in variables],
+                float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+                grad_norm,
+                [g.numpy() for g in gradients] if is_adam else [],
+                logits.numpy(),
+                self.probe_y.numpy(),
+                [layer_of(v.path) for v in variables],
+                {layer.name: layer.kernel.numpy() for layer in self.model.layers if hasattr(layer, "kernel")},
+                adam_slots(optimizer) if is_adam else None,
+            )
+        )

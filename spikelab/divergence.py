@@ -184,22 +184,26 @@ def final_dead_zone(history: list[dict]) -> dict:
 def train_metrics(
     history: list[dict],
     rule: DivergenceParams,
-    plateau: PlateauParams,
     guard_epochs: Sequence[int],
     best_epoch: int | None,
 ) -> dict:
-    """metrics/train.json: the curves' divergence and plateau metrics, the dead zone at the end, the
-    guard and the best epoch."""
+    """metrics/train.json: the curves' divergence metrics, the dead zone at the end, the guard and the
+    best epoch. What only reads the finished curve (the plateau rule) is rule_metrics', so changing
+    such a rule re-judges the history instead of retraining."""
     losses = [row.get("loss", math.nan) for row in history]
     val_losses = [row.get("val_loss", math.nan) for row in history]
     return {
         **divergence_metrics(losses, val_losses, rule),
-        **plateau_metrics(losses, rule, plateau),
         **final_dead_zone(history),
         "guard_triggered": bool(guard_epochs),
         "guard_epoch": guard_epochs[0] if guard_epochs else None,
         "best_epoch": best_epoch,
     }
+
+
+def rule_metrics(history: list[dict], rule: DivergenceParams, plateau: PlateauParams) -> dict:
+    """metrics/rules.json: the rules read off a finished history (the rules stage's whole work)."""
+    return plateau_metrics([row.get("loss", math.nan) for row in history], rule, plateau)
 
 
 def describe_run(metrics: dict) -> str:

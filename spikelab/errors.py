@@ -33,20 +33,59 @@ def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-def exit_code_of(main: Callable[[], int | None]) -> int:
-    """Call main(); a user error prints `error: <message>` on one line and gives 2."""
+def one_line_shortened(error: BaseException, limit: int) -> str:
+    """one_line(error), at most about `limit` characters, cut between words (a word cut in half can
+    read as another word or a wrong number), ' ...' marking the cut."""
+    text = one_line(error)
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit)
+    return (text[:cut] if cut > 0 else text[:limit]) + " ..."
+
+
+def removed_outputs_hint(stage: str, dvc_yaml: str = "dvc.yaml") -> str:
+    """How to get back the outputs of `stage` that are missing now: DVC deletes a stage's outputs
+    before running it, so a stage that refuses its inputs leaves none ("" when none is missing)."""
+    from pathlib import Path
+
+    from ruamel.yaml import YAML  # not spikelab.params' reader: params imports this module
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        declared = YAML(typ="safe", pure=True).load(Path(dvc_yaml).read_text())["stages"][stage]
+    except (OSError, YAMLError, KeyError, TypeError):
+        return ""
+    gone, uncached = [], []
+    for kind in ("outs", "metrics", "plots"):
+        for entry in declared.get(kind) or []:
+            path, options = next(iter(entry.items())) if isinstance(entry, dict) else (entry, {})
+            if not Path(path).exists():
+                gone.append(path)
+                if (options or {}).get("cache") is False:
+                    uncached.append(path)
+    if not gone:
+        return ""
+    restore = f"`dvc checkout --force {stage}`"
+    if uncached:  # not in DVC's cache: in git
+        restore += f" and `git checkout HEAD -- {' '.join(uncached)}`"
+    return f"; DVC deleted the {stage} stage's outputs before it ran ({', '.join(gone)}): {restore} restores the last committed ones"
+
+
+def exit_code_of(main: Callable[[], int | None], stage: str | None = None) -> int:
+    """Call main(); a user error prints `error: <message>` on one line and gives 2. For a pipeline
+    stage the line also says how to restore the outputs DVC deleted before running it."""
     try:
         return main() or 0
     except UserError as error:
-        print("error: " + one_line(error), file=sys.stderr)
+        print("error: " + one_line(error) + (removed_outputs_hint(stage) if stage else ""), file=sys.stderr)
         return 2
 
 
-def run_entry_point(main: Callable[[], int | None]) -> None:
-    """`if __name__ == "__main__": run_entry_point(main)` for every stage and tool."""
-    code = exit_code_of(main)
+def run_entry_point(main: Callable[[], int | None], stage: str | None = None) -> None:
+    """`if __name__ == "__main__": run_entry_point(main)` for every tool; a stage names itself."""
+    code = exit_code_of(main, stage)
     # the interpreter's last garbage collection walks every object TensorFlow, Keras and MLflow
-    # made: 1.0 s of each stage's exit (measured 2026-11-26). Frozen objects are skipped; the
-    # work is done, files are closed, and atexit handlers still run
+    # made, about a second of each stage's exit. Frozen objects are skipped; the work is done,
+    # files are closed, and atexit handlers still run
     gc.freeze()
     sys.exit(code)

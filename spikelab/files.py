@@ -15,6 +15,17 @@ from spikelab.errors import InputError
 from spikelab.integrity import damage
 
 
+def project_root(start: Path | None = None) -> Path:
+    """The repo root, seen through DVC's experiment copies (<root>/.dvc/tmp/exps/...)."""
+    here = (start or Path.cwd()).resolve()
+    parts = here.parts
+    if ".dvc" in parts:
+        index = parts.index(".dvc")
+        if parts[index + 1 : index + 3] == ("tmp", "exps"):
+            return Path(*parts[:index])
+    return here
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary sibling path; rename it onto `path` only if the block succeeds.

@@ -5,7 +5,8 @@
   saturated wrong sample still has a gradient.
 - form keras2_clipped: what the seed's Keras 2 computed: probabilities clipped to
   [1e-7, 1 - 1e-7] before the log. Past the clip the gradient is exactly zero, so a
-  saturated wrong sample can never be pulled back ("dead zone").
+  saturated wrong sample gets no pull of its own ("dead zone"); only the weights it shares with
+  the live samples can carry it back (spikelab/dead_zone.py).
 log_cosh has one form (it never takes a log of a probability).
 """
 

@@ -3,7 +3,7 @@
 TensorFlow 2.21 writes "WARNING: All log messages before absl::InitializeLog() is called ..." and
 oneDNN's "custom operations are on" from C++, once at import and once at the first op, before any
 Python logging exists: TF_CPP_MIN_LOG_LEVEL, ABSL_MIN_LOG_LEVEL and TF_ENABLE_ONEDNN_OPTS=1 do not
-silence them (checked 2026-11-25). So the stages import TensorFlow and run their first op inside
+silence them. So the stages import TensorFlow and run their first op inside
 `quiet_native_startup()`: file descriptor 2 goes to a temporary file meanwhile, and every line
 that is not one of those two comes back to stderr afterwards, in order. Nothing else is hidden.
 """

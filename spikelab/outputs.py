@@ -48,7 +48,7 @@ def write_training_outputs(
     run_facts (the MLflow run id, timing) go to run.json, apart from the deterministic metrics.
     """
     (models_dir / "snapshots").mkdir(parents=True, exist_ok=True)  # a declared output, even when empty
-    metrics = train_metrics(result.history, params.divergence, params.plateau, result.guard_epochs, result.best_epoch)
+    metrics = train_metrics(result.history, params.divergence, result.guard_epochs, result.best_epoch)
     files, model_files = output_files(models_dir, metrics_dir)
     save_models(result, dict(zip(("last", "best"), model_files)))
     write_history_csv(files[1], result.history)

@@ -38,7 +38,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
-from spikelab.errors import TrackingError, one_line
+from spikelab.errors import TrackingError, one_line_shortened
+from spikelab.files import project_root
 from spikelab.lifetime import stat_fields
 
 SYNC_COMMAND = "python -m study.sync"
@@ -47,17 +48,6 @@ SYNC_COMMAND = "python -m study.sync"
 BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
 BACKOFF_S = (0.5, 1.0, 2.0)  # pauses between the attempts of one call: 3.5 s, plus at most 4 timeouts
 ORPHAN_TAG = "spikelab.failed_reason"
-
-
-def project_root(start: Path | None = None) -> Path:
-    """The repo root, seen through DVC's experiment copies (<root>/.dvc/tmp/exps/...)."""
-    here = (start or Path.cwd()).resolve()
-    parts = here.parts
-    if ".dvc" in parts:
-        index = parts.index(".dvc")
-        if parts[index + 1 : index + 3] == ("tmp", "exps"):
-            return Path(*parts[:index])
-    return here
 
 
 def tracking_uri(root: Path) -> str:
@@ -113,7 +103,8 @@ EXPERIMENT_TAGS = {
         "spikelab: why does the training loss fall for a long time, then shoot up? One run per training "
         "(a DVC experiment, named after it; `workspace` for a plain `dvc repro`). Params are params.yaml's "
         "keys; per-epoch metrics: loss, val_loss, the Adam diagnostics, the dead zone; summary.* from "
-        "metrics/train.json (diverged, divergence_epoch, jump_ratio, plateaued, final_loss), eval.* from "
+        "metrics/train.json (diverged, divergence_epoch, jump_ratio, final_loss) and metrics/rules.json "
+        "(plateaued), eval.* from "
         "metrics/evaluate.json."
     ),
 }
@@ -230,9 +221,10 @@ def mark_failed(client: MlflowClient, run_id: str, reason: str) -> None:
     retry_locked(client.set_terminated, run_id, "FAILED")
 
 
-def fail_lost_runs(exp_names: list[str], reason: str, root: Path | None = None) -> dict[str, str]:
-    """Mark FAILED (tagged `reason`) the RUNNING runs of these DVC experiments whose process on this
-    host is gone; {experiment name: MLflow run id} of those marked."""
+def fail_lost_runs(exp_names: list[str], reason: str, root: Path | None = None, since_ms: int = 0) -> dict[str, str]:
+    """Mark FAILED (tagged `reason`) the runs of these DVC experiments started since `since_ms` that
+    did not finish (RUNNING, or KILLED by a signal) and whose process on this host is gone;
+    {experiment name: MLflow run id} of those marked."""
     mlflow.set_tracking_uri(tracking_uri(root or project_root()))
     client, host = MlflowClient(), socket.gethostname()
     experiments = [e.experiment_id for e in retry_locked(client.search_experiments)]
@@ -242,11 +234,11 @@ def fail_lost_runs(exp_names: list[str], reason: str, root: Path | None = None) 
         found = retry_locked(
             client.search_runs,
             experiments,
-            filter_string=f"tags.`dvc.exp_name` = '{quoted}' and attributes.status = 'RUNNING'",
+            filter_string=f"tags.`dvc.exp_name` = '{quoted}' and attributes.start_time >= {since_ms}",
             max_results=100,
         )
         for run in found:
-            if process_gone(run.data.tags, host):
+            if run.info.status in ("RUNNING", "KILLED") and process_gone(run.data.tags, host):
                 mark_failed(client, run.info.run_id, reason)
                 lost[name] = run.info.run_id
     return lost
@@ -272,7 +264,7 @@ def log_metrics_at(run_id: str, metrics: dict, step: int) -> None:
 
 
 def summary_metrics(metrics: dict) -> dict:
-    """metrics/train.json as the run's summary.<key> metrics (step 0; bools as 0/1, nulls left out)."""
+    """metrics/train.json or rules.json as the run's summary.<key> metrics (step 0; bools as 0/1, nulls left out)."""
     return {f"summary.{key}": value for key, value in metrics.items() if value is not None}
 
 
@@ -346,7 +338,7 @@ class TrainingRun:
                 return True
             except Exception as error:  # any failure of the store: HTTP, sqlite, disk
                 if pause is None:
-                    self.failure = f"{what}: {one_line(error)[:300]}"
+                    self.failure = f"{what}: {one_line_shortened(error, 300)}"
                     print(f"train: MLflow failed ({self.failure}); training goes on without it", file=sys.stderr)
                     return False
                 time.sleep(pause)
@@ -405,10 +397,11 @@ def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
 
 
 @contextlib.contextmanager
-def training_run(experiment: str, params: dict):
-    """Open the run (named after the DVC experiment, tagged, params logged) after failing the
-    experiment's orphans; end it FINISHED when the block completes, KILLED on an interrupt
-    (SIGINT/SIGTERM arrive as KeyboardInterrupt), else FAILED.
+def training_run(experiment: str, params: dict, name: str | None = None, tags: dict | None = None):
+    """Open the run (named after the DVC experiment, or `name`; tagged, `tags` added; params logged)
+    after failing the experiment's orphans; end it FINISHED when the block completes, KILLED on an
+    interrupt (SIGINT/SIGTERM arrive as KeyboardInterrupt), else FAILED. A population's member runs
+    pass the cell's run as their parent (tag mlflow.parentRunId): `mlflow ui` nests them under it.
 
     Opening the run may fail (TrackingError, before any training); once it is open, no MLflow
     failure raises: the run degrades instead (TrainingRun.call).
@@ -418,8 +411,9 @@ def training_run(experiment: str, params: dict):
     client = MlflowClient()
     for run_id in fail_orphans(experiment_id):
         print(f"train: marked run {run_id} FAILED: its process no longer exists", file=sys.stderr)
-    tags = resolve_tags(run_tags(root))
-    created = retry_locked(client.create_run, experiment_id, tags=tags, run_name=run_name())
+    created = retry_locked(
+        client.create_run, experiment_id, tags=resolve_tags(run_tags(root) | (tags or {})), run_name=name or run_name()
+    )
     run = TrainingRun(created.info.run_id)
     status = "FAILED"
     with bounded_http():

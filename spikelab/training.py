@@ -31,6 +31,13 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def epoch_order(count: int, seed: int, epoch) -> tf.Tensor:
+    """The permutation of range(count) that epoch `epoch` (0-based, an int64 scalar) visits."""
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+    )
+
+
 def batch_stream(
     images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, first_epoch: int, epochs: int, data_format: str
 ) -> tf.data.Dataset:
@@ -41,10 +48,7 @@ def batch_stream(
     channel_axis = 1 if data_format == "channels_first" else 3
 
     def epoch_batches(epoch):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(count), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
-        )
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        return tf.data.Dataset.from_tensor_slices(epoch_order(count, seed, epoch)).batch(batch_size)
 
     def gather(indices):
         x = tf.cast(tf.gather(images, indices), tf.float32) / 255.0
@@ -52,7 +56,7 @@ def batch_stream(
 
     # fixed parallelism, autotuning off: tf.data's autotuning thread wakes up at most once a minute
     # once a pipeline has run a while, and dropping the iterator at the end of `fit` waited for it:
-    # up to 60 s of idle wall time per run (measured: 59.5 s after a 150-epoch fit, docs/performance.md)
+    # up to a minute of idle wall time at the end of a run
     options = tf.data.Options()
     options.autotune.enabled = False
     return (
@@ -97,8 +101,7 @@ def steps_per_call(steps_per_epoch: int, most: int = 16) -> int:
     """Training steps per call into TensorFlow: the largest divisor of steps_per_epoch up to `most`.
 
     Running several steps in one call (a tf.while_loop) saves Python and dispatch time on every
-    step, about a third of an epoch at batch 32 on a 2-core CPU (docs/performance.md); the numbers
-    are the same. It must divide the epoch: the batch stream spans all epochs, so an execution
+    step, a large share of a small model's epoch at batch 32; the numbers are the same. It must divide the epoch: the batch stream spans all epochs, so an execution
     running over an epoch's end would pull the next epoch's first batches into this one.
     """
     return max(d for d in range(1, most + 1) if steps_per_epoch % d == 0)
@@ -115,8 +118,11 @@ def train(
     data_format: str,
     snapshot_dir: Path | None,
     extra_callbacks: list[keras.callbacks.Callback] = (),
+    dead_sets: dict | None = None,
 ) -> TrainResult:
-    """Train from scratch, or from the snapshot params.train.resume_from names."""
+    """Train from scratch, or from the snapshot params.train.resume_from names.
+
+    dead_sets: a dict the dead-zone accounting fills with {epoch: (dead mask, margin)} (None: not kept)."""
     seed_everything(params.train.seed)
     image_size = arrays["x_train"].shape[-1]
     steps = math.ceil(len(arrays["x_train"]) / params.train.batch_size)
@@ -143,8 +149,10 @@ def train(
         )
         measured = [
             Diagnostics(probe_x, arrays["y_train"][probe], model.loss, hessian),
-            DeadZoneAccounting(arrays["x_train"], arrays["y_train"], data_format, epochs),
+            DeadZoneAccounting(arrays["x_train"], arrays["y_train"], data_format, epochs, dead_sets is not None),
         ]
+        if dead_sets is not None:
+            measured[-1].dead_sets = dead_sets
         if hessian is not None:
             measured.append(Curvature(hessian, diagnostics.eigen_every))
         callbacks += measured

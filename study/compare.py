@@ -35,7 +35,12 @@ COLUMNS = (
     ("final_loss", "final loss"),
     ("val_accuracy", "val accuracy (last)"),
 )
-TRAIN, EVALUATE = "metrics/train.json", "metrics/evaluate.json"
+TRAIN, RULES, EVALUATE = "metrics/train.json", "metrics/rules.json", "metrics/evaluate.json"
+
+
+def judged(metrics: dict) -> dict:
+    """A run's train.json with its rules.json (the plateau rule, judged after training) merged in."""
+    return metrics.get(TRAIN, {}) | metrics.get(RULES, {})
 
 
 def compare_row(name: str, params: dict, train: dict, evaluate: dict, defaults: dict) -> dict:
@@ -87,11 +92,12 @@ def workspace_run_params(lock_path: Path = Path("dvc.lock")) -> dict | None:
 
 def workspace_row(committed: dict) -> dict | None:
     """The workspace's last run, from its metrics files and dvc.lock (none before the first run)."""
-    files = [Path(TRAIN), Path(EVALUATE)]
+    files = [Path(TRAIN), Path(RULES), Path(EVALUATE)]
     params = workspace_run_params()
     if params is None or not all(path.exists() for path in files):
         return None
-    train, evaluate = (json.loads(path.read_text()) for path in files)
+    train, rules, evaluate = (json.loads(path.read_text()) for path in files)
+    train |= rules
     return compare_row("workspace", params, train, evaluate, committed["params"])
 
 
@@ -104,7 +110,7 @@ def compare_rows(payload: list[dict], head: str, workspace: dict | None = None) 
     head_row = compare_row(
         f"committed ({head[:7]})",
         committed["params"],
-        metrics.get(TRAIN, {}),
+        judged(metrics),
         metrics.get(EVALUATE, {}),
         committed["params"],
     )
@@ -116,7 +122,7 @@ def compare_rows(payload: list[dict], head: str, workspace: dict | None = None) 
         row = compare_row(
             experiment["name"],
             experiment["params"],
-            experiment["metrics"].get(TRAIN, {}) if succeeded else {},
+            judged(experiment["metrics"]) if succeeded else {},
             experiment["metrics"].get(EVALUATE, {}) if succeeded else {},
             (found.get(experiment["baseline"]) or committed)["params"],
         )

@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import time
+from pathlib import Path
 
 from spikelab.errors import UserError
 from spikelab.history import parse_history_csv
@@ -31,6 +32,10 @@ DEAD_AFTER_POLLS = 3
 # at every start) must end in one line, not a loop
 MAX_REVIVALS = 3
 LOST_REASON = "lost: its dvc queue worker died mid-run (the study marked it failed and went on)"
+# `dvc exp queue-worker` runs each experiment as a `dvc exp exec-run` process and, when it ends, saves
+# its result as an experiment (collect) and deletes its temporary copy (cleanup). A SIGKILLed worker
+# leaves that process running on its own: its training finishes, and nothing saves it.
+EXEC_RUN = ("exp", "exec-run")
 
 
 # DVC's queue keeps its tasks as message files (kombu's filesystem transport). A command that reads
@@ -226,23 +231,92 @@ def stuck_error(pending: list[str], states: dict[str, str]) -> QueueError:
     )
 
 
-def revive_dead_queue(pending: list[str], states: dict[str, str], jobs: int) -> dict[str, str | None]:
-    """No worker is alive while `pending` experiments wait: the Running ones died with their worker.
+def orphaned_trainings(names: list[str]) -> dict[str, int]:
+    """{name: pid} of these queue tasks whose `dvc exp exec-run` still runs though its worker is gone."""
+    if not names:
+        return {}
+    from dvc.repo import Repo  # DVC's queue internals: only on this rare path
 
-    Mark those failed in the queue (`dvc queue kill` on a task without a process does exactly that)
-    and in MLflow, restart workers for the Queued ones; returns {lost name: MLflow run id or None
-    when the run never opened one}.
+    found = {}
+    with Repo(".") as repo:
+        queue = repo.experiments.celery_queue
+        for name, entry in queue.match_queue_entry_by_name(set(names), queue.iter_active()).items():
+            info = queue.proc.get(entry.stash_rev) if entry else None
+            if info and info.returncode is None and runs_exec_run(info.pid):
+                found[name] = info.pid
+    return found
+
+
+def runs_exec_run(pid: int) -> bool:
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return any(arguments[i : i + 2] == list(EXEC_RUN) for i in range(len(arguments)))
+
+
+def recover_experiment(name: str) -> bool:
+    """Save as a DVC experiment the result of a task whose worker died after (or while) its training
+    ran on: what the worker's collect step would have done. False when there is no result to save
+    (the training failed or was killed too)."""
+    from dvc.repo import Repo
+    from dvc.repo.experiments.executor.base import ExecutorInfo
+    from dvc.repo.experiments.executor.local import TempDirExecutor
+    from dvc.repo.experiments.queue.base import BaseStashQueue
+
+    with Repo(".") as repo:
+        queue = repo.experiments.celery_queue
+        entry = queue.match_queue_entry_by_name({name}, queue.iter_active()).get(name)
+        if entry is None:
+            return False
+        infofile = queue.get_infofile_path(entry.stash_rev)
+        try:
+            info = ExecutorInfo.load_json(infofile)
+        except (OSError, ValueError, TypeError):
+            return False
+        if info.result is None or info.result.ref_info is None:
+            return False
+        executor = TempDirExecutor.from_info(info)
+        BaseStashQueue.collect_executor(repo.experiments, executor, info.result)
+        executor.cleanup(infofile)
+    return True
+
+
+def revive_dead_queue(
+    pending: list[str], states: dict[str, str], jobs: int, since_ms: int = 0
+) -> dict[str, str | None]:
+    """No worker is alive while `pending` experiments wait: the Running ones lost their worker (and
+    their training has ended: the caller waits for orphaned ones first).
+
+    Each is saved as a DVC experiment when its training left a result (recovered), else marked
+    failed in the queue and in MLflow; workers are restarted for the Queued ones. Returns {lost
+    name: MLflow run id, or None when the run opened none since since_ms}; recovered names are not
+    in it, and the queue says Success for them.
     """
     from spikelab.tracking import fail_lost_runs  # MLflow: only on this rare path
 
     running = [name for name in pending if states.get(name) == "Running"]
-    run_ids: dict[str, str | None] = {}
+    recovered = [name for name in running if recover_experiment(name)]
+    lost = [name for name in running if name not in recovered]
     if running:
+        # the task has no process left: `dvc queue kill` marks it done (Success with a saved result,
+        # Failed without one)
         dvc("queue", "kill", *running, check=False)
-        run_ids = {name: None for name in running} | fail_lost_runs(running, LOST_REASON)
+    for name in recovered:
+        print(
+            f"study: {name} recovered: its dvc queue worker died mid-run, its training finished on its own; "
+            "saved as a DVC experiment",
+            flush=True,
+        )
+    run_ids: dict[str, str | None] = {}
+    if lost:
+        run_ids = {name: None for name in lost} | fail_lost_runs(lost, LOST_REASON, since_ms=since_ms)
         for name, run_id in run_ids.items():
-            where = f"MLflow run {run_id} marked FAILED" if run_id else "it had opened no MLflow run"
-            print(f"study: {name} lost: its dvc queue worker died mid-run; {where}", flush=True)
+            where = f"MLflow run {run_id} marked FAILED" if run_id else "no MLflow run of it was left unfinished"
+            print(
+                f"study: {name} lost: its dvc queue worker died mid-run and its training left no result; {where}",
+                flush=True,
+            )
     if any(states.get(name) == "Queued" for name in pending):
         start_workers(jobs)
         print(f"study: no dvc queue worker was alive; started {jobs} again", flush=True)
@@ -274,9 +348,9 @@ def queue_and_wait(
 
     A name that already succeeded on the current commit, or on a commit whose training code and
     params equal HEAD's, is skipped (unless rerun); one that exists in another state is re-queued
-    with -f. When no worker is alive while experiments wait,
-    the queue is revived (`revive_dead_queue`): a run lost with its worker ends failed, with its
-    MLflow run id, and the rest go on. Raises QueueError (one line: which experiments, and the dvc
+    with -f. When no worker is alive while experiments wait, a training that outlived its worker is
+    waited for and then saved as an experiment, and the queue is revived (`revive_dead_queue`): a
+    run lost with its worker and its training ends failed, with its MLflow run id, and the rest go on. Raises QueueError (one line: which experiments, and the dvc
     command that unsticks them) when the workers keep dying.
     """
     existing = {record["name"]: record["state"] for record in experiments_of(all_commits=False)}
@@ -298,22 +372,34 @@ def queue_and_wait(
     if not queued:
         return {name: existing.get(name, "missing") for name, _ in runs}
     start_workers(jobs)
-    started = time.monotonic()
-    workerless, short, revivals, lost = 0, 0, 0, {}
+    started, since_ms = time.monotonic(), int(time.time() * 1000) - 1000
+    workerless, short, revivals, lost, orphans = 0, 0, 0, {}, {}
     while True:
         states, workers = queue_states()
         pending = [name for name in queued if states.get(name) in ACTIVE]
         # without a live worker, `dvc queue status` says Running for ever: this loop would never end
         workerless = workerless + 1 if pending and workers == 0 else 0
         if workerless >= DEAD_AFTER_POLLS:
-            if revivals == MAX_REVIVALS:
-                raise stuck_error(pending, states)
-            lost |= revive_dead_queue(pending, states, jobs)
-            workerless, revivals = 0, revivals + 1
+            # a training whose worker died goes on alone: wait for it, then save what it made
+            running = [name for name in pending if states.get(name) == "Running"]
+            alive = orphaned_trainings(running)
+            for name in alive.keys() - orphans.keys():
+                print(
+                    f"study: {name}: its dvc queue worker died; its training goes on alone (pid {alive[name]}), "
+                    "the study saves it when it ends",
+                    flush=True,
+                )
+            orphans |= alive
+            settle = [name for name in pending if name not in alive]
+            if settle:
+                if revivals == MAX_REVIVALS:
+                    raise stuck_error(settle, states)
+                lost |= revive_dead_queue(settle, states, jobs, since_ms)
+                revivals += 1
+            workerless = 0
             continue
-        # one of two workers can die alone (DVC's file-based broker: seen twice in one evening, a
-        # JSONDecodeError on a message file read empty): the study then runs at half speed with
-        # nothing said. `dvc queue start` spawns only the missing ones; after DEAD_AFTER_POLLS polls
+        # one of two workers can die alone (DVC's file-based broker: a JSONDecodeError on a message
+        # file read empty): the study then runs at half speed with nothing said. `dvc queue start` spawns only the missing ones; after DEAD_AFTER_POLLS polls
         # in a row, since a worker just started may not be registered yet
         waiting = any(states.get(name) == "Queued" for name in pending)
         short = short + 1 if workers and workers < jobs and waiting else 0
@@ -329,7 +415,8 @@ def queue_and_wait(
         if not pending:
             break
         time.sleep(poll_s)
-    final = {name: states.get(name, "missing").lower() for name in queued}
+    # a lost run is failed whatever the queue says of it
+    final = {name: "failed" if name in lost else states.get(name, "missing").lower() for name in queued}
     failed = [
         f"{name} (lost with its worker; MLflow run {lost[name] or 'none'})" if name in lost else name
         for name, state in final.items()

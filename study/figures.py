@@ -241,3 +241,71 @@ def plot_dead_zone(history: list[dict], title: str, path: Path) -> None:
     fraction_axis.grid(alpha=0.3)
     figure.tight_layout()
     save_figure(figure, path, dpi=100)
+
+
+def plot_thresholds(
+    rows: list[dict], curves: dict[str, list[float]], ratios, rule_ratio: float, path: Path, title: str
+) -> None:
+    """Top: the spike rate as a curve over the rule's ratio, one panel per comparison group (a curve
+    that drops only at high ratios means smaller spikes, one lower everywhere means rarer ones).
+    Bottom: every run's largest jump per cell (log), with the median; n/a cells are left out."""
+    groups = comparison_groups([row for row in rows if row["cell"] in curves])
+    first = rows[0]["cell"]
+    figure = plt.figure(figsize=(13, 8.5))
+    grid = figure.add_gridspec(2, len(groups), height_ratios=[1, 1.1])
+    for index, (head, members) in enumerate(groups.items()):
+        axis = figure.add_subplot(grid[0, index])
+        for cell in members:
+            axis.plot(ratios, curves[cell], marker=".", color=group_colour(cell, head, first), label=cell)
+        axis.axvline(rule_ratio, color="gray", linestyle=":", label=f"the rule's {rule_ratio:g}x")
+        axis.set_xscale("log")
+        axis.set_xticks(list(ratios), [f"{r:g}" for r in ratios], fontsize=7)
+        axis.minorticks_off()
+        axis.set_ylim(-0.03, 1.03)
+        axis.set_xlabel("threshold: loss / lowest loss before (x)", fontsize=8)
+        axis.set_ylabel("share of runs that reach it", fontsize=8)
+        axis.set_title(f"spike rate over thresholds: {head} and the cells compared with it", fontsize=9, loc="left")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    strip = figure.add_subplot(grid[1, :])
+    shown = [row for row in rows if row["cell"] in curves]
+    for position, row in enumerate(shown):
+        jumps = row.get("jumps") or []
+        colour = colour_of(row["cell"].removeprefix("plateau-")) if row["cell"] != "plateau" else colour_of(first)
+        offsets = [position + 0.25 * ((i % 7) - 3) / 3 for i in range(len(jumps))]
+        strip.scatter(offsets, _positive(jumps), s=10, color=colour, alpha=0.7)
+        if row.get("median_jump"):
+            strip.hlines(row["median_jump"], position - 0.35, position + 0.35, color="black", linewidth=1.5)
+    strip.axhline(rule_ratio, color="gray", linestyle=":")
+    strip.set_yscale("log")
+    strip.set_xticks(range(len(shown)), [row["cell"] for row in shown], rotation=30, ha="right", fontsize=8)
+    strip.set_ylabel("largest jump per run (x, log)", fontsize=8)
+    strip.set_title(
+        "every run's largest jump (black: the cell's median; dotted: the rule's threshold)", fontsize=9, loc="left"
+    )
+    strip.grid(alpha=0.3, axis="y")
+    figure.suptitle(f"{title}: spikes without the rule's one threshold", fontsize=11)
+    figure.tight_layout()
+    save_figure(figure, path, dpi=100)
+
+
+def plot_dead_dynamics(intervals: dict[str, list[dict]], path: Path, title: str) -> None:
+    """One panel per run: per interval between accountings the images that entered the dead set
+    (up) and left it (down), and the dead set's size (line): a ratchet would have no bars below 0."""
+    figure, axes = plt.subplots(1, len(intervals), figsize=(3.4 * len(intervals), 3.4), sharey=True, squeeze=False)
+    for axis, (run, rows) in zip(axes[0], intervals.items()):
+        ends = [row["to"] for row in rows]
+        width = 0.8 * (ends[1] - ends[0]) if len(ends) > 1 else 8
+        axis.bar(ends, [row["entered"] for row in rows], width=width, color="tab:red", label="entered")
+        axis.bar(ends, [-row["left"] for row in rows], width=width, color="tab:green", label="left")
+        axis.plot(ends, [row["dead after"] for row in rows], color="black", marker=".", label="dead")
+        axis.axhline(0, color="gray", linewidth=0.8)
+        axis.set_title(run, fontsize=9, loc="left")
+        axis.set_xlabel("epoch (end of the interval)", fontsize=8)
+        axis.tick_params(labelsize=7)
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("training images", fontsize=8)
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    save_figure(figure, path, dpi=100)

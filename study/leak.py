@@ -19,9 +19,8 @@ import numpy as np
 
 from spikelab.errors import UserError, run_entry_point
 from spikelab.params import SplitParams, load_params
-from study.report import RESULTS
 from study.stats import wilson_interval
-from study.tables import markdown_table, write_text
+from study.tables import RESULTS, markdown_table, write_text
 
 
 def twin_in_training(per_class: int, p: SplitParams) -> dict[str, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Are the spike predictors predictive? Measured on a study's runs (issue 11, part 3).
+"""Are the spike predictors predictive? Measured on a study's runs (issue 11, part 3; corrected in issue 28).
 
     python -m study.predictors [--sweep study/evidence.yaml]   # after `python -m study.report`
 
@@ -6,18 +6,28 @@ Reads the report's files (<prefix>_runs.csv, <prefix>_histories.csv.gz) and writ
 <prefix>_predictors.md / .csv / .png. Definitions (the same for every predictor):
 
 - a spike is an episode of epochs the divergence rule flags (divergence: in params.yaml); its
-  onset is the episode's first epoch;
+  onset is the episode's first epoch. Two targets, reported apart: *first spike* (each run's first
+  onset only; the alarms and quiet epochs after it are left out) and *all onsets* (re-crossings of
+  the line inside a run that already spiked count as spikes too);
 - an alarm is an epoch where a predictor's value crosses its threshold from below (the first
   epoch above it counts too); alarms inside a flagged episode are not predictions and are left out;
-- recall at horizon K: the share of spike onsets with an alarm in the K epochs before them;
-  precision at K: the share of alarms followed by a spike onset within K epochs; lead: onset epoch
-  minus the earliest alarm in that window; chance precision: the share of all unflagged epochs
-  followed by an onset within K (what alarms at random epochs would score).
+- recall at horizon K: the share of target onsets with an alarm in the K epochs before them;
+  precision at K: the share of alarms followed by a target onset within K epochs; lead: onset epoch
+  minus the earliest alarm in that window;
+- chance precision, within each alarm's own run: the share of that run's eligible (unflagged)
+  epochs followed by a target onset within K, averaged over the alarms; what the same number of
+  alarms at random epochs of the same runs would score. (Pooled over all runs, as before issue 28,
+  it mixes calm cells into the baseline and flatters every predictor; the CSV keeps it.)
+  lift = precision / chance;
+- intervals: 95% percentile bootstrap over runs (a run is resampled whole, so the epochs of one
+  run are never treated as independent); p: the two-sided bootstrap p-value of lift = 1, Holm-adjusted
+  over every row of the table (one family: "does this predictor beat chance?").
 
 Predictors: Bai et al.'s lambda_grad against 2/lr (beta_1 = 0) and against the momentum threshold
 (2 + 2 beta_1) / ((1 - beta_1) lr); the largest eigenvalue against 2/lr (sampled every few epochs
-only); Wortsman et al.'s g2_over_v_rms against 1; and the naive baseline: the loss at 2x its lowest
-so far. Runs whose history lacks a predictor's column (SGD: no preconditioner) are left out of it.
+only); Wortsman et al.'s g2_over_v_rms against 1; and the naive baseline: the loss at r x its lowest
+so far, at the documented r = 2 and a small grid of r (NAIVE_RATIOS). A run enters a predictor only
+where that predictor has at least one finite value (SGD: no preconditioner, so no lambda and no g2/v).
 """
 
 from __future__ import annotations
@@ -28,24 +38,39 @@ import statistics
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from spikelab.divergence import SpikeWatch
 from spikelab.errors import UserError, run_entry_point
 from spikelab.figures import plt, save_figure
 from spikelab.params import load_params
 from study.report import RESULTS, read_histories, read_records
-from study.stats import wilson_interval
+from study.stats import holm, wilson_interval
 from study.sweep import SWEEP_FILE, calm_cells, load_sweep, run_prefix
 from study.tables import format_cell, markdown_table, write_csv, write_text
 
 HORIZONS = (5, 10)
+TARGETS = ("first spike", "all onsets")
+NAIVE_RATIOS = (1.5, 2.0, 3.0, 5.0)  # 2 is the documented rule; the rest show the best naive threshold
+NAIVE = "naive: loss > 2x lowest so far"
+RESAMPLES = 10000  # the smallest bootstrap p is 2 / (RESAMPLES + 1)
 WINDOW = (-20, 5)  # epochs around a spike onset drawn in the figure
 # one lambda_grad curve suffices (its two thresholds differ by a constant); lambda_max is sampled sparsely
-DRAWN = ("lambda_grad > 2/lr", "g2_over_v_rms > 1", "naive: loss > 2 x lowest so far")
+DRAWN = ("lambda_grad > 2/lr", "g2_over_v_rms > 1", NAIVE)
 
 Predictor = tuple[str, str, Callable[[dict, dict], float]]  # (name, column it needs, row, context -> value / threshold)
 
 
+def naive(ratio: float) -> Predictor:
+    return (
+        f"naive: loss > {ratio:g}x lowest so far",
+        "loss",
+        lambda row, context: row["loss"] / context["lowest"] / ratio,
+    )
+
+
 def predictors(beta_1: float) -> list[Predictor]:
+    """Every value is the predictor divided by its threshold: an alarm is a crossing of 1."""
     momentum = (2 + 2 * beta_1) / (1 - beta_1)
     return [
         ("lambda_grad > 2/lr", "lambda_grad", lambda row, _: row["lambda_grad"] * row["learning_rate"] / 2),
@@ -56,7 +81,7 @@ def predictors(beta_1: float) -> list[Predictor]:
         ),
         ("lambda_max > 2/lr", "lambda_max", lambda row, _: row["lambda_max"] * row["learning_rate"] / 2),
         ("g2_over_v_rms > 1", "g2_over_v_rms", lambda row, _: row["g2_over_v_rms"]),
-        ("naive: loss > 2 x lowest so far", "loss", lambda row, context: row["loss"] / context["lowest"]),
+        *(naive(ratio) for ratio in NAIVE_RATIOS),
     ]
 
 
@@ -97,35 +122,86 @@ def alarms(values: list[float], flags: list[bool], threshold: float = 1.0) -> li
     return found
 
 
-def score(runs: list[tuple[list[int], list[int], list[bool]]], horizon: int) -> dict:
-    """runs: (onsets, alarms, flags) per run -> recall, precision, lead, chance precision."""
-    spikes = preceded = raised = followed = quiet = quiet_followed = 0
-    leads = []
-    for spike_onsets, alarm_epochs, flags in runs:
-        for onset in spike_onsets:
-            spikes += 1
-            before = [a for a in alarm_epochs if onset - horizon <= a < onset]
-            if before:
-                preceded += 1
-                leads.append(onset - min(before))
-        for alarm in alarm_epochs:
-            raised += 1
-            followed += any(alarm < onset <= alarm + horizon for onset in spike_onsets)
-        for epoch, flag in enumerate(flags, start=1):
-            if not flag:
-                quiet += 1
-                quiet_followed += any(epoch < onset <= epoch + horizon for onset in spike_onsets)
+COUNTS = ("spikes", "preceded", "alarms", "followed", "chance_sum", "quiet", "quiet_followed")
+
+
+def run_counts(
+    spike_onsets: list[int], alarm_epochs: list[int], flags: list[bool], horizon: int, first_only: bool = False
+) -> tuple[list[float], list[int]]:
+    """One run's counts (in COUNTS order) and its leads. first_only: the target is the run's first
+    onset alone, and only the epochs before it can raise an alarm or be a chance epoch.
+    chance_sum: the alarms times the run's own chance (the share of its eligible quiet epochs
+    followed by a target onset within the horizon)."""
+    targets = spike_onsets[:1] if first_only else list(spike_onsets)
+    last = targets[0] - 1 if first_only and targets else len(flags)  # the last eligible epoch
+    raised = [a for a in alarm_epochs if a <= last]
+    preceded, leads = 0, []
+    for onset in targets:
+        before = [a for a in raised if onset - horizon <= a < onset]
+        if before:
+            preceded += 1
+            leads.append(onset - min(before))
+    followed = sum(1 for a in raised if any(a < onset <= a + horizon for onset in targets))
+    quiet = [epoch for epoch in range(1, last + 1) if not flags[epoch - 1]]
+    quiet_followed = sum(1 for epoch in quiet if any(epoch < onset <= epoch + horizon for onset in targets))
+    own_chance = quiet_followed / len(quiet) if quiet else 0.0
+    return [len(targets), preceded, len(raised), followed, len(raised) * own_chance, len(quiet), quiet_followed], leads
+
+
+def _ratio(numerator, denominator):
+    return numerator / denominator if denominator else None
+
+
+def score(runs: list[tuple[list[int], list[int], list[bool]]], horizon: int, first_only: bool = False) -> dict:
+    """runs: (onsets, alarms, flags) per run -> counts, recall, precision, chance (within each alarm's
+    run, and pooled), lift and median lead; `per_run`: the counts array the bootstrap resamples."""
+    counted = [run_counts(*run, horizon, first_only) for run in runs]
+    per_run = np.array([counts for counts, _ in counted], dtype=float).reshape(len(counted), len(COUNTS))
+    total = dict(zip(COUNTS, per_run.sum(axis=0))) if len(counted) else dict.fromkeys(COUNTS, 0.0)
+    leads = [lead for _, run_leads in counted for lead in run_leads]
+    spikes, preceded, raised, followed = (int(total[key]) for key in ("spikes", "preceded", "alarms", "followed"))
     return {
         "spikes": spikes,
         "preceded": preceded,
-        "recall": preceded / spikes if spikes else None,
-        "recall_ci": wilson_interval(preceded, spikes),
+        "recall": _ratio(preceded, spikes),
         "alarms": raised,
         "followed": followed,
-        "precision": followed / raised if raised else None,
-        "precision_ci": wilson_interval(followed, raised),
-        "chance_precision": quiet_followed / quiet if quiet else None,
+        "precision": _ratio(followed, raised),
+        "chance_precision": _ratio(total["chance_sum"], raised),
+        "pooled_chance_precision": _ratio(total["quiet_followed"], total["quiet"]),
+        "lift": _ratio(followed, total["chance_sum"]),
         "median_lead": statistics.median(leads) if leads else None,
+        "per_run": per_run,
+    }
+
+
+def _percentiles(values: np.ndarray) -> tuple[float, float] | None:
+    finite = values[np.isfinite(values)]
+    return (float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))) if finite.size else None
+
+
+def bootstrap(per_run: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """Run-level percentile intervals of recall, precision and lift, and the two-sided bootstrap
+    p-value of lift = 1 (the share of resampled lifts on the far side of 1, doubled)."""
+    if not len(per_run):
+        return {"recall_ci": None, "precision_ci": None, "lift_ci": None, "lift_p": None}
+    draws = np.random.default_rng(seed).integers(0, len(per_run), size=(resamples, len(per_run)))
+    sums = per_run[draws].sum(axis=1)  # (resamples, counts)
+    column = {key: sums[:, i] for i, key in enumerate(COUNTS)}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = column["preceded"] / column["spikes"]
+        precision = column["followed"] / column["alarms"]
+        lift = column["followed"] / column["chance_sum"]
+    finite = lift[np.isfinite(lift)]
+    p_value = None
+    if finite.size:
+        below, above = (np.sum(finite <= 1) + 1) / (finite.size + 1), (np.sum(finite >= 1) + 1) / (finite.size + 1)
+        p_value = float(min(1.0, 2 * min(below, above)))
+    return {
+        "recall_ci": _percentiles(recall),
+        "precision_ci": _percentiles(precision),
+        "lift_ci": _percentiles(lift),
+        "lift_p": p_value,
     }
 
 
@@ -134,16 +210,33 @@ def run_flags(histories: dict[str, list[dict]], rule) -> dict[str, list[bool]]:
     return {name: flagged_epochs([row.get("loss", math.nan) for row in h], rule) for name, h in histories.items()}
 
 
+def measured_runs(histories: dict[str, list[dict]], column: str) -> dict[str, list[dict]]:
+    """The runs with at least one finite value of the column (the archive writes every column for
+    every run, NaN where a run never measured it: SGD has no lambda_grad)."""
+    return {
+        run: history
+        for run, history in histories.items()
+        if any(math.isfinite(row.get(column, math.nan)) for row in history)
+    }
+
+
 def evaluate(histories: dict[str, list[dict]], flags: dict[str, list[bool]], beta_1: float) -> list[dict]:
+    """A row per predictor x target x horizon; lift p-values Holm-adjusted over all rows."""
     rows = []
     for name, column, value in predictors(beta_1):
-        measured = {run: h for run, h in histories.items() if any(column in row for row in h)}
         per_run = []
-        for run, history in measured.items():
-            values = predictor_values(history, value)
-            per_run.append((onsets(flags[run]), alarms(values, flags[run]), flags[run]))
-        for horizon in HORIZONS:
-            rows.append({"predictor": name, "horizon": horizon, "runs": len(per_run), **score(per_run, horizon)})
+        for run, history in measured_runs(histories, column).items():
+            per_run.append((onsets(flags[run]), alarms(predictor_values(history, value), flags[run]), flags[run]))
+        for target in TARGETS:
+            for horizon in HORIZONS:
+                scored = score(per_run, horizon, first_only=target == "first spike")
+                counts = scored.pop("per_run")
+                rows.append(
+                    {"predictor": name, "target": target, "horizon": horizon, "runs": len(per_run), **scored}
+                    | bootstrap(counts)
+                )
+    for row, adjusted in zip(rows, holm([row["lift_p"] for row in rows])):
+        row["lift_p_holm"] = adjusted
     return rows
 
 
@@ -154,18 +247,47 @@ def rate(count: int, total: int, interval) -> str:
     return f"{count}/{total} = {count / total:.2f} [{low:.2f}, {high:.2f}]"
 
 
+def _with_interval(value, interval, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if interval is None:
+        return f"{value:.{digits}g}"
+    return f"{value:.{digits}g} [{interval[0]:.{digits}g}, {interval[1]:.{digits}g}]"
+
+
+def verdict(row: dict, alpha: float = 0.05) -> str:
+    """Words that follow the Holm-adjusted p (and the lift's side of 1)."""
+    adjusted = row.get("lift_p_holm")
+    if adjusted is None or row["lift"] is None:
+        return "—"
+    if adjusted >= alpha:
+        return "not distinguishable from chance"
+    return "above chance" if row["lift"] > 1 else "below chance"
+
+
 def table_rows(rows: list[dict]) -> list[dict]:
     return [
         {
             "predictor": row["predictor"],
+            "target": row["target"],
             "K": row["horizon"],
             "runs": row["runs"],
-            "recall: spikes with an alarm in the K epochs before": rate(
-                row["preceded"], row["spikes"], row["recall_ci"]
+            "recall [run bootstrap]": (
+                f"{row['preceded']}/{row['spikes']} = " + _with_interval(row["recall"], row["recall_ci"], 2)
+                if row["spikes"]
+                else "—"
             ),
-            "precision: alarms followed by a spike within K": rate(row["followed"], row["alarms"], row["precision_ci"]),
-            "chance precision": format_cell(row["chance_precision"]),
-            "median lead (epochs)": format_cell(row["median_lead"]),
+            "precision [run bootstrap]": (
+                f"{row['followed']}/{row['alarms']} = " + _with_interval(row["precision"], row["precision_ci"], 2)
+                if row["alarms"]
+                else "—"
+            ),
+            "chance (own runs)": format_cell(row["chance_precision"]),
+            "lift [run bootstrap]": _with_interval(row["lift"], row["lift_ci"], 2),
+            "p": format_cell(row["lift_p"]),
+            "p (Holm)": format_cell(row["lift_p_holm"]),
+            "verdict": verdict(row),
+            "median lead": format_cell(row["median_lead"]),
         }
         for row in rows
     ]
@@ -178,9 +300,7 @@ def aligned(histories, flags: dict[str, list[bool]], beta_1) -> dict[str, dict[i
         if name not in DRAWN:
             continue
         offsets = found.setdefault(name, {})
-        for run, history in histories.items():
-            if not any(column in row for row in history):
-                continue
+        for run, history in measured_runs(histories, column).items():
             values = predictor_values(history, value)
             for onset in onsets(flags[run]):
                 for offset in range(WINDOW[0], WINDOW[1] + 1):
@@ -209,6 +329,17 @@ def plot(found: dict, path: Path, title: str) -> None:
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     save_figure(figure, path)
+
+
+def csv_row(row: dict) -> dict:
+    """Intervals as two columns each, so the CSV stays one number per cell."""
+    flat = {}
+    for key, value in row.items():
+        if key.endswith("_ci"):
+            flat[f"{key}_low"], flat[f"{key}_high"] = value or (None, None)
+        else:
+            flat[key] = value
+    return flat
 
 
 def judged_runs(records: list[dict], cells) -> list[dict]:
@@ -262,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params()
     flags = run_flags(histories, params.divergence)
     rows = evaluate(histories, flags, params.optimizer.beta_1)
-    write_csv(args.results / f"{prefix}_predictors.csv", rows, list(rows[0]))
+    write_csv(args.results / f"{prefix}_predictors.csv", [csv_row(row) for row in rows], list(csv_row(rows[0])))
     plot(
         aligned(histories, flags, params.optimizer.beta_1),
         args.results / f"{prefix}_predictors.png",
@@ -273,7 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     write_text(
         args.results / f"{prefix}_predictors.md",
         f"# Spike predictors on `{prefix}` ({len(histories)} runs)\n\n"
-        "Definitions: `python -m study.predictors --help` / study/predictors.py. Rates with 95% Wilson intervals.\n\n"
+        "Definitions: study/predictors.py's docstring. Targets: each run's *first spike*, and *all onsets* "
+        "(re-crossings inside a run that already spiked count too). Chance: alarms at random epochs of the "
+        "alarm's own run. Intervals: 95% bootstrap over runs; p: bootstrap p of lift = 1, Holm-adjusted over "
+        f"the {len(rows)} rows (one family). A run enters a predictor only where the predictor was measured "
+        "(SGD has no lambda_grad or g2/v).\n\n"
         + markdown_table(shown, [(key, key) for key in shown[0]])
         + f"\n![predictors]({prefix}_predictors.png)\n\n## The divergence rule, per cell\n\n"
         "In cells where no one expects an Adam spike (AMSGrad: v cannot decay; SGD: no preconditioner), "
@@ -287,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     )
     print(markdown_table(shown, [(key, key) for key in shown[0]]))
+    print(f"predictors: {args.results / prefix}_predictors.md, .csv, .png")
     return 0
 
 

@@ -34,9 +34,8 @@ from spikelab.params import DivergenceParams, PlateauParams
 from spikelab.state import HISTORY
 from study.experiments import experiments_by_name, history_of, history_text, queue_and_wait, read_output
 from study.figures import plot_replay
-from study.report import RESULTS
 from study.sweep import SWEEP_FILE, SweepError, changed_params, expand, format_value, load_defaults, load_sweep
-from study.tables import markdown_table, write_csv, write_text
+from study.tables import RESULTS, markdown_table, write_csv, write_text
 
 REPLAYS = Path("study/replays")
 

@@ -22,19 +22,23 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import json
 import math
 import statistics
 from pathlib import Path
 
 from spikelab.errors import UserError, run_entry_point
-from spikelab.history import history_row
+from spikelab.history import history_row, read_history_csv
+from spikelab.params import load_params
 from study.experiments import experiments_by_name, history_of
-from study.figures import plot_dead_zone, plot_study
-from study.stats import fisher_exact, kaplan_meier, wilson_interval
+from study.figures import plot_dead_zone, plot_study, plot_thresholds
+from study.population import POPULATIONS, is_finished, member_dir
+from study.stats import bootstrap_interval, fisher_exact, holm, kaplan_meier, mann_whitney, wilson_interval
 from study.sweep import SWEEP_FILE, Cell, Run, expand, format_value, load_defaults, load_sweep, run_prefix
-from study.tables import markdown_table, write_csv, write_csv_gz, write_text
+from study.tables import RESULTS, markdown_table, write_csv, write_csv_gz, write_text
+from study.threshold_free import RATIOS, largest_jump, loss_bound, rate_curve, rule_can_fire
 
-RESULTS = Path("study/results")
+LATE = 30  # epochs at the end over which the loss's slope says "still climbing" or "flat"
 # what a run record takes from its train.json
 TRAIN_KEYS = (
     "diverged",
@@ -49,7 +53,7 @@ TRAIN_KEYS = (
     "plateau_level",
     "final_dead_fraction",
 )
-RUN_COLUMNS = ("name", "cell", "seed", "state", *TRAIN_KEYS, "val_accuracy", "rev")
+RUN_COLUMNS = ("name", "cell", "seed", "state", *TRAIN_KEYS, "val_accuracy", "rev", "engine")
 TABLE_COLUMNS = (
     ("cell", "intervention"),
     ("overrides", "overrides"),
@@ -58,6 +62,8 @@ TABLE_COLUMNS = (
     ("n_failed", "n failed"),
     ("divergence_rate_text", "divergence rate [95% CI]"),
     ("divergence_p", "p (Fisher)"),
+    ("divergence_p_holm", "p (Holm)"),
+    ("divergence_verdict", "spikes vs reference"),
     ("n_nan", "n NaN"),
     ("median_spike_epoch", "median spike epoch"),
     ("median_jump_ratio", "median jump (diverged)"),
@@ -66,7 +72,17 @@ TABLE_COLUMNS = (
     ("median_val_accuracy", "median val accuracy"),
     ("plateau_rate_text", "stays-up rate (plateau rule) [95% CI]"),
     ("plateau_p", "p (Fisher)"),
+    ("plateau_p_holm", "p (Holm)"),
+    ("plateau_verdict", "stays up vs reference"),
     ("median_final_dead_fraction", "median dead fraction at the end"),
+    ("median_late_slope", f"median loss slope, last {LATE} epochs (log/epoch)"),
+    ("median_late_rise", f"median loss(end) / loss(end - {LATE})"),
+)
+ALPHA = 0.05
+FAMILIES = (
+    "Holm's adjustment runs within a family, and a family is one column of tests: every cell's "
+    "test against its reference for one question (spike rate; stayed-up rate; largest jump; the "
+    "predictor table's rows); a cell whose rule cannot fire (n/a) is not a member."
 )
 
 
@@ -98,6 +114,8 @@ def summarize(records: list[dict]) -> dict:
         "n_plateaued": n_plateaued,
         "plateau_rate": None if n_plateaued is None or not done else n_plateaued / len(done),
         "median_final_dead_fraction": _median(r["final_dead_fraction"] for r in done),
+        "median_late_slope": _median(r.get("late_slope") for r in done),
+        "median_late_rise": _median(r.get("late_rise") for r in done),
     }
 
 
@@ -114,12 +132,23 @@ def rate_with_interval(row: dict, count: str, rate: str) -> None:
 RATES = (("n_diverged", "divergence_rate", "divergence_p"), ("n_plateaued", "plateau_rate", "plateau_p"))
 
 
-def aggregate(records: list[dict], cells: list[Cell]) -> list[dict]:
+def verdict_words(p_holm: float | None, difference: float | None, fewer: str, more: str) -> str | None:
+    """What a comparison says, following the Holm-adjusted p (alpha 0.05)."""
+    if p_holm is None or difference is None:
+        return None
+    if p_holm >= ALPHA:
+        return "no detectable difference"
+    return fewer if difference < 0 else more
+
+
+def aggregate(records: list[dict], cells: list[Cell], unreachable: frozenset[str] = frozenset()) -> list[dict]:
     """A row per cell, in sweep order; a cell that equals an earlier one reports that cell's runs.
 
     Each rate carries its 95% Wilson interval and the two-sided p-value of Fisher's exact test
     against the cell's reference (`compare_with`, else the first cell, the sweep's baseline; None
-    where the reference's runs are the row's own).
+    where the reference's runs are the row's own), Holm-adjusted within its column (FAMILIES), and
+    the words that adjusted p allows. unreachable: cells whose loss cannot reach the rule's
+    threshold (a bounded loss): their rates read "n/a" and they take no test.
     """
     source_of = {cell.name: cell.same_as or cell.name for cell in cells}
     summaries = {name: summarize([r for r in records if r["cell"] == name]) for name in set(source_of.values())}
@@ -135,9 +164,21 @@ def aggregate(records: list[dict], cells: list[Cell]) -> list[dict]:
         against = summaries[source_of[reference]]
         for count, rate, p_key in RATES:
             rate_with_interval(row, count, rate)
+            if source in unreachable:
+                row[f"{rate}_text"] = "n/a (the loss cannot reach the rule's threshold)"
+                row[p_key] = None
+                continue
             known = row["reference"] is not None and row[count] is not None and against[count] is not None
             row[p_key] = fisher_exact(row[count], row["n_runs"], against[count], against["n_runs"]) if known else None
+            measured = known and row[rate] is not None and against[rate] is not None
+            row[f"{p_key}_difference"] = row[rate] - against[rate] if measured else None
         rows.append(row)
+    for _, _, p_key in RATES:
+        for row, adjusted in zip(rows, holm([row[p_key] for row in rows])):
+            row[f"{p_key}_holm"] = adjusted
+            row[p_key.replace("_p", "_verdict")] = verdict_words(
+                adjusted, row.get(f"{p_key}_difference"), "fewer", "more"
+            )
     return rows
 
 
@@ -171,6 +212,7 @@ def run_record(run: Run, experiment: dict | None) -> dict:
         "seed": run.seed,
         "state": "missing",
         "rev": None,
+        "engine": "dvc",
         **{key: None for key in (*TRAIN_KEYS, "val_accuracy")},
     }
     if experiment is None:
@@ -178,8 +220,14 @@ def run_record(run: Run, experiment: dict | None) -> dict:
     record.update(state=experiment["state"], rev=experiment["rev"])
     if experiment["state"] != "success":
         return record  # its metrics files are the start commit's, not its own
-    train = experiment["metrics"].get("metrics/train.json", {})
-    evaluate = experiment["metrics"].get("metrics/evaluate.json", {})
+    return _with_metrics(
+        record,
+        experiment["metrics"].get("metrics/train.json", {}) | experiment["metrics"].get("metrics/rules.json", {}),
+        experiment["metrics"].get("metrics/evaluate.json", {}),
+    )
+
+
+def _with_metrics(record: dict, train: dict, evaluate: dict) -> dict:
     record.update({key: train.get(key) for key in TRAIN_KEYS})
     record["val_accuracy"] = (evaluate.get("last") or {}).get("accuracy")
     if record["diverged"] is None:  # train.json missing: the run cannot be judged
@@ -187,32 +235,284 @@ def run_record(run: Run, experiment: dict | None) -> dict:
     return record
 
 
+def population_record(run: Run, folder: Path) -> dict:
+    """A planned run joined with its population member's folder (study/population.py): the same
+    record as run_record's, from the same train.json and evaluate.json; engine `population`."""
+    record = run_record(run, None) | {"engine": "population"}
+    if not is_finished(folder):
+        return record | {"state": "failed" if folder.exists() else "missing"}
+    metrics = folder / "metrics"
+    record["state"] = "success"
+    train = json.loads((metrics / "train.json").read_text()) | json.loads((metrics / "rules.json").read_text())
+    return _with_metrics(record, train, json.loads((metrics / "evaluate.json").read_text()))
+
+
 # ---- writing ----------------------------------------------------------------------------------------
 
 
+def losses_of(history: list[dict]) -> list[float]:
+    return [row.get("loss", math.nan) for row in history]
+
+
+def late_change(losses: list[float], last: int = LATE) -> tuple[float | None, float | None]:
+    """(slope of log(loss) per epoch over the last `last` epochs, loss(end) / loss(end - last)):
+    about 0 and 1 on a flat plateau, above while the loss still climbs."""
+    points = [(i, math.log(v)) for i, v in enumerate(losses[-last:]) if math.isfinite(v) and v > 0]
+    slope = None
+    if len(points) >= 2:
+        mean_x, mean_y = statistics.fmean(x for x, _ in points), statistics.fmean(y for _, y in points)
+        slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum((x - mean_x) ** 2 for x, _ in points)
+    rise = None
+    if len(losses) > last and all(math.isfinite(v) for v in (losses[-1], losses[-1 - last])) and losses[-1 - last] > 0:
+        rise = losses[-1] / losses[-1 - last]
+    return slope, rise
+
+
+def with_curve_facts(records: list[dict], histories: dict, rule) -> list[dict]:
+    """Each record plus what its history says beyond train.json: its largest jump (all runs, not only
+    those the rule flagged), its late slope and rise, and its last epoch's training accuracy. The
+    _runs.csv columns stay as they are."""
+    added = []
+    for record in records:
+        history = histories.get(record["name"]) or []
+        losses = losses_of(history)
+        slope, rise = late_change(losses) if history else (None, None)
+        last_accuracy = next(
+            (row["accuracy"] for row in reversed(history) if math.isfinite(row.get("accuracy", math.nan))), None
+        )
+        added.append(
+            record
+            | {
+                "largest_jump": largest_jump(losses, rule.min_rise) if history else None,
+                "late_slope": slope,
+                "late_rise": rise,
+                "final_accuracy": last_accuracy,
+            }
+        )
+    return added
+
+
+def dead_zone_at_the_end(records: list[dict], cells: list[Cell], histories: dict) -> list[dict]:
+    """Per cell with dead images at the end: ranges over its runs of the last accounting's dead
+    fraction, the dead images' share of the clipped loss, and what the unclipped form would charge a
+    dead image on average. Each dead image costs the clipped loss exactly ~16.03, so the share is
+    16.03 x the dead fraction / the loss by construction; what it measures is the rest, the share
+    the live images carry."""
+    rows = []
+    for cell in cells:
+        facts = []
+        for record in (r for r in records if r["cell"] == cell.name and r["state"] == "success"):
+            accounted = [
+                row for row in histories.get(record["name"]) or [] if math.isfinite(row.get("dead_fraction", math.nan))
+            ]
+            if accounted and accounted[-1]["dead_fraction"] > 0:
+                last = accounted[-1]
+                facts.append(
+                    (
+                        last["dead_fraction"],
+                        last["dead_loss_clipped"] / last["full_loss_clipped"],
+                        last["dead_loss_unclipped"],
+                        last["dead_loss_unclipped"] / last["dead_fraction"],
+                    )
+                )
+        if len(facts) * 2 >= len([r for r in records if r["cell"] == cell.name]) and facts:
+            fractions, shares, unclipped, charges = zip(*facts)
+            rows.append(
+                {
+                    "cell": cell.name,
+                    "runs with dead images at the end": len(facts),
+                    "dead fraction": f"{min(fractions):.3f}-{max(fractions):.3f}",
+                    "dead images' share of the clipped loss": f"{min(shares):.3f}-{max(shares):.3f}",
+                    "live images' share": f"{max(0.0, 1 - max(shares)):.3f}-{max(0.0, 1 - min(shares)):.3f}",
+                    "their unclipped loss (per training image)": f"{min(unclipped):.0f}-{max(unclipped):.0f}",
+                    "unclipped charge per dead image": f"{min(charges):.0f}-{max(charges):.0f}",
+                }
+            )
+    return rows
+
+
+def unreachable_cells(records: list[dict], cells: list[Cell], histories: dict, rule) -> frozenset[str]:
+    """Cells with a bounded loss that cannot reach ratio x its lowest in any of their runs."""
+    found = set()
+    for cell in cells:
+        bound = loss_bound(cell.overrides)
+        runs = [histories.get(r["name"]) for r in records if r["cell"] == cell.name and r["state"] == "success"]
+        runs = [h for h in runs if h]
+        if bound is not None and runs and not any(rule_can_fire(losses_of(h), bound, rule.ratio) for h in runs):
+            found.add(cell.name)
+    return frozenset(found)
+
+
+JUMP_COLUMNS = (
+    ("cell", "intervention"),
+    ("reference", "compared with"),
+    ("n_runs", "n runs"),
+    ("rule", "rule can fire"),
+    ("median_jump_text", "median largest jump [95% bootstrap]"),
+    ("jump_p", "p (Mann-Whitney)"),
+    ("jump_p_holm", "p (Holm)"),
+    ("jump_verdict", "jump vs reference"),
+    *((f"rate_{r}", f"rate at {r}x") for r in (5, 10, 20)),
+    ("median_final_accuracy", "median training accuracy at the end"),
+    ("median_final_dead_fraction", "median dead fraction at the end"),
+    ("median_own_scale", "median final loss / its bound"),
+)
+
+
+def jump_rows(records: list[dict], cells: list[Cell], unreachable: frozenset[str]) -> list[dict]:
+    """The threshold-free table (study/threshold_free.py): per distinct cell the distribution of the
+    largest jump over all its finished runs, tested against its reference's by rank; for a cell whose
+    loss cannot reach the rule, what can move: accuracy, dead fraction, its loss on its own scale."""
+    done = {cell.name: [r for r in records if r["cell"] == cell.name and r["state"] == "success"] for cell in cells}
+    rows = []
+    for cell in cells:
+        if cell.same_as is not None or not done[cell.name]:
+            continue
+        jumps = [r["largest_jump"] for r in done[cell.name] if r["largest_jump"] is not None]
+        reference = cell.reference or cells[0].name
+        against = [r["largest_jump"] for r in done[reference] if r["largest_jump"] is not None]
+        interval = bootstrap_interval(jumps, statistics.median)
+        bound = loss_bound(cell.overrides)
+        middle = statistics.median(jumps) if jumps else None  # a run that went NaN jumped by inf
+        row = {
+            "cell": cell.name,
+            "reference": None if reference == cell.name else reference,
+            "jumps": jumps,
+            "n_runs": len(done[cell.name]),
+            "rule": "n/a (bounded loss)" if cell.name in unreachable else "yes",
+            "median_jump": middle,
+            "median_jump_text": f"{middle:.3g} [{interval[0]:.3g}, {interval[1]:.3g}]" if interval else middle,
+            "jump_p": None,
+            **{f"rate_{r}": share for r, share in zip(RATIOS, rate_curve(jumps))},
+            "median_final_accuracy": _median(r["final_accuracy"] for r in done[cell.name]),
+            "median_final_dead_fraction": _median(r["final_dead_fraction"] for r in done[cell.name]),
+            "median_own_scale": _median(
+                r["final_loss"] / bound for r in done[cell.name] if bound and r["final_loss"] is not None
+            ),
+        }
+        for r in (5, 10, 20):
+            row[f"rate_{r}"] = "n/a" if cell.name in unreachable else f"{row[f'rate_{r}']:.2f}"
+        if row["reference"] is not None and cell.name not in unreachable and jumps and against:
+            row["jump_p"] = mann_whitney(jumps, against)
+            row["jump_difference"] = middle - statistics.median(against)
+        rows.append(row)
+    for row, adjusted in zip(rows, holm([row["jump_p"] for row in rows])):
+        row["jump_p_holm"] = adjusted
+        row["jump_verdict"] = verdict_words(adjusted, row.get("jump_difference"), "smaller", "larger")
+    return rows
+
+
+def bounded_rows(records: list[dict], cells: list[Cell], unreachable: frozenset[str]) -> list[dict]:
+    """A cell the rule cannot judge, against its reference on what can move (Mann-Whitney, raw p)."""
+    rows = []
+    for cell in (cell for cell in cells if cell.name in unreachable):
+        reference = cell.reference or cells[0].name
+        mine = [r for r in records if r["cell"] == cell.name and r["state"] == "success"]
+        theirs = [r for r in records if r["cell"] == reference and r["state"] == "success"]
+        for key, what in (
+            ("final_accuracy", "training accuracy at the end"),
+            ("final_dead_fraction", "dead fraction at the end"),
+            ("val_accuracy", "validation accuracy at the end"),
+        ):
+            a = [r[key] for r in mine if r[key] is not None]
+            b = [r[key] for r in theirs if r[key] is not None]
+            rows.append(
+                {
+                    "cell": cell.name,
+                    "reference": reference,
+                    "measure": what,
+                    "median": _median(a),
+                    "reference median": _median(b),
+                    "p (Mann-Whitney)": mann_whitney(a, b),
+                }
+            )
+    return rows
+
+
+def write_threshold_free(records, cells, prefix: str, results: Path, unreachable, rule) -> list[dict]:
+    rows = jump_rows(records, cells, unreachable)
+    write_csv(
+        results / f"{prefix}_jumps.csv", rows, [key for key in rows[0] if key not in ("jumps", "median_jump_text")]
+    )
+    bounded = bounded_rows(records, cells, unreachable)
+    text = (
+        f"# Threshold-free evidence: `{prefix}`\n\n"
+        f"Largest jump: per run, the largest loss(t) / (lowest loss before t) over the epochs whose rise is at "
+        f"least {rule.min_rise:g} (study/threshold_free.py), over *all* finished runs; the divergence rule fires "
+        f"at ratio r exactly in the runs whose largest jump reaches r, so 'rate at r x' is the rule's rate had "
+        f"its threshold been r. Median with a 95% bootstrap interval (runs resampled); Mann-Whitney against the "
+        f"reference. {FAMILIES}\n\n"
+        + markdown_table(rows, JUMP_COLUMNS)
+        + f"\n![spike rate over thresholds]({prefix}_thresholds.png)\n"
+    )
+    if bounded:
+        text += (
+            "\n## Cells the rule cannot judge, on what can move\n\n"
+            "log_cosh on a softmax output is at most log(cosh(1)) = 0.434: where that is below "
+            f"{rule.ratio:g}x a run's lowest loss, neither the divergence nor the plateau rule can fire.\n\n"
+            + markdown_table(bounded, [(key, key) for key in bounded[0]])
+        )
+    write_text(results / f"{prefix}_jumps.md", text)
+    curves = {
+        row["cell"]: rate_curve(
+            [
+                r["largest_jump"]
+                for r in records
+                if r["cell"] == row["cell"] and r["state"] == "success" and r["largest_jump"] is not None
+            ]
+        )
+        for row in rows
+        if row["cell"] not in unreachable
+    }
+    plot_thresholds(rows, curves, RATIOS, rule.ratio, results / f"{prefix}_thresholds.png", f"spikelab study: {prefix}")
+    return rows
+
+
 def write_report(
-    records: list[dict], cells: list[Cell], prefix: str, results: Path = RESULTS, histories: dict | None = None
+    records: list[dict],
+    cells: list[Cell],
+    prefix: str,
+    results: Path = RESULTS,
+    histories: dict | None = None,
+    rule=None,
 ) -> list[dict]:
-    """Tables, figures and (read from git unless given) the per-epoch histories archive."""
-    rows = aggregate(records, cells)
+    """Tables, figures and (read from git unless given) the per-epoch histories archive.
+    rule: the divergence rule (params.yaml's when None)."""
+    rule = rule or load_params().divergence
     results.mkdir(parents=True, exist_ok=True)
-    write_csv(results / f"{prefix}.csv", rows, list(rows[0]) if rows else ["cell"])
     write_csv(results / f"{prefix}_runs.csv", records, RUN_COLUMNS)
+    if histories is None:  # from git: each experiment's commit holds its history.csv
+        histories = {r["name"]: history_of(r["rev"]) for r in records if r["state"] == "success"}
+        write_histories(results / f"{prefix}_histories.csv.gz", histories)
+    records = with_curve_facts(records, histories, rule)
+    unreachable = unreachable_cells(records, cells, histories, rule)
+    rows = aggregate(records, cells, unreachable)
+    write_csv(results / f"{prefix}.csv", rows, list(rows[0]) if rows else ["cell"])
     states = {state: sum(1 for r in records if r["state"] == state) for state in sorted({r["state"] for r in records})}
     text = (
         f"# Study results: `{prefix}`\n\n{len(records)} planned runs: "
         + ", ".join(f"{n} {state}" for state, n in states.items())
         + ". Divergence rate, medians: over finished runs; a NaN run counts as diverged; rates carry 95% Wilson"
         " intervals and Fisher's exact test (two-sided) against the cell named in 'compared with';"
-        " failed, queued and missing runs are counted in `n failed`. Per run: "
-        + f"`{prefix}_runs.csv`.\n\n"
+        " failed, queued and missing runs are counted in `n failed`. "
+        + FAMILIES
+        + " Verdict words follow the Holm-adjusted p (alpha 0.05). The same comparisons without the rule's"
+        + f" one threshold: `{prefix}_jumps.md`. Per run: `{prefix}_runs.csv`.\n\n"
         + markdown_table(rows, TABLE_COLUMNS)
         + f"\n![{prefix}]({prefix}.png)\n"
     )
+    dead = dead_zone_at_the_end(records, cells, histories)
+    if dead:
+        text += (
+            "\n## The dead zone at the end (ranges over the runs; cells where most runs end with dead images)\n\n"
+            "A dead image costs the clipped loss exactly ~16.03, so the dead images' share of it is 16.03 x the "
+            "dead fraction / the loss by construction; the measured content is the live images' share.\n\n"
+            + markdown_table(dead, [(key, key) for key in dead[0]])
+        )
+
     write_text(results / f"{prefix}.md", text)
-    if histories is None:  # from git: each experiment's commit holds its history.csv
-        histories = {r["name"]: history_of(r["rev"]) for r in records if r["state"] == "success"}
-        write_histories(results / f"{prefix}_histories.csv.gz", histories)
+    if any(histories.values()):
+        write_threshold_free(records, cells, prefix, results, unreachable, rule)
     curves = {}
     for cell in cells:
         if cell.same_as is None:
@@ -241,7 +541,7 @@ def write_histories(path: Path, histories: dict[str, list[dict]]) -> None:
 
 def _parsed(key: str, text: str):
     """A _runs.csv cell back to its value: "" is None, True/False bools, counts ints, the rest floats."""
-    if text == "" or key in ("name", "cell", "state", "rev"):
+    if text == "" or key in ("name", "cell", "state", "rev", "engine"):
         return text or None
     if text in ("True", "False"):
         return text == "True"
@@ -278,11 +578,34 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="recompute from the committed <prefix>_runs.csv and _histories.csv.gz, without DVC's experiments",
     )
+    parser.add_argument(
+        "--engine",
+        choices=("dvc", "population"),
+        default="dvc",
+        help="where the runs are: DVC experiments (dvc), or population members' folders (population)",
+    )
+    parser.add_argument("--populations", type=Path, default=POPULATIONS, help="the population members' root folder")
     args = parser.parse_args(argv)
     sweep = load_sweep(args.sweep)
     cells, runs = expand(sweep, load_defaults(), quick=args.quick)
     prefix = run_prefix(sweep, args.quick)
-    if args.from_files:
+    if args.engine == "population" and not args.from_files:
+        folders = {run.name: member_dir(prefix, run.name, args.populations) for run in runs}
+        records = [population_record(run, folders[run.name]) for run in runs]
+        if all(record["state"] == "missing" for record in records):
+            raise UserError(
+                f"report: none of the {len(records)} runs of {args.sweep} has a population member under "
+                f"{args.populations / prefix}; nothing written (run `python -m study.population --sweep {args.sweep}` first)"
+            )
+        histories = {
+            r["name"]: read_history_csv(folders[r["name"]] / "metrics" / "history.csv")
+            for r in records
+            if r["state"] == "success"
+        }
+        args.results.mkdir(parents=True, exist_ok=True)
+        write_histories(args.results / f"{prefix}_histories.csv.gz", histories)
+        rows = write_report(records, cells, prefix, args.results, histories)
+    elif args.from_files:
         records = read_records(args.results / f"{prefix}_runs.csv")
         histories = read_histories(args.results / f"{prefix}_histories.csv.gz")
         rows = write_report(records, cells, prefix, args.results, histories)

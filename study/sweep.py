@@ -26,7 +26,7 @@ from study.experiments import queue_and_wait
 
 SWEEP_FILE = Path("study/sweep.yaml")
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")  # DVC experiment names are git ref names: no dots
-SWEEP_KEYS = {"seeds", "cells", "quick", "replay", "prefix", "compare_with", "no_spike_expected"}
+SWEEP_KEYS = {"seeds", "cells", "quick", "replay", "prefix", "compare_with", "no_spike_expected", "data_seed_offset"}
 
 
 class SweepError(UserError, ValueError):
@@ -161,19 +161,40 @@ def expand(sweep: dict, defaults: dict, quick: bool = False) -> tuple[list[Cell]
         cells = [cell for cell in cells if cell.name in names]
         seeds = _seeds(subset.get("seeds"), "quick.seeds")
         prefix = "quick"
+    per_seed = data_seeds(sweep, cells)
     # seed-major order: a sweep stopped part-way has covered every cell with its first seeds
     runs = [
         Run(
             f"{prefix}-{cell.name}-s{seed}",
             cell.name,
             seed,
-            tuple(f"{key}={format_value(value)}" for key, value in cell.overrides.items()) + (f"train.seed={seed}",),
+            tuple(f"{key}={format_value(value)}" for key, value in cell.overrides.items())
+            + (f"train.seed={seed}",)
+            + per_seed(seed),
         )
         for seed in seeds
         for cell in cells
         if cell.same_as is None
     ]
     return cells, runs
+
+
+def data_seeds(sweep: dict, cells: list[Cell]):
+    """`data_seed_offset: N`: run seed s trains on its own dataset, data.seed = split.seed = N + s (every
+    cell of seed s on the same one, so cells are compared on the same datasets). Without it every run
+    uses params.yaml's data and split."""
+    offset = sweep.get("data_seed_offset")
+    if offset is None:
+        return lambda seed: ()
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 1:
+        raise SweepError(f"study/sweep.yaml: data_seed_offset must be an integer >= 1, got {offset!r}")
+    for cell in cells:
+        clash = {"data.seed", "split.seed"} & set(cell.overrides)
+        if clash:
+            raise SweepError(
+                f"study/sweep.yaml: cells.{cell.name} sets {sorted(clash)[0]}; with data_seed_offset it comes from the seed"
+            )
+    return lambda seed: (f"data.seed={offset + seed}", f"split.seed={offset + seed}")
 
 
 def load_sweep(path: Path = SWEEP_FILE) -> dict:

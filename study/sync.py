@@ -7,7 +7,10 @@ metrics/run.json, in the store the stages use (MLFLOW_TRACKING_URI, else the pro
 store), it logs what the run lacks: the per-epoch metrics of history.csv (only the steps missing
 per key), train.json's summary.* and evaluate.json's eval.* metrics, the PNG/JSON/CSV artifacts
 and models/*.keras checkpoints (missing, or of another size than the file), the `diverged` tag;
-then it ends the run FINISHED. Running it again adds nothing. When the store has no such run (a
+then it ends the run FINISHED. evaluate.json is uploaded only when it scored this run's models:
+dvc.lock's evaluate stage must name the current models/*.keras and run.json (by hash) and this
+evaluate.json; a `dvc repro -s train` leaves the last evaluation of other models, which is left out
+(`dvc repro evaluate` scores these and logs them). Running it again adds nothing. When the store has no such run (a
 new store), it creates one, tagged study.synced_from = the old id, and reuses it next time.
 """
 
@@ -25,8 +28,9 @@ from mlflow.tracking.context.registry import resolve_tags
 
 from spikelab.errors import InputError, run_entry_point
 from spikelab.history import read_history_csv
+from spikelab.integrity import file_md5
 from spikelab.outputs import output_files
-from spikelab.params import flatten, load_params
+from spikelab.params import flatten, load_params, read_yaml
 from spikelab.tracking import (
     evaluation_metrics,
     log_metric_list,
@@ -79,6 +83,21 @@ def missing_artifacts(client: MlflowClient, run_id: str, files: list[Path], fold
     return [path for path in files if held.get(path.name) != path.stat().st_size]
 
 
+def evaluation_matches(evaluate_file: Path, inputs: list[Path], root: Path) -> bool:
+    """Whether evaluate_file is the evaluate stage's output for exactly these input files: dvc.lock
+    records, per stage, the hashes of the inputs it ran on and of what it wrote."""
+    lock_path = root / "dvc.lock"
+    if not lock_path.is_file():
+        return False
+    stage = ((read_yaml(lock_path, "dvc.lock") or {}).get("stages") or {}).get("evaluate") or {}
+    recorded = {
+        (root / entry["path"]).resolve(): entry.get("md5")
+        for entry in (stage.get("deps") or []) + (stage.get("outs") or [])
+        if isinstance(entry, dict) and "path" in entry
+    }
+    return all(recorded.get(path.resolve()) == file_md5(path) for path in [evaluate_file, *inputs])
+
+
 def sync(metrics_dir: Path, models_dir: Path) -> dict:
     """Complete the run; returns what it did (run id, values and files uploaded)."""
     run_file = metrics_dir / "run.json"
@@ -95,9 +114,17 @@ def sync(metrics_dir: Path, models_dir: Path) -> dict:
     metrics = missing_epoch_metrics(client, run_id, read_history_csv(metric_files[1], skip_empty=True))
     train = json.loads(metric_files[0].read_text())
     scores = summary_metrics(train)
+    rules_file = metrics_dir / "rules.json"
+    if rules_file.is_file():
+        scores |= summary_metrics(json.loads(rules_file.read_text()))
     evaluate_file = metrics_dir / "evaluate.json"
+    evaluated = [models_dir / "best.keras", models_dir / "last.keras", run_file]
+    evaluation = "none"
     if evaluate_file.is_file():
-        scores |= evaluation_metrics(json.loads(evaluate_file.read_text()))
+        evaluation = "other"
+        if evaluation_matches(evaluate_file, [p for p in evaluated if p.is_file()], Path.cwd()):
+            scores |= evaluation_metrics(json.loads(evaluate_file.read_text()))
+            evaluation = "uploaded"
     metrics += numeric_metrics({key: value for key, value in scores.items() if key not in logged}, 0)
     log_metric_list(run_id, metrics)
     uploads = [(path, None) for path in missing_artifacts(client, run_id, metric_files, None)]
@@ -106,7 +133,14 @@ def sync(metrics_dir: Path, models_dir: Path) -> dict:
         retry_locked(client.log_artifact, run_id, str(path), folder)
     retry_locked(client.set_tag, run_id, "diverged", str(train["diverged"]).lower())
     retry_locked(client.set_terminated, run_id, "FINISHED")
-    return {"run_id": run_id, "synced_from": old_id, "metric_values": len(metrics), "files": len(uploads)}
+    return {
+        "run_id": run_id,
+        "synced_from": old_id,
+        "metric_values": len(metrics),
+        "files": len(uploads),
+        "evaluation": evaluation,
+        "evaluate_file": str(evaluate_file),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,9 +150,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     done = sync(args.metrics, args.models)
     into = "" if done["run_id"] == done["synced_from"] else f" (a new run for {done['synced_from']})"
+    other = (
+        f"; {done['evaluate_file']} left out: it scored other models (`dvc repro evaluate` scores this run's)"
+        if done["evaluation"] == "other"
+        else ""
+    )
     print(
         f"sync: run {done['run_id']}{into}: {done['metric_values']} metric values and {done['files']} files "
-        "uploaded; FINISHED"
+        f"uploaded; FINISHED{other}"
     )
 
 

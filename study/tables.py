@@ -9,6 +9,8 @@ from pathlib import Path
 
 from spikelab.files import atomic_path
 
+RESULTS = Path("study/results")  # every study's tables, figures, rows and histories
+
 
 def format_cell(value) -> str:
     if value is None:

@@ -6,16 +6,20 @@
 
 What `up` starts, each on 127.0.0.1 only:
 - PostgreSQL (the OS's server; its data in --dir, or, run as root, in the postgres user's home:
-  PostgreSQL refuses to run as root) holding two databases: `mlflow` (the tracking store) and
-  `mlflow_auth` (the users and permissions of MLflow's built-in basic authentication);
+  PostgreSQL refuses to run as root) holding two databases, each with a role of its own that can
+  reach no other: `mlflow` (the tracking store, role `mlflow`) and `mlflow_auth` (the users and
+  permissions of MLflow's built-in basic authentication, role `mlflow_auth`);
 - `mlflow server --app-name basic-auth` on that store, with proxied artifact storage
   (--artifacts-destination <dir>/artifacts --serve-artifacts): clients log artifacts through the
   server (`mlflow-artifacts:` locations) and need no storage credentials;
 - a bare git repository (the experiments' git remote) and a DVC remote directory (the cache),
   added to this project as the remotes named `team` (git remote; DVC remote in .dvc/config.local);
 - a Ray head on loopback whose `--workers` CPU slots run the study's tasks.
-The admin password is generated once and kept in <dir>/credentials.env (mode 600).
-State (ports, pids, paths) is in <dir>/stack.json, so `down` and `env` need nothing else.
+The passwords are generated once and kept in <dir>/credentials.env (mode 600). No secret is ever on
+a command line (every local user can read those with `ps`): the server reads its store's address
+from its environment and the auth database's from <dir>/basic_auth.ini (mode 600).
+State (ports, pids, paths) is in <dir>/stack.json, so `down` and `env` need nothing else; `down`
+stops only the processes this stack started (other Ray clusters on the host keep running).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ class Stack:
     git_remote: str
     dvc_remote: str
     mlflow_pid: int | None = None
+    ray_pid: int | None = None
 
     @property
     def tracking_uri(self) -> str:
@@ -127,19 +132,27 @@ def free_port() -> int:
 
 
 def credentials(stack_dir: Path) -> dict[str, str]:
-    """The generated passwords, made once: admin (MLflow) and the database role's."""
+    """The generated passwords, made once: admin (MLflow) and each database role's. A file from an
+    older stack gains the ones it lacks; the ones it has are kept."""
     path = stack_dir / "credentials.env"
-    if not path.exists():
-        values = {
-            "MLFLOW_TRACKING_USERNAME": "admin",
-            "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(18),
-            "SPIKELAB_DB_PASSWORD": secrets.token_urlsafe(18),
-            # the auth app's CSRF protection signs with it; every server of the team shares it
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
-        }
-        path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    values = dict(line.split("=", 1) for line in path.read_text().split()) if path.exists() else {}
+    wanted = {
+        "MLFLOW_TRACKING_USERNAME": lambda: "admin",
+        "MLFLOW_TRACKING_PASSWORD": lambda: secrets.token_urlsafe(18),
+        "SPIKELAB_DB_PASSWORD": lambda: secrets.token_urlsafe(18),
+        "SPIKELAB_AUTH_DB_PASSWORD": lambda: secrets.token_urlsafe(18),
+        # the auth app's CSRF protection signs with it; every server of the team shares it
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": lambda: secrets.token_urlsafe(32),
+    }
+    missing = {key: make() for key, make in wanted.items() if key not in values}
+    if missing:
+        values.update(missing)
+        # created at mode 600, never readable by others for a moment
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write("".join(f"{key}={value}\n" for key, value in values.items()))
         path.chmod(0o600)
-    return dict(line.split("=", 1) for line in path.read_text().split())
+    return values
 
 
 def start_postgres(stack: Stack, secrets_: dict[str, str]) -> None:
@@ -162,29 +175,56 @@ def start_postgres(stack: Stack, secrets_: dict[str, str]) -> None:
         postgres_command("pg_ctl", "-D", str(data), "-l", str(log), "-o", options, "-w", "start"),
         f"PostgreSQL start (log {log})",
     )
-    password = secrets_["SPIKELAB_DB_PASSWORD"]
-    script = (
-        "SELECT 'CREATE ROLE mlflow LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mlflow')\\gexec\n"
-        f"ALTER ROLE mlflow PASSWORD '{password}';\n"
-        "SELECT 'CREATE DATABASE mlflow OWNER mlflow' WHERE NOT EXISTS "
-        "(SELECT FROM pg_database WHERE datname = 'mlflow')\\gexec\n"
-        "SELECT 'CREATE DATABASE mlflow_auth OWNER mlflow' WHERE NOT EXISTS "
-        "(SELECT FROM pg_database WHERE datname = 'mlflow_auth')\\gexec\n"
-    )
     psql = postgres_command("psql", "-h", str(data), "-p", str(stack.postgres_port), "-U", "postgres", "-v")
-    run([*psql, "ON_ERROR_STOP=1", "-d", "postgres"], "creating the mlflow role and databases", input=script)
+    # on stdin, not in argv: the passwords stay off every command line
+    script = roles_and_databases_sql(secrets_)
+    run([*psql, "ON_ERROR_STOP=1", "-d", "postgres"], "creating the database roles and databases", input=script)
+
+
+# database -> (its role, the credentials.env key of the role's password)
+DATABASE_ROLES = {
+    "mlflow": ("mlflow", "SPIKELAB_DB_PASSWORD"),
+    "mlflow_auth": ("mlflow_auth", "SPIKELAB_AUTH_DB_PASSWORD"),
+}
+
+
+def roles_and_databases_sql(secrets_: dict[str, str]) -> str:
+    """Each database owned by its own role, which can connect to it and to nothing else: a leaked
+    tracking password cannot read or rewrite the users and permissions of basic auth. Re-running
+    it on an older stack (one role owning both) moves the auth database and its tables over."""
+    lines = []
+    for database, (role, password_key) in DATABASE_ROLES.items():
+        lines += [
+            f"SELECT 'CREATE ROLE {role} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}')\\gexec",
+            f"ALTER ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '{secrets_[password_key]}';",
+            f"SELECT 'CREATE DATABASE {database} OWNER {role}' WHERE NOT EXISTS "
+            f"(SELECT FROM pg_database WHERE datname = '{database}')\\gexec",
+            f"ALTER DATABASE {database} OWNER TO {role};",
+            f"REVOKE ALL ON DATABASE {database} FROM PUBLIC;",
+        ]
+    lines.append("REVOKE ALL ON DATABASE postgres FROM PUBLIC;")
+    lines += [
+        "\\connect mlflow_auth",
+        "DO $$ DECLARE t record; BEGIN FOR t IN SELECT tablename FROM pg_tables "
+        "WHERE schemaname = 'public' AND tableowner <> 'mlflow_auth' "
+        "LOOP EXECUTE format('ALTER TABLE public.%I OWNER TO mlflow_auth', t.tablename); END LOOP; END $$;",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def database_uri(stack: Stack, secrets_: dict[str, str], database: str) -> str:
+    """The address of one database, as its own role: it holds a password, so it goes only into
+    the environment or a mode-600 file, never into argv."""
+    role, password_key = DATABASE_ROLES[database]
     # the psycopg2 driver named: SQLAlchemy 2.1's default for postgresql:// is psycopg 3
-    return (
-        f"postgresql+psycopg2://mlflow:{secrets_['SPIKELAB_DB_PASSWORD']}@{LOOPBACK}:{stack.postgres_port}/{database}"
-    )
+    return f"postgresql+psycopg2://{role}:{secrets_[password_key]}@{LOOPBACK}:{stack.postgres_port}/{database}"
 
 
 def start_mlflow(stack: Stack, secrets_: dict[str, str]) -> int:
     stack_dir = Path(stack.dir)
     config = stack_dir / "basic_auth.ini"
+    config.touch(mode=0o600)
+    config.chmod(0o600)  # before it holds a password
     config.write_text(
         "[mlflow]\n"
         "default_permission = READ\n"
@@ -199,14 +239,14 @@ def start_mlflow(stack: Stack, secrets_: dict[str, str]) -> int:
         os.environ,
         MLFLOW_AUTH_CONFIG_PATH=str(config),
         MLFLOW_FLASK_SERVER_SECRET_KEY=secrets_["MLFLOW_FLASK_SERVER_SECRET_KEY"],
+        # the environment of a process is readable by its own user only; its argv by everyone
+        MLFLOW_BACKEND_STORE_URI=database_uri(stack, secrets_, "mlflow"),
     )
     command = [
         *mlflow_cli(),
         "server",
         "--app-name",
         "basic-auth",
-        "--backend-store-uri",
-        database_uri(stack, secrets_, "mlflow"),
         "--artifacts-destination",
         str((stack_dir / "artifacts").resolve()),
         "--serve-artifacts",
@@ -237,10 +277,24 @@ def ray_cli() -> list[str]:
 RAY_LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
-def start_ray(stack: Stack) -> None:
-    command = [*ray_cli(), "start", "--head", "--port", str(stack.ray_port), "--node-ip-address", LOOPBACK]
-    command += ["--num-cpus", str(stack.workers), "--include-dashboard", "false", "--disable-usage-stats"]
-    run(command, "the Ray head", env=dict(os.environ, **RAY_LOOPBACK_ONLY))
+def start_ray(stack: Stack) -> int:
+    """The Ray head in the foreground (--block) of a session of its own: its daemons stay its children,
+    so `down` stops this head and what it started, and no other Ray cluster on the host."""
+    command = [*ray_cli(), "start", "--head", "--block", "--port", str(stack.ray_port)]
+    command += ["--node-ip-address", LOOPBACK, "--num-cpus", str(stack.workers)]
+    command += ["--include-dashboard", "false", "--disable-usage-stats"]
+    log = Path(stack.dir) / "ray.log"
+    log.write_bytes(b"")
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, **RAY_LOOPBACK_ONLY),
+            start_new_session=True,
+        )
+    wait_until(lambda: b"Ray runtime started." in log.read_bytes(), "the Ray head", log, process)
+    return process.pid
 
 
 def make_remotes(stack: Stack) -> None:
@@ -311,21 +365,76 @@ def up(stack_dir: Path, workers: int, ports: dict[str, int]) -> Stack:
     stack.mlflow_pid = start_mlflow(stack, secrets_)
     save_stack(stack)
     print(f"team stack: Ray head on {stack.ray_address}, {workers} tasks at a time", flush=True)
-    start_ray(stack)
+    stack.ray_pid = start_ray(stack)
+    save_stack(stack)
     make_remotes(stack)
     print(f"team stack: git remote `team` = {stack.git_remote}; DVC remote `team` = {stack.dvc_remote}")
     return stack
 
 
-def stop_group(pgid: int, grace_s: float = 20.0) -> None:
-    """SIGTERM a process group (the server, its uvicorn workers, job runner and huey consumers), wait
-    for every member to exit, SIGKILL what is left after grace_s: `down` returns with none running."""
+def descendants(pid: int) -> set[int]:
+    """Every living process below pid (Ray's workers run in process groups of their own)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])  # the name in (...) may hold spaces
+        children.setdefault(parent, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def started_here(pid: int, *words: str) -> bool:
+    """Whether process pid runs a command line holding all these words."""
     try:
-        os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            os.killpg(pgid, 0)  # raises once the group is empty
-            time.sleep(0.2)
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    return all(word in arguments for word in words)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_group(pgid: int, grace_s: float = 20.0, leader_first: bool = False) -> None:
+    """SIGTERM a process group this stack started (the server with its uvicorn workers, job runner
+    and huey consumers; or the Ray head with its daemons), wait for every member and descendant to
+    exit, SIGKILL what is left after grace_s: `down` returns with none running. leader_first: only
+    the leader gets SIGTERM (`ray start --block` then stops its own daemons in order)."""
+    members = descendants(pgid) | {pgid}
+    try:
+        if leader_first:
+            os.kill(pgid, signal.SIGTERM)
+        else:
+            os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(alive(pid) for pid in members):
+        members |= {child for pid in list(members) if alive(pid) for child in descendants(pid)}
+        time.sleep(0.2)
+    for pid in (pid for pid in members if alive(pid)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
@@ -333,8 +442,13 @@ def stop_group(pgid: int, grace_s: float = 20.0) -> None:
 
 def down(stack_dir: Path, purge: bool = False) -> None:
     stack = load_stack(stack_dir.resolve())
-    subprocess.run([*ray_cli(), "stop", "--force"], capture_output=True, env=dict(os.environ, **RAY_LOOPBACK_ONLY))
-    if stack.mlflow_pid:
+    # a pid from stack.json is signalled only while it still runs what this stack started there (after
+    # a reboot the number may belong to anything)
+    if stack.ray_pid and started_here(stack.ray_pid, "start", "--port", str(stack.ray_port)):
+        stop_group(stack.ray_pid, leader_first=True)
+    elif not stack.ray_pid:  # an older stack's detached head: `ray stop` would stop every cluster here
+        print("team stack: this stack's Ray head is not known by pid; stop it with `ray stop` if it runs")
+    if stack.mlflow_pid and started_here(stack.mlflow_pid, "server", "--port", str(stack.mlflow_port)):
         stop_group(stack.mlflow_pid)
     data = Path(stack.postgres_data)
     if (data / "postmaster.pid").exists():

@@ -26,9 +26,7 @@ def kicked_run(tiny_raw, **guard):
     params = params_from_dict(tiny_raw)
     solid, broken, _ = generate(params.data)
     result = train(params, split(solid, broken, params.split), "channels_last", None, [LearningRateKick()])
-    return result, train_metrics(
-        result.history, params.divergence, params.plateau, result.guard_epochs, result.best_epoch
-    )
+    return result, train_metrics(result.history, params.divergence, result.guard_epochs, result.best_epoch)
 
 
 @pytest.fixture

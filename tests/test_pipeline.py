@@ -31,11 +31,6 @@ TRAIN_KEYS = {
     "broken_from_start",
     "first_loss",
     "final_to_first",
-    "plateaued",
-    "plateau_start_epoch",
-    "plateau_epochs",
-    "plateau_to_end",
-    "plateau_level",
     "final_dead_fraction",
     "final_dead_loss_share",
 }
@@ -50,6 +45,8 @@ def test_repro_then_experiments_land_in_dvc_and_the_one_mlflow_store(lab_repo):
     assert TRAIN_KEYS <= metrics.keys()
     assert metrics["epochs_run"] == 3 and metrics["nan"] is False
     assert 0 < metrics["min_loss"] <= metrics["peak_loss"] and metrics["min_loss"] < 1.0
+    rules = json.loads((root / "metrics/rules.json").read_text())
+    assert rules.keys() == {"plateaued", "plateau_start_epoch", "plateau_epochs", "plateau_to_end", "plateau_level"}
     rows = list(csv.DictReader((root / "metrics/history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert float(rows[-1]["loss"]) == pytest.approx(metrics["final_loss"])
@@ -80,6 +77,7 @@ def test_repro_then_experiments_land_in_dvc_and_the_one_mlflow_store(lab_repo):
     assert "spikelab" in experiment.tags["mlflow.note.content"]
     assert [m.step for m in client.get_metric_history(first.info.run_id, "loss")] == [1, 2, 3]
     assert "eval.best.accuracy" in first.data.metrics and first.data.tags["diverged"] == "false"
+    assert "summary.plateaued" in first.data.metrics  # the rules stage's, into train's run
     artifacts = {a.path for a in client.list_artifacts(first.info.run_id, "checkpoints")}
     assert artifacts == {"checkpoints/best.keras", "checkpoints/last.keras"}
     assert {a.path for a in client.list_artifacts(first.info.run_id)} >= {"loss_curve.png", "train.json", "history.csv"}
@@ -91,6 +89,10 @@ def test_repro_then_experiments_land_in_dvc_and_the_one_mlflow_store(lab_repo):
     assert "Running stage 'train'" in out
     assert "0.001" in run(["dvc", "params", "diff"], root).stdout
     assert "min_loss" in run(["dvc", "metrics", "diff"], root).stdout
+
+    # a rule read off the finished curve re-judges it: no retraining
+    out = run(["dvc", "exp", "run", "-n", "plateau-5", "-S", "plateau.min_epochs=5"], root).stdout
+    assert "Stage 'train' didn't change, skipping" in out and "Running stage 'rules'" in out
 
     run(["dvc", "exp", "run", "--queue", "-n", "queued-seed-1", "-S", "train.seed=1"], root)
     run(["dvc", "queue", "start", "-j", "1"], root)

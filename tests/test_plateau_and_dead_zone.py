@@ -145,3 +145,27 @@ def test_training_history_has_the_dead_zone_at_the_accounting_epochs(tiny_raw):
     history = train(params, arrays, "channels_last", None).history
     assert [math.isfinite(row.get("dead_fraction", math.nan)) for row in history] == [False, True, False, True]
     assert all(0 <= row["dead_fraction"] <= 1 for row in history if "dead_fraction" in row)
+
+
+def test_kept_dead_sets_match_the_logged_fraction_and_change_nothing(tiny_raw):
+    params = params_from_dict(with_changes(tiny_raw, {"train": {"epochs": 3}}))
+    solid, broken, _ = generate(params.data)
+    arrays = split(solid, broken, params.split)
+    plain = train(params, arrays, "channels_last", None).history
+    dead_sets: dict = {}
+    kept = train(params, arrays, "channels_last", None, dead_sets=dead_sets).history
+    assert kept == plain  # the option only observes
+    assert sorted(dead_sets) == [1, 2, 3]
+    for row in kept:
+        mask, margin = dead_sets[int(row["epoch"])]
+        assert mask.shape == margin.shape == (len(arrays["y_train"]),)
+        assert mask.mean() == pytest.approx(row["dead_fraction"])
+        assert not np.any(mask & (margin < 16.0))  # a dead sample is wrong by more than the clip's margin
+
+
+def test_dead_mask_agrees_with_the_stats():
+    from spikelab.dead_zone import dead_mask
+
+    logits = np.array([[30.0, -30.0], [30.0, -30.0], [1.0, -1.0], [8.1, -8.1]], dtype=np.float32)
+    labels = np.array([BROKEN, SOLID, BROKEN, BROKEN], dtype=np.float32)
+    assert dead_mask(logits, labels).tolist() == [True, False, False, True]

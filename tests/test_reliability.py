@@ -464,6 +464,10 @@ def test_mlflow_server_dying_mid_training_costs_nothing_and_sync_completes_the_r
     }
     assert f"run {run_id}: 0 metric values and 0 files uploaded" in second.stdout
     assert {key: len(history) for key, history in again.items()} == {key: epochs for key in histories}
+    # metrics/evaluate.json is still the baseline's (3 epochs): it scored other models, so none of it
+    # joins this run, and the line says why
+    assert not [key for key in run_after.data.metrics if key.startswith("eval.")], sorted(run_after.data.metrics)
+    assert "metrics/evaluate.json left out: it scored other models (`dvc repro evaluate`" in first.stdout
 
 
 def long_training(root: Path) -> None:
@@ -655,6 +659,57 @@ def queue_worker_above(pid: int) -> list[int]:
     return chain
 
 
+def test_a_training_that_outlives_its_sigkilled_queue_worker_is_saved_as_an_experiment(lab, tmp_path):
+    """Only the worker dies: its `dvc exp exec-run` trains on alone. The study waits for it and saves
+    its result as the experiment the worker would have saved; nothing is counted as a success that
+    is not one."""
+    waiter_code = (
+        "import json\n"
+        "from spikelab.errors import run_entry_point\n"
+        "from study.experiments import queue_and_wait\n"
+        "runs = [('orphan', ['-S', 'train.epochs=60']), ('other', ['-S', 'train.epochs=2'])]\n"
+        "run_entry_point(lambda: print('final', json.dumps(queue_and_wait(runs, 2, poll_s=1.0))))\n"
+    )
+    MlflowClient(tracking_uri=f"sqlite:///{lab / 'mlflow.db'}").search_experiments()
+    stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with stderr.open("w") as errors, stdout.open("w") as output:
+        waiter = subprocess.Popen(
+            [sys.executable, "-c", waiter_code], cwd=lab, env=lab_env(lab), stdout=output, stderr=errors
+        )
+    chain = []
+    try:
+
+        def orphan_run():
+            return [r for r in mlflow_runs(lab) if r.data.tags.get("dvc.exp_name") == "orphan"]
+
+        orphan = wait_until(orphan_run, 240, "the orphan's training to start")[0]
+        chain = queue_worker_above(int(orphan.data.tags["spikelab.pid"]))
+        os.kill(chain[-1], signal.SIGKILL)  # the worker alone; its training goes on
+        returncode = waiter.wait(timeout=400)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
+        for pid in chain:
+            if not process_gone(pid):
+                os.kill(pid, signal.SIGKILL)
+        run(["dvc", "queue", "stop", "--kill"], lab, check=False)
+
+    printed = stdout.read_text()
+    assert returncode == 0, stderr.read_text()
+    assert "study: orphan: its dvc queue worker died; its training goes on alone" in printed, printed
+    assert "study: orphan recovered: its dvc queue worker died mid-run, its training finished" in printed
+    assert "2 experiments in" in printed and "; 0 failed" in printed
+    assert json.loads(printed.split("final ", 1)[1]) == {"orphan": "success", "other": "success"}
+    runs = {r.data.tags["dvc.exp_name"]: r for r in mlflow_runs(lab)}
+    assert runs["orphan"].info.status == "FINISHED"
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], lab).stdout)
+    names = {e.get("name"): e for commit in shown for e in commit.get("experiments") or []}
+    assert {"orphan", "other"} <= names.keys()  # the orphan is a DVC experiment, with its metrics
+    orphan_metrics = names["orphan"]["revs"][0]["data"]["metrics"]["metrics/train.json"]["data"]
+    assert orphan_metrics["epochs_run"] == 60
+
+
 def test_queue_and_wait_revives_a_queue_whose_worker_died_and_fails_the_lost_run(lab, tmp_path):
     waiter_code = (
         "import json\n"
@@ -691,8 +746,8 @@ def test_queue_and_wait_revives_a_queue_whose_worker_died_and_fails_the_lost_run
     printed = stdout.read_text()
     assert returncode == 0, stderr.read_text()
     assert (
-        f"study: doomed lost: its dvc queue worker died mid-run; MLflow run {doomed.info.run_id} marked FAILED"
-        in printed
+        f"study: doomed lost: its dvc queue worker died mid-run and its training left no result; "
+        f"MLflow run {doomed.info.run_id} marked FAILED" in printed
     )
     assert "study: no dvc queue worker was alive; started 1 again" in printed
     assert f"1 failed: doomed (lost with its worker; MLflow run {doomed.info.run_id})" in printed

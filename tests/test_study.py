@@ -67,6 +67,24 @@ def test_quick_subset_has_its_own_names_and_seeds(defaults):
     assert runs[1].overrides == ("optimizer.name=sgd", "optimizer.learning_rate=0.01", "train.seed=3")
 
 
+def test_a_data_seed_offset_gives_each_seed_its_own_dataset_shared_by_its_cells(defaults):
+    _, runs = expand({**SWEEP, "data_seed_offset": 1000}, defaults)
+    assert runs[0].overrides == ("train.seed=0", "data.seed=1000", "split.seed=1000")
+    assert runs[-1].overrides[-3:] == ("train.seed=1", "data.seed=1001", "split.seed=1001")
+    assert {run.overrides[-1] for run in runs if run.seed == 1} == {"split.seed=1001"}
+
+
+def test_the_replication_is_the_preregistered_design(defaults):
+    """study/preregistered.md: the 12 cells that carry a verdict, train seeds 20-39, data 1000 + seed."""
+    sweep = load_sweep(REPO_SWEEP.parent / "replication.yaml")
+    cells, runs = expand(sweep, defaults)
+    evidence, _ = expand(load_sweep(REPO_SWEEP.parent / "evidence.yaml"), defaults)
+    same = {cell.name: cell.overrides for cell in evidence if cell.name != "plateau-log-cosh"}
+    assert {cell.name: cell.overrides for cell in cells} == same
+    assert sorted({run.seed for run in runs}) == list(range(20, 40)) and len(runs) == 240
+    assert all(f"data.seed={1000 + run.seed}" in run.overrides for run in runs)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -80,6 +98,11 @@ def test_quick_subset_has_its_own_names_and_seeds(defaults):
         (lambda s: s.update(compare_with={"sgd": "sgd"}), "'sgd' cannot be compared with itself"),
         (lambda s: s.update(compare_with=["sgd"]), "'compare_with' must be a mapping"),
         (lambda s: s.update(no_spike_expected=["nope"]), "no_spike_expected must list some of the cells"),
+        (lambda s: s.update(data_seed_offset=0), "data_seed_offset must be an integer >= 1"),
+        (
+            lambda s: s.update(data_seed_offset=10, cells={"own": {"data.seed": 3}}),
+            "cells.own sets data.seed; with data_seed_offset it comes from the seed",
+        ),
     ],
 )
 def test_bad_sweep_files_are_rejected_naming_the_key(defaults, change, message):
@@ -245,12 +268,17 @@ def test_markdown_and_csv_tables(records, tmp_path, monkeypatch):
     text = (tmp_path / "sweep.md").read_text()
     # rates as count/runs = rate [95% Wilson interval]; Fisher's p against the baseline (none on its own runs)
     assert (
-        "| baseline | (params.yaml) | — | 2 | 0 | 2/2 = 1.00 [0.34, 1.00] | — | 1 | 25 | 100 | 100 | 8 | 0.5 |" in text
+        "| baseline | (params.yaml) | — | 2 | 0 | 2/2 = 1.00 [0.34, 1.00] | — | — | — | 1 | 25 | 100 | 100 | 8 | 0.5 |"
+        in text
     )
-    assert "| eps-1e-8 | optimizer.epsilon=1e-08 | baseline | 1 | 1 | 0/1 = 0.00 [0.00, 0.79] | 0.333 | 0 |" in text
+    # Holm over the column's two tests (eps-1e-8: p 1/3, sgd: p 1): 2 x 1/3
+    assert (
+        "| eps-1e-8 | optimizer.epsilon=1e-08 | baseline | 1 | 1 | 0/1 = 0.00 [0.00, 0.79] | 0.333 | 0.667 |"
+        " no detectable difference | 0 |" in text
+    )
     assert "| eps-1e-7 (= baseline) | optimizer.epsilon=1e-07 | — | 2 | 0 | 2/2 = 1.00 [0.34, 1.00] | — |" in text
     assert (
-        "| clip | optimizer.clipnorm=1.0 optimizer.amsgrad=true | baseline | 0 | 2 | — | — | 0 | — | — | — | — | — |"
+        "| clip | optimizer.clipnorm=1.0 optimizer.amsgrad=true | baseline | 0 | 2 | — | — | — | — | 0 | — | — | — | — | — |"
         in text
     )
     assert "8 planned runs: 1 failed, 2 missing, 1 queued, 4 success" in text
@@ -368,7 +396,8 @@ def test_a_queue_whose_workers_keep_dying_ends_in_one_line_after_the_revivals(mo
     monkeypatch.setattr(experiments, "dvc", lambda *args, check=True: commands.append(args))
     monkeypatch.setattr(experiments, "start_workers", lambda jobs: None)
     monkeypatch.setattr(experiments, "queue_states", lambda: parse_queue_status(DEAD_QUEUE))
-    monkeypatch.setattr(experiments, "revive_dead_queue", lambda pending, states, jobs: revived.append(pending) or {})
+    monkeypatch.setattr(experiments, "orphaned_trainings", lambda names: {})
+    monkeypatch.setattr(experiments, "revive_dead_queue", lambda pending, *args: revived.append(pending) or {})
     with pytest.raises(experiments.QueueError, match="no worker is alive"):
         experiments.queue_and_wait([("longone", []), ("later", [])], jobs=1, poll_s=0)
     assert len(revived) == experiments.MAX_REVIVALS

@@ -210,57 +210,120 @@ def test_the_server_stopped_mid_run_loses_no_files_and_says_so(team_lab, tmp_pat
     assert (kept / "models" / "best.keras").stat().st_size > 0
 
 
-def process_table() -> dict[int, tuple[str, int, int, str]]:
-    """pid -> (start time, parent, process group, command line) of every process now running."""
-    table = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+def as_nobody(*command: str) -> subprocess.CompletedProcess:
+    """A command run by another local user, one with no rights on anything of the stack's."""
+    become = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+    return subprocess.run([*become, *command], capture_output=True, text=True, cwd="/")
+
+
+def test_no_secret_reaches_another_local_user_and_each_database_has_its_own_role(team_lab):
+    lab, stack_dir, _ = team_lab
+    if os.geteuid() != 0:
+        pytest.skip("becoming another local user needs root (CI runs as root)")
+    stack = json.loads((stack_dir / "stack.json").read_text())
+    secrets_ = dict(line.split("=", 1) for line in (stack_dir / "credentials.env").read_text().split())
+    hidden = [value for key, value in secrets_.items() if key != "MLFLOW_TRACKING_USERNAME"]
+    # every process's argv is readable by every user: no secret in any of them
+    listing = as_nobody("ps", "-eo", "args")
+    assert listing.returncode == 0 and "mlflow" in listing.stdout and "ray" in listing.stdout, listing.stderr
+    leaked = [line for line in listing.stdout.splitlines() if any(value in line for value in hidden)]
+    assert not leaked, leaked
+    # the server's environment (where its store's address is) and the files holding secrets are not
+    assert as_nobody("cat", f"/proc/{stack['mlflow_pid']}/environ").returncode != 0
+    for name in ("credentials.env", "basic_auth.ini"):
+        assert (stack_dir / name).stat().st_mode & 0o777 == 0o600, name
+
+    # the tracking role reaches the tracking store only; the auth role the auth database only
+    import psycopg2
+
+    def connects(role: str, password_key: str, database: str) -> bool:
         try:
-            stat = Path(f"/proc/{name}/stat").read_text()
-            command = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces
-        table[int(name)] = (fields[19], int(fields[1]), int(fields[2]), command)
-    return table
+            psycopg2.connect(
+                host="127.0.0.1",
+                port=stack["postgres_port"],
+                user=role,
+                password=secrets_[password_key],
+                dbname=database,
+                connect_timeout=10,
+            ).close()
+        except psycopg2.OperationalError as error:
+            assert "permission denied" in str(error), error
+            return False
+        return True
+
+    assert connects("mlflow", "SPIKELAB_DB_PASSWORD", "mlflow")
+    assert not connects("mlflow", "SPIKELAB_DB_PASSWORD", "mlflow_auth")
+    assert connects("mlflow_auth", "SPIKELAB_AUTH_DB_PASSWORD", "mlflow_auth")
+    assert not connects("mlflow_auth", "SPIKELAB_AUTH_DB_PASSWORD", "mlflow")
+    # ... and the auth role owns the users table the server made, so the server needs nothing more
+    owner = subprocess.run(
+        ["runuser", "-u", "postgres", "--"]
+        + ["psql", "-h", stack["postgres_data"], "-p", str(stack["postgres_port"]), "-U", "postgres"]
+        + ["-d", "mlflow_auth", "-tAc", "SELECT tableowner FROM pg_tables WHERE tablename = 'users'"],
+        capture_output=True,
+        text=True,
+    )
+    assert owner.stdout.strip() == "mlflow_auth", owner.stderr
 
 
-def stack_processes(stack: dict) -> dict[str, set[tuple[int, str]]]:
-    """The stack's own processes as (pid, start time), by part: the MLflow server's process group, the
-    PostgreSQL server of this stack's data folder, the Ray processes of this stack's port."""
-    table = process_table()
-    postmaster = Path(stack["postgres_data"], "postmaster.pid").read_text().split()[0]
-    ray_marks = (f"{stack['ray_port']} ", f":{stack['ray_port']} ", f"={stack['ray_port']} ")
-    parts = {
-        "mlflow": lambda pid, parent, group, command: group == stack["mlflow_pid"],
-        "postgres": lambda pid, parent, group, command: int(postmaster) in (pid, parent),
-        "ray": lambda pid, parent, group, command: any(mark in command + " " for mark in ray_marks),
-    }
-    return {
-        part: {(pid, start) for pid, (start, *rest) in table.items() if belongs(pid, *rest)}
-        for part, belongs in parts.items()
-    }
+def start_other_ray_cluster() -> tuple[subprocess.Popen, Path]:
+    """Someone else's Ray head on this host (own ports, own temp dir), which `down` must leave alone."""
+    import tempfile
+
+    from team.stack import free_port
+
+    temp = Path(tempfile.mkdtemp(prefix="ray-other-", dir="/tmp"))  # short: Ray's socket paths are limited
+    command = [str(Path(os.sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats"]
+    command += ["--port", str(free_port()), "--node-ip-address", "127.0.0.1", "--num-cpus", "1"]
+    command += ["--include-dashboard", "false", "--temp-dir", str(temp)]
+    command += ["--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port())]
+    log = temp / "start.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"),
+        )
+    deadline = time.monotonic() + 120
+    while b"Ray runtime started." not in log.read_bytes():
+        assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.5)
+    return process, temp
 
 
-def test_the_stack_comes_down_leaving_no_process_behind(team_lab):
-    """Only the stack's own processes are checked: a developer's `mlflow ui` (uvicorn) or another
-    stack on the machine is none of this test's business."""
+def test_the_stack_comes_down_leaving_no_process_behind_and_other_ray_clusters_running(team_lab):
+    """Only the stack's own processes are checked (its recorded pids and their descendants): a
+    developer's `mlflow ui` or another Ray cluster on the machine is none of this test's business."""
+    from team.stack import descendants
+
     lab, stack_dir, _ = team_lab
     stack = json.loads((stack_dir / "stack.json").read_text())
+    other, other_temp = start_other_ray_cluster()
+    other_processes = descendants(other.pid)
     # an unrelated `mlflow ui` a developer left open: must neither fail the test nor be stopped
     bystander = subprocess.Popen(["bash", "-c", "exec -a 'uvicorn mlflow.server:app --port 5000' sleep 300"])
     try:
-        before = stack_processes(stack)
-        assert all(before.values()), before  # each part was found running, so its absence below means something
+        # the server's own helpers (uvicorn, its job runner and huey consumers) are in its process
+        # group; the Ray head's daemons are its children
+        ours = (
+            {stack["mlflow_pid"], stack["ray_pid"]} | descendants(stack["mlflow_pid"]) | descendants(stack["ray_pid"])
+        )
+        assert len(ours) > 4
         run(["python", "-m", "team.stack", "down", "--dir", str(stack_dir), "--purge"], lab)
         time.sleep(2)
-        table = process_table()
-        for part, processes in before.items():
-            left = [pid for pid, start in processes if table.get(pid, ("",))[0] == start]
-            assert not left, f"{part}: {[table[pid][3] for pid in left]}"
+        left = [pid for pid in ours if Path(f"/proc/{pid}").exists()]
+        assert not left, [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in left]
+        pattern = stack["postgres_data"]
+        assert subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True).returncode == 1
+        assert not Path(stack["postgres_data"]).exists() and not stack_dir.exists()
+        # another cluster on the host is not the stack's to stop
+        assert other.poll() is None and all(Path(f"/proc/{pid}").exists() for pid in other_processes)
         assert bystander.poll() is None
     finally:
         bystander.kill()
         bystander.wait()
-    assert not Path(stack["postgres_data"]).exists() and not stack_dir.exists()
+        other.terminate()
+        other.wait(timeout=60)
+        shutil.rmtree(other_temp, ignore_errors=True)

@@ -1,0 +1,233 @@
+"""The population engine: members start, train and log as single runs do, deterministically.
+
+What a member's numbers depend on (docs/performance.md): its own params, seeds and data, the
+population's size P and its slot; not its neighbours' seeds or values. Tested here: neighbours
+swapped at the same P and slot leave a member's history byte-identical; a re-run is byte-identical;
+a member agrees with the single run of its seed to float tolerance.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import TINY, run
+from spikelab.data import generate, split
+from spikelab.history import write_history_csv
+from spikelab.model import resolve_data_format
+from spikelab.params import params_from_dict
+from spikelab.training import compile_model, seed_everything, train
+from study.population_engine import Member, Population, check_population
+
+EPOCHS = 3
+
+
+def tiny_params(seed: int, **sections):
+    raw = copy.deepcopy(TINY)
+    raw["train"].update(seed=seed, snapshot_every=0, epochs=EPOCHS)
+    # every diagnostic at every epoch, so each is compared
+    raw["diagnostics"].update(dead_zone_every=1, eigen_every=1)
+    for section, values in sections.items():
+        raw[section].update(values)
+    return params_from_dict(raw)
+
+
+@pytest.fixture(scope="module")
+def arrays():
+    params = tiny_params(0)
+    solid, broken, _ = generate(params.data)
+    return split(solid, broken, params.split)
+
+
+@pytest.fixture(scope="module")
+def data_format():
+    return resolve_data_format("auto")
+
+
+def population(seeds, arrays, data_format, **sections) -> Population:
+    members = [Member(f"s{seed}", tiny_params(seed, **sections), arrays) for seed in seeds]
+    return Population(members, data_format, [None] * len(members))
+
+
+def history_bytes(history, tmp_path) -> bytes:
+    path = tmp_path / "history.csv"
+    write_history_csv(path, history)
+    return path.read_bytes()
+
+
+def assert_agrees(member: list[dict], single: list[dict], loss_rtol: float, other_rtol: float) -> None:
+    assert [row["epoch"] for row in member] == [row["epoch"] for row in single]
+    for ours, theirs in zip(member, single):
+        assert set(ours) == set(theirs)
+        for key, value in theirs.items():
+            tolerance = loss_rtol if key in ("loss", "val_loss", "accuracy", "val_accuracy") else other_rtol
+            if math.isnan(value):
+                assert math.isnan(ours[key]), key
+            else:
+                assert ours[key] == pytest.approx(value, rel=tolerance, abs=1e-7), (ours["epoch"], key)
+
+
+def test_members_start_from_the_single_runs_initial_weights(arrays, data_format):
+    engine = population([4, 7], arrays, data_format)
+    for slot, seed in enumerate([4, 7]):
+        seed_everything(seed)
+        single = compile_model(tiny_params(seed), arrays["x_train"].shape[-1], data_format)
+        for ours, theirs in zip(engine.variables, single.trainable_variables):
+            assert ours.path == theirs.path
+            np.testing.assert_array_equal(ours.numpy()[slot], theirs.numpy())
+
+
+@pytest.fixture(scope="module")
+def trained(arrays, data_format):
+    """seed 1 at slot 1 among {0, 2}, the same again, and among {3, 4}; the single run of seed 1."""
+    return {
+        "first": population([0, 1, 2], arrays, data_format).train(),
+        "again": population([0, 1, 2], arrays, data_format).train(),
+        "other_neighbours": population([3, 1, 4], arrays, data_format).train(),
+        "single": train(tiny_params(1), arrays, data_format, None),
+    }
+
+
+def test_a_rerun_is_byte_identical(trained, tmp_path):
+    for first, again in zip(trained["first"].results, trained["again"].results):
+        assert history_bytes(first.history, tmp_path) == history_bytes(again.history, tmp_path)
+
+
+def test_a_member_does_not_depend_on_its_neighbours(trained, tmp_path):
+    ours = history_bytes(trained["first"].results[1].history, tmp_path)
+    assert ours == history_bytes(trained["other_neighbours"].results[1].history, tmp_path)
+    # the neighbours themselves differ: the check above compares different populations
+    assert trained["first"].results[0].history[-1]["loss"] != trained["other_neighbours"].results[0].history[-1]["loss"]
+
+
+def test_a_member_agrees_with_the_single_run_of_its_seed(trained):
+    # every key, diagnostics included; the losses agree far closer than the diagnostics (which
+    # amplify last-bit differences of the weights: ratios, percentiles, power iteration)
+    assert_agrees(trained["first"].results[1].history, trained["single"].history, 1e-5, 1e-2)
+    assert trained["first"].results[1].history[0]["loss"] == pytest.approx(
+        trained["single"].history[0]["loss"], rel=1e-6
+    )
+
+
+def test_the_best_state_and_final_states_use_the_single_runs_keys(trained):
+    result = trained["first"]
+    single = trained["single"]
+    assert set(result.final_states[1]) == set(single.best_state)
+    assert result.results[1].best_epoch == single.best_epoch
+
+
+@pytest.mark.parametrize(
+    "sections",
+    [
+        {"optimizer": {"clipnorm": 0.05}},  # binds: per member and per variable, as Keras clips
+        pytest.param({"optimizer": {"amsgrad": True}}, marks=pytest.mark.slow),
+        pytest.param({"optimizer": {"name": "sgd", "learning_rate": 0.01}}, marks=pytest.mark.slow),
+        pytest.param({"loss": {"form": "keras3"}}, marks=pytest.mark.slow),
+        pytest.param({"loss": {"name": "log_cosh"}}, marks=pytest.mark.slow),
+    ],
+)
+def test_cells_of_the_evidence_study_agree_with_single_runs(sections, arrays, data_format):
+    result = population([0, 1], arrays, data_format, **sections).train()
+    single = train(tiny_params(1, **sections), arrays, data_format, None)
+    assert_agrees(result.results[1].history, single.history, 1e-5, 1e-2)
+
+
+def test_clipping_is_per_member(arrays, data_format):
+    """A member's clipped step must not see its neighbour's gradient: seed 1 beside seed 0 or seed 3."""
+    clip = {"optimizer": {"clipnorm": 0.05}}
+    beside_0 = population([0, 1], arrays, data_format, **clip).train().results[1].history
+    beside_3 = population([3, 1], arrays, data_format, **clip).train().results[1].history
+    assert [row["loss"] for row in beside_0] == [row["loss"] for row in beside_3]
+
+
+def test_a_population_of_two_cells_or_with_the_guard_is_refused(arrays):
+    members = [Member("a", tiny_params(0), arrays), Member("b", tiny_params(1, optimizer={"epsilon": 0.01}), arrays)]
+    with pytest.raises(ValueError, match="b differs from a in optimizer.epsilon; a population is one cell"):
+        check_population(members)
+    guarded = [Member("a", tiny_params(0, guard={"enabled": True}), arrays)]
+    with pytest.raises(ValueError, match="guard.enabled = true is not supported"):
+        check_population(guarded)
+    with pytest.raises(ValueError, match="member names repeat"):
+        check_population([Member("a", tiny_params(0), arrays), Member("a", tiny_params(1), arrays)])
+
+
+def test_members_may_train_on_datasets_of_their_own(arrays, data_format):
+    other_params = tiny_params(1, data={"seed": 5}, split={"seed": 6})
+    solid, broken, _ = generate(other_params.data)
+    other = split(solid, broken, other_params.split)
+    members = [Member("own", other_params, other), Member("shared", tiny_params(1), arrays)]
+    result = Population(members, data_format, [None, None]).train()
+    single = train(other_params, other, data_format, None)
+    assert_agrees(result.results[0].history, single.history, 1e-5, 1e-2)
+
+
+TINY_SWEEP = {
+    "prefix": "tiny",
+    "seeds": [0, 1],
+    "cells": {"baseline": {}, "eps-1e-2": {"optimizer.epsilon": 1.0e-2}},
+    "replay": {"min_gap": 1, "cells": ["eps-1e-2"]},
+}
+
+
+@pytest.mark.slow
+def test_a_study_through_populations_reports_rows_and_nests_mlflow_runs(lab_repo):
+    (lab_repo / "study" / "tiny.yaml").write_text(yaml.safe_dump(TINY_SWEEP, sort_keys=False))
+    made = run(["python", "-m", "study.population", "--sweep", "study/tiny.yaml"], lab_repo)
+    assert "study: 4/4 runs done" in made.stdout
+    again = run(["python", "-m", "study.population", "--sweep", "study/tiny.yaml"], lab_repo)
+    assert "tiny-baseline-s0 already finished with these params, skipped" in again.stdout
+    run(["python", "-m", "study.report", "--sweep", "study/tiny.yaml", "--engine", "population"], lab_repo)
+    results = lab_repo / "study" / "results"
+    with open(results / "tiny_runs.csv") as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    assert sorted(rows) == ["tiny-baseline-s0", "tiny-baseline-s1", "tiny-eps-1e-2-s0", "tiny-eps-1e-2-s1"]
+    assert {row["engine"] for row in rows.values()} == {"population"}
+    assert {row["state"] for row in rows.values()} == {"success"}
+    assert float(rows["tiny-baseline-s1"]["val_accuracy"]) > 0
+    member = lab_repo / "study" / "populations" / "tiny" / "tiny-baseline-s1"
+    facts = json.loads((member / "metrics" / "run.json").read_text())
+    assert (facts["engine"], facts["population_size"], facts["slot"]) == ("population", 2, 1)
+    snapshots = sorted(path.name for path in (member / "models" / "snapshots").iterdir())
+    assert snapshots == ["epoch_00001.npz", "epoch_00002.npz", "epoch_00003.npz", "history.csv"]
+
+    from conftest import mlflow_runs
+
+    runs = {r.info.run_name: r for r in mlflow_runs(lab_repo)}
+    parent = runs["tiny-baseline-p0"]
+    child = runs["tiny-baseline-s1"]
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.tags["spikelab.engine"] == "population"
+    assert child.data.params["train.seed"] == "1" and child.data.params["optimizer.epsilon"] == "1e-07"
+    assert child.info.status == "FINISHED"
+    assert "summary.diverged" in child.data.metrics and "eval.last.accuracy" in child.data.metrics
+    assert child.data.metrics["loss"] == pytest.approx(
+        json.loads((member / "metrics" / "train.json").read_text())["final_loss"]
+    )
+
+    # replays of a member: the unchanged control, at the member's P and slot, repeats its losses exactly
+    run(
+        [
+            "python",
+            "-m",
+            "study.population",
+            "--sweep",
+            "study/tiny.yaml",
+            "--replay",
+            "tiny-baseline-s1",
+            "--epoch",
+            "1",
+        ],
+        lab_repo,
+    )
+    with open(results / "replay.csv") as handle:
+        replays = {row["intervention"]: row for row in csv.DictReader(handle)}
+    assert list(replays) == ["original", "unchanged", "eps-1e-2"]
+    assert float(replays["unchanged"]["max_loss_difference"]) == 0.0
+    assert replays["unchanged"]["final_loss"] == replays["original"]["final_loss"]
+    assert replays["eps-1e-2"]["final_loss"] != replays["original"]["final_loss"]

@@ -1,0 +1,68 @@
+"""The replication table's judgement, as study/preregistered.md fixed it."""
+
+import csv
+
+import pytest
+
+from study.replicate import judge, table, verdicts
+
+
+@pytest.mark.parametrize(
+    ("original", "replication", "judgement"),
+    [
+        ("fewer", "fewer", "replicated"),
+        ("fewer", "no detectable difference", "not replicated"),
+        ("fewer", "more", "contradicted"),
+        ("smaller", "larger", "contradicted"),
+        ("above chance", "not distinguishable from chance", "not replicated"),
+        ("no detectable difference", "no detectable difference", "still not significant"),
+        ("no detectable difference", "fewer", "now significant: fewer"),
+        ("fewer", None, "not run"),
+    ],
+)
+def test_judgement_follows_the_preregistered_rule(original, replication, judgement):
+    assert judge(original, replication) == judgement
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _study(results, prefix, sgd_verdict, lift_p_holm):
+    rate = {"divergence_rate_text": "0/20", "plateau_rate_text": "0/20", "plateau_p": "1", "plateau_p_holm": "1"}
+    _write(
+        results / f"{prefix}.csv",
+        [
+            {"cell": "baseline", "reference": "", "divergence_p": "", "divergence_p_holm": "", **rate}
+            | {"divergence_verdict": "", "plateau_verdict": ""},
+            {"cell": "sgd", "reference": "baseline", "divergence_p": "0.001", "divergence_p_holm": "0.002", **rate}
+            | {"divergence_verdict": sgd_verdict, "plateau_verdict": "no detectable difference"},
+        ],
+    )
+    _write(
+        results / f"{prefix}_jumps.csv",
+        [
+            {"cell": "sgd", "reference": "baseline", "median_jump": "1", "jump_p": "0.01", "jump_p_holm": "0.02"}
+            | {"jump_verdict": "smaller"}
+        ],
+    )
+    _write(
+        results / f"{prefix}_predictors.csv",
+        [{"predictor": "naive", "target": "first spike", "horizon": "5", "lift": "2.0", "lift_p_holm": lift_p_holm}],
+    )
+
+
+def test_the_table_pairs_each_verdict_with_the_replications(tmp_path):
+    _study(tmp_path, "evidence", "fewer", "0.001")
+    _study(tmp_path, "replication", "no detectable difference", "0.2")
+    rows = table(verdicts(tmp_path, "evidence"), verdicts(tmp_path, "replication"))
+    judged = {(row["family"], row["comparison"]): row["judgement"] for row in rows}
+    assert judged == {
+        ("spike rate", "sgd vs baseline"): "not replicated",
+        ("stayed-up rate", "sgd vs baseline"): "still not significant",
+        ("largest jump", "sgd vs baseline"): "replicated",
+        ("predictors", "naive, first spike, K = 5"): "not replicated",
+    }
