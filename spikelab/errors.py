@@ -95,11 +95,12 @@ def removed_outputs_hint(stage: str, dvc_yaml: str = "dvc.yaml") -> str:
     before running it, so a stage that refuses its inputs leaves none ("" when none is missing)."""
     from pathlib import Path
 
-    try:
-        from spikelab.params import read_yaml
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
 
-        declared = read_yaml(dvc_yaml, "dvc")["stages"][stage]
-    except (UserError, KeyError, TypeError):
+    try:
+        declared = YAML(typ="safe", pure=True).load(Path(dvc_yaml).read_text())["stages"][stage]
+    except (OSError, YAMLError, KeyError, TypeError):
         return ""
     gone, uncached = [], []
     for kind in ("outs", "metrics", "plots"):
