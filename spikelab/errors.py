@@ -29,6 +29,53 @@ class TrackingError(UserError):
     """The tracking store cannot be used; raised before any training starts."""
 
 
+class DiskFullError(UserError, OSError):
+    """A write that found its device full; the message names the path and the space it needs."""
+
+
+# ENOSPC (no space left), EDQUOT (quota exceeded); sqlite and MLflow report them in words only
+DISK_FULL_ERRNOS = (28, 122)
+DISK_FULL_WORDS = ("No space left on device", "database or disk is full", "Disk quota exceeded")
+
+
+def disk_full_in(error: BaseException | None) -> BaseException | None:
+    """The disk-full error in error's chain (causes and contexts), or None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DiskFullError) or (isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS):
+            return error
+        if any(words in str(error) for words in DISK_FULL_WORDS):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def human_bytes(count: float) -> str:
+    if count < 1000:
+        return f"{count:.0f} bytes"
+    for unit in ("KB", "MB", "GB"):
+        count /= 1000
+        if count < 1000 or unit == "GB":
+            return f"{count:.1f} {unit}"
+
+
+def disk_full_error(path, needed_bytes: float, what: str = "") -> DiskFullError:
+    """The one-line error for a write to `path` that found its device full: the path, the space the
+    write needs (about), the space free there, and what to do."""
+    import shutil
+    from pathlib import Path
+
+    where = Path(path).absolute()
+    existing = next((folder for folder in (where, *where.parents) if folder.exists()), Path("/"))
+    free = shutil.disk_usage(existing).free
+    return DiskFullError(
+        f"{path}: no space left on its device{' ' + what if what else ''}: it needs about "
+        f"{human_bytes(needed_bytes)}, {human_bytes(free)} free there; free space (or move the folder to "
+        "a larger disk) and run it again"
+    )
+
+
 def one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 

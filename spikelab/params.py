@@ -30,10 +30,17 @@ def _nonzero_in_float32(value: float) -> float:
     return value
 
 
+# a file name holds at most 255 bytes on common file systems; the store adds nothing to the folder's name
+MAX_NAME_BYTES = 255
+
+
 def _plain_name(value: str) -> str:
-    # the MLflow experiment name becomes a folder under mlruns/: '../x' would write outside the project
+    # the MLflow experiment name becomes a folder under mlruns/: '../x' would write outside the project,
+    # and a name too long for a file name fails every artifact upload, after the training
     if value.strip() in ("", ".", "..") or any(bad in value for bad in ("/", "\\", "\0")):
         raise ValueError("a name without path separators or NUL")
+    if len(value.encode()) > MAX_NAME_BYTES:
+        raise ValueError(f"a name of at most {MAX_NAME_BYTES} bytes")
     return value
 
 
@@ -128,7 +135,7 @@ class DiagnosticsParams(Section):
 
 class TrackingParams(Section):
     experiment: Annotated[str, AfterValidator(_plain_name)] = Field(
-        description="a non-empty name without path separators or NUL"
+        description=f"a non-empty name of at most {MAX_NAME_BYTES} bytes (UTF-8), without path separators or NUL"
     )
 
 
@@ -254,10 +261,27 @@ def params_from_dict(raw) -> Params:
     """Validate a parsed params.yaml; raises ParamsError naming the first bad key."""
     if not isinstance(raw, dict):
         raise ParamsError("params.yaml: the file must be a mapping of sections")
+    for where, key in _keys_of(raw):
+        if isinstance(key, str) and key != key.strip():
+            # 'epochs ' would otherwise read as a missing 'epochs' (and an unknown 'epochs ')
+            raise ParamsError(
+                f"params.yaml: key '{where}{key}' has spaces around its name; write '{where}{key.strip()}'"
+            )
     try:
         return Params.model_validate(raw)
     except ValidationError as error:
-        raise ParamsError("params.yaml: " + _message(error.errors()[0])) from None
+        errors = error.errors()
+        # an unknown key names the typo ('epoch'); the missing one it stands for ('epochs') does not
+        first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+        raise ParamsError("params.yaml: " + _message(first)) from None
+
+
+def _keys_of(raw: dict):
+    """(prefix, key) of every section name ('', 'train') and every key of a mapping section ('train.', 'epochs')."""
+    for section, values in raw.items():
+        yield "", section
+        if isinstance(values, dict):
+            yield from ((f"{section}.", key) for key in values)
 
 
 def read_yaml(path: str | Path, what: str):

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from spikelab.errors import InputError
-from spikelab.files import atomic_path
+from spikelab.errors import InputError, disk_full_error, disk_full_in
+from spikelab.files import atomic_path, project_root
 from spikelab.history import read_history_csv, write_history_csv
 
 if TYPE_CHECKING:
@@ -72,10 +72,17 @@ def restore(model: keras.Model, state: dict[str, np.ndarray]) -> list[str]:
 
 def save_snapshot(path: Path, state: dict[str, np.ndarray], epoch: int, history: list[dict]) -> None:
     """The state after `epoch` epochs as one npz, and the history rows so far as history.csv beside it."""
-    write_history_csv(path.parent / HISTORY, history)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, epoch=np.int64(epoch), **state)
+    try:
+        write_history_csv(path.parent / HISTORY, history)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, epoch=np.int64(epoch), **state)
+    except OSError as error:
+        if disk_full_in(error) is None:
+            raise
+        # an npz stores each array raw, with a .npy header and two zip records naming it
+        needed = sum(array.nbytes + 256 + 2 * len(key) for key, array in state.items()) + 64 * len(history)
+        raise disk_full_error(path, needed, f"(the snapshot of epoch {epoch})") from None
 
 
 def load_snapshot(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], int]:
@@ -101,9 +108,18 @@ def resume_history(path: str | os.PathLike, epoch: int) -> list[dict]:
 
 
 def check_resume(path: str | os.PathLike, epoch: int) -> None:
-    """Refuse a train.resume_from that is not a snapshot of epoch `epoch` (before any training)."""
+    """Refuse a train.resume_from that is not a snapshot of epoch `epoch` (before any training), or
+    that lies outside the project, symlinks followed: nothing of the project keeps such a file, so
+    the run could not be reproduced (a queued run's copy counts as its project's)."""
     if not Path(path).is_file():
         raise _resume_error(path, "no such snapshot file")
+    target, inside = Path(path).resolve(), project_root()
+    if not target.is_relative_to(inside):
+        raise _resume_error(
+            path,
+            f"resolves to {target}, outside the project ({inside}), where DVC does not track it: copy the "
+            f"snapshot and its {HISTORY} into the project (e.g. models/resume/) and name that copy",
+        )
     try:
         with np.load(path) as archive:
             found = int(archive["epoch"]) if "epoch" in archive.files else None
@@ -114,6 +130,24 @@ def check_resume(path: str | os.PathLike, epoch: int) -> None:
     if found != epoch:
         raise _resume_error(path, f"holds epoch {found}, not train.resume_epoch = {epoch}")
     resume_history(path, epoch)
+
+
+def check_resume_weights(path: str | os.PathLike, model: keras.Model) -> None:
+    """Refuse a snapshot whose weights do not fit `model` (another model.* than the run's), before
+    the MLflow run opens: restoring it would fail with a KeyError mid-setup."""
+    expected = {f"weight/{v.path}": tuple(v.shape) for v in model.trainable_variables}
+    with np.load(path) as archive:
+        found = {key: tuple(archive[key].shape) for key in archive.files if key.startswith("weight/")}
+    missing = sorted(expected.keys() - found.keys())
+    wrong = [
+        f"{key} {found[key]} (this model: {shape})" for key, shape in expected.items() if found.get(key, shape) != shape
+    ]
+    if missing or wrong:
+        problem = f"lacks {', '.join(missing)}" if missing else f"holds {', '.join(wrong)}"
+        raise _resume_error(
+            path,
+            f"its weights do not fit the model params.yaml builds: it {problem}; resume with the model.* it was made with",
+        )
 
 
 def load_resume(path: str | os.PathLike, epoch: int) -> tuple[dict[str, np.ndarray], list[dict]]:

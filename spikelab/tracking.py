@@ -38,7 +38,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
-from spikelab.errors import TrackingError, one_line_shortened
+from spikelab.errors import TrackingError, UserError, one_line, one_line_shortened
 from spikelab.files import project_root
 from spikelab.lifetime import stat_fields
 
@@ -197,13 +197,35 @@ def fail_orphans(experiment_id: str) -> list[str]:
         client.search_runs, [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
     )
     failed = []
+    finished = finished_run_ids()
     for run in found:
+        if run.info.run_id in finished:
+            # its training finished and wrote its outputs; only the store failed to record the end
+            retry_locked(client.set_terminated, run.info.run_id, "FINISHED")
+            finished_marker(run.info.run_id).unlink(missing_ok=True)
+            print(
+                f"train: run {run.info.run_id} finished but its end was never recorded; marked FINISHED "
+                f"(`{SYNC_COMMAND}` uploads what it lacks)",
+                file=sys.stderr,
+            )
+            continue
         if process_gone(run.data.tags, host):
             pid = run.data.tags["spikelab.pid"]
             reason = f"orphan: its process {pid} on {host} no longer exists (found by process {os.getpid()})"
             mark_failed(client, run.info.run_id, reason)
             failed.append(run.info.run_id)
     return failed
+
+
+def finished_marker(run_id: str) -> Path:
+    """An empty file saying the run's training finished and wrote its outputs, kept until the store
+    records the end: outside DVC's outputs, which `dvc repro` deletes before the next training."""
+    return project_root() / ".dvc" / "tmp" / "spikelab-finished" / run_id
+
+
+def finished_run_ids() -> set[str]:
+    folder = finished_marker("none").parent
+    return {path.name for path in folder.iterdir()} if folder.is_dir() else set()
 
 
 def process_gone(tags: dict, host: str) -> bool:
@@ -349,7 +371,13 @@ class TrainingRun:
 
     def log_results(self, metrics: dict, metric_files: list[Path], model_files: list[Path]) -> None:
         """summary.<key> metrics (for searches and comparisons) and tags (the values, readable in the
-        UI), the files as artifacts, a `diverged` tag."""
+        UI), the files as artifacts, a `diverged` tag; first, the mark that the training finished (an
+        empty file: it fits where a full disk fits nothing else)."""
+        try:
+            finished_marker(self.run_id).parent.mkdir(parents=True, exist_ok=True)
+            finished_marker(self.run_id).touch()
+        except OSError:
+            pass
         client = MlflowClient()
         self.call("log summary metrics", log_metrics_at, self.run_id, summary_metrics(metrics), 0)
         tags = [RunTag(key, value) for key, value in summary_tags(metrics).items()]
@@ -363,7 +391,18 @@ class TrainingRun:
         )
 
     def end(self, status: str) -> None:
-        self.call(f"end the run {status}", retry_locked, MlflowClient().set_terminated, self.run_id, status)
+        if self.failure is None:
+            ended = self.call(f"end the run {status}", retry_locked, MlflowClient().set_terminated, self.run_id, status)
+        else:
+            # degraded: the end is still tried, once (a full artifact folder leaves the store itself
+            # working); a run left RUNNING would be taken for an orphan by the next training
+            try:
+                MlflowClient().set_terminated(self.run_id, status)
+                ended = True
+            except Exception:  # the store is down or full: the incomplete line says how to finish it
+                ended = False
+        if ended:
+            finished_marker(self.run_id).unlink(missing_ok=True)
 
     def incomplete_line(self) -> str | None:
         """The one line a degraded run prints: which run, why, and the command that completes it."""
@@ -423,6 +462,9 @@ def training_run(experiment: str, params: dict, name: str | None = None, tags: d
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
+            raise
+        except UserError as error:  # e.g. a full disk: the run says why it failed
+            run.call("tag the failure", retry_locked, client.set_tag, run.run_id, ORPHAN_TAG, one_line(error))
             raise
         finally:
             run.end(status)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from spikelab.divergence import describe_run
-from spikelab.errors import InputError, one_line, run_entry_point
+from spikelab.errors import DiskFullError, InputError, disk_full_error, disk_full_in, one_line, run_entry_point
 from spikelab.files import read_npz
 from spikelab.lean_imports import without_sklearn
 from spikelab.lifetime import die_with_parent
@@ -53,6 +53,12 @@ def main() -> None:
             data_format = resolve_data_format(params.model.data_format)
         except ValueError as error:
             raise InputError(one_line(error)) from None
+        if params.train.resume_from is not None:  # before the MLflow run opens
+            from spikelab.model import build_model
+            from spikelab.state import check_resume_weights
+
+            image_size = arrays["x_train"].shape[-1]
+            check_resume_weights(params.train.resume_from, build_model(params.model, image_size, data_format))
     print(f"train: data format {data_format} (model.data_format = {params.model.data_format})")
     # both signals end the run as KILLED; SIGINT is set explicitly because a process started in
     # the background by a non-interactive shell inherits it ignored, and Python then never raises
@@ -68,6 +74,9 @@ def main() -> None:
             # RuntimeError ("Exiting device scope ..."): still an interrupt, so the run ends KILLED
             if STOPPED_BY:
                 raise KeyboardInterrupt(f"signal {STOPPED_BY[0]}") from error
+            # a full disk at a snapshot, raised inside Keras's fit: the one line, not the traceback
+            if isinstance(full := disk_full_in(error), DiskFullError):
+                raise full from None
             raise
         seconds = clock.lap("training")
         if result.fresh_optimizer_variables:
@@ -79,7 +88,16 @@ def main() -> None:
             "train_seconds": seconds,
             "seconds_per_epoch": seconds / epochs_trained,
         }
-        metrics, metric_files, model_files = write_training_outputs(result, params, models_dir, metrics_dir, run_facts)
+        try:
+            metrics, metric_files, model_files = write_training_outputs(
+                result, params, models_dir, metrics_dir, run_facts
+            )
+        except OSError as error:
+            if disk_full_in(error) is None:
+                raise
+            # two models (last, best) of the state's size, plus the metrics and the picture
+            needed = 2 * sum(v.numpy().nbytes for v in result.model.weights) + 1_000_000
+            raise disk_full_error(models_dir, needed, "(the training's models and metrics)") from None
         run.log_results(metrics, metric_files, model_files)
         clock.lap("outputs")  # written, and logged to MLflow
         first_epoch = result.epoch_seconds[0] if result.epoch_seconds else 0.0
@@ -93,7 +111,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     try:
-        run_entry_point(main)
+        run_entry_point(main, stage="train")
     except KeyboardInterrupt as interrupt:
         reason = str(interrupt) or "signal SIGINT"  # Python's own KeyboardInterrupt carries no text
         print(

@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
-from spikelab.errors import InputError, run_entry_point
+from spikelab.errors import InputError, disk_full_error, disk_full_in, run_entry_point
 from spikelab.history import read_history_csv
 from spikelab.integrity import file_md5
 from spikelab.outputs import output_files
@@ -41,6 +41,7 @@ from spikelab.tracking import (
     retry_locked,
     run_name,
     summary_metrics,
+    tracking_uri,
 )
 
 SYNCED_FROM = "study.synced_from"
@@ -99,13 +100,28 @@ def evaluation_matches(evaluate_file: Path, inputs: list[Path], root: Path) -> b
 
 
 def sync(metrics_dir: Path, models_dir: Path) -> dict:
-    """Complete the run; returns what it did (run id, values and files uploaded)."""
+    """Complete the run; returns what it did (run id, values and files uploaded). A full disk under
+    the store is one line naming the folder and the space the upload needs."""
     run_file = metrics_dir / "run.json"
     metric_files, model_files = output_files(models_dir, metrics_dir)
     for path in [run_file, *metric_files, *model_files]:
         if not path.is_file():
             raise InputError(f"{path}: missing; nothing to sync before the train stage completed: dvc repro train")
     params = load_params()
+    try:
+        return complete_run(params, metrics_dir, models_dir)
+    except Exception as error:
+        if disk_full_in(error) is None:
+            raise
+        needed = sum(path.stat().st_size for path in [*metric_files, *model_files])
+        uri = tracking_uri(project_root())
+        folder = project_root() / "mlruns" if uri.startswith("sqlite:///") else uri
+        raise disk_full_error(folder, needed, "(the run's files, which sync uploads there)") from None
+
+
+def complete_run(params, metrics_dir: Path, models_dir: Path) -> dict:
+    run_file = metrics_dir / "run.json"
+    metric_files, model_files = output_files(models_dir, metrics_dir)
     old_id = json.loads(run_file.read_text())["mlflow_run_id"]
     experiment_id = prepare_experiment(params.tracking.experiment, project_root())
     client = MlflowClient()

@@ -3,6 +3,7 @@ an unreachable tracking server. Each case runs the real stage scripts (and DVC w
 a copy of one tiny baseline lab, against that copy's own sqlite MLflow store.
 """
 
+import contextlib
 import copy
 import csv
 import json
@@ -571,6 +572,144 @@ def test_a_resume_from_that_is_not_the_named_snapshot_fails_in_one_line_before_t
     assert_user_error(result, f"train.resume_from = {path}", message)
     assert result.stdout == ""  # refused before TensorFlow loads, let alone trains
     assert stage_files(lab) == before and not (lab / "mlflow.db").exists()
+
+
+def test_a_snapshot_with_the_right_epoch_but_other_weights_fails_in_one_line_before_the_run_opens(lab):
+    raw = copy.deepcopy(TINY)
+    raw["model"]["filters"] = TINY["model"]["filters"] + 1  # the baseline's snapshots have the tiny model's
+    raw["train"].update(resume_from="models/snapshots/epoch_00002.npz", resume_epoch=2)
+    write_params(lab, raw)
+    before = stage_files(lab)
+
+    result = stage(lab, "train")
+
+    line = assert_user_error(result, "train.resume_from = models/snapshots/epoch_00002.npz")
+    assert "its weights do not fit the model params.yaml builds" in line and "conv1/kernel" in line
+    assert stage_files(lab) == before and mlflow_runs(lab) == []  # no MLflow run was opened
+
+
+def dvc_repro(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["dvc", "repro", *args], cwd=root, env=lab_env(root), capture_output=True, text=True)
+
+
+BAD_FOR_REPRO = {
+    # id: (change to the tiny params, None for an empty params.yaml; fragment of the one error line)
+    "bad_value": (with_value("train", "epochs", 0), "train.epochs = 0"),
+    "unknown_section": (lambda raw: raw.update(junk={"x": 1}), "unknown section 'junk'"),
+    "empty_file": (None, "params.yaml: the file must be a mapping of sections"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FOR_REPRO)
+def test_bad_params_stop_dvc_repro_before_it_deletes_any_output(lab, case):
+    change, fragment = BAD_FOR_REPRO[case]
+    raw = copy.deepcopy(TINY)
+    if change is None:
+        (lab / "params.yaml").write_text("")
+    else:
+        change(raw)
+        write_params(lab, raw)
+    before = stage_files(lab)
+
+    result = dvc_repro(lab)
+
+    assert result.returncode != 0, result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0] and "Traceback" not in result.stderr, result.stderr
+    assert "validate" in result.stdout + result.stderr
+    # every output of every stage still there, byte for byte: DVC stopped at the check (its own
+    # output, a constant line, is the one DVC deleted before running it)
+    before.pop("data/params.checked")
+    assert stage_files(lab) == before
+    assert not (lab / "mlflow.db").exists()
+
+
+def test_a_stage_run_alone_with_bad_params_says_how_to_restore_what_dvc_deleted(lab):
+    before = stage_files(lab)
+    raw = copy.deepcopy(TINY)
+    raw["train"]["epochs"] = 0
+    write_params(lab, raw)
+
+    result = dvc_repro(lab, "-s", "-f", "train")  # -s: the validate stage does not run
+
+    assert result.returncode != 0
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "train.epochs = 0" in line and "DVC deleted the train stage's outputs before it ran" in line
+    assert not (lab / "models" / "best.keras").exists()  # what the line is about
+    restore = line.split("): ", 1)[1].removesuffix(" restores the last committed ones")
+    commands = [part.strip("`") for part in restore.split(" and ")]
+    assert commands[0] == "dvc checkout --force train" and commands[1].startswith("git checkout HEAD -- ")
+    write_params(lab, copy.deepcopy(TINY))  # the user fixes the params first
+    for command in commands:
+        run(command.split(), lab)
+    assert stage_files(lab) == before  # everything back, byte for byte
+
+
+@contextlib.contextmanager
+def full_disk(folder: Path, size: str):
+    """A real small file system (tmpfs) mounted on folder, unmounted after; the test is skipped
+    where mounting is refused (not root, or a container without the right)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mount -t tmpfs refused: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], capture_output=True)
+
+
+def test_a_disk_full_at_a_snapshot_is_one_line_naming_the_path_and_the_space_and_fails_the_run(lab):
+    raw = copy.deepcopy(TINY)
+    raw["train"].update(epochs=5, snapshot_every=1)
+    write_params(lab, raw)
+    with full_disk(lab / "models" / "snapshots", "64k") as folder:  # room for one tiny snapshot (37 KB), not two
+        result = stage(lab, "train")
+        written = (folder / "epoch_00001.npz").stat().st_size
+    line = assert_user_error(result, "models/snapshots/epoch_00002.npz: no space left on its device")
+    assert "(the snapshot of epoch 2): it needs about " in line and "KB free there" in line, line
+    needed_kb = float(line.split("it needs about ", 1)[1].split(" KB", 1)[0])
+    assert written / 1000 <= needed_kb < 1.2 * written / 1000  # what the snapshot before it took
+    [failed] = mlflow_runs(lab)
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["spikelab.failed_reason"] == line.removeprefix("error: ")
+
+
+def test_a_full_artifact_store_leaves_a_finished_run_that_is_never_called_an_orphan_and_sync_says_why(lab):
+    with full_disk(lab / "mlruns", "16k"):  # the store's artifact folder: too small for the picture
+        first = stage(lab, "train")
+        assert first.returncode == 0, first.stderr
+        assert "is incomplete" in first.stdout and "No space left on device" in first.stdout
+        [run_1] = mlflow_runs(lab)
+        assert run_1.info.status == "FINISHED"  # the store itself still worked: the end is recorded
+        second = stage(lab, "train")  # the next training: its orphan sweep must leave run 1 alone
+        assert second.returncode == 0, second.stderr
+        assert f"marked run {run_1.info.run_id} FAILED" not in second.stderr
+        statuses = {run.info.run_id: run.info.status for run in mlflow_runs(lab)}
+        assert statuses[run_1.info.run_id] == "FINISHED" and len(statuses) == 2
+
+        synced = sync(lab, f"sqlite:///{lab / 'mlflow.db'}")  # still full
+    line = assert_user_error(synced, f"{lab / 'mlruns'}: no space left on its device", "it needs about")
+    assert "free there" in line
+
+
+def test_a_finished_run_whose_end_the_store_never_recorded_is_not_called_an_orphan(lab):
+    """The store failed for good after the outputs were written: the run is RUNNING, its process gone.
+    The next training marks it FINISHED (its training did finish), not FAILED."""
+    first = stage(lab, "train")
+    assert first.returncode == 0, first.stderr
+    [run_1] = mlflow_runs(lab)
+    client = MlflowClient(tracking_uri=f"sqlite:///{lab / 'mlflow.db'}")
+    client.update_run(run_1.info.run_id, status="RUNNING")  # as if the end had never reached the store
+    marker = lab / ".dvc" / "tmp" / "spikelab-finished" / run_1.info.run_id
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()  # what the training leaves when the end is not recorded
+
+    second = stage(lab, "train")
+
+    assert second.returncode == 0, second.stderr
+    assert f"run {run_1.info.run_id} finished but its end was never recorded; marked FINISHED" in second.stderr
+    assert client.get_run(run_1.info.run_id).info.status == "FINISHED" and not marker.exists()
 
 
 def test_a_deleted_mlflow_experiment_fails_in_one_line_before_training(lab):

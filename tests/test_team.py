@@ -223,9 +223,11 @@ def test_no_secret_reaches_another_local_user_and_each_database_has_its_own_role
     stack = json.loads((stack_dir / "stack.json").read_text())
     secrets_ = dict(line.split("=", 1) for line in (stack_dir / "credentials.env").read_text().split())
     hidden = [value for key, value in secrets_.items() if key != "MLFLOW_TRACKING_USERNAME"]
-    # every process's argv is readable by every user: no secret in any of them
-    listing = as_nobody("ps", "-eo", "args")
-    assert listing.returncode == 0 and "mlflow" in listing.stdout and "ray" in listing.stdout, listing.stderr
+    # every process's argv is readable by every user: no secret in any of them (-ww: whole lines, as
+    # ps cuts them at $COLUMNS otherwise)
+    listing = as_nobody("ps", "-ww", "-eo", "args")
+    server = [line for line in listing.stdout.splitlines() if f"--port {stack['mlflow_port']}" in line]
+    assert listing.returncode == 0 and server and str(stack["mlflow_port"]) in server[0], listing.stderr
     leaked = [line for line in listing.stdout.splitlines() if any(value in line for value in hidden)]
     assert not leaked, leaked
     # the server's environment (where its store's address is) and the files holding secrets are not

@@ -1,0 +1,113 @@
+"""The small reliability cases of issue 23 that need no pipeline run: each input is refused in one
+line that names it, before any work (the pipeline-level cases are in tests/test_reliability.py)."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY
+from spikelab.errors import InputError, ParamsError, removed_outputs_hint
+from spikelab.params import params_from_dict
+from spikelab.state import check_resume, save_snapshot
+
+
+def refused(raw: dict) -> str:
+    with pytest.raises(ParamsError) as raised:
+        params_from_dict(raw)
+    message = str(raised.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_key_with_a_trailing_space_is_named_as_written_not_as_missing():
+    raw = copy.deepcopy(TINY)
+    raw["train"]["epochs "] = raw["train"].pop("epochs")
+    message = refused(raw)
+    assert "'train.epochs '" in message and "spaces around its name" in message and "write 'train.epochs'" in message
+    assert "missing" not in message
+
+
+def test_a_misspelt_key_is_named_rather_than_the_key_it_replaced():
+    raw = copy.deepcopy(TINY)
+    raw["train"]["epoch"] = raw["train"].pop("epochs")
+    assert refused(raw).startswith("params.yaml: unknown key 'train.epoch'; allowed keys in 'train': epochs")
+
+
+def test_an_experiment_name_too_long_for_a_file_name_is_refused_up_front():
+    raw = copy.deepcopy(TINY)
+    raw["tracking"]["experiment"] = "x" * 300  # its artifact folder under mlruns/ could not be made
+    assert "at most 255 bytes" in refused(raw)
+    raw["tracking"]["experiment"] = "é" * 128  # 256 bytes in UTF-8: the limit is the file system's
+    assert "at most 255 bytes" in refused(raw)
+    raw["tracking"]["experiment"] = "x" * 255
+    assert params_from_dict(raw).tracking.experiment == "x" * 255
+
+
+def snapshot(folder: Path, epoch: int = 2) -> Path:
+    path = folder / f"epoch_{epoch:05d}.npz"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_snapshot(
+        path,
+        {"weight/conv1/kernel": np.zeros((3, 3, 1, 2), "float32")},
+        epoch,
+        [{"epoch": e, "loss": 1.0} for e in range(1, epoch + 1)],
+    )
+    return path
+
+
+def test_a_resume_from_symlink_to_a_snapshot_outside_the_project_is_refused(tmp_path, monkeypatch):
+    project, outside = tmp_path / "project", tmp_path / "elsewhere"
+    inside = snapshot(project / "models" / "snapshots")
+    (project / "models" / "link.npz").symlink_to(snapshot(outside))
+    monkeypatch.chdir(project)
+    check_resume("models/snapshots/epoch_00002.npz", 2)  # inside: accepted
+    check_resume(str(inside.resolve()), 2)  # an absolute path inside too
+    with pytest.raises(InputError) as raised:
+        check_resume("models/link.npz", 2)
+    message = str(raised.value)
+    assert "train.resume_from = models/link.npz" in message and str(outside.resolve()) in message
+    assert "outside the project" in message
+
+
+def test_a_queued_run_may_resume_from_a_snapshot_of_its_project(tmp_path, monkeypatch):
+    """A queued experiment runs in <project>/.dvc/tmp/exps/<copy>: the project is still <project>."""
+    project = tmp_path / "project"
+    kept = snapshot(project / "study" / "replays" / "base-e2")
+    copy_dir = project / ".dvc" / "tmp" / "exps" / "tmp123"
+    copy_dir.mkdir(parents=True)
+    monkeypatch.chdir(copy_dir)
+    check_resume(str(kept), 2)
+
+
+def test_the_error_of_a_stage_whose_outputs_dvc_deleted_says_how_to_restore_them(tmp_path, monkeypatch):
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    monkeypatch.chdir(tmp_path)
+    hint = removed_outputs_hint("train")
+    assert "DVC deleted the train stage's outputs before it ran (models/best.keras" in hint
+    assert "`dvc checkout --force train` and `git checkout HEAD -- metrics/run.json metrics/history.csv" in hint
+    assert hint.endswith("restores the last committed ones")
+    for name in ("data/lines.npz",):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert removed_outputs_hint("generate") == ""  # nothing missing: nothing to say
+
+
+def test_a_store_failure_line_is_cut_between_words(monkeypatch):
+    from spikelab import tracking
+
+    monkeypatch.setattr(tracking, "BACKOFF_S", ())
+    words = [f"word{index:03d}" for index in range(100)]  # 800 characters, no word a prefix of another
+
+    def failing():
+        raise RuntimeError(" ".join(words))
+
+    run = tracking.TrainingRun("run-id")
+    assert run.call("log epoch metrics", failing) is False
+    shown = run.failure.removeprefix("log epoch metrics: ")
+    assert shown.endswith(" ...") and len(shown) <= 304
+    assert all(word in words for word in shown.removesuffix(" ...").split())
