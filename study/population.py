@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -285,6 +286,11 @@ def replay(args, sweep: dict, prefix: str) -> int:
     return 0
 
 
+def _interrupt(signum, frame):
+    # SIGTERM as Ctrl-C: every open MLflow run (the population's and its members') ends KILLED
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.population", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
@@ -300,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     # a worker's populations, from the parent: run names joined by ',' within one, ';' between them
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.size < 1:
         raise PopulationError(f"--size {args.size}: give at least 1 member per population")
     if args.jobs < 1:
@@ -364,7 +371,14 @@ def run_workers(argv: list[str], plan: list[list[Run]], jobs: int) -> int:
         groups = ";".join(",".join(run.name for run in group) for group in plan[index::jobs])
         command = [sys.executable, "-m", "study.population", *argv, "--worker", groups]
         workers.append(subprocess.Popen(command))
-    return max(worker.wait() for worker in workers)
+    try:
+        return max(worker.wait() for worker in workers)
+    except KeyboardInterrupt:
+        for worker in workers:  # each ends its MLflow runs KILLED (its own SIGTERM handler)
+            worker.terminate()
+        for worker in workers:
+            worker.wait()
+        raise
 
 
 def check_population_params(member_params: list[Params], runs: list[Run], check) -> None:
