@@ -81,13 +81,14 @@ seed-config: ## the original case at full scale (GPU advised): configs/seed-full
 	@$(MAKE) --no-print-directory preset NAME=seed-full-scale
 
 # The study engine: dvc (default) queues one DVC experiment per run, 2 at a time; population
-# trains each cell's seeds together in one process (study/population.py; docs/performance.md),
+# trains each cell's seeds together, two populations at a time like the queue's -j 2
+# (study/population.py; docs/performance.md),
 # each member still a full run's outputs and its own MLflow run:  make evidence ENGINE=population
 ENGINE ?= dvc
 ifeq ($(filter $(ENGINE),dvc population),)
 $(error ENGINE=$(ENGINE): use ENGINE=dvc or ENGINE=population)
 endif
-STUDY := $(if $(filter population,$(ENGINE)),python -m study.population,python -m study.sweep queue)
+STUDY := $(if $(filter population,$(ENGINE)),python -m study.population --jobs 2,python -m study.sweep queue)
 REPORT := python -m study.report --engine $(ENGINE)
 
 # The study (docs/study.md): study/sweep.yaml run by the ENGINE, then the tables and figure in

@@ -1,6 +1,7 @@
 """The population engine against single runs: seconds per run-epoch, scaling with P, memory, peak.
 
-    python -m benchmarks.population [--sizes 1 5 10 20 40] [--epochs 4] [--rounds 2]
+    python -m benchmarks.population scaling [--sizes 1 5 10 20 40] [--epochs 4] [--rounds 2]
+    python -m benchmarks.population study [--runs 8] [--size 4] [--jobs 2] [--epochs 30] [--rounds 2]
 
 Each measurement is a Python of its own (so its peak memory is its own) training the default
 params (params.yaml, diagnostics on) for --epochs epochs: the single run (training.train, the train
@@ -11,10 +12,10 @@ and loaded: only ratios measured this way compare. The float32 matmul peak (nump
 2048x2048) is measured between rounds; each population's FLOP/s is the single model's epoch work
 (benchmarks.bench.epoch_flops) x P over its epoch seconds.
 
-`runs_per_hour` of an engine here is 3600 / (150 epochs x seconds per run-epoch): the epochs only,
-without the per-run start-up, DVC and MLflow costs that the per-run queue pays once per run and a
-population once per population (issue 12 measured the epochs at about 77% of a queued run at -j 2).
-Writes population_* keys to benchmarks/results.json.
+`study` measures whole studies instead: the per-run DVC queue at -j 2 and study.population on the
+same runs, taking turns (see study()); it writes population_runs_per_hour, per_run_runs_per_hour
+and population_speedup (the median of the rounds' ratios), `scaling` writes population_scaling,
+both into benchmarks/results.json with the date and the machine.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import time
 from pathlib import Path
 
 RESULTS = Path("benchmarks/results.json")
-DEFAULT_EPOCHS = 150  # a default run's length, for runs per hour
 
 
 def child(engine: str, size: int, epochs: int) -> dict:
@@ -100,75 +100,169 @@ def measure(engine: str, size: int, epochs: int) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.population", description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", nargs="?", default="run", choices=("run", "child"))
-    parser.add_argument("args", nargs="*")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 5, 10, 20, 40])
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=RESULTS)
-    args = parser.parse_args(argv)
-    if args.mode == "child":
-        engine, size, epochs = args.args[0], int(args.args[1]), int(args.args[2])
-        print(json.dumps(child(engine, size, epochs)))
-        return 0
+def scaling(sizes: list[int], epochs: int, rounds: int) -> dict:
+    """Seconds per run-epoch of the single run and of populations of each size, taking turns."""
     from benchmarks.bench import matmul_peak
-    from benchmarks.machine import machine
 
-    started = datetime.datetime.now(datetime.UTC)
-    singles, populations, peaks = [], {size: [] for size in args.sizes}, []
-    for round_index in range(args.rounds):
-        peaks.append(max(matmul_peak(2048, 5)[0].values()))
-        for size in args.sizes:
-            singles.append(measure("single", 1, args.epochs))
-            populations[size].append(measure("population", size, args.epochs))
+    singles, populations, peaks, cpu_peaks = [], {size: [] for size in sizes}, [], []
+    for round_index in range(rounds):
+        by_library, per_cpu_s = matmul_peak(2048, 5)
+        peaks.append(max(by_library.values()))
+        cpu_peaks.append(per_cpu_s)
+        for size in sizes:
+            singles.append(measure("single", 1, epochs))
+            populations[size].append(measure("population", size, epochs))
             print(
-                f"round {round_index + 1}: single {singles[-1]['wall_per_run_epoch']:.3f} s/run-epoch; "
-                f"P={size} {populations[size][-1]['wall_per_run_epoch']:.3f} s/run-epoch, "
-                f"{populations[size][-1]['peak_rss_mb']:.0f} MB",
+                f"round {round_index + 1}: single {singles[-1]['wall_per_run_epoch']:.3f} s "
+                f"({singles[-1]['cpu_per_run_epoch']:.3f} CPU s) per run-epoch; P={size} "
+                f"{populations[size][-1]['wall_per_run_epoch']:.3f} s ({populations[size][-1]['cpu_per_run_epoch']:.3f} "
+                f"CPU s), {populations[size][-1]['peak_rss_mb']:.0f} MB",
                 flush=True,
             )
-    peak = max(peaks)
+    peak, cpu_peak = max(peaks), max(cpu_peaks)
     single_wall = statistics.median(m["wall_per_run_epoch"] for m in singles)
     single_cpu = statistics.median(m["cpu_per_run_epoch"] for m in singles)
-    scaling = {}
+    by_size = {}
     for size, found in populations.items():
         wall = statistics.median(m["wall_per_run_epoch"] for m in found)
         cpu = statistics.median(m["cpu_per_run_epoch"] for m in found)
-        scaling[str(size)] = {
+        by_size[str(size)] = {
             "wall_s_per_run_epoch": wall,
             "cpu_s_per_run_epoch": cpu,
             "speedup_wall": single_wall / wall,
             "speedup_cpu": single_cpu / cpu,
             "peak_rss_mb": max(m["peak_rss_mb"] for m in found),
             "fraction_of_peak": found[0]["flops_per_run_epoch"] / wall / peak,
+            "fraction_of_peak_per_cpu_s": found[0]["flops_per_run_epoch"] / cpu / cpu_peak,
         }
-    best = max(scaling, key=lambda size: scaling[size]["speedup_wall"])
-    figures = {
-        "population": {
-            "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine(),
-            "note": (
-                "epochs only (first epoch, which traces, left out), default params with diagnostics, both engines "
-                "taking turns in one sitting on a shared, loaded machine; runs/hour = 3600 / (150 x s per run-epoch), "
-                "without per-run start-up, DVC and MLflow costs"
-            ),
-            "epochs_measured": args.epochs,
-            "rounds": args.rounds,
-            "single_wall_s_per_run_epoch": single_wall,
-            "single_cpu_s_per_run_epoch": single_cpu,
-            "single_fraction_of_peak": singles[0]["flops_per_run_epoch"] / single_wall / peak,
-            "matmul_peak_flop_per_s": peak,
-            "by_size": scaling,
-            "best_size": int(best),
-        },
-        "population_runs_per_hour": 3600 / (DEFAULT_EPOCHS * scaling[best]["wall_s_per_run_epoch"]),
-        "per_run_runs_per_hour": 3600 / (DEFAULT_EPOCHS * single_wall),
-        "population_speedup": scaling[best]["speedup_wall"],
+    return {
+        "note": (
+            "epochs only (the first, which traces, left out), default params with diagnostics; single run vs "
+            "population taking turns in one sitting on a shared, loaded machine: CPU seconds are the fairer "
+            "measure there (wall seconds follow the scheduler's share); fraction_of_peak_per_cpu_s: FLOPs per "
+            "CPU second against the matmul's FLOPs per CPU second (one core's peak)"
+        ),
+        "epochs_measured": epochs - 1,
+        "rounds": rounds,
+        "single_wall_s_per_run_epoch": single_wall,
+        "single_cpu_s_per_run_epoch": single_cpu,
+        "single_peak_rss_mb": max(m["peak_rss_mb"] for m in singles),
+        "single_fraction_of_peak": singles[0]["flops_per_run_epoch"] / single_wall / peak,
+        "single_fraction_of_peak_per_cpu_s": singles[0]["flops_per_run_epoch"] / single_cpu / cpu_peak,
+        "flops_per_run_epoch": singles[0]["flops_per_run_epoch"],
+        "matmul_peak_flop_per_s": peak,
+        "matmul_peak_flop_per_cpu_s": cpu_peak,
+        "by_size": by_size,
     }
+
+
+def study(runs: int, epochs: int, rounds: int, size: int, jobs: int) -> dict:
+    """Runs per hour of a study of `runs` default-params runs of `epochs` epochs: the per-run DVC
+    queue at -j 2 against study.population, each in the same fresh copy of the repo, taking turns
+    (the order flips every round), the same seeds for both engines in a round. The wall is each
+    engine's whole study: queueing or start-up, training, evaluation, outputs, MLflow."""
+    import tempfile
+
+    import yaml
+
+    from benchmarks.study_throughput import copy_environment, prepare_workspace, run_study
+
+    turns = []
+    with tempfile.TemporaryDirectory(prefix="population-study-") as folder:
+        root = Path(folder) / "lab"
+        prepare_workspace(root)
+        for round_index in range(rounds):
+            seeds = list(range(round_index * runs, (round_index + 1) * runs))
+            order = ("dvc", "population") if round_index % 2 == 0 else ("population", "dvc")
+            for engine in order:
+                if engine == "dvc":
+                    names = [(f"dvc-r{round_index}-s{seed}", seed) for seed in seeds]
+                    wall = run_study(root, names, 2, ["-S", f"train.epochs={epochs}"])
+                else:
+                    sweep = Path(folder) / f"pop-r{round_index}.yaml"
+                    cells = {"default": {"train.epochs": epochs}}
+                    sweep.write_text(yaml.safe_dump({"prefix": f"pop-r{round_index}", "seeds": seeds, "cells": cells}))
+                    started = time.perf_counter()
+                    subprocess.run(
+                        [
+                            sys.executable,
+                            "-m",
+                            "study.population",
+                            "--sweep",
+                            str(sweep),
+                            "--size",
+                            str(size),
+                            "--jobs",
+                            str(jobs),
+                        ],
+                        cwd=root,
+                        env=copy_environment(root),
+                        check=True,
+                        capture_output=True,
+                    )
+                    wall = time.perf_counter() - started
+                turns.append(
+                    {"round": round_index + 1, "engine": engine, "wall_s": wall, "runs_per_hour": runs / wall * 3600}
+                )
+                print(
+                    f"round {round_index + 1}: {engine} {runs} runs in {wall:.0f} s ({turns[-1]['runs_per_hour']:.1f} runs/hour)",
+                    flush=True,
+                )
+    by_engine = {
+        engine: statistics.median(t["runs_per_hour"] for t in turns if t["engine"] == engine)
+        for engine in ("dvc", "population")
+    }
+    ratios = [
+        next(t for t in turns if t["round"] == r and t["engine"] == "population")["runs_per_hour"]
+        / next(t for t in turns if t["round"] == r and t["engine"] == "dvc")["runs_per_hour"]
+        for r in range(1, rounds + 1)
+    ]
+    return {
+        "note": (
+            f"{runs} default-params runs of {epochs} epochs per turn, DVC queue -j 2 vs study.population "
+            f"(--size {size} --jobs {jobs}), taking turns in one fresh copy of the repo on a shared, loaded machine"
+        ),
+        "runs": runs,
+        "epochs": epochs,
+        "turns": turns,
+        "per_run_runs_per_hour": by_engine["dvc"],
+        "population_runs_per_hour": by_engine["population"],
+        "ratios": ratios,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.population", description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", nargs="?", default="scaling", choices=("scaling", "study", "child"))
+    parser.add_argument("args", nargs="*")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 5, 10, 20, 40])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=8, help="study mode: runs per engine per round")
+    parser.add_argument("--size", type=int, default=4, help="study mode: members per population")
+    parser.add_argument("--jobs", type=int, default=2, help="study mode: populations at once (the queue runs -j 2)")
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.mode == "child":
+        engine, size, epochs = args.args[0], int(args.args[1]), int(args.args[2])
+        print(json.dumps(child(engine, size, epochs)))
+        return 0
+    from benchmarks.machine import machine
     from benchmarks.results_file import update_results
 
+    dated = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine()}
+    if args.mode == "scaling":
+        figures = {"population_scaling": dated | scaling(args.sizes, args.epochs, args.rounds)}
+    else:
+        found = study(args.runs, args.epochs, args.rounds, args.size, args.jobs)
+        figures = {
+            "population_study": dated | found,
+            "population_runs_per_hour": found["population_runs_per_hour"],
+            "per_run_runs_per_hour": found["per_run_runs_per_hour"],
+            "population_speedup": statistics.median(found["ratios"]),
+            "population_date": dated["date"],
+            "population_machine": dated["machine"],
+        }
     update_results(args.output, figures)
     print(json.dumps(figures, indent=2))
     return 0

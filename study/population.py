@@ -28,6 +28,9 @@ import argparse
 import contextlib
 import json
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -288,6 +291,11 @@ def replay(args, sweep: dict, prefix: str) -> int:
     return 0
 
 
+def _interrupt(signum, frame):
+    # SIGTERM as Ctrl-C: every open MLflow run (the population's and its members') ends KILLED
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.population", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
@@ -299,9 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epoch", type=int, help="with --replay: resume at this snapshot epoch")
     parser.add_argument("--name", default="replay", help="with --replay: file name of the results")
     parser.add_argument("--results", type=Path, default=Path("study/results"))
+    parser.add_argument("--jobs", type=int, default=1, help="populations trained at once, each in a Python of its own")
+    # a worker's populations, from the parent: run names joined by ',' within one, ';' between them
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.size < 1:
         raise PopulationError(f"--size {args.size}: give at least 1 member per population")
+    if args.jobs < 1:
+        raise PopulationError(f"--jobs {args.jobs}: give at least 1")
     sweep = load_sweep(args.sweep)
     prefix = run_prefix(sweep, args.quick)
     if args.replay:
@@ -330,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as error:
                 raise PopulationError(str(error)) from None
             plan.append(todo)
+    if args.worker is not None:  # the populations the parent gave this worker, as it grouped them
+        by_name = {run.name: run for run in runs}
+        plan = [[by_name[name] for name in group.split(",")] for group in args.worker.split(";")]
+    elif args.jobs > 1 and len(plan) > 1:
+        return run_workers(argv if argv is not None else sys.argv[1:], plan, min(args.jobs, len(plan)))
     started, done = time.monotonic(), 0
     total = sum(len(group) for group in plan)
     cache: dict = {}
@@ -347,6 +366,24 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     return 0
+
+
+def run_workers(argv: list[str], plan: list[list[Run]], jobs: int) -> int:
+    """`jobs` Pythons, worker i training the plan's populations i, i + jobs, ...; the worst exit code.
+    Like `dvc queue start -j N`: the machine shared by N trainings at a time."""
+    workers = []
+    for index in range(jobs):
+        groups = ";".join(",".join(run.name for run in group) for group in plan[index::jobs])
+        command = [sys.executable, "-m", "study.population", *argv, "--worker", groups]
+        workers.append(subprocess.Popen(command))
+    try:
+        return max(worker.wait() for worker in workers)
+    except KeyboardInterrupt:
+        for worker in workers:  # each ends its MLflow runs KILLED (its own SIGTERM handler)
+            worker.terminate()
+        for worker in workers:
+            worker.wait()
+        raise
 
 
 def check_population_params(member_params: list[Params], runs: list[Run], check) -> None:

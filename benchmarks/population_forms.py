@@ -1,0 +1,134 @@
+"""Forms of a population's training step: CPU milliseconds per member-step, taking turns.
+
+    python -m benchmarks.population_forms [--sizes 1 5 20 40] [--rounds 3]
+
+The bare step of the default model (8 filters, 16x16 kernels, batch 32, clipped cross-entropy,
+Adam) for P members with stacked weights, 8 steps per call, in these forms:
+- grouped: the engine's (spikelab/population.py): each member its own batch, member p's images in
+  input channel p, grouped convolutions;
+- depthwise: the first convolution as a depthwise one (channel multiplier 8) instead;
+- matmul: both convolutions as image patches times batched matrices (im2col);
+- grouped_xla: the grouped form compiled by XLA;
+- shared: every member sees the same batch (the first convolution then is one ordinary convolution
+  with P x 8 filters): what a shared batch order would save, though its members are no longer the
+  single runs of their seeds.
+CPU seconds, not wall: the machine is shared. Prints one line per form and P (the median round).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+BATCH, KERNEL, FILTERS, STEPS = 32, 16, 8, 8
+
+
+def forms(size: int):
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.integers(0, 255, (2048, 32, 32), dtype=np.uint8))
+    labels = tf.constant(np.eye(2, dtype=np.float32)[rng.integers(0, 2, 2048)])
+    shapes = [
+        (size, KERNEL, KERNEL, 1, FILTERS),
+        (size, FILTERS),
+        (size, KERNEL, KERNEL, FILTERS, 2 * FILTERS),
+        (size, 2 * FILTERS),
+        (size, 2 * FILTERS, 2),
+        (size, 2),
+    ]
+    weights = [tf.Variable(rng.standard_normal(shape).astype(np.float32) * 0.05) for shape in shapes]
+    optimizer = keras.optimizers.Adam(3e-3)
+    optimizer.build(weights)
+
+    def grouped(kernel):
+        return tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [KERNEL, KERNEL, kernel.shape[3], -1])
+
+    def head(h):
+        h = tf.nn.max_pool2d(h, 2, 2, "VALID")
+        batch = tf.shape(h)[0]
+        h = tf.reshape(tf.transpose(tf.reshape(h, [batch, 1, 1, size, -1]), [3, 0, 1, 2, 4]), [size, batch, -1])
+        return tf.einsum("pbi,pio->pbo", h, weights[4]) + weights[5][:, None, :]
+
+    def second(h):
+        return head(tf.nn.conv2d(h, grouped(weights[2]), 1, "VALID") + tf.reshape(weights[3], [-1]))
+
+    def by_group(x):
+        x = tf.transpose(x, [1, 2, 3, 0])
+        return second(tf.nn.conv2d(tf.nn.relu(x), grouped(weights[0]), 1, "VALID") + tf.reshape(weights[1], [-1]))
+
+    def depthwise(x):
+        x = tf.transpose(x, [1, 2, 3, 0])
+        kernel = tf.transpose(weights[0][:, :, :, 0, :], [1, 2, 0, 3])
+        h = tf.nn.depthwise_conv2d(tf.nn.relu(x), kernel, [1, 1, 1, 1], "VALID")
+        return second(h + tf.reshape(weights[1], [-1]))
+
+    def shared(x):
+        return by_group(x[:1])
+
+    def patches(x, channels):
+        found = tf.image.extract_patches(x, [1, KERNEL, KERNEL, 1], [1, 1, 1, 1], [1, 1, 1, 1], "VALID")
+        side = found.shape[1]
+        return tf.reshape(found, [size, -1, KERNEL * KERNEL * channels]), side
+
+    def matmul(x):
+        p1, side = patches(tf.reshape(tf.nn.relu(x), [size * BATCH, 32, 32, 1]), 1)
+        h = tf.matmul(p1, tf.reshape(weights[0], [size, -1, FILTERS])) + weights[1][:, None, :]
+        p2, _ = patches(tf.reshape(h, [size * BATCH, side, side, FILTERS]), FILTERS)
+        h = tf.matmul(p2, tf.reshape(weights[2], [size, -1, 2 * FILTERS])) + weights[3][:, None, :]
+        h = tf.reduce_max(tf.reshape(h, [size, BATCH, -1, 2 * FILTERS]), axis=2)
+        return tf.einsum("pbi,pio->pbo", h, weights[4]) + weights[5][:, None, :]
+
+    def loss_of(logits, y):
+        p = tf.clip_by_value(tf.nn.softmax(logits), 1e-7, 1 - 1e-7)
+        return tf.reduce_sum(tf.reduce_mean(-tf.reduce_mean(y * tf.math.log(p) + (1 - y) * tf.math.log(1 - p), -1), 1))
+
+    def make(forward, jit=False):
+        def steps(indices):
+            loss = tf.constant(0.0)
+            for step in tf.range(tf.shape(indices)[0]):
+                batch = indices[step]
+                x = tf.cast(tf.gather(images, batch), tf.float32) / 255.0
+                with tf.GradientTape() as tape:
+                    loss = loss_of(forward(x), tf.gather(labels, batch))
+                optimizer.apply(tape.gradient(loss, weights), weights)
+            return loss
+
+        return tf.function(steps, jit_compile=jit)
+
+    indices = tf.constant(rng.integers(0, 2048, (STEPS, size, BATCH)).astype(np.int32))
+    built = {
+        "grouped": make(by_group),
+        "depthwise": make(depthwise),
+        "matmul": make(matmul),
+        "grouped_xla": make(by_group, jit=True),
+        "shared": make(shared),
+    }
+    return built, indices
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.population_forms", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 5, 20, 40])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    for size in args.sizes:
+        built, indices = forms(size)
+        for step in built.values():
+            step(indices)  # trace
+        found = {name: [] for name in built}
+        for _ in range(args.rounds):
+            for name, step in built.items():
+                started = time.process_time()
+                step(indices).numpy()
+                found[name].append((time.process_time() - started) / STEPS / size * 1000)
+        for name, values in found.items():
+            print(f"P={size} {name}: {statistics.median(values):.2f} CPU ms per member-step", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
