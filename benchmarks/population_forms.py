@@ -4,7 +4,7 @@
 
 The bare step of the default model (8 filters, 16x16 kernels, batch 32, clipped cross-entropy,
 Adam) for P members with stacked weights, 8 steps per call, in these forms:
-- grouped: the engine's (spikelab/population.py): each member its own batch, member p's images in
+- grouped: the engine's (study/population_engine.py): each member its own batch, member p's images in
   input channel p, grouped convolutions;
 - depthwise: the first convolution as a depthwise one (channel multiplier 8) instead;
 - matmul: both convolutions as image patches times batched matrices (im2col);
