@@ -60,7 +60,11 @@ def team_lab(tmp_path_factory):
     run(["git", "add", "study"], lab)
     run(["git", "commit", "-qm", "the team tests' studies"], lab)
     stack_dir = tmp_path / "stack"
-    up = run(["python", "-m", "team.stack", "up", "--dir", str(stack_dir), "--workers", "2", *free_ports()], lab)
+    try:
+        up = run(["python", "-m", "team.stack", "up", "--dir", str(stack_dir), "--workers", "2", *free_ports()], lab)
+    except AssertionError:  # a part that did not come up in time: stop the parts that did
+        run(["python", "-m", "team.stack", "down", "--dir", str(stack_dir), "--purge"], lab, check=False)
+        raise
     env = lab_env(lab)
     env.update(
         line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines() if line.startswith("export ")
