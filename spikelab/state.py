@@ -107,12 +107,10 @@ def resume_history(path: str | os.PathLike, epoch: int) -> list[dict]:
     return rows
 
 
-def check_resume(path: str | os.PathLike, epoch: int) -> None:
-    """Refuse a train.resume_from that is not a snapshot of epoch `epoch` (before any training), or
-    that lies outside the project, symlinks followed: nothing of the project keeps such a file, so
-    the run could not be reproduced (a queued run's copy counts as its project's)."""
-    if not Path(path).is_file():
-        raise _resume_error(path, "no such snapshot file")
+def check_resume_in_project(path: str | os.PathLike) -> None:
+    """Refuse (for the train stage) a train.resume_from that lies outside the project, symlinks
+    followed: nothing of the project keeps such a file, so the run could not be reproduced. A
+    queued run's copy (<project>/.dvc/tmp/exps/...) counts as its project's."""
     target, inside = Path(path).resolve(), project_root()
     if not target.is_relative_to(inside):
         raise _resume_error(
@@ -120,6 +118,12 @@ def check_resume(path: str | os.PathLike, epoch: int) -> None:
             f"resolves to {target}, outside the project ({inside}), where DVC does not track it: copy the "
             f"snapshot and its {HISTORY} into the project (e.g. models/resume/) and name that copy",
         )
+
+
+def check_resume(path: str | os.PathLike, epoch: int) -> None:
+    """Refuse a train.resume_from that is not a snapshot of epoch `epoch` (before any training)."""
+    if not Path(path).is_file():
+        raise _resume_error(path, "no such snapshot file")
     try:
         with np.load(path) as archive:
             found = int(archive["epoch"]) if "epoch" in archive.files else None

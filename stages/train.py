@@ -18,7 +18,7 @@ from spikelab.lean_imports import without_sklearn
 from spikelab.lifetime import die_with_parent
 from spikelab.native_logs import quiet_native_startup
 from spikelab.params import flatten, load_params
-from spikelab.state import check_resume
+from spikelab.state import check_resume, check_resume_in_project
 from spikelab.timing import StageClock
 
 STOPPED_BY: list[str] = []  # the signal that stopped the training, once one arrived
@@ -40,6 +40,7 @@ def main() -> None:
     # params and data are checked before TensorFlow and MLflow load (seconds of imports)
     params = load_params()
     if params.train.resume_from is not None:
+        check_resume_in_project(params.train.resume_from)
         check_resume(params.train.resume_from, params.train.resume_epoch)
     arrays = read_npz(split_path, ("x_train", "y_train", "x_val", "y_val"), produced_by="split")
 

@@ -574,6 +574,23 @@ def test_a_resume_from_that_is_not_the_named_snapshot_fails_in_one_line_before_t
     assert stage_files(lab) == before and not (lab / "mlflow.db").exists()
 
 
+def test_a_resume_from_linking_outside_the_project_fails_in_one_line_before_training(lab, tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for name in ("epoch_00002.npz", "history.csv"):
+        shutil.copy(lab / "models" / "snapshots" / name, outside / name)
+    (lab / "models" / "resume.npz").symlink_to(outside / "epoch_00002.npz")
+    raw = copy.deepcopy(TINY)
+    raw["train"].update(resume_from="models/resume.npz", resume_epoch=2)
+    write_params(lab, raw)
+
+    result = stage(lab, "train")
+
+    line = assert_user_error(result, "train.resume_from = models/resume.npz", f"resolves to {outside}")
+    assert "outside the project" in line
+    assert result.stdout == "" and not (lab / "mlflow.db").exists()  # before TensorFlow, before MLflow
+
+
 def test_a_snapshot_with_the_right_epoch_but_other_weights_fails_in_one_line_before_the_run_opens(lab):
     raw = copy.deepcopy(TINY)
     raw["model"]["filters"] = TINY["model"]["filters"] + 1  # the baseline's snapshots have the tiny model's

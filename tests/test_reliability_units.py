@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, TINY
 from spikelab.errors import InputError, ParamsError, removed_outputs_hint
 from spikelab.params import params_from_dict
-from spikelab.state import check_resume, save_snapshot
+from spikelab.state import check_resume_in_project, save_snapshot
 
 
 def refused(raw: dict) -> str:
@@ -65,10 +65,10 @@ def test_a_resume_from_symlink_to_a_snapshot_outside_the_project_is_refused(tmp_
     inside = snapshot(project / "models" / "snapshots")
     (project / "models" / "link.npz").symlink_to(snapshot(outside))
     monkeypatch.chdir(project)
-    check_resume("models/snapshots/epoch_00002.npz", 2)  # inside: accepted
-    check_resume(str(inside.resolve()), 2)  # an absolute path inside too
+    check_resume_in_project("models/snapshots/epoch_00002.npz")  # inside: accepted
+    check_resume_in_project(str(inside.resolve()))  # an absolute path inside too
     with pytest.raises(InputError) as raised:
-        check_resume("models/link.npz", 2)
+        check_resume_in_project("models/link.npz")
     message = str(raised.value)
     assert "train.resume_from = models/link.npz" in message and str(outside.resolve()) in message
     assert "outside the project" in message
@@ -81,7 +81,7 @@ def test_a_queued_run_may_resume_from_a_snapshot_of_its_project(tmp_path, monkey
     copy_dir = project / ".dvc" / "tmp" / "exps" / "tmp123"
     copy_dir.mkdir(parents=True)
     monkeypatch.chdir(copy_dir)
-    check_resume(str(kept), 2)
+    check_resume_in_project(str(kept))
 
 
 def test_the_error_of_a_stage_whose_outputs_dvc_deleted_says_how_to_restore_them(tmp_path, monkeypatch):

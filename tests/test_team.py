@@ -60,7 +60,11 @@ def team_lab(tmp_path_factory):
     run(["git", "add", "study"], lab)
     run(["git", "commit", "-qm", "the team tests' studies"], lab)
     stack_dir = tmp_path / "stack"
-    up = run(["python", "-m", "team.stack", "up", "--dir", str(stack_dir), "--workers", "2", *free_ports()], lab)
+    try:
+        up = run(["python", "-m", "team.stack", "up", "--dir", str(stack_dir), "--workers", "2", *free_ports()], lab)
+    except AssertionError:  # a part that did not come up in time: stop the parts that did
+        run(["python", "-m", "team.stack", "down", "--dir", str(stack_dir), "--purge"], lab, check=False)
+        raise
     env = lab_env(lab)
     env.update(
         line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines() if line.startswith("export ")
@@ -95,6 +99,65 @@ def kill_one_running_task(deadline_s: float) -> bool:
 def training_below(pid: int) -> bool:
     result = subprocess.run(["pgrep", "-f", "-P", str(pid), "dvc exp run"], capture_output=True)
     return result.returncode == 0
+
+
+def as_nobody(*command: str) -> subprocess.CompletedProcess:
+    """A command run by another local user, one with no rights on anything of the stack's."""
+    become = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+    return subprocess.run([*become, *command], capture_output=True, text=True, cwd="/")
+
+
+# first: the outage test below kills the server whose command line and environment this one reads
+def test_no_secret_reaches_another_local_user_and_each_database_has_its_own_role(team_lab):
+    lab, stack_dir, _ = team_lab
+    if os.geteuid() != 0:
+        pytest.skip("becoming another local user needs root (CI runs as root)")
+    stack = json.loads((stack_dir / "stack.json").read_text())
+    secrets_ = dict(line.split("=", 1) for line in (stack_dir / "credentials.env").read_text().split())
+    hidden = [value for key, value in secrets_.items() if key != "MLFLOW_TRACKING_USERNAME"]
+    # every process's argv is readable by every user: no secret in any of them (-ww: whole lines, as
+    # ps cuts them at $COLUMNS otherwise)
+    listing = as_nobody("ps", "-ww", "-eo", "args")
+    server = [line for line in listing.stdout.splitlines() if f"--port {stack['mlflow_port']}" in line]
+    assert listing.returncode == 0 and server and str(stack["mlflow_port"]) in server[0], listing.stderr
+    leaked = [line for line in listing.stdout.splitlines() if any(value in line for value in hidden)]
+    assert not leaked, leaked
+    # the server's environment (where its store's address is) and the files holding secrets are not
+    assert as_nobody("cat", f"/proc/{stack['mlflow_pid']}/environ").returncode != 0
+    for name in ("credentials.env", "basic_auth.ini"):
+        assert (stack_dir / name).stat().st_mode & 0o777 == 0o600, name
+
+    # the tracking role reaches the tracking store only; the auth role the auth database only
+    import psycopg2
+
+    def connects(role: str, password_key: str, database: str) -> bool:
+        try:
+            psycopg2.connect(
+                host="127.0.0.1",
+                port=stack["postgres_port"],
+                user=role,
+                password=secrets_[password_key],
+                dbname=database,
+                connect_timeout=10,
+            ).close()
+        except psycopg2.OperationalError as error:
+            assert "permission denied" in str(error), error
+            return False
+        return True
+
+    assert connects("mlflow", "SPIKELAB_DB_PASSWORD", "mlflow")
+    assert not connects("mlflow", "SPIKELAB_DB_PASSWORD", "mlflow_auth")
+    assert connects("mlflow_auth", "SPIKELAB_AUTH_DB_PASSWORD", "mlflow_auth")
+    assert not connects("mlflow_auth", "SPIKELAB_AUTH_DB_PASSWORD", "mlflow")
+    # ... and the auth role owns the users table the server made, so the server needs nothing more
+    owner = subprocess.run(
+        ["runuser", "-u", "postgres", "--"]
+        + ["psql", "-h", stack["postgres_data"], "-p", str(stack["postgres_port"]), "-U", "postgres"]
+        + ["-d", "mlflow_auth", "-tAc", "SELECT tableowner FROM pg_tables WHERE tablename = 'users'"],
+        capture_output=True,
+        text=True,
+    )
+    assert owner.stdout.strip() == "mlflow_auth", owner.stderr
 
 
 def test_a_study_runs_through_ray_into_the_shared_server_and_remotes_and_is_collected(team_lab, tmp_path):
@@ -208,64 +271,6 @@ def test_the_server_stopped_mid_run_loses_no_files_and_says_so(team_lab, tmp_pat
     train = json.loads((kept / "metrics" / "train.json").read_text())
     assert train["epochs_run"] == 400
     assert (kept / "models" / "best.keras").stat().st_size > 0
-
-
-def as_nobody(*command: str) -> subprocess.CompletedProcess:
-    """A command run by another local user, one with no rights on anything of the stack's."""
-    become = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
-    return subprocess.run([*become, *command], capture_output=True, text=True, cwd="/")
-
-
-def test_no_secret_reaches_another_local_user_and_each_database_has_its_own_role(team_lab):
-    lab, stack_dir, _ = team_lab
-    if os.geteuid() != 0:
-        pytest.skip("becoming another local user needs root (CI runs as root)")
-    stack = json.loads((stack_dir / "stack.json").read_text())
-    secrets_ = dict(line.split("=", 1) for line in (stack_dir / "credentials.env").read_text().split())
-    hidden = [value for key, value in secrets_.items() if key != "MLFLOW_TRACKING_USERNAME"]
-    # every process's argv is readable by every user: no secret in any of them (-ww: whole lines, as
-    # ps cuts them at $COLUMNS otherwise)
-    listing = as_nobody("ps", "-ww", "-eo", "args")
-    server = [line for line in listing.stdout.splitlines() if f"--port {stack['mlflow_port']}" in line]
-    assert listing.returncode == 0 and server and str(stack["mlflow_port"]) in server[0], listing.stderr
-    leaked = [line for line in listing.stdout.splitlines() if any(value in line for value in hidden)]
-    assert not leaked, leaked
-    # the server's environment (where its store's address is) and the files holding secrets are not
-    assert as_nobody("cat", f"/proc/{stack['mlflow_pid']}/environ").returncode != 0
-    for name in ("credentials.env", "basic_auth.ini"):
-        assert (stack_dir / name).stat().st_mode & 0o777 == 0o600, name
-
-    # the tracking role reaches the tracking store only; the auth role the auth database only
-    import psycopg2
-
-    def connects(role: str, password_key: str, database: str) -> bool:
-        try:
-            psycopg2.connect(
-                host="127.0.0.1",
-                port=stack["postgres_port"],
-                user=role,
-                password=secrets_[password_key],
-                dbname=database,
-                connect_timeout=10,
-            ).close()
-        except psycopg2.OperationalError as error:
-            assert "permission denied" in str(error), error
-            return False
-        return True
-
-    assert connects("mlflow", "SPIKELAB_DB_PASSWORD", "mlflow")
-    assert not connects("mlflow", "SPIKELAB_DB_PASSWORD", "mlflow_auth")
-    assert connects("mlflow_auth", "SPIKELAB_AUTH_DB_PASSWORD", "mlflow_auth")
-    assert not connects("mlflow_auth", "SPIKELAB_AUTH_DB_PASSWORD", "mlflow")
-    # ... and the auth role owns the users table the server made, so the server needs nothing more
-    owner = subprocess.run(
-        ["runuser", "-u", "postgres", "--"]
-        + ["psql", "-h", stack["postgres_data"], "-p", str(stack["postgres_port"]), "-U", "postgres"]
-        + ["-d", "mlflow_auth", "-tAc", "SELECT tableowner FROM pg_tables WHERE tablename = 'users'"],
-        capture_output=True,
-        text=True,
-    )
-    assert owner.stdout.strip() == "mlflow_auth", owner.stderr
 
 
 def start_other_ray_cluster() -> tuple[subprocess.Popen, Path]:
