@@ -48,9 +48,9 @@ sync: $(INSTALLED) ## complete the last training's MLflow run from its files, af
 	$(RUN) python -m study.sync
 
 # Check every output dvc.lock records, workspace copy and DVC cache object, against its md5;
-# one line per damaged copy with the repair that works (spikelab/integrity.py)
+# one line per damaged copy with the repair that works (spikelab/plumbing/integrity.py)
 verify: $(INSTALLED) ## check every DVC output and cache object against dvc.lock, one line per damaged copy
-	$(RUN) python -m spikelab.integrity
+	$(RUN) python -m spikelab.plumbing.integrity
 
 # Samples/s of the lab's loop vs bare model.fit vs the seed's generator, FLOP/s vs the matmul
 # peak, dvc repro wall times, then the study's runs per hour -> benchmarks/results.json

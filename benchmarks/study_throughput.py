@@ -9,7 +9,7 @@ default-params experiments (distinct seeds), start the workers, wait until the q
 Runs per hour = runs / wall seconds x 3600, the wall from the first `dvc exp run --queue` to the
 wait seeing the last experiment done (the study's own `queue_and_wait`, run by the copy's code).
 
-The split of a run comes from the stages' own clocks (`spikelab/timing.py`, MLflow metrics
+The split of a run comes from the stages' own clocks (`spikelab/plumbing/timing.py`, MLflow metrics
 `time.<stage>.<phase>`): train start-up (imports, checks, data, MLflow run opened), the first epoch
 (tracing), the other epochs, outputs; evaluate start-up and scoring. What is left of a worker's
 time per run (wall x workers / runs, minus both stages) is DVC's: copying the repo into its temp
@@ -77,7 +77,7 @@ def prepare_workspace(root: Path, rev: str | None = None) -> None:
 # Python started in the copy; it leaves the wall seconds and each run's final state in a JSON file.
 DRIVER = """
 import json, sys, time
-from study.experiments import queue_and_wait
+from study.dvc_calls import queue_and_wait
 runs, jobs, report = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 started = time.perf_counter()
 final = queue_and_wait([tuple(run) for run in runs], jobs)
@@ -91,7 +91,7 @@ def run_study(root: Path, names_seeds: list[tuple[str, int]], jobs: int, extra: 
     runs = [(name, ["-S", f"train.seed={seed}", *extra]) for name, seed in names_seeds]
     report = root.with_name(f"{root.name}-study.json")  # outside the repo: a queued run takes untracked files along
     report.unlink(missing_ok=True)
-    # no pipes: the queue's workers are daemons that would hold them open (study.experiments.start_workers)
+    # no pipes: the queue's workers are daemons that would hold them open (study.dvc_calls.start_workers)
     result = subprocess.run(
         [sys.executable, "-c", DRIVER, json.dumps(runs), str(jobs), str(report)],
         cwd=root,

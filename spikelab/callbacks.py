@@ -8,7 +8,7 @@ from pathlib import Path
 
 import keras
 
-from spikelab import state as training_state
+from spikelab import snapshots as training_state
 from spikelab.divergence import SpikeWatch
 from spikelab.params import DivergenceParams, GuardParams
 

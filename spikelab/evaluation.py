@@ -7,9 +7,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from spikelab.errors import InputError
-from spikelab.integrity import damage
 from spikelab.model import to_model_input
+from spikelab.plumbing.errors import InputError
+from spikelab.plumbing.integrity import damage
 
 CLASSES = ("solid", "broken")
 

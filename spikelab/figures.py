@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: stages run on servers and in CI
 import matplotlib.pyplot as plt
 
-from spikelab.files import atomic_path
+from spikelab.plumbing.files import atomic_path
 
 # (panel title, y scale, history columns drawn in it)
 PANELS = (

@@ -13,7 +13,7 @@ import math
 import os
 from pathlib import Path
 
-from spikelab.files import atomic_path
+from spikelab.plumbing.files import atomic_path
 
 FIRST_COLUMNS = ("epoch", "loss", "val_loss", "accuracy", "val_accuracy", "learning_rate")
 NOT_DETERMINISTIC = ("seconds",)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spikelab import state as training_state
+from spikelab import snapshots as training_state
 from spikelab.divergence import train_metrics
 from spikelab.figures import plot_run
-from spikelab.files import atomic_path, write_json
 from spikelab.history import write_history_csv
 from spikelab.params import Params
+from spikelab.plumbing.files import atomic_path, write_json
 from spikelab.training import TrainResult
 
 PICTURE = "loss_curve.png"

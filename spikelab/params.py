@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from spikelab.errors import ParamsError
+from spikelab.plumbing.errors import ParamsError
 
 ADAM_FAMILY = ("adam", "adamw")
 MAX_SEED = 2**32 - 1  # numpy's and Keras's seeds are uint32

@@ -38,9 +38,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
-from spikelab.errors import TrackingError, UserError, one_line, one_line_shortened
-from spikelab.files import project_root
-from spikelab.lifetime import stat_fields
+from spikelab.plumbing.errors import TrackingError, UserError, one_line, one_line_shortened
+from spikelab.plumbing.files import project_root
+from spikelab.plumbing.lifetime import stat_fields
 
 SYNC_COMMAND = "python -m study.sync"
 # MLflow's own HTTP retries take minutes (7 retries, back-off factor 2) and a request may wait
@@ -241,29 +241,6 @@ def process_gone(tags: dict, host: str) -> bool:
 def mark_failed(client: MlflowClient, run_id: str, reason: str) -> None:
     retry_locked(client.set_tag, run_id, ORPHAN_TAG, reason)
     retry_locked(client.set_terminated, run_id, "FAILED")
-
-
-def fail_lost_runs(exp_names: list[str], reason: str, root: Path | None = None, since_ms: int = 0) -> dict[str, str]:
-    """Mark FAILED (tagged `reason`) the runs of these DVC experiments started since `since_ms` that
-    did not finish (RUNNING, or KILLED by a signal) and whose process on this host is gone;
-    {experiment name: MLflow run id} of those marked."""
-    mlflow.set_tracking_uri(tracking_uri(root or project_root()))
-    client, host = MlflowClient(), socket.gethostname()
-    experiments = [e.experiment_id for e in retry_locked(client.search_experiments)]
-    lost = {}
-    for name in exp_names:
-        quoted = name.replace("'", "\\'")
-        found = retry_locked(
-            client.search_runs,
-            experiments,
-            filter_string=f"tags.`dvc.exp_name` = '{quoted}' and attributes.start_time >= {since_ms}",
-            max_results=100,
-        )
-        for run in found:
-            if run.info.status in ("RUNNING", "KILLED") and process_gone(run.data.tags, host):
-                mark_failed(client, run.info.run_id, reason)
-                lost[name] = run.info.run_id
-    return lost
 
 
 def log_metric_list(run_id: str, metrics: list[Metric]) -> None:

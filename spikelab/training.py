@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from spikelab import state as training_state
+from spikelab import snapshots as training_state
 from spikelab.callbacks import BestState, DivergenceGuard, EpochClock, HistoryRows, ProgressLine, Snapshots
 from spikelab.curvature import Curvature, ProbeHessian
 from spikelab.dead_zone import DeadZoneAccounting, accounting_epochs

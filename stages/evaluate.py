@@ -7,12 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from spikelab.errors import run_entry_point
-from spikelab.files import read_npz, write_json
-from spikelab.lean_imports import without_sklearn
-from spikelab.native_logs import quiet_native_startup
 from spikelab.params import load_params
-from spikelab.timing import StageClock
+from spikelab.plumbing.errors import run_entry_point
+from spikelab.plumbing.files import read_npz, write_json
+from spikelab.plumbing.lean_imports import without_sklearn
+from spikelab.plumbing.native_logs import quiet_native_startup
+from spikelab.plumbing.timing import StageClock
 
 
 def main() -> None:

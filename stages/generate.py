@@ -7,9 +7,9 @@ import sys
 import time
 
 from spikelab.data import generate
-from spikelab.errors import run_entry_point
-from spikelab.files import write_npz
 from spikelab.params import load_params
+from spikelab.plumbing.errors import run_entry_point
+from spikelab.plumbing.files import write_npz
 
 
 def main() -> None:

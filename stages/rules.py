@@ -11,12 +11,12 @@ import json
 import sys
 from pathlib import Path
 
-from spikelab.errors import run_entry_point
-from spikelab.files import write_json
 from spikelab.history import read_history_csv
-from spikelab.lean_imports import without_sklearn
-from spikelab.native_logs import quiet_native_startup
 from spikelab.params import load_params
+from spikelab.plumbing.errors import run_entry_point
+from spikelab.plumbing.files import write_json
+from spikelab.plumbing.lean_imports import without_sklearn
+from spikelab.plumbing.native_logs import quiet_native_startup
 
 
 def main() -> None:

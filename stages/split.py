@@ -6,9 +6,9 @@ python -m stages.split data/lines.npz data/split.npz
 import sys
 
 from spikelab.data import split
-from spikelab.errors import run_entry_point
-from spikelab.files import read_npz, write_npz
 from spikelab.params import load_params
+from spikelab.plumbing.errors import run_entry_point
+from spikelab.plumbing.files import read_npz, write_npz
 
 
 def main() -> None:

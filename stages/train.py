@@ -12,14 +12,14 @@ import sys
 from pathlib import Path
 
 from spikelab.divergence import describe_run
-from spikelab.errors import DiskFullError, InputError, disk_full_error, disk_full_in, one_line, run_entry_point
-from spikelab.files import read_npz
-from spikelab.lean_imports import without_sklearn
-from spikelab.lifetime import die_with_parent
-from spikelab.native_logs import quiet_native_startup
 from spikelab.params import flatten, load_params
-from spikelab.state import check_resume, check_resume_in_project
-from spikelab.timing import StageClock
+from spikelab.plumbing.errors import DiskFullError, InputError, disk_full_error, disk_full_in, one_line, run_entry_point
+from spikelab.plumbing.files import read_npz
+from spikelab.plumbing.lean_imports import without_sklearn
+from spikelab.plumbing.lifetime import die_with_parent
+from spikelab.plumbing.native_logs import quiet_native_startup
+from spikelab.plumbing.timing import StageClock
+from spikelab.snapshots import check_resume, check_resume_in_project
 
 STOPPED_BY: list[str] = []  # the signal that stopped the training, once one arrived
 
@@ -56,7 +56,7 @@ def main() -> None:
             raise InputError(one_line(error)) from None
         if params.train.resume_from is not None:  # before the MLflow run opens
             from spikelab.model import build_model
-            from spikelab.state import check_resume_weights
+            from spikelab.snapshots import check_resume_weights
 
             image_size = arrays["x_train"].shape[-1]
             check_resume_weights(params.train.resume_from, build_model(params.model, image_size, data_format))

@@ -12,9 +12,9 @@ an edit of params.yaml reruns only the stages whose params changed.
 
 import sys
 
-from spikelab.errors import run_entry_point
-from spikelab.files import atomic_path
 from spikelab.params import load_params
+from spikelab.plumbing.errors import run_entry_point
+from spikelab.plumbing.files import atomic_path
 
 CHECKED = "params.yaml: valid\n"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from spikelab.errors import run_entry_point
-from study.experiments import READ_RETRIES, dvc, parse_exp_show
+from spikelab.plumbing.errors import run_entry_point
+from study.dvc_calls import READ_RETRIES, dvc, parse_exp_show
 from study.sweep import changed_params, format_value
 from study.tables import markdown_table
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spikelab.errors import UserError, run_entry_point
 from spikelab.params import params_from_dict, read_yaml
+from spikelab.plumbing.errors import UserError, run_entry_point
 from study.figures import plot_dead_dynamics
 from study.report import RESULTS, late_change, read_histories
 from study.sweep import expand, load_defaults, load_sweep

@@ -26,9 +26,9 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from spikelab.errors import UserError, run_entry_point
 from spikelab.params import ParamsError, params_from_dict, read_yaml
-from study.experiments import is_valid_ref_name, run_experiment
+from spikelab.plumbing.errors import UserError, run_entry_point
+from study.dvc_calls import is_valid_ref_name, run_experiment
 from study.sweep import format_value
 
 PARAMS = Path("params.yaml")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spikelab.errors import UserError, run_entry_point
 from spikelab.params import SplitParams, load_params
+from spikelab.plumbing.errors import UserError, run_entry_point
 from study.stats import wilson_interval
 from study.tables import RESULTS, markdown_table, write_text
 

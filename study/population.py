@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 from ruamel.yaml import YAML
 
-from spikelab.errors import UserError, run_entry_point
 from spikelab.params import Params, flatten, params_from_dict, read_yaml
+from spikelab.plumbing.errors import UserError, run_entry_point
 from study.sweep import SWEEP_FILE, Run, expand, load_defaults, load_sweep, run_prefix
 
 POPULATIONS = Path("study/populations")
@@ -93,13 +93,13 @@ def train_population(
     name: str, names: list[str], member_params: list[Params], folders: list[Path], cache: dict
 ) -> float:
     """Train one population, write every member's outputs and MLflow run; returns the training seconds."""
-    from spikelab import state as training_state
+    from spikelab import snapshots as training_state
     from spikelab.divergence import rule_metrics
     from spikelab.evaluation import load_model, score
-    from spikelab.files import write_json
     from spikelab.losses import make_loss
     from spikelab.model import resolve_data_format
     from spikelab.outputs import write_training_outputs
+    from spikelab.plumbing.files import write_json
     from spikelab.tracking import evaluation_metrics, git_commit, log_metrics_at, summary_metrics, training_run
     from study.population_engine import Member, Population, cell_params
 

@@ -40,7 +40,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from spikelab import state as training_state
+from spikelab import snapshots as training_state
 from spikelab.adam_state import adam_slots
 from spikelab.curvature import curvature_along_step, power_iteration, power_start, preconditioner_of
 from spikelab.dead_zone import accounting_epochs, dead_zone_stats

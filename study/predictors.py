@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from spikelab.divergence import SpikeWatch
-from spikelab.errors import UserError, run_entry_point
 from spikelab.figures import plt, save_figure
 from spikelab.params import load_params
+from spikelab.plumbing.errors import UserError, run_entry_point
 from study.report import RESULTS, read_histories, read_records
 from study.stats import holm, wilson_interval
 from study.sweep import SWEEP_FILE, calm_cells, load_sweep, run_prefix

@@ -15,7 +15,7 @@ import argparse
 import sqlite3
 from pathlib import Path
 
-from spikelab.errors import UserError, run_entry_point
+from spikelab.plumbing.errors import UserError, run_entry_point
 
 # (table, column) holding an absolute artifact folder, in MLflow 3's sqlite schema
 LOCATIONS = (("experiments", "artifact_location"), ("runs", "artifact_uri"), ("logged_models", "artifact_location"))

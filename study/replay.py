@@ -28,11 +28,11 @@ import re
 from pathlib import Path
 
 from spikelab.divergence import curve_summary, divergence_epoch, jump_ratio, plateau_metrics
-from spikelab.errors import UserError, run_entry_point
 from spikelab.history import parse_history_csv, write_history_csv
 from spikelab.params import DivergenceParams, PlateauParams
-from spikelab.state import HISTORY
-from study.experiments import experiments_by_name, history_of, history_text, queue_and_wait, read_output
+from spikelab.plumbing.errors import UserError, run_entry_point
+from spikelab.snapshots import HISTORY
+from study.dvc_calls import experiments_by_name, history_of, history_text, queue_and_wait, read_output
 from study.figures import plot_replay
 from study.sweep import SWEEP_FILE, SweepError, changed_params, expand, format_value, load_defaults, load_sweep
 from study.tables import RESULTS, markdown_table, write_csv, write_text

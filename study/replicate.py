@@ -19,7 +19,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from spikelab.errors import UserError, run_entry_point
+from spikelab.plumbing.errors import UserError, run_entry_point
 from study.predictors import verdict as predictor_verdict
 from study.report import RESULTS
 from study.sweep import load_sweep, run_prefix

@@ -27,10 +27,10 @@ import math
 import statistics
 from pathlib import Path
 
-from spikelab.errors import UserError, run_entry_point
 from spikelab.history import history_row, read_history_csv
 from spikelab.params import load_params
-from study.experiments import experiments_by_name, history_of
+from spikelab.plumbing.errors import UserError, run_entry_point
+from study.dvc_calls import experiments_by_name, history_of
 from study.figures import plot_dead_zone, plot_study, plot_thresholds
 from study.population import POPULATIONS, is_finished, member_dir
 from study.stats import bootstrap_interval, fisher_exact, holm, kaplan_meier, mann_whitney, wilson_interval

@@ -20,9 +20,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from spikelab.errors import UserError, run_entry_point
 from spikelab.params import flatten, load_params, read_yaml
-from study.experiments import queue_and_wait
+from spikelab.plumbing.errors import UserError, run_entry_point
+from study.dvc_calls import queue_and_wait
 
 SWEEP_FILE = Path("study/sweep.yaml")
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")  # DVC experiment names are git ref names: no dots

@@ -26,11 +26,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
-from spikelab.errors import InputError, disk_full_error, disk_full_in, run_entry_point
 from spikelab.history import read_history_csv
-from spikelab.integrity import file_md5
 from spikelab.outputs import output_files
 from spikelab.params import flatten, load_params, read_yaml
+from spikelab.plumbing.errors import InputError, disk_full_error, disk_full_in, run_entry_point
+from spikelab.plumbing.integrity import file_md5
 from spikelab.tracking import (
     evaluation_metrics,
     log_metric_list,

@@ -7,7 +7,7 @@ import gzip
 import io
 from pathlib import Path
 
-from spikelab.files import atomic_path
+from spikelab.plumbing.files import atomic_path
 
 RESULTS = Path("study/results")  # every study's tables, figures, rows and histories
 

@@ -16,8 +16,8 @@ import socket
 import sys
 from pathlib import Path
 
-from spikelab.errors import UserError, run_entry_point
 from spikelab.params import read_yaml
+from spikelab.plumbing.errors import UserError, run_entry_point
 
 LOOPBACK = "127.0.0.1"
 TRAINING_VIEW = "?workflowType=machine_learning"

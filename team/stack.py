@@ -39,7 +39,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from spikelab.errors import UserError, run_entry_point
+from spikelab.plumbing.errors import UserError, run_entry_point
 
 DEFAULT_DIR = Path(".team")
 LOOPBACK = "127.0.0.1"

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from spikelab.errors import UserError, run_entry_point
+from spikelab.plumbing.errors import UserError, run_entry_point
 from study.report import run_record, write_report
 from study.sweep import SWEEP_FILE, expand, load_defaults, load_sweep, run_prefix
 from team.stack import RAY_LOOPBACK_ONLY
@@ -253,7 +253,7 @@ def collect(args) -> int:
     if on_remote:
         sh(["dvc", "exp", "pull", "--force", "-r", args.dvc_remote, args.git_remote, *on_remote], cwd)
     print(f"team study: pulled {len(on_remote)} experiments; {len(failures)} runs failed on the workers")
-    from study.experiments import experiments_by_name
+    from study.dvc_calls import experiments_by_name
 
     experiments = experiments_by_name()
     records = []

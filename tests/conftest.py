@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from benchmarks.workspace import commit_fresh_repo, copy_tracked_files
 from spikelab.params import ModelParams, read_yaml
-from study.experiments import is_broker_race
+from study.dvc_calls import is_broker_race
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -101,7 +101,7 @@ def wait_for_queue(root: Path, timeout_s: float = 900) -> str:
     while time.monotonic() < deadline:
         result = run(["dvc", "queue", "status"], root, check=False)
         status = result.stdout + result.stderr
-        # the queue's message files read mid-write (study.experiments.is_broker_race): poll again
+        # the queue's message files read mid-write (study.dvc_calls.is_broker_race): poll again
         if result.returncode != 0 and not is_broker_race(result):
             raise AssertionError(f"dvc queue status exited {result.returncode}:\n{status}")
         if result.returncode == 0 and "Queued" not in status and "Running" not in status:

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from conftest import run
-from spikelab.errors import one_line
 from spikelab.params import ParamsError, load_params
+from spikelab.plumbing.errors import one_line
 
 
 def committed_text(root: Path) -> str:

@@ -5,7 +5,7 @@ import sys
 
 CHECK = """
 import sys
-from spikelab.lean_imports import without_sklearn
+from spikelab.plumbing.lean_imports import without_sklearn
 with without_sklearn():
     import keras
 print("sklearn" in sys.modules)

@@ -8,7 +8,7 @@ import shutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from spikelab.errors import TrackingError
+from spikelab.plumbing.errors import TrackingError
 from spikelab.tracking import prepare_experiment
 
 

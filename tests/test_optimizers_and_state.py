@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import with_changes
-from spikelab import state as training_state
+from spikelab import snapshots as training_state
 from spikelab.diagnostics import adam_state_stats
 from spikelab.optimizers import make_optimizer
 from spikelab.params import params_from_dict

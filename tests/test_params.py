@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import with_changes
-from spikelab.errors import ParamsError
 from spikelab.params import load_params, params_from_dict
+from spikelab.plumbing.errors import ParamsError
 
 CROSS_KEY_RULES = {
     # id: (changes, fragment of the message)

@@ -22,8 +22,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, lab_env, make_lab, mlflow_runs, run, stage_command, wait_for_queue, write_params
-from spikelab.integrity import file_md5
 from spikelab.params import read_yaml
+from spikelab.plumbing.integrity import file_md5
 from team.stack import free_port
 
 # every test here runs the stages in a copy of the repo that ran `dvc repro` with a real MLflow store
@@ -780,14 +780,14 @@ def test_a_corrupt_dvc_cache_object_is_named_with_the_repair_that_works(lab):
     line = assert_user_error(stage(lab, "train"), "data/split.npz", str(cache_object), "is corrupt")
     repair = line.split(": rm ", 1)[1]
     assert repair == f"{cache_object} && dvc repro -f split"
-    verify = run([sys.executable, "-m", "spikelab.integrity"], lab, check=False)
+    verify = run([sys.executable, "-m", "spikelab.plumbing.integrity"], lab, check=False)
     assert verify.returncode == 1 and f"data/split.npz (split): the DVC cache object {cache_object}" in verify.stdout
 
     run(["dvc", "repro", "-f", "split"], lab)  # re-running alone: DVC copies the corrupt object back
     assert file_md5(lab / "data/split.npz") != md5
     run(["bash", "-c", f"rm {repair}"], lab)  # the repair the line names
     assert file_md5(lab / "data/split.npz") == md5 == file_md5(lab / cache_object)
-    assert run([sys.executable, "-m", "spikelab.integrity"], lab).stdout.endswith(", 0 damaged copies\n")
+    assert run([sys.executable, "-m", "spikelab.plumbing.integrity"], lab).stdout.endswith(", 0 damaged copies\n")
 
 
 def rot_in_place(path: Path) -> None:
@@ -821,8 +821,8 @@ def test_a_training_that_outlives_its_sigkilled_queue_worker_is_saved_as_an_expe
     is not one."""
     waiter_code = (
         "import json\n"
-        "from spikelab.errors import run_entry_point\n"
-        "from study.experiments import queue_and_wait\n"
+        "from spikelab.plumbing.errors import run_entry_point\n"
+        "from study.dvc_calls import queue_and_wait\n"
         "runs = [('orphan', ['-S', 'train.epochs=60']), ('other', ['-S', 'train.epochs=2'])]\n"
         "run_entry_point(lambda: print('final', json.dumps(queue_and_wait(runs, 2, poll_s=1.0))))\n"
     )
@@ -869,8 +869,8 @@ def test_a_training_that_outlives_its_sigkilled_queue_worker_is_saved_as_an_expe
 def test_queue_and_wait_revives_a_queue_whose_worker_died_and_fails_the_lost_run(lab, tmp_path):
     waiter_code = (
         "import json\n"
-        "from spikelab.errors import run_entry_point\n"
-        "from study.experiments import queue_and_wait\n"
+        "from spikelab.plumbing.errors import run_entry_point\n"
+        "from study.dvc_calls import queue_and_wait\n"
         "runs = [('doomed', ['-S', 'train.epochs=5000']), ('survivor', ['-S', 'train.epochs=2'])]\n"
         "run_entry_point(lambda: print('final', json.dumps(queue_and_wait(runs, 1, poll_s=1.0))))\n"
     )

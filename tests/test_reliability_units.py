@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY
-from spikelab.errors import InputError, ParamsError, removed_outputs_hint
 from spikelab.params import params_from_dict
-from spikelab.state import check_resume_in_project, save_snapshot
+from spikelab.plumbing.errors import InputError, ParamsError, removed_outputs_hint
+from spikelab.snapshots import check_resume_in_project, save_snapshot
 
 
 def refused(raw: dict) -> str:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from spikelab.data import generate, split
-from spikelab.errors import InputError
 from spikelab.history import read_history_csv, write_history_csv
 from spikelab.model import resolve_data_format
 from spikelab.params import params_from_dict
-from spikelab.state import HISTORY, check_resume, load_resume, save_snapshot
+from spikelab.plumbing.errors import InputError
+from spikelab.snapshots import HISTORY, check_resume, load_resume, save_snapshot
 from spikelab.training import train
 from study.replay import continuation, pick_snapshot_epoch
 

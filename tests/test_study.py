@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from spikelab.errors import one_line
 from spikelab.params import flatten, params_from_dict
-from study.experiments import parse_exp_show, parse_queue_status, stuck_error
+from spikelab.plumbing.errors import one_line
+from study.dvc_calls import parse_exp_show, parse_queue_status, stuck_error
 from study.report import aggregate, representative, run_record, write_report
 from study.sweep import SweepError, expand, load_sweep
 from study.tables import markdown_table
@@ -389,35 +389,35 @@ def test_the_error_for_a_dead_queue_names_the_stuck_runs_and_the_repairs():
 
 def test_a_queue_whose_workers_keep_dying_ends_in_one_line_after_the_revivals(monkeypatch):
     """The wait never hangs: revived MAX_REVIVALS times and still no worker -> QueueError."""
-    from study import experiments
+    from study import dvc_calls
 
     revived, commands = [], []
-    monkeypatch.setattr(experiments, "experiments_of", lambda all_commits=True: [])
-    monkeypatch.setattr(experiments, "dvc", lambda *args, check=True: commands.append(args))
-    monkeypatch.setattr(experiments, "start_workers", lambda jobs: None)
-    monkeypatch.setattr(experiments, "queue_states", lambda: parse_queue_status(DEAD_QUEUE))
-    monkeypatch.setattr(experiments, "orphaned_trainings", lambda names: {})
-    monkeypatch.setattr(experiments, "revive_dead_queue", lambda pending, *args: revived.append(pending) or {})
-    with pytest.raises(experiments.QueueError, match="no worker is alive"):
-        experiments.queue_and_wait([("longone", []), ("later", [])], jobs=1, poll_s=0)
-    assert len(revived) == experiments.MAX_REVIVALS
+    monkeypatch.setattr(dvc_calls, "experiments_of", lambda all_commits=True: [])
+    monkeypatch.setattr(dvc_calls, "dvc", lambda *args, check=True: commands.append(args))
+    monkeypatch.setattr(dvc_calls, "start_workers", lambda jobs: None)
+    monkeypatch.setattr(dvc_calls, "queue_states", lambda: parse_queue_status(DEAD_QUEUE))
+    monkeypatch.setattr(dvc_calls, "orphaned_trainings", lambda names: {})
+    monkeypatch.setattr(dvc_calls, "revive_dead_queue", lambda pending, *args: revived.append(pending) or {})
+    with pytest.raises(dvc_calls.QueueError, match="no worker is alive"):
+        dvc_calls.queue_and_wait([("longone", []), ("later", [])], jobs=1, poll_s=0)
+    assert len(revived) == dvc_calls.MAX_REVIVALS
     assert [args[:3] for args in commands] == [("exp", "run", "--queue")] * 2
 
 
 def test_a_queue_that_lost_one_of_its_workers_gets_it_back(monkeypatch, capsys):
     """Two workers asked, one alive while runs wait: the missing one is started again, said in one line."""
-    from study import experiments
+    from study import dvc_calls
 
     one_alive = DEAD_QUEUE.replace("0 active, 0 idle", "1 active, 0 idle")
     finished = one_alive.replace("Running", "Success").replace("Queued", "Success")
     # one poll short is a worker still starting; DEAD_AFTER_POLLS in a row is a dead one
-    polls = iter([parse_queue_status(one_alive)] * experiments.DEAD_AFTER_POLLS + [parse_queue_status(finished)])
+    polls = iter([parse_queue_status(one_alive)] * dvc_calls.DEAD_AFTER_POLLS + [parse_queue_status(finished)])
     started = []
-    monkeypatch.setattr(experiments, "experiments_of", lambda all_commits=True: [])
-    monkeypatch.setattr(experiments, "dvc", lambda *args, check=True: None)
-    monkeypatch.setattr(experiments, "start_workers", lambda jobs: started.append(jobs))
-    monkeypatch.setattr(experiments, "queue_states", lambda: next(polls))
-    final = experiments.queue_and_wait([("longone", []), ("later", [])], jobs=2, poll_s=0)
+    monkeypatch.setattr(dvc_calls, "experiments_of", lambda all_commits=True: [])
+    monkeypatch.setattr(dvc_calls, "dvc", lambda *args, check=True: None)
+    monkeypatch.setattr(dvc_calls, "start_workers", lambda jobs: started.append(jobs))
+    monkeypatch.setattr(dvc_calls, "queue_states", lambda: next(polls))
+    final = dvc_calls.queue_and_wait([("longone", []), ("later", [])], jobs=2, poll_s=0)
     assert final == {"longone": "success", "later": "success"}
     assert started == [2, 2]  # the first start, then the revival of the missing worker
     assert "1 of 2 queue workers alive; started the missing ones" in capsys.readouterr().out
@@ -440,7 +440,7 @@ def fake_dvc(tmp_path, monkeypatch):
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("COUNTER", str(tmp_path / "calls"))
-    monkeypatch.setattr("study.experiments.RETRY_PAUSE_S", 0.0)
+    monkeypatch.setattr("study.dvc_calls.RETRY_PAUSE_S", 0.0)
 
     def calls() -> int:
         return int((tmp_path / "calls").read_text())
@@ -449,26 +449,26 @@ def fake_dvc(tmp_path, monkeypatch):
 
 
 def test_a_queue_status_that_meets_the_broker_race_is_read_again(fake_dvc, monkeypatch):
-    from study import experiments
+    from study import dvc_calls
 
     monkeypatch.setenv("FAILS", "2")
     monkeypatch.setenv("MESSAGE", "Expecting value: line 1 column 1 (char 0)")
-    assert experiments.queue_states() == ({}, 2)
+    assert dvc_calls.queue_states() == ({}, 2)
     assert fake_dvc() == 3
 
 
 def test_a_queue_status_failing_otherwise_or_for_good_is_not_hidden(fake_dvc, monkeypatch):
-    from study import experiments
+    from study import dvc_calls
 
     monkeypatch.setenv("FAILS", "99")
     monkeypatch.setenv("MESSAGE", "not a DVC repository")
     with pytest.raises(RuntimeError, match="not a DVC repository"):
-        experiments.queue_states()
+        dvc_calls.queue_states()
     assert fake_dvc() == 1  # another error is not retried
     monkeypatch.setenv("MESSAGE", "Expecting value: line 1 column 1 (char 0)")
     with pytest.raises(RuntimeError, match="Expecting value"):
-        experiments.queue_states()
-    assert fake_dvc() == 2 + experiments.READ_RETRIES  # retried, then said
+        dvc_calls.queue_states()
+    assert fake_dvc() == 2 + dvc_calls.READ_RETRIES  # retried, then said
 
 
 # ---- make exp: an experiment named after its changes (issue 14) ---------------------------------------
@@ -523,7 +523,7 @@ def test_a_report_without_any_of_its_experiments_refuses_instead_of_overwriting_
 def test_a_run_on_another_commit_counts_only_while_what_the_stages_run_is_unchanged(tmp_path, monkeypatch):
     import subprocess
 
-    from study.experiments import same_training_inputs, stage_imports
+    from study.dvc_calls import same_training_inputs, stage_imports
 
     def git(*args):
         return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
@@ -565,15 +565,15 @@ def test_a_run_on_another_commit_counts_only_while_what_the_stages_run_is_unchan
 
 def test_queue_workers_get_an_absolute_path(tmp_path, monkeypatch):
     """The workers run in a temporary copy of the repo: a relative PATH entry would lose the venv."""
-    from study import experiments
+    from study import dvc_calls
 
     monkeypatch.chdir(tmp_path)
     seen = {}
     monkeypatch.setenv("PATH", f".venv/bin{os.pathsep}/usr/bin")
     monkeypatch.setattr(
-        experiments.subprocess, "run", lambda cmd, **kw: seen.update(kw) or subprocess.CompletedProcess(cmd, 0)
+        dvc_calls.subprocess, "run", lambda cmd, **kw: seen.update(kw) or subprocess.CompletedProcess(cmd, 0)
     )
-    experiments.start_workers(2)
+    dvc_calls.start_workers(2)
     assert seen["env"]["PATH"] == f"{tmp_path}/.venv/bin{os.pathsep}/usr/bin"
 
 

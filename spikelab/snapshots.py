@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from spikelab.errors import InputError, disk_full_error, disk_full_in
-from spikelab.files import atomic_path, project_root
 from spikelab.history import read_history_csv, write_history_csv
+from spikelab.plumbing.errors import InputError, disk_full_error, disk_full_in
+from spikelab.plumbing.files import atomic_path, project_root
 
 if TYPE_CHECKING:
     import keras

@@ -18,8 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from spikelab.errors import UserError
 from spikelab.history import parse_history_csv
+from spikelab.plumbing.errors import UserError
 
 ACTIVE = ("Queued", "Running")
 # one `dvc queue status` costs about 1 CPU-second (a Python start and DVC's imports): polled every
@@ -293,7 +293,7 @@ def revive_dead_queue(
     name: MLflow run id, or None when the run opened none since since_ms}; recovered names are not
     in it, and the queue says Success for them.
     """
-    from spikelab.tracking import fail_lost_runs  # MLflow: only on this rare path
+    from study.lost_runs import fail_lost_runs  # MLflow: only on this rare path
 
     running = [name for name in pending if states.get(name) == "Running"]
     recovered = [name for name in running if recover_experiment(name)]

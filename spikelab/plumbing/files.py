@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spikelab.errors import InputError
-from spikelab.integrity import damage
+from spikelab.plumbing.errors import InputError
+from spikelab.plumbing.integrity import damage
 
 
 def project_root(start: Path | None = None) -> Path:

@@ -1,6 +1,6 @@
 """Which stored copy of a DVC output is damaged, and the repair that works: `make verify`.
 
-    python -m spikelab.integrity        (make verify)
+    python -m spikelab.plumbing.integrity        (make verify)
 
 DVC keeps each output twice: the file in the workspace and its object in the cache
 (.dvc/cache/files/md5/<first 2 hex>/<rest>, named by the md5 dvc.lock records). A cache object
@@ -23,8 +23,8 @@ import json
 import os
 from pathlib import Path
 
-from spikelab.errors import run_entry_point
 from spikelab.params import read_yaml
+from spikelab.plumbing.errors import run_entry_point
 
 CACHE = Path(".dvc/cache/files/md5")
 

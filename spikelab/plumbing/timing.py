@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from spikelab.lifetime import stat_fields
+from spikelab.plumbing.lifetime import stat_fields
 
 
 def process_started_at() -> float:

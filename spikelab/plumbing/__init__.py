@@ -1,0 +1,1 @@
+"""Process plumbing the stages share: errors, files, integrity checks, imports, native logs, lifetime, timing."""
