@@ -44,6 +44,8 @@ def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         found |= {name for name in names if name in modules}
+    # importing a.b.c imports the packages a and a.b first
+    found |= {".".join(name.split(".")[:i]) for name in found for i in range(1, name.count(".") + 1)} & modules.keys()
     return found
 
 
