@@ -853,7 +853,8 @@ def test_a_training_that_outlives_its_sigkilled_queue_worker_is_saved_as_an_expe
 
     printed = stdout.read_text()
     assert returncode == 0, stderr.read_text()
-    assert "study: orphan: its dvc queue worker died; its training goes on alone" in printed, printed
+    # "goes on alone" is said when a poll sees the worker dead while the training still runs; on a
+    # loaded machine the training may finish first, and then only the recovery is said
     assert "study: orphan recovered: its dvc queue worker died mid-run, its training finished" in printed
     assert "2 experiments in" in printed and "; 0 failed" in printed
     assert json.loads(printed.split("final ", 1)[1]) == {"orphan": "success", "other": "success"}
