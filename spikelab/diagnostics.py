@@ -27,8 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from spikelab.curvature import ProbeHessian
-from spikelab.dead_zone import saturated_and_wrong, softmax
-from spikelab.model import logits_model
+from spikelab.dead_zone import class_view, saturated_and_wrong
+from spikelab.model import LogitsAndOutput
 
 ADAM_KEYS = ("adam_ratio_max", "adam_ratio_p99", "v_below_eps_fraction", "v_sqrt_median")
 
@@ -53,8 +53,10 @@ def adam_state_stats(optimizer: keras.optimizers.Optimizer) -> dict:
     }
 
 
-def second_moment_lag(gradients: list[np.ndarray], variables: list, optimizer: keras.optimizers.Optimizer) -> dict:
-    """g2_over_v_rms overall and per layer (a variable's path is <...>/<layer>/<kernel or bias>)."""
+def second_moment_lag(
+    gradients: list[np.ndarray], variables: list, optimizer: keras.optimizers.Optimizer, per_layer: bool = True
+) -> dict:
+    """g2_over_v_rms overall and (per_layer) per layer (a variable's path is <...>/<layer>/<kernel or bias>)."""
     step = float(optimizer.iterations.numpy())
     velocities = optimizer._velocity_hats if optimizer.amsgrad else optimizer._velocities
     floor = optimizer.epsilon**2
@@ -65,14 +67,14 @@ def second_moment_lag(gradients: list[np.ndarray], variables: list, optimizer: k
         ratios.setdefault(layer, []).append(np.ravel(gradient**2 / np.maximum(v_hat, floor)))
     every = np.concatenate([part for parts in ratios.values() for part in parts])
     stats = {"g2_over_v_rms": float(np.sqrt(every.mean()))}
-    for layer, parts in ratios.items():
+    for layer, parts in ratios.items() if per_layer else ():
         stats[f"g2_over_v_rms_{layer}"] = float(np.sqrt(np.concatenate(parts).mean()))
     return stats
 
 
-def saturation_stats(logits: np.ndarray, labels: np.ndarray) -> dict:
-    """From (n, 2) logits and one-hot labels: the samples the clipped loss no longer trains."""
-    saturated, wrong = saturated_and_wrong(softmax(logits), labels)
+def saturation_stats(logits: np.ndarray, labels: np.ndarray, activation: str = "softmax") -> dict:
+    """From (n, classes) logits and labels: the samples the clipped loss no longer trains."""
+    saturated, wrong = saturated_and_wrong(*class_view(logits, labels, activation))
     return {
         "logit_max_abs": float(np.abs(logits).max()),
         "saturated_fraction": float(saturated.mean()),
@@ -81,21 +83,34 @@ def saturation_stats(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 class Diagnostics(keras.callbacks.Callback):
-    """Adds the diagnostics to each epoch's logs, so every logger downstream records them."""
+    """Adds the diagnostics to each epoch's logs, so every logger downstream records them.
 
-    def __init__(self, probe_x: np.ndarray, probe_y: np.ndarray, loss_fn, shared: ProbeHessian | None = None):
+    Any single-output model: the saturation keys need a softmax or sigmoid output (`saturation`
+    False leaves them out), the Adam keys an Adam-family optimizer; per_layer False keeps only the
+    whole-model numbers (a large model has hundreds of layers)."""
+
+    def __init__(
+        self,
+        probe_x: np.ndarray,
+        probe_y: np.ndarray,
+        loss_fn,
+        shared: ProbeHessian | None = None,
+        per_layer: bool = True,
+        saturation: bool = True,
+    ):
         super().__init__()
         self.shared = shared  # with the curvature on, its graph gives the probe's pass (one per epoch)
         self.probe_x = tf.constant(probe_x)
         self.probe_y = tf.constant(probe_y)
         self.loss_fn = loss_fn
+        self.per_layer, self.saturation = per_layer, saturation
         self._weights_at_start = None
         self.cpu_seconds: dict[int, float] = {}  # 1-based epoch -> CPU seconds inside this callback
 
     def set_model(self, model):
         super().set_model(model)
         # one forward pass gives both the logits and the softmax output the loss needs
-        self._logits_and_output = keras.Model(model.inputs, [logits_model(model).output, *model.outputs])
+        self._logits_and_output = LogitsAndOutput(model)
         self._probe_pass = tf.function(self._probe_gradient_norm_and_logits)
 
     def _probe_gradient_norm_and_logits(self):
@@ -132,10 +147,11 @@ class Diagnostics(keras.callbacks.Callback):
         if isinstance(optimizer, keras.optimizers.Adam):  # AdamW subclasses Adam
             logs.update(adam_state_stats(optimizer))
             gradients = [g.numpy() for g in gradients]
-            logs.update(second_moment_lag(gradients, self.model.trainable_variables, optimizer))
-        for layer in self.model.layers:
+            logs.update(second_moment_lag(gradients, self.model.trainable_variables, optimizer, self.per_layer))
+        for layer in self.model.layers if self.per_layer else ():
             if hasattr(layer, "kernel"):
                 # not np.linalg.norm: its BLAS call spins threads (see curvature._dot)
                 kernel = layer.kernel.numpy()
                 logs[f"weight_norm_{layer.name}"] = float(np.sqrt(np.multiply(kernel, kernel, dtype=np.float64).sum()))
-        logs.update(saturation_stats(logits.numpy(), self.probe_y.numpy()))
+        if self.saturation and self._logits_and_output.has_logits:
+            logs.update(saturation_stats(logits.numpy(), self.probe_y.numpy(), self._logits_and_output.activation))

@@ -1,0 +1,292 @@
+"""SpikeMonitor: the lab's spike diagnostics as one Keras 3 callback, for any model.fit.
+
+    monitor = SpikeMonitor(x_train[:2048], y_train[:2048])
+    model.fit(x_train, y_train, epochs=100, callbacks=[monitor])   # prints the diagnosis at the end
+    monitor.diagnosis                                               # spikelab.diagnosis.Diagnosis
+
+It is the lab's own callbacks, composed (the train stage runs the same classes): Diagnostics (the
+optimizer state and the probe gradient), Curvature (Bai et al.'s lambda_grad and lambda_max, on
+an Adam-family optimizer), DeadZoneAccounting (the whole-sample pass: the dead zone of a
+cross-entropy on a softmax or sigmoid output, and the collapse to one class), HistoryRows,
+Snapshots (a ring buffer of the last `keep_snapshots` states: weights, optimizer slots and batch-norm
+statistics, in memory or in a folder) and MLflow's epoch logger. What does not apply to the model,
+loss or optimizer at hand is skipped and said once, in one line; nothing it measures changes the
+training (the probe's effect on batch-norm statistics and dropout seeds is undone).
+
+`x` and `y` are a sample of the training data, as model.fit takes them: the first `probe_size`
+samples are the fixed probe batch, the whole sample feeds the dead-zone and collapse pass.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from spikelab import state as training_state
+from spikelab.callbacks import HistoryRows, Snapshots
+from spikelab.curvature import Curvature, ProbeHessian
+from spikelab.dead_zone import DeadZoneAccounting, accounting_epochs, dead_zone_stats, prediction_share
+from spikelab.diagnosis import DEFAULT_DIVERGENCE, DEFAULT_PLATEAU, Diagnosis, describe, diagnose
+from spikelab.diagnostics import Diagnostics
+from spikelab.divergence import SpikeWatch
+from spikelab.errors import one_line
+from spikelab.model import LogitsAndOutput
+from spikelab.params import DivergenceParams, PlateauParams
+
+# epochs after a flagged one at which the whole-sample pass runs too, so the diagnosis sees what
+# the spike did to the dead zone and the classes without waiting for the cadence
+AFTER_SPIKE_PASSES = (0, 2, 5)
+
+
+def cross_entropy_kind(loss) -> str | None:
+    """'binary' or 'categorical' for the cross-entropies (Keras's and the lab's clipped forms), else None."""
+    name = getattr(loss, "name", None) if isinstance(loss, keras.losses.Loss) else getattr(loss, "__name__", None)
+    name = name or str(loss)
+    if "binary_crossentropy" in name:
+        return "binary"
+    if "categorical_crossentropy" in name:
+        return "categorical"
+    return None
+
+
+def _loss_name(loss) -> str:
+    return getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__
+
+
+def _labels_fit(labels: np.ndarray, head: LogitsAndOutput, output_shape) -> str | None:
+    """Why these labels and this output have no one-class-per-sample reading; None when they do."""
+    units = output_shape[-1]
+    if len(output_shape) != 2:
+        return f"the output has shape {output_shape}, not (batch, classes)"
+    if head.activation == "sigmoid" and units != 1:
+        return f"{units} sigmoid units are multi-label"
+    if head.activation == "softmax" and not (labels.ndim == 1 or labels.shape[-1] in (1, units)):
+        return f"labels of shape {labels.shape[1:]} match neither {units} one-hot classes nor class indices"
+    return None
+
+
+class SpikeMonitor(keras.callbacks.Callback):
+    """Per-epoch spike diagnostics, a snapshot ring buffer, logging, and a diagnosis at the end of fit.
+
+    The defaults are the lab's params.yaml values (a test checks they agree). cheap=True is the
+    mode for large models: no curvature (its Hessian-vector products cost a probe backward pass or
+    more per epoch) and no per-layer columns."""
+
+    def __init__(
+        self,
+        x,
+        y,
+        *,
+        probe_size: int = 32,
+        cheap: bool = False,
+        eigen_every: int = 10,
+        power_iterations: int = 8,
+        dead_zone_every: int = 10,
+        snapshot_every: int = 1,
+        keep_snapshots: int = 5,
+        snapshot_folder: str | Path | None = None,
+        per_layer: bool = True,
+        divergence: DivergenceParams = DEFAULT_DIVERGENCE,
+        plateau: PlateauParams = DEFAULT_PLATEAU,
+        tracking_uri: str | None = None,
+        dvclive: bool = True,
+        report: bool = True,
+    ):
+        super().__init__()
+        x, y = np.asarray(x), np.asarray(y)
+        x = x.astype(np.float32) if x.dtype.kind == "f" else x
+        if len(x) == 0 or len(x) != len(y):
+            raise ValueError(
+                f"SpikeMonitor needs a sample of the training data: x has {len(x)} samples, y {len(y)}; pass equal, non-empty arrays"
+            )
+        for name, value in (("probe_size", probe_size), ("keep_snapshots", keep_snapshots)):
+            if value < 1:
+                raise ValueError(f"SpikeMonitor {name} = {value}: use an integer >= 1")
+        for name, value in (
+            ("eigen_every", eigen_every),
+            ("dead_zone_every", dead_zone_every),
+            ("snapshot_every", snapshot_every),
+        ):
+            if value < 0:
+                raise ValueError(f"SpikeMonitor {name} = {value}: use an integer >= 0 (0 = never)")
+        self.x, self.y = x, y
+        self.probe_size, self.cheap = min(probe_size, len(x)), cheap
+        self.eigen_every, self.power_iterations = eigen_every, power_iterations
+        self.dead_zone_every, self.snapshot_every, self.keep_snapshots = dead_zone_every, snapshot_every, keep_snapshots
+        self.snapshot_folder = Path(snapshot_folder) if snapshot_folder is not None else None
+        self.per_layer = per_layer and not cheap
+        self.divergence, self.plateau = divergence, plateau
+        self.tracking_uri, self.use_dvclive, self.report = tracking_uri, dvclive, report
+        self.history: list[dict] = []
+        self.skipped: list[str] = []  # what did not apply, one entry each
+        self.diagnosis: Diagnosis | None = None
+        self.parts: list[keras.callbacks.Callback] = []
+        self._snapshots: Snapshots | None = None
+        self._mlflow_run = None
+        self._started_run = False
+        self._live = None
+
+    # --- assembling the lab's callbacks for this model -------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        model, optimizer = self.model, self.model.optimizer
+        self.history.clear()
+        self.skipped.clear()
+        self.diagnosis = None
+        self._passes: set[int] = set()  # the whole-sample pass's epochs; a spike adds some
+        loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
+        try:
+            head = LogitsAndOutput(model)
+        except ValueError as error:
+            head = None
+            self.skipped.append(f"probe diagnostics ({error})")
+        adam = isinstance(optimizer, keras.optimizers.Adam)
+        if not adam:
+            self.skipped.append(f"Adam state and curvature ({type(optimizer).__name__} has no Adam moments)")
+        parts: list[keras.callbacks.Callback] = []
+        probe_x, probe_y = self.x[: self.probe_size], self.y[: self.probe_size]
+        if head is not None and not callable(loss):
+            self.skipped.append(f"probe diagnostics (the compiled loss {loss!r} is not one callable)")
+            head = None
+        labels_problem = _labels_fit(self.y, head, tuple(model.outputs[0].shape)) if head and head.has_logits else None
+        if head is not None:
+            hessian = self._probe_hessian(model, probe_x, probe_y, loss) if adam else None
+            saturation = head.has_logits and labels_problem is None
+            parts.append(Diagnostics(probe_x, probe_y, loss, hessian, self.per_layer, saturation))
+            if hessian is not None:
+                parts.append(Curvature(hessian, self.eigen_every))
+        whole_sample = self._whole_sample_pass(head, loss, labels_problem)
+        if whole_sample is not None:
+            parts.append(whole_sample)
+        parts.append(HistoryRows(self.history))
+        if self.snapshot_every:
+            if self.snapshot_folder is not None:
+                self.snapshot_folder.mkdir(parents=True, exist_ok=True)
+            self._snapshots = Snapshots(
+                self.snapshot_folder, self.snapshot_every, self.history, self.keep_snapshots, with_non_trainable=True
+            )
+            parts.append(self._snapshots)
+        parts += self._loggers()
+        for part in parts:
+            part.set_model(model)
+        self.parts = parts
+        self._watch = SpikeWatch(self.divergence)
+        if self.skipped and self.report:
+            print("SpikeMonitor skips: " + "; ".join(self.skipped), flush=True)
+
+    def _probe_hessian(self, model, probe_x, probe_y, loss) -> ProbeHessian | None:
+        if self.cheap:
+            return None
+        try:
+            return ProbeHessian(model, probe_x, probe_y, loss, self.power_iterations)
+        except Exception as error:  # a layer without second derivatives: the rest still runs
+            self.skipped.append(f"curvature ({type(error).__name__}: {one_line(error)[:120]})")
+            return None
+
+    def _whole_sample_pass(self, head, loss, labels_problem) -> DeadZoneAccounting | None:
+        if head is None or not head.has_logits:
+            self.skipped.append("dead zone and collapse (the output is not a softmax or sigmoid probability)")
+            return None
+        if labels_problem:
+            self.skipped.append(f"dead zone and collapse ({labels_problem})")
+            return None
+        kind = cross_entropy_kind(loss)
+        if kind is None:
+            self.skipped.append(f"dead zone (the loss {_loss_name(loss)} takes no log of a probability to clip)")
+        activation = head.activation
+
+        def stats(logits, labels):
+            found = prediction_share(logits, activation)
+            if kind is not None:
+                found.update(dead_zone_stats(logits, labels, activation, kind))
+            return found
+
+        self._passes.update(accounting_epochs(self.params.get("epochs") or 1, self.dead_zone_every, 0))
+        return DeadZoneAccounting(self.x, self.y, None, self._passes, stats)
+
+    def _loggers(self) -> list[keras.callbacks.Callback]:
+        loggers = []
+        # an active run needs mlflow imported already: without one, the monitor does not load it
+        mlflow = sys.modules.get("mlflow")
+        if self.tracking_uri is not None:
+            import mlflow
+
+            mlflow.set_tracking_uri(self.tracking_uri)
+        run = mlflow.active_run() if mlflow is not None else None
+        if run is None and self.tracking_uri is not None:
+            run, self._started_run = mlflow.start_run(), True
+        if run is not None:
+            from spikelab.tracking import MlflowEpochLogger
+
+            self._mlflow_run = run.info.run_id
+            loggers.append(MlflowEpochLogger(self._mlflow_run))
+        if self.use_dvclive:
+            try:
+                from dvclive import Live
+            except ImportError:
+                self.skipped.append("DVCLive (not installed)")
+            else:
+                self._live = Live()
+        return loggers
+
+    # --- the epoch -------------------------------------------------------------------------------
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for part in self.parts:
+            part.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        if self._watch.observe(logs.get("loss", math.nan)):
+            self._passes.update(epoch + 1 + after for after in AFTER_SPIKE_PASSES)
+        # the probe runs the model in training mode: batch-norm statistics and dropout seeds move,
+        # and are put back so that watching changes nothing in the training
+        kept = [v.numpy() for v in self.model.non_trainable_variables]
+        for part in self.parts:
+            part.on_epoch_end(epoch, logs)
+            if isinstance(part, Diagnostics | Curvature):
+                for variable, value in zip(self.model.non_trainable_variables, kept):
+                    variable.assign(value)
+        if self._live is not None:
+            for key, value in logs.items():
+                if isinstance(value, int | float) and math.isfinite(value):
+                    self._live.log_metric(f"spikemonitor/{key}", float(value))
+            self._live.next_step()
+
+    def on_train_end(self, logs=None):
+        for part in self.parts:
+            part.on_train_end(logs)
+        self.diagnosis = diagnose(self.history, self.divergence, self.plateau)
+        text = describe(self.diagnosis)
+        if self.report:
+            print(text, flush=True)
+        if self._mlflow_run is not None:
+            import mlflow
+
+            mlflow.MlflowClient().log_text(self._mlflow_run, text, "spike_diagnosis.txt")
+            mechanisms = ",".join(sorted(self.diagnosis.mechanisms)) or "none"
+            mlflow.MlflowClient().set_tag(self._mlflow_run, "spike_doctor.mechanisms", mechanisms)
+            if self._started_run:
+                mlflow.end_run()
+        if self._live is not None:
+            self._live.end()
+
+    # --- replay ----------------------------------------------------------------------------------
+
+    @property
+    def snapshot_epochs(self) -> list[int]:
+        """The epochs (1-based, after that epoch) whose state the ring buffer holds."""
+        return sorted(self._snapshots.held) if self._snapshots else []
+
+    def restore(self, epoch: int) -> None:
+        """Put the model and its optimizer back to the state after `epoch`, to replay what followed."""
+        if epoch not in self.snapshot_epochs:
+            raise ValueError(f"no snapshot of epoch {epoch}; the ring buffer holds {self.snapshot_epochs}")
+        held = self._snapshots.held[epoch]
+        state = training_state.load_snapshot(held)[0] if isinstance(held, Path) else held
+        training_state.restore(self.model, state)
