@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from dataclasses import dataclass, field
 
-from spikelab.divergence import SpikeWatch, broken_from_start, held_epochs, jump_ratio
+from spikelab.divergence import SpikeWatch, broken_from_start, held_epochs
 from spikelab.params import DivergenceParams, PlateauParams
 
 # the rules' values in the lab's params.yaml (a test checks they agree): the defaults for a user's run
@@ -222,6 +223,12 @@ def missing_signals(history: list[dict]) -> tuple[str, ...]:
     )
 
 
+def _episode_jump(losses: list[float], onset: int, end: int, lowest: float) -> float | None:
+    """The highest finite loss from the onset up to the next onset, over the lowest loss before it."""
+    peak = _finite(losses[onset - 1 : end - 1])
+    return max(peak) / lowest if peak and lowest > 0 and math.isfinite(lowest) else None
+
+
 def diagnose(
     history: list[dict], rule: DivergenceParams = DEFAULT_DIVERGENCE, plateau: PlateauParams = DEFAULT_PLATEAU
 ) -> Diagnosis:
@@ -232,7 +239,9 @@ def diagnose(
         numbers = {"first_loss": losses[0] if losses else math.nan, "final_loss": losses[-1] if losses else math.nan}
         return Diagnosis([Verdict(1, "broken_from_start", numbers)], len(history), skipped)
     verdicts = []
-    for onset, lowest in onsets(losses, rule):
+    found = onsets(losses, rule)
+    ends = [onset for onset, _ in found[1:]] + [len(losses) + 1]
+    for (onset, lowest), end in zip(found, ends):
         measured = {name: signals(history, onset) for name, signals in SIGNALS}
         fitting = [name for name, numbers in measured.items() if numbers and numbers.pop("fits")]
         numbers = {f"{name}.{key}": value for name, found in measured.items() if found for key, value in found.items()}
@@ -242,7 +251,7 @@ def diagnose(
                 onset,
                 fitting[0] if fitting else "unexplained",
                 numbers,
-                jump_ratio(losses, onset),
+                _episode_jump(losses, onset, end, lowest),
                 held_epochs(losses, onset, plateau.ratio * lowest) >= plateau.min_epochs,
                 tuple(fitting[1:]),
             )
@@ -258,8 +267,19 @@ def _number(value) -> str:
     return str(value)
 
 
+def _numbers(verdict: Verdict) -> str:
+    """The numbers of the mechanism named (and of those also present); all of them when unexplained."""
+    shown = {verdict.mechanism, *verdict.also}
+    picked = {
+        key: value
+        for key, value in verdict.numbers.items()
+        if verdict.mechanism in ("unexplained", "broken_from_start") or key.split(".")[0] in shown
+    }
+    return ", ".join(f"{key} {_number(value)}" for key, value in picked.items() if key not in ("loss", "lowest_before"))
+
+
 def describe(diagnosis: Diagnosis) -> str:
-    """The diagnosis as a few lines per spike, for the console and the command."""
+    """The diagnosis in a few lines: one per spike, then the fix once per mechanism named."""
     if not diagnosis.verdicts:
         return f"spike doctor: no spike in {diagnosis.epochs} epochs (the divergence rule never fired)"
     lines = [f"spike doctor: {len(diagnosis.verdicts)} finding(s) in {diagnosis.epochs} epochs"]
@@ -267,14 +287,15 @@ def describe(diagnosis: Diagnosis) -> str:
         if verdict.mechanism == "broken_from_start":
             head = "never learned from epoch 1"
         else:
-            size = f", {verdict.jump:.0f}x its lowest before" if verdict.jump else ""
-            head = f"spike at epoch {verdict.epoch}{size}, {'stayed up' if verdict.stayed_up else 'recovered'}"
-        lines.append(f"- {head}: {MECHANISMS[verdict.mechanism]}")
-        if verdict.also:
-            lines.append("  also present: " + "; ".join(MECHANISMS[name] for name in verdict.also))
-        lines.append("  numbers: " + ", ".join(f"{key} {_number(value)}" for key, value in verdict.numbers.items()))
-        lines.append(f"  fix: {verdict.fix}")
-        lines.append(f"  evidence: {verdict.strength}")
+            size = f" {verdict.jump:.3g}x the lowest loss before it" if verdict.jump else ""
+            head = f"spike at epoch {verdict.epoch}:{size}, {'stayed up' if verdict.stayed_up else 'recovered'}"
+        also = f" (also: {', '.join(MECHANISMS[name].split(' (')[0] for name in verdict.also)})" if verdict.also else ""
+        lines.append(f"- {head}: {MECHANISMS[verdict.mechanism]}{also}")
+        lines.append(f"    {_numbers(verdict)}")
+    named = Counter(verdict.mechanism for verdict in diagnosis.verdicts)
+    for mechanism, count in named.items():
+        lines.append(f"fix for {MECHANISMS[mechanism].split(' (')[0]} ({count}): {FIXES[mechanism][0]}")
+        lines.append(f"    evidence: {FIXES[mechanism][1]}")
     if diagnosis.skipped:
         lines.append("not judged (the history lacks them): " + "; ".join(diagnosis.skipped))
     return "\n".join(lines)

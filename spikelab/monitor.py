@@ -57,6 +57,19 @@ def _loss_name(loss) -> str:
     return getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__
 
 
+def _labels_to_output_rank(loss):
+    """The loss function with labels of shape (n,) made (n, 1) for a one-unit output, as Keras's
+    compiled loss does before it calls a plain function (a Loss instance does it itself)."""
+
+    def per_sample(y_true, y_pred):
+        if len(y_true.shape) == len(y_pred.shape) - 1 and y_pred.shape[-1] == 1:
+            y_true = keras.ops.expand_dims(y_true, -1)
+        return loss(y_true, y_pred)
+
+    per_sample.__name__ = _loss_name(loss)
+    return per_sample
+
+
 def _labels_fit(labels: np.ndarray, head: LogitsAndOutput, output_shape) -> str | None:
     """Why these labels and this output have no one-class-per-sample reading; None when they do."""
     units = output_shape[-1]
@@ -139,6 +152,8 @@ class SpikeMonitor(keras.callbacks.Callback):
         self.diagnosis = None
         self._passes: set[int] = set()  # the whole-sample pass's epochs; a spike adds some
         loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
+        if callable(loss) and not isinstance(loss, keras.losses.Loss):
+            loss = _labels_to_output_rank(loss)
         try:
             head = LogitsAndOutput(model)
         except ValueError as error:

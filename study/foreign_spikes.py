@@ -36,9 +36,9 @@ class Configuration:
 
 # the configurations `prove` drives into a spike, found with `search` (docs/monitor.md)
 CONFIGURATIONS = {
-    "mobilenet": Configuration(learning_rate=0.01, epochs=60, samples=256, batch_size=64),
-    "lstm": Configuration(learning_rate=0.03, epochs=150, samples=512, batch_size=64),
-    "attention": Configuration(learning_rate=0.01, epochs=150, samples=512, batch_size=64),
+    "mobilenet": Configuration(learning_rate=0.01, epochs=60, samples=256, batch_size=16),
+    "lstm": Configuration(learning_rate=0.03, epochs=150, samples=512, batch_size=16),
+    "attention": Configuration(learning_rate=0.01, epochs=150, samples=512, batch_size=16),
 }
 
 
