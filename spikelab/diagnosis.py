@@ -59,8 +59,8 @@ MECHANISMS = {
 FIXES = {
     "adam_step": (
         "AMSGrad (keras.optimizers.Adam(amsgrad=True)): its v cannot decay. Evidence: spiked in 1/20 runs "
-        "against Adam's 16/20 (Fisher p = 2.2e-06). Weaker: epsilon 1e-2 (7/20, p = 0.010; damps every step). "
-        "Not supported: epsilon 1e-3 (10/20, p = 0.096), clipnorm 1 (11/20, p = 0.18)",
+        "against Adam's 16/20 (Fisher p = 2.2e-06). Not supported after Holm's correction: epsilon 1e-2 (7/20, "
+        "p = 0.010; it damps every step), epsilon 1e-3 (10/20, p = 0.096), clipnorm 1 (11/20, p = 0.18)",
         "strong: 20 seeds per cell on the lab's network (evidence study)",
     ),
     "dead_zone": (

@@ -34,6 +34,7 @@ from spikelab.diagnosis import DEFAULT_DIVERGENCE, DEFAULT_PLATEAU, Diagnosis, d
 from spikelab.diagnostics import Diagnostics
 from spikelab.divergence import SpikeWatch
 from spikelab.errors import one_line
+from spikelab.history import write_history_csv
 from spikelab.model import LogitsAndOutput
 from spikelab.params import DivergenceParams, PlateauParams
 
@@ -82,6 +83,38 @@ def _labels_fit(labels: np.ndarray, head: LogitsAndOutput, output_shape) -> str 
     return None
 
 
+def diagnostic_callbacks(
+    model: keras.Model,
+    probe_x: np.ndarray,
+    probe_y: np.ndarray,
+    loss,
+    sample_x: np.ndarray | None,
+    sample_y: np.ndarray | None,
+    sample_format: str | None,
+    passes: set[int],
+    *,
+    curvature: bool,
+    power_iterations: int,
+    eigen_every: int,
+    per_layer: bool = True,
+    saturation: bool = True,
+    stats=None,
+) -> list[keras.callbacks.Callback]:
+    """The per-epoch diagnostics of `model`, in the order they run: Diagnostics on the probe batch,
+    the whole-sample pass over sample_x at the epochs in `passes` (none when sample_x is None;
+    sample_format: the lab's uint8 images' data format, None for inputs as they are; stats: what
+    the pass logs, the lab's dead_zone_stats by default), and with `curvature` Curvature, sharing
+    one probe graph with Diagnostics. SpikeMonitor builds its diagnostics here, and so can the
+    lab's train stage (the same arguments from params.yaml give its callbacks exactly)."""
+    hessian = ProbeHessian(model, probe_x, probe_y, loss, power_iterations) if curvature else None
+    parts: list[keras.callbacks.Callback] = [Diagnostics(probe_x, probe_y, loss, hessian, per_layer, saturation)]
+    if sample_x is not None:
+        parts.append(DeadZoneAccounting(sample_x, sample_y, sample_format, passes, stats))
+    if hessian is not None:
+        parts.append(Curvature(hessian, eigen_every))
+    return parts
+
+
 class SpikeMonitor(keras.callbacks.Callback):
     """Per-epoch spike diagnostics, a snapshot ring buffer, logging, and a diagnosis at the end of fit.
 
@@ -105,6 +138,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         per_layer: bool = True,
         divergence: DivergenceParams = DEFAULT_DIVERGENCE,
         plateau: PlateauParams = DEFAULT_PLATEAU,
+        history_path: str | Path | None = None,
         tracking_uri: str | None = None,
         dvclive: bool = True,
         report: bool = True,
@@ -134,6 +168,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         self.per_layer = per_layer and not cheap
         self.divergence, self.plateau = divergence, plateau
         self.tracking_uri, self.use_dvclive, self.report = tracking_uri, dvclive, report
+        self.history_path = Path(history_path) if history_path is not None else None
         self.history: list[dict] = []
         self.skipped: list[str] = []  # what did not apply, one entry each
         self.diagnosis: Diagnosis | None = None
@@ -162,21 +197,32 @@ class SpikeMonitor(keras.callbacks.Callback):
         adam = isinstance(optimizer, keras.optimizers.Adam)
         if not adam:
             self.skipped.append(f"Adam state and curvature ({type(optimizer).__name__} has no Adam moments)")
-        parts: list[keras.callbacks.Callback] = []
+        elif self.cheap:
+            self.skipped.append("curvature (the cheap mode)")
         probe_x, probe_y = self.x[: self.probe_size], self.y[: self.probe_size]
         if head is not None and not callable(loss):
             self.skipped.append(f"probe diagnostics (the compiled loss {loss!r} is not one callable)")
             head = None
         labels_problem = _labels_fit(self.y, head, tuple(model.outputs[0].shape)) if head and head.has_logits else None
+        parts: list[keras.callbacks.Callback] = []
         if head is not None:
-            hessian = self._probe_hessian(model, probe_x, probe_y, loss) if adam else None
-            saturation = head.has_logits and labels_problem is None
-            parts.append(Diagnostics(probe_x, probe_y, loss, hessian, self.per_layer, saturation))
-            if hessian is not None:
-                parts.append(Curvature(hessian, self.eigen_every))
-        whole_sample = self._whole_sample_pass(head, loss, labels_problem)
-        if whole_sample is not None:
-            parts.append(whole_sample)
+            stats = self._whole_sample_stats(head, loss, labels_problem)
+            options = {
+                "power_iterations": self.power_iterations,
+                "eigen_every": self.eigen_every,
+                "per_layer": self.per_layer,
+                "saturation": head.has_logits and labels_problem is None,
+                "stats": stats,
+            }
+            sample = (self.x, self.y, None, self._passes) if stats else (None, None, None, self._passes)
+            curvature = adam and not self.cheap
+            try:
+                parts = diagnostic_callbacks(model, probe_x, probe_y, loss, *sample, curvature=curvature, **options)
+            except Exception as error:  # a layer without second derivatives: the rest still runs
+                if not curvature:
+                    raise
+                self.skipped.append(f"curvature ({type(error).__name__}: {one_line(error)[:120]})")
+                parts = diagnostic_callbacks(model, probe_x, probe_y, loss, *sample, curvature=False, **options)
         parts.append(HistoryRows(self.history))
         if self.snapshot_every:
             if self.snapshot_folder is not None:
@@ -193,17 +239,9 @@ class SpikeMonitor(keras.callbacks.Callback):
         if self.skipped and self.report:
             print("SpikeMonitor skips: " + "; ".join(self.skipped), flush=True)
 
-    def _probe_hessian(self, model, probe_x, probe_y, loss) -> ProbeHessian | None:
-        if self.cheap:
-            return None
-        try:
-            return ProbeHessian(model, probe_x, probe_y, loss, self.power_iterations)
-        except Exception as error:  # a layer without second derivatives: the rest still runs
-            self.skipped.append(f"curvature ({type(error).__name__}: {one_line(error)[:120]})")
-            return None
-
-    def _whole_sample_pass(self, head, loss, labels_problem) -> DeadZoneAccounting | None:
-        if head is None or not head.has_logits:
+    def _whole_sample_stats(self, head, loss, labels_problem):
+        """The whole-sample pass's statistics for this output and loss; None where it cannot run."""
+        if not head.has_logits:
             self.skipped.append("dead zone and collapse (the output is not a softmax or sigmoid probability)")
             return None
         if labels_problem:
@@ -221,7 +259,7 @@ class SpikeMonitor(keras.callbacks.Callback):
             return found
 
         self._passes.update(accounting_epochs(self.params.get("epochs") or 1, self.dead_zone_every, 0))
-        return DeadZoneAccounting(self.x, self.y, None, self._passes, stats)
+        return stats
 
     def _loggers(self) -> list[keras.callbacks.Callback]:
         loggers = []
@@ -277,6 +315,8 @@ class SpikeMonitor(keras.callbacks.Callback):
         for part in self.parts:
             part.on_train_end(logs)
         self.diagnosis = diagnose(self.history, self.divergence, self.plateau)
+        if self.history_path is not None:
+            write_history_csv(self.history_path, self.history)
         text = describe(self.diagnosis)
         if self.report:
             print(text, flush=True)

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
+from spikelab import diagnose as diagnose_command
 from spikelab.diagnosis import DEFAULT_DIVERGENCE, DEFAULT_PLATEAU
+from spikelab.history import read_history_csv
 from spikelab.monitor import SpikeMonitor
 from spikelab.params import load_params
 from study.architectures import ARCHITECTURES, build, digits, inputs_for
@@ -139,8 +141,13 @@ def test_the_ring_buffer_in_a_folder_replays_an_epoch(tmp_path):
     x, y = _separable()
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
-    monitor = SpikeMonitor(x, y, snapshot_folder=tmp_path / "ring", keep_snapshots=2, report=False)
+    history = tmp_path / "history.csv"
+    monitor = SpikeMonitor(
+        x, y, snapshot_folder=tmp_path / "ring", keep_snapshots=2, report=False, history_path=history
+    )
     fit(model, x, y, monitor, 4)
+    assert [row["epoch"] for row in read_history_csv(history)] == [1, 2, 3, 4]
+    assert diagnose_command.main([str(history)]) == 0
     assert sorted(p.name for p in (tmp_path / "ring").glob("*.npz")) == ["epoch_00003.npz", "epoch_00004.npz"]
     after_four = model.layers[-1].kernel.numpy()
     monitor.restore(3)
