@@ -45,14 +45,18 @@ def main(argv: list[str] | None = None) -> int:
         for setting in SETTINGS:
             keras.utils.set_random_seed(0)
             models[setting] = build(name)
-            models[setting].compile(keras.optimizers.Adam(configuration.learning_rate), "sparse_categorical_crossentropy")
+            models[setting].compile(
+                keras.optimizers.Adam(configuration.learning_rate), "sparse_categorical_crossentropy"
+            )
         seconds = {setting: [] for setting in SETTINGS}
         cpu = {setting: [] for setting in SETTINGS}
         started = time.perf_counter()
         for round_index in range(args.rounds):
             for setting in SETTINGS:
                 clock = EpochClock()
-                callbacks = [] if setting == "plain" else [SpikeMonitor(x, labels, cheap=setting == "cheap", report=False)]
+                callbacks = (
+                    [] if setting == "plain" else [SpikeMonitor(x, labels, cheap=setting == "cheap", report=False)]
+                )
                 models[setting].fit(
                     x,
                     labels,
@@ -76,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
                 if setting == "plain"
                 else f"  overhead: wall {wall[setting] / wall['plain'] - 1:+.1%}, CPU {cpus[setting] / cpus['plain'] - 1:+.1%}"
             )
-            print(f"  {setting:6s} {wall[setting]:.3f} s/epoch wall, {cpus[setting]:.3f} s/epoch CPU{overhead}", flush=True)
+            print(
+                f"  {setting:6s} {wall[setting]:.3f} s/epoch wall, {cpus[setting]:.3f} s/epoch CPU{overhead}",
+                flush=True,
+            )
     return 0
 
 
