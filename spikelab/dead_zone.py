@@ -118,6 +118,9 @@ def dead_zone_stats(
 def prediction_share(logits: np.ndarray, activation: str = "softmax") -> dict:
     """majority_prediction_fraction: the share of samples predicted as the most predicted class
     (1.0 = the network answers one class for everything: a collapse)."""
+    logits = logits[np.isfinite(logits).all(axis=1)]  # a NaN row's argmax is 0: no answer, not class 0
+    if len(logits) == 0:
+        return {"majority_prediction_fraction": float("nan")}
     if activation == "sigmoid":
         predicted = (np.ravel(logits) > 0).astype(int)
     else:

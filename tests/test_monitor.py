@@ -194,3 +194,36 @@ def test_bad_input_is_refused_before_any_work():
         SpikeMonitor(np.zeros((3, 2)), np.zeros(2))
     with pytest.raises(ValueError, match="keep_snapshots = 0"):
         SpikeMonitor(np.zeros((3, 2)), np.zeros(3), keep_snapshots=0)
+
+
+def test_watching_changes_nothing_in_the_training():
+    """The probe runs in training mode; the batch-norm statistics and dropout seeds it moves are put back."""
+    x, y = _separable()
+
+    def trained(callbacks):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(8),
+                keras.layers.BatchNormalization(),
+                keras.layers.Dropout(0.3),
+                keras.layers.Dense(2, activation="softmax"),
+            ]
+        )
+        model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+        model.fit(x, y, batch_size=16, epochs=3, shuffle=False, callbacks=callbacks, verbose=0)
+        return [v.numpy() for v in model.variables]
+
+    plain = trained([])
+    watched = trained([SpikeMonitor(x, y, report=False)])
+    assert all(np.array_equal(a, b) for a, b in zip(plain, watched))
+
+
+def test_the_collapse_share_counts_only_finite_answers():
+    from spikelab.dead_zone import prediction_share
+
+    logits = np.array([[np.nan, np.nan], [1.0, 0.0], [2.0, 0.0], [0.0, 3.0]])
+    assert prediction_share(logits)["majority_prediction_fraction"] == pytest.approx(2 / 3)
+    assert math.isnan(prediction_share(logits[:1])["majority_prediction_fraction"])
+    assert prediction_share(np.array([[-1.0], [2.0], [3.0]]), "sigmoid")["majority_prediction_fraction"] == 2 / 3
