@@ -39,6 +39,7 @@ def test_defaults_are_the_lab_params():
     assert SpikeMonitor(np.zeros((64, 2)), np.zeros(64)).probe_size == diagnostics.probe_size
 
 
+@pytest.mark.slow  # builds and traces each network: tens of seconds apiece
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_each_foreign_architecture_gets_real_values(name, capsys):
     keras.utils.set_random_seed(0)
