@@ -37,10 +37,10 @@ class Configuration:
 
 # the configurations `prove` drives into a spike, found with `search` (docs/monitor.md)
 CONFIGURATIONS = {
-    "mobilenet": Configuration(learning_rate=0.01, epochs=60, samples=256, batch_size=16),
+    "mobilenet": Configuration(learning_rate=0.005, epochs=100, samples=64, batch_size=8, beta_2=0.95),
     # beta_2 0.95: the usual setting for transformers, whose v forgets within ~20 steps
     "lstm": Configuration(learning_rate=0.01, epochs=120, samples=512, batch_size=16, beta_2=0.95),
-    "attention": Configuration(learning_rate=0.01, epochs=150, samples=512, batch_size=16),
+    "attention": Configuration(learning_rate=0.003, epochs=220, samples=256, batch_size=16, beta_2=0.95),
 }
 
 
@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--learning-rates", nargs="+", type=float, default=[0.003, 0.01, 0.03])
     parser.add_argument("--epochs", type=int, help="search: override the configuration's epochs")
+    parser.add_argument("--beta-2", type=float, help="search: override the configuration's Adam beta_2")
     args = parser.parse_args(argv)
     if args.mode == "search":
         for name in args.arch:
@@ -154,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                 configuration = replace(CONFIGURATIONS[name], learning_rate=learning_rate)
                 if args.epochs:
                     configuration = replace(configuration, epochs=args.epochs)
+                if args.beta_2:
+                    configuration = replace(configuration, beta_2=args.beta_2)
                 for seed in args.seeds:
                     run = train_once(name, configuration, seed)
                     print(
