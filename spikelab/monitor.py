@@ -258,7 +258,8 @@ class SpikeMonitor(keras.callbacks.Callback):
                 found.update(dead_zone_stats(logits, labels, activation, kind))
             return found
 
-        self._passes.update(accounting_epochs(self.params.get("epochs") or 1, self.dead_zone_every, 0))
+        # epoch 1 too: a baseline for what a spike changes, and its graph traced at the start
+        self._passes.update({1} | accounting_epochs(self.params.get("epochs") or 1, self.dead_zone_every, 0))
         return stats
 
     def _loggers(self) -> list[keras.callbacks.Callback]:
