@@ -7,8 +7,10 @@ without the monitor, with everything on (curvature included), and in the cheap m
 curvature, no per-layer columns). Each round is one `fit` of `--epochs` epochs continuing the
 epoch count, so the whole-sample pass (every 10 epochs) and the eigenvalue (every 10) fall in each
 round once, at its last epoch; the round's first epoch (tracing the monitor's graphs) is not timed.
-Printed per architecture: the mean wall and CPU seconds per timed epoch, and each monitored
-setting's overhead against the plain one. Taking turns in one sitting lets the machine's load
+Printed per architecture: the mean wall and CPU seconds per timed epoch; for each monitored setting
+the CPU seconds spent inside the monitor as a share of its epochs' CPU seconds (the headline, as in
+benchmarks/diagnostics_cost.py: it counts the monitor's own work only), and its epochs against the
+plain ones. Taking turns in one sitting lets the machine's load
 fall on every setting alike; on a shared machine the figures still move run to run.
 """
 
@@ -50,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         seconds = {setting: [] for setting in SETTINGS}
         cpu = {setting: [] for setting in SETTINGS}
+        inside = {setting: [] for setting in SETTINGS}  # CPU seconds inside the monitor, per timed epoch
         started = time.perf_counter()
         for round_index in range(args.rounds):
             for setting in SETTINGS:
@@ -68,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 seconds[setting] += clock.seconds[1:]
                 cpu[setting] += clock.cpu_seconds[1:]
+                if callbacks:
+                    spent = callbacks[0].cpu_seconds
+                    inside[setting] += [spent[epoch] for epoch in sorted(spent)[1:]]
         wall = {setting: statistics.mean(values) for setting, values in seconds.items()}
         cpus = {setting: statistics.mean(values) for setting, values in cpu.items()}
         print(
@@ -78,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             overhead = (
                 ""
                 if setting == "plain"
-                else f"  overhead: wall {wall[setting] / wall['plain'] - 1:+.1%}, CPU {cpus[setting] / cpus['plain'] - 1:+.1%}"
+                else f"  inside the monitor: {sum(inside[setting]) / sum(cpu[setting]):.1%} of the epochs' CPU;"
+                f" against plain: wall {wall[setting] / wall['plain'] - 1:+.1%}, CPU {cpus[setting] / cpus['plain'] - 1:+.1%}"
             )
             print(
                 f"  {setting:6s} {wall[setting]:.3f} s/epoch wall, {cpus[setting]:.3f} s/epoch CPU{overhead}",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -170,6 +171,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         self.tracking_uri, self.use_dvclive, self.report = tracking_uri, dvclive, report
         self.history_path = Path(history_path) if history_path is not None else None
         self.history: list[dict] = []
+        self.cpu_seconds: dict[int, float] = {}  # 1-based epoch -> CPU seconds inside the monitor (all threads)
         self.skipped: list[str] = []  # what did not apply, one entry each
         self.diagnosis: Diagnosis | None = None
         self.parts: list[keras.callbacks.Callback] = []
@@ -290,12 +292,15 @@ class SpikeMonitor(keras.callbacks.Callback):
     # --- the epoch -------------------------------------------------------------------------------
 
     def on_epoch_begin(self, epoch, logs=None):
+        started = time.process_time()
         for part in self.parts:
             part.on_epoch_begin(epoch, logs)
+        self.cpu_seconds[epoch + 1] = time.process_time() - started
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
+        started = time.process_time()
         if self._watch.observe(logs.get("loss", math.nan)):
             self._passes.update(epoch + 1 + after for after in AFTER_SPIKE_PASSES)
         # the probe runs the model in training mode: batch-norm statistics and dropout seeds move,
@@ -311,6 +316,7 @@ class SpikeMonitor(keras.callbacks.Callback):
                 if isinstance(value, int | float) and math.isfinite(value):
                     self._live.log_metric(f"spikemonitor/{key}", float(value))
             self._live.next_step()
+        self.cpu_seconds[epoch + 1] = self.cpu_seconds.get(epoch + 1, 0.0) + time.process_time() - started
 
     def on_train_end(self, logs=None):
         for part in self.parts:
