@@ -185,6 +185,7 @@ class SpikeMonitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         model, optimizer = self.model, self.model.optimizer
         self.history.clear()
+        self.cpu_seconds.clear()
         self.skipped.clear()
         self.diagnosis = None
         self._passes: set[int] = set()  # the whole-sample pass's epochs; a spike adds some
