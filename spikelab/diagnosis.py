@@ -140,7 +140,7 @@ def onsets(losses: list[float], rule: DivergenceParams) -> list[tuple[int, float
     return found
 
 
-def adam_signals(history: list[dict], onset: int) -> dict | None:
+def adam_signals(history: list[dict], onset: int, loss_clipped: bool | None = None) -> dict | None:
     """The Adam mechanism's numbers at an onset, with 'fits'; None without Adam's columns."""
     v = _column(history, "v_sqrt_median")
     before = _finite(v[: onset - 1])
@@ -171,8 +171,28 @@ def _accounted_after(history: list[dict], onset: int, key: str) -> list[dict]:
     ]
 
 
-def dead_zone_signals(history: list[dict], onset: int) -> dict | None:
-    """The dead zone's numbers after an onset, with 'fits'; None without the whole-set accounting."""
+def loss_is_clipped(history: list[dict]) -> bool | None:
+    """Whether the loss trained on is the clipped form, read off the whole-set passes. At each pass
+    where the two forms differ by more than a tenth of the loss, where the logged loss (an epoch's
+    mean) sits between them: 0 at the clipped value, 1 at the unclipped. A clipped loss sits on its
+    value pass after pass; an unclipped one scatters around 1 (it moves within an epoch wherever
+    samples saturate), so clipped means the median distance from 0 stays under CLIPPED_SPREAD.
+    None when no pass tells the forms apart."""
+    positions = []
+    for row in history:
+        loss, clipped, unclipped = (float(row.get(key, math.nan)) for key in ("loss", *FORMS))
+        if math.isfinite(loss + clipped + unclipped) and abs(unclipped - clipped) > 0.1 * abs(loss):
+            positions.append((loss - clipped) / (unclipped - clipped))
+    return statistics.median(abs(position) for position in positions) < CLIPPED_SPREAD if positions else None
+
+
+FORMS = ("full_loss_clipped", "full_loss_unclipped")
+CLIPPED_SPREAD = 0.25
+
+
+def dead_zone_signals(history: list[dict], onset: int, loss_clipped: bool | None = None) -> dict | None:
+    """The dead zone's numbers after an onset, with 'fits'; None without the whole-set accounting.
+    loss_clipped: whether the loss trained on is the clipped form, None to read it off the history."""
     after = _accounted_after(history, onset, "dead_fraction")
     if not after:
         return None
@@ -185,9 +205,10 @@ def dead_zone_signals(history: list[dict], onset: int) -> dict | None:
         "dead_fraction": row["dead_fraction"],
         "dead_loss_share": row["dead_loss_clipped"] / loss if loss > 0 else math.nan,
     }
-    clipped, unclipped = float(row.get("full_loss_clipped", math.nan)), float(row.get("full_loss_unclipped", math.nan))
-    # the loss trained on is the clipped form when its value is nearer the clipped accounting
-    numbers["loss_is_clipped"] = abs(loss - clipped) <= abs(loss - unclipped) if math.isfinite(unclipped) else True
+    clipped = loss_is_clipped(history) if loss_clipped is None else loss_clipped
+    numbers["loss_is_clipped"] = (
+        clipped is not False
+    )  # a run whose passes never tell the forms apart has no dead samples
     numbers["fits"] = (
         numbers["dead_fraction"] >= DEAD_FRACTION
         and numbers["dead_fraction"] > numbers["dead_fraction_before"]
@@ -197,7 +218,7 @@ def dead_zone_signals(history: list[dict], onset: int) -> dict | None:
     return numbers
 
 
-def collapse_signals(history: list[dict], onset: int) -> dict | None:
+def collapse_signals(history: list[dict], onset: int, loss_clipped: bool | None = None) -> dict | None:
     """The collapse's numbers after an onset, with 'fits'; None without majority_prediction_fraction."""
     after = _accounted_after(history, onset, "majority_prediction_fraction")
     if not after:
@@ -230,9 +251,16 @@ def _episode_jump(losses: list[float], onset: int, end: int, lowest: float) -> f
 
 
 def diagnose(
-    history: list[dict], rule: DivergenceParams = DEFAULT_DIVERGENCE, plateau: PlateauParams = DEFAULT_PLATEAU
+    history: list[dict],
+    rule: DivergenceParams = DEFAULT_DIVERGENCE,
+    plateau: PlateauParams = DEFAULT_PLATEAU,
+    loss_clipped: bool | None = None,
 ) -> Diagnosis:
-    """The verdict per spike of a history (rows with at least `loss`, epochs in order from 1)."""
+    """The verdict per spike of a history (rows with at least `loss`, epochs in order from 1).
+    loss_clipped: whether the loss trained on clips probabilities (Keras 2's form), where the
+    caller knows it; None reads it off the whole-set passes (loss_is_clipped)."""
+    if loss_clipped is None:
+        loss_clipped = loss_is_clipped(history)
     losses = _column(history, "loss")
     skipped = missing_signals(history)
     if broken_from_start(losses)["broken_from_start"]:
@@ -242,7 +270,7 @@ def diagnose(
     found = onsets(losses, rule)
     ends = [onset for onset, _ in found[1:]] + [len(losses) + 1]
     for (onset, lowest), end in zip(found, ends):
-        measured = {name: signals(history, onset) for name, signals in SIGNALS}
+        measured = {name: signals(history, onset, loss_clipped) for name, signals in SIGNALS}
         fitting = [name for name, numbers in measured.items() if numbers and numbers.pop("fits")]
         numbers = {f"{name}.{key}": value for name, found in measured.items() if found for key, value in found.items()}
         numbers["loss"], numbers["lowest_before"] = losses[onset - 1], lowest

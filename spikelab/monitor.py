@@ -55,6 +55,18 @@ def cross_entropy_kind(loss) -> str | None:
     return None
 
 
+def clipped_form(loss) -> bool | None:
+    """Whether a cross-entropy clips probabilities before its log: the lab's Keras-2 forms do;
+    Keras 3's own read the logits a softmax or sigmoid layer leaves on its output (no clip, no dead
+    zone: the output layers the monitor finds logits behind are exactly those). None: not known."""
+    if cross_entropy_kind(loss) is None:
+        return None
+    if _loss_name(loss).startswith("clipped_"):
+        return True
+    module = type(loss).__module__ if isinstance(loss, keras.losses.Loss) else getattr(loss, "__module__", "")
+    return False if module.startswith("keras.") else None
+
+
 def _loss_name(loss) -> str:
     return getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__
 
@@ -174,6 +186,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         self.cpu_seconds: dict[int, float] = {}  # 1-based epoch -> CPU seconds inside the monitor (all threads)
         self.skipped: list[str] = []  # what did not apply, one entry each
         self.diagnosis: Diagnosis | None = None
+        self.loss_clipped: bool | None = None
         self.parts: list[keras.callbacks.Callback] = []
         self._snapshots: Snapshots | None = None
         self._mlflow_run = None
@@ -190,6 +203,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         self.diagnosis = None
         self._passes: set[int] = set()  # the whole-sample pass's epochs; a spike adds some
         loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
+        self.loss_clipped = clipped_form(loss)
         if callable(loss) and not isinstance(loss, keras.losses.Loss):
             loss = _labels_to_output_rank(loss)
         try:
@@ -322,7 +336,7 @@ class SpikeMonitor(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         for part in self.parts:
             part.on_train_end(logs)
-        self.diagnosis = diagnose(self.history, self.divergence, self.plateau)
+        self.diagnosis = diagnose(self.history, self.divergence, self.plateau, self.loss_clipped)
         if self.history_path is not None:
             write_history_csv(self.history_path, self.history)
         text = describe(self.diagnosis)

@@ -64,6 +64,7 @@ def test_dead_zone_needs_dead_samples_carrying_a_clipped_loss():
     assert (verdict.mechanism, verdict.stayed_up) == ("dead_zone", True)
     assert verdict.numbers["dead_zone.dead_fraction"] == 0.12
     assert "unclipped cross-entropy" in describe(diagnose(history))
+    assert diagnose(history, loss_clipped=False).verdicts[0].mechanism == "unexplained"  # the caller knows better
 
     for epoch in (50, 60, 70, 80):  # the loss trained on is the unclipped form: no clip, no dead zone
         history[epoch - 1]["full_loss_unclipped"] = 2.0

@@ -228,3 +228,18 @@ def test_the_collapse_share_counts_only_finite_answers():
     assert prediction_share(logits)["majority_prediction_fraction"] == pytest.approx(2 / 3)
     assert math.isnan(prediction_share(logits[:1])["majority_prediction_fraction"])
     assert prediction_share(np.array([[-1.0], [2.0], [3.0]]), "sigmoid")["majority_prediction_fraction"] == 2 / 3
+
+
+def test_the_loss_form_is_known_for_keras_and_the_lab():
+    from spikelab.losses import clipped_binary_crossentropy
+    from spikelab.monitor import clipped_form
+
+    assert clipped_form(keras.losses.get("sparse_categorical_crossentropy")) is False  # reads the cached logits
+    assert clipped_form(keras.losses.BinaryCrossentropy()) is False
+    assert clipped_form(clipped_binary_crossentropy) is True
+    assert clipped_form(keras.losses.get("mse")) is None
+
+    def my_crossentropy(y_true, y_pred):
+        return keras.losses.categorical_crossentropy(y_true, y_pred)
+
+    assert clipped_form(my_crossentropy) is None  # unknown: the diagnosis reads it off the history
