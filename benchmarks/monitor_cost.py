@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10, help="epochs per round (the first is not timed)")
     parser.add_argument("--arch", nargs="+", default=None)
+    parser.add_argument("--samples", type=int, help="digits per epoch (default: the spiking configuration's)")
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.epochs < 2:
         raise SystemExit("error: --rounds >= 1 and --epochs >= 2 (the first epoch of a round is not timed)")
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in args.arch or ARCHITECTURES:
         configuration = CONFIGURATIONS[name]
-        images, labels = digits(configuration.samples)
+        samples = args.samples or configuration.samples
+        images, labels = digits(samples)
         x = inputs_for(name, images)
         models = {}
         for setting in SETTINGS:
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = {setting: statistics.mean(values) for setting, values in seconds.items()}
         cpus = {setting: statistics.mean(values) for setting, values in cpu.items()}
         print(
-            f"{name}: {args.rounds} rounds x {args.epochs - 1} timed epochs per setting, {configuration.samples} samples, "
+            f"{name}: {args.rounds} rounds x {args.epochs - 1} timed epochs per setting, {samples} samples, "
             f"batch {configuration.batch_size} ({time.perf_counter() - started:.0f} s in all)"
         )
         for setting in SETTINGS:
