@@ -169,19 +169,24 @@ def main(argv: list[str] | None = None) -> int:
     rows = prove(args.arch, args.seeds)
     table = RESULTS / "foreign_spikes.csv"
     kept = [row for row in read_rows(table) if row["architecture"] not in args.arch] if table.exists() else []
-    rows = sorted(kept + rows, key=lambda row: ARCHITECTURES.index(row["architecture"]))
+    print(write_table(kept + rows))
+    return 0
+
+
+def write_table(rows: list[dict]) -> str:
+    """foreign_spikes.csv and .md from the rows of every architecture proven so far."""
+    rows = sorted(rows, key=lambda row: ARCHITECTURES.index(row["architecture"]))
     columns = list(rows[0])
-    write_csv(table, rows, columns)
+    write_csv(RESULTS / "foreign_spikes.csv", rows, columns)
+    table = markdown_table(rows, [(key, key) for key in columns])
     write_text(
         RESULTS / "foreign_spikes.md",
         "# The spike doctor on networks this project did not write\n\n"
         "`python -m study.foreign_spikes prove --arch <name> --seeds ...` per architecture (rows in foreign_spikes.csv); "
         "networks and data in study/architectures.py. A spike: the divergence rule fired (SpikeMonitor's default rule). "
-        "The fix is the one the diagnosis recommends for the mechanism it named most often.\n\n"
-        + markdown_table(rows, [(key, key) for key in columns]),
+        "The fix is the one the diagnosis recommends for the mechanism it named most often.\n\n" + table,
     )
-    print(markdown_table(rows, [(key, key) for key in columns]))
-    return 0
+    return table
 
 
 def read_rows(path: Path) -> list[dict]:
