@@ -3,7 +3,7 @@ the spike doctor's test bench (issue 26). `python -m study.foreign_spikes` drive
 
 - mobilenet: keras.applications.MobileNetV2 (weights=None, alpha 0.35) on scikit-learn's 8x8
   digits scaled up to its smallest input, 32x32 (one channel);
-- lstm: a one-layer LSTM reading each digit as 8 rows of 8 pixels;
+- lstm: a one-layer LSTM reading each digit as 8 rows of 8 pixels; gru: the same with a GRU;
 - attention: one transformer encoder block (Keras MultiHeadAttention) over the same 8 rows.
 All three end in a 10-way softmax and train with Keras's sparse categorical cross-entropy.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-ARCHITECTURES = ("mobilenet", "lstm", "attention")
+ARCHITECTURES = ("mobilenet", "lstm", "gru", "attention")
 
 
 def digits(count: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -42,6 +42,8 @@ def build(name: str, classes: int = 10) -> keras.Model:
     inputs = keras.Input((8, 8), name="rows")
     if name == "lstm":
         x = keras.layers.LSTM(32, name="lstm")(inputs)
+    elif name == "gru":
+        x = keras.layers.GRU(32, name="gru")(inputs)
     elif name == "attention":
         x = keras.layers.Dense(32, name="embed")(inputs)
         attended = keras.layers.MultiHeadAttention(num_heads=2, key_dim=16, name="attention")(x, x)

@@ -40,6 +40,7 @@ CONFIGURATIONS = {
     "mobilenet": Configuration(learning_rate=0.005, epochs=100, samples=64, batch_size=8, beta_2=0.95),
     # beta_2 0.95: the usual setting for transformers, whose v forgets within ~20 steps
     "lstm": Configuration(learning_rate=0.01, epochs=120, samples=512, batch_size=16, beta_2=0.95),
+    "gru": Configuration(learning_rate=0.01, epochs=120, samples=512, batch_size=16, beta_2=0.95),
     "attention": Configuration(learning_rate=0.003, epochs=220, samples=256, batch_size=16, beta_2=0.95),
 }
 
