@@ -25,7 +25,7 @@ help: ## list every target with what it does (the default)
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,team]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[lab,test,team]'
 	touch $(INSTALLED)
 
 setup: $(INSTALLED) ## create .venv/ and install the pinned dependencies (the other targets do it when needed)

@@ -101,16 +101,42 @@ class BestState(keras.callbacks.Callback):
 
 
 class Snapshots(keras.callbacks.Callback):
-    """Every `every` epochs: weights + optimizer state, and the history so far beside them, for replays."""
+    """Every `every` epochs: weights + optimizer state, and the history so far beside them, for replays.
 
-    def __init__(self, folder: Path, every: int, history: list[dict]):
+    keep: how many of the latest to keep (a ring buffer: the epochs before a spike, at bounded
+    cost), None for all. folder None keeps them in memory (`held`: epoch -> state) instead of as
+    epoch_NNNNN.npz files. with_non_trainable: the layers' other state too (batch-norm statistics),
+    which a replay of such a model needs."""
+
+    def __init__(
+        self,
+        folder: Path | None,
+        every: int,
+        history: list[dict],
+        keep: int | None = None,
+        with_non_trainable: bool = False,
+    ):
         super().__init__()
+        if keep is not None and keep < 1:
+            raise ValueError(f"Snapshots keep = {keep}: keep at least 1 snapshot, or None for all")
         self.folder, self.every, self.history = folder, every, history
+        self.keep, self.with_non_trainable = keep, with_non_trainable
+        self.held: dict[int, dict] = {}
 
     def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every == 0:
+        if (epoch + 1) % self.every:
+            return
+        state = training_state.capture(self.model, self.with_non_trainable)
+        if self.folder is None:
+            self.held[epoch + 1] = state
+        else:
             path = self.folder / f"epoch_{epoch + 1:05d}.npz"
-            training_state.save_snapshot(path, training_state.capture(self.model), epoch + 1, self.history)
+            training_state.save_snapshot(path, state, epoch + 1, self.history)
+            self.held[epoch + 1] = path
+        while self.keep is not None and len(self.held) > self.keep:
+            dropped = self.held.pop(min(self.held))
+            if isinstance(dropped, Path):
+                dropped.unlink(missing_ok=True)
 
 
 class DivergenceGuard(keras.callbacks.Callback):

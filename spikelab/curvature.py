@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from spikelab.adam_state import AdamSlots, adam_slots
-from spikelab.model import logits_model
+from spikelab.model import LogitsAndOutput
 
 Vectors = list[np.ndarray]
 HessianProduct = Callable[[Vectors], Vectors]
@@ -112,7 +112,7 @@ class ProbeHessian:
         self.model, self.loss_fn = model, loss_fn
         self.x, self.y = tf.constant(x), tf.constant(y)
         self.iterations = power_iterations
-        self._logits_and_output = keras.Model(model.inputs, [logits_model(model).output, *model.outputs])
+        self._logits_and_output = LogitsAndOutput(model)
         self._step_product = tf.function(self._probe_and_step_product)
         self._power_iteration = tf.function(self._power_iteration_on_probe)
         self._last: tuple[tuple[int, int], tuple] | None = None

@@ -27,9 +27,9 @@ import numpy as np
 import tensorflow as tf
 
 from spikelab.adam_state import AdamSlots, adam_slots
-from spikelab.curvature import ProbeHessian
-from spikelab.dead_zone import saturated_and_wrong, softmax
-from spikelab.model import logits_model
+from spikelab.curvature import Curvature, ProbeHessian
+from spikelab.dead_zone import DeadZoneAccounting, class_view, saturated_and_wrong
+from spikelab.model import LogitsAndOutput
 
 ADAM_KEYS = ("adam_ratio_max", "adam_ratio_p99", "v_below_eps_fraction", "v_sqrt_median")
 
@@ -62,8 +62,8 @@ def layer_of(variable_path: str) -> str:
     return variable_path.split("/")[-2]
 
 
-def second_moment_lag(gradients: list[np.ndarray], layers: list[str], slots: AdamSlots) -> dict:
-    """g2_over_v_rms overall and per layer; layers: each gradient's layer name (layer_of)."""
+def second_moment_lag(gradients: list[np.ndarray], layers: list[str], slots: AdamSlots, per_layer: bool = True) -> dict:
+    """g2_over_v_rms overall and (per_layer) per layer; layers: each gradient's layer name (layer_of)."""
     step = slots.step
     floor = slots.epsilon**2
     ratios: dict[str, list[np.ndarray]] = {}
@@ -72,7 +72,7 @@ def second_moment_lag(gradients: list[np.ndarray], layers: list[str], slots: Ada
         ratios.setdefault(layer, []).append(np.ravel(gradient**2 / np.maximum(v_hat, floor)))
     every = np.concatenate([part for parts in ratios.values() for part in parts])
     stats = {"g2_over_v_rms": float(np.sqrt(every.mean()))}
-    for layer, parts in ratios.items():
+    for layer, parts in ratios.items() if per_layer else ():
         stats[f"g2_over_v_rms_{layer}"] = float(np.sqrt(np.concatenate(parts).mean()))
     return stats
 
@@ -94,28 +94,32 @@ def epoch_diagnostics(
     learning_rate: float,
     grad_norm: float,
     gradients: list[np.ndarray],
-    logits: np.ndarray,
+    logits: np.ndarray | None,
     probe_y: np.ndarray,
     layers: list[str],
     kernels: dict[str, np.ndarray],
     slots: AdamSlots | None,
+    activation: str = "softmax",
+    per_layer: bool = True,
 ) -> dict:
     """One epoch's diagnostics keys from arrays: the weights at the epoch's start and end, the probe's
-    gradient (norm, per variable) and logits, the kernels by layer, Adam's slots (None: not Adam)."""
+    gradient (norm, per variable) and logits (None: the output is no probability, no saturation
+    keys), the kernels by layer, Adam's slots (None: not Adam). per_layer False: whole-model keys only."""
     rms = update_rms(before, after)
     logs = {"grad_norm": float(grad_norm), "update_rms": rms, "update_rms_over_lr": rms / learning_rate}
     if slots is not None:
         logs.update(adam_ratio_stats(slots))
-        logs.update(second_moment_lag(gradients, layers, slots))
-    for layer, kernel in kernels.items():
+        logs.update(second_moment_lag(gradients, layers, slots, per_layer))
+    for layer, kernel in kernels.items() if per_layer else ():
         logs[f"weight_norm_{layer}"] = weight_norm(kernel)
-    logs.update(saturation_stats(logits, probe_y))
+    if logits is not None:
+        logs.update(saturation_stats(logits, probe_y, activation))
     return logs
 
 
-def saturation_stats(logits: np.ndarray, labels: np.ndarray) -> dict:
-    """From (n, 2) logits and one-hot labels: the samples the clipped loss no longer trains."""
-    saturated, wrong = saturated_and_wrong(softmax(logits), labels)
+def saturation_stats(logits: np.ndarray, labels: np.ndarray, activation: str = "softmax") -> dict:
+    """From (n, classes) logits and labels: the samples the clipped loss no longer trains."""
+    saturated, wrong = saturated_and_wrong(*class_view(logits, labels, activation))
     return {
         "logit_max_abs": float(np.abs(logits).max()),
         "saturated_fraction": float(saturated.mean()),
@@ -124,21 +128,35 @@ def saturation_stats(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 
 class Diagnostics(keras.callbacks.Callback):
-    """Adds the diagnostics to each epoch's logs, so every logger downstream records them."""
+    """Adds the diagnostics to each epoch's logs, so every logger downstream records them.
 
-    def __init__(self, probe_x: np.ndarray, probe_y: np.ndarray, loss_fn, shared: ProbeHessian | None = None):
+    Any single-output model: the saturation keys need a softmax or sigmoid output (`saturation`
+    False leaves them out), the Adam keys an Adam-family optimizer; per_layer False keeps only the
+    whole-model numbers (a large model has hundreds of layers)."""
+
+    def __init__(
+        self,
+        probe_x: np.ndarray,
+        probe_y: np.ndarray,
+        loss_fn,
+        shared: ProbeHessian | None = None,
+        per_layer: bool = True,
+        saturation: bool = True,
+    ):
         super().__init__()
         self.shared = shared  # with the curvature on, its graph gives the probe's pass (one per epoch)
         self.probe_x = tf.constant(probe_x)
         self.probe_y = tf.constant(probe_y)
         self.loss_fn = loss_fn
+        self.per_layer, self.saturation = per_layer, saturation
+        self.use_shared = True  # False: this epoch's probe pass is Diagnostics' own (the curvature is off for it)
         self._weights_at_start = None
         self.cpu_seconds: dict[int, float] = {}  # 1-based epoch -> CPU seconds inside this callback
 
     def set_model(self, model):
         super().set_model(model)
         # one forward pass gives both the logits and the softmax output the loss needs
-        self._logits_and_output = keras.Model(model.inputs, [logits_model(model).output, *model.outputs])
+        self._logits_and_output = LogitsAndOutput(model)
         self._probe_pass = tf.function(self._probe_gradient_norm_and_logits)
 
     def _probe_gradient_norm_and_logits(self):
@@ -162,10 +180,11 @@ class Diagnostics(keras.callbacks.Callback):
 
     def _add_diagnostics(self, logs: dict, epoch: int) -> None:
         optimizer = self.model.optimizer
-        measured = self.shared.at_epoch_end(epoch, optimizer) if self.shared else None
+        measured = self.shared.at_epoch_end(epoch, optimizer) if self.shared and self.use_shared else None
         grad_norm, logits, gradients = measured[1][:3] if measured else self._probe_pass()
         is_adam = isinstance(optimizer, keras.optimizers.Adam)  # AdamW subclasses Adam
         variables = self.model.trainable_variables
+        head = self._logits_and_output
         logs.update(
             epoch_diagnostics(
                 self._weights_at_start,
@@ -173,10 +192,49 @@ class Diagnostics(keras.callbacks.Callback):
                 float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
                 grad_norm,
                 [g.numpy() for g in gradients] if is_adam else [],
-                logits.numpy(),
+                logits.numpy() if self.saturation and head.has_logits else None,
                 self.probe_y.numpy(),
                 [layer_of(v.path) for v in variables],
-                {layer.name: layer.kernel.numpy() for layer in self.model.layers if hasattr(layer, "kernel")},
+                {
+                    layer.name: layer.kernel.numpy()
+                    for layer in self.model.layers
+                    if self.per_layer and hasattr(layer, "kernel")
+                },
                 adam_slots(optimizer) if is_adam else None,
+                head.activation or "softmax",
+                self.per_layer,
             )
         )
+
+
+def diagnostic_callbacks(
+    model: keras.Model,
+    probe_x: np.ndarray,
+    probe_y: np.ndarray,
+    loss,
+    sample_x: np.ndarray | None,
+    sample_y: np.ndarray | None,
+    sample_format: str | None,
+    passes: set[int],
+    *,
+    curvature: bool,
+    power_iterations: int,
+    eigen_every: int,
+    per_layer: bool = True,
+    saturation: bool = True,
+    stats=None,
+    keep_dead_sets: bool = False,
+) -> list[keras.callbacks.Callback]:
+    """The per-epoch diagnostics of `model`, in the order they run: Diagnostics on the probe batch,
+    the whole-sample pass over sample_x at the epochs in `passes` (none when sample_x is None;
+    sample_format: the lab's uint8 images' data format, None for inputs as they are; stats: what
+    the pass logs, the lab's dead_zone_stats by default), and with `curvature` Curvature, sharing
+    one probe graph with Diagnostics. keep_dead_sets: the pass keeps which samples are dead (the lab's
+    dead-set tracking). SpikeMonitor and the lab's train stage both build their diagnostics here."""
+    hessian = ProbeHessian(model, probe_x, probe_y, loss, power_iterations) if curvature else None
+    parts: list[keras.callbacks.Callback] = [Diagnostics(probe_x, probe_y, loss, hessian, per_layer, saturation)]
+    if sample_x is not None:
+        parts.append(DeadZoneAccounting(sample_x, sample_y, sample_format, passes, stats, keep_dead_sets))
+    if hessian is not None:
+        parts.append(Curvature(hessian, eigen_every))
+    return parts

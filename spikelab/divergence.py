@@ -137,18 +137,23 @@ def divergence_metrics(losses: Sequence[float], val_losses: Sequence[float], rul
     }
 
 
+def held_epochs(losses: Sequence[float], start: int, floor: float) -> int:
+    """How many epochs in a row, from `start` (1-based) on, the loss stays at `floor` or above (or non-finite)."""
+    length = 0
+    for later in losses[start - 1 :]:
+        if math.isfinite(later) and later < floor:
+            break
+        length += 1
+    return length
+
+
 def plateau_metrics(losses: Sequence[float], rule: DivergenceParams, plateau: PlateauParams) -> dict:
     """plateaued, plateau_start_epoch (the flagged epoch it starts at), plateau_epochs (how long it
     stays up from there), plateau_to_end (still up at the last epoch), plateau_level (median loss over it)."""
     watch = SpikeWatch(rule)
     for start, loss in enumerate(losses, start=1):
         if watch.observe(loss):
-            floor = plateau.ratio * watch.lowest
-            length = 0
-            for later in losses[start - 1 :]:
-                if math.isfinite(later) and later < floor:
-                    break
-                length += 1
+            length = held_epochs(losses, start, plateau.ratio * watch.lowest)
             if length >= plateau.min_epochs:
                 held = [value for value in losses[start - 1 : start - 1 + length] if math.isfinite(value)]
                 return {

@@ -81,9 +81,68 @@ def build_model(p: ModelParams, image_size: int, data_format: str, block_max: bo
     return keras.Model(inputs, outputs, name="seed_cnn")
 
 
-def logits_model(model: keras.Model) -> keras.Model:
-    """The same network stopped before the softmax, sharing weights (for logit diagnostics)."""
-    return keras.Model(model.inputs, model.get_layer("logits").output)
+PROBABILITY_ACTIVATIONS = ("softmax", "sigmoid")
+
+
+def _activation_name(layer) -> str | None:
+    activation = getattr(layer, "activation", None)
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    if activation is None:
+        return None
+    name = getattr(activation, "__name__", None) or keras.activations.serialize(activation)
+    return name if name in PROBABILITY_ACTIVATIONS else None
+
+
+def output_layer(model: keras.Model):
+    """The layer that produces the model's (single) output."""
+    history = getattr(model.outputs[0], "_keras_history", None)
+    return history[0] if history else model.layers[-1]
+
+
+class LogitsAndOutput:
+    """(logits, output) of a model in one forward pass, for any single-output model whose output is
+    a softmax or sigmoid: the logits are the input of a final softmax/sigmoid activation layer (the
+    lab's network: its `logits` Dense feeding the `softmax` layer), or the pre-activation of a final
+    Dense-like layer that applies the activation itself (keras.applications' classifiers).
+
+    `activation` is 'softmax' or 'sigmoid'; None when the output is not a probability (a regression
+    head): then no logits exist and the output stands in their place, so the gradient still flows."""
+
+    def __init__(self, model: keras.Model):
+        if len(model.outputs) != 1:
+            raise ValueError(f"{model.name} has {len(model.outputs)} outputs; the probe diagnostics need one")
+        layer = output_layer(model)
+        self.activation = _activation_name(layer)
+        self._pre_activation = None
+        if self.activation is None:
+            self._model = keras.Model(model.inputs, [model.outputs[0], model.outputs[0]])
+            return
+        # the tensor entering the last layer: for an Activation layer it is the logits themselves
+        self._model = keras.Model(model.inputs, [layer.input, *model.outputs])
+        if not isinstance(layer, keras.layers.Activation | keras.layers.Softmax):
+            if not hasattr(layer, "kernel"):
+                raise ValueError(f"{model.name}: cannot take the logits out of its output layer {layer.name}")
+            self._pre_activation = layer
+
+    @property
+    def has_logits(self) -> bool:
+        return self.activation is not None
+
+    def __call__(self, x, training: bool):
+        first, output = self._model(x, training=training)
+        layer = self._pre_activation
+        if layer is None:
+            return first, output
+        logits = keras.ops.matmul(first, layer.kernel)
+        return (logits + layer.bias if layer.use_bias else logits), output
+
+
+def logits_model(model: keras.Model):
+    """The same network stopped before the softmax, sharing weights (for logit diagnostics): a
+    callable from inputs to logits."""
+    head = LogitsAndOutput(model)
+    return lambda x, training=False: head(x, training=training)[0]
 
 
 def to_model_input(images: np.ndarray, data_format: str) -> np.ndarray:

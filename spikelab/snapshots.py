@@ -41,8 +41,11 @@ def _optimizer_key(optimizer, variable) -> str:
     return f"optimizer/{type(optimizer).__name__.lower()}/{slot}"
 
 
-def capture(model: keras.Model) -> dict[str, np.ndarray]:
+def capture(model: keras.Model, with_non_trainable: bool = False) -> dict[str, np.ndarray]:
+    """with_non_trainable: also the layers' other state ('state/<path>': batch-norm statistics)."""
     state = {f"weight/{v.path}": v.numpy().copy() for v in model.trainable_variables}
+    if with_non_trainable:
+        state.update({f"state/{v.path}": v.numpy().copy() for v in model.non_trainable_variables})
     # the learning rate is not state: a replay or the guard may set a new one
     state.update(
         {
@@ -60,6 +63,9 @@ def restore(model: keras.Model, state: dict[str, np.ndarray]) -> list[str]:
         model.optimizer.build(model.trainable_variables)
     for variable in model.trainable_variables:
         variable.assign(state[f"weight/{variable.path}"])
+    for variable in model.non_trainable_variables:
+        if f"state/{variable.path}" in state:
+            variable.assign(state[f"state/{variable.path}"])
     fresh = []
     for variable in model.optimizer.variables:
         key = _optimizer_key(model.optimizer, variable)

@@ -17,9 +17,8 @@ import tensorflow as tf
 
 from spikelab import snapshots as training_state
 from spikelab.callbacks import BestState, DivergenceGuard, EpochClock, HistoryRows, ProgressLine, Snapshots
-from spikelab.curvature import Curvature, ProbeHessian
-from spikelab.dead_zone import DeadZoneAccounting, accounting_epochs
-from spikelab.diagnostics import Diagnostics
+from spikelab.dead_zone import accounting_epochs
+from spikelab.diagnostics import diagnostic_callbacks
 from spikelab.losses import make_loss
 from spikelab.model import build_model, to_model_input
 from spikelab.optimizers import make_optimizer
@@ -141,20 +140,23 @@ def train(
         probe = slice(0, diagnostics.probe_size)
         probe_x = to_model_input(arrays["x_train"][probe], data_format)
         epochs = accounting_epochs(params.train.epochs, diagnostics.dead_zone_every, params.train.snapshot_every)
-        # with the curvature on, one graph per epoch gives Diagnostics its probe pass too
-        hessian = (
-            ProbeHessian(model, probe_x, arrays["y_train"][probe], model.loss, diagnostics.power_iterations)
-            if diagnostics.curvature
-            else None
+        # the same callbacks SpikeMonitor composes: one implementation of every diagnostic
+        measured = diagnostic_callbacks(
+            model,
+            probe_x,
+            arrays["y_train"][probe],
+            model.loss,
+            arrays["x_train"],
+            arrays["y_train"],
+            data_format,
+            epochs,
+            curvature=diagnostics.curvature,
+            power_iterations=diagnostics.power_iterations,
+            eigen_every=diagnostics.eigen_every,
+            keep_dead_sets=dead_sets is not None,
         )
-        measured = [
-            Diagnostics(probe_x, arrays["y_train"][probe], model.loss, hessian),
-            DeadZoneAccounting(arrays["x_train"], arrays["y_train"], data_format, epochs, dead_sets is not None),
-        ]
         if dead_sets is not None:
-            measured[-1].dead_sets = dead_sets
-        if hessian is not None:
-            measured.append(Curvature(hessian, diagnostics.eigen_every))
+            measured[1].dead_sets = dead_sets
         callbacks += measured
     lowest = min((row["loss"] for row in history), default=math.inf)  # a resumed run's history counts
     callbacks += [keras.callbacks.TerminateOnNaN(), ProgressLine(params.train.epochs, params.divergence, lowest)]

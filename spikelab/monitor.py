@@ -1,0 +1,382 @@
+"""SpikeMonitor: the lab's spike diagnostics as one Keras 3 callback, for any model.fit.
+
+    monitor = SpikeMonitor(x_train[:2048], y_train[:2048])
+    model.fit(x_train, y_train, epochs=100, callbacks=[monitor])   # prints the diagnosis at the end
+    monitor.diagnosis                                               # spikelab.diagnosis.Diagnosis
+
+It is the lab's own callbacks, composed (the train stage runs the same classes): Diagnostics (the
+optimizer state and the probe gradient), Curvature (Bai et al.'s lambda_grad and lambda_max, on
+an Adam-family optimizer), DeadZoneAccounting (the whole-sample pass: the dead zone of a
+cross-entropy on a softmax or sigmoid output, and the collapse to one class), HistoryRows,
+Snapshots (a ring buffer of the last `keep_snapshots` states: weights, optimizer slots and batch-norm
+statistics, in memory or in a folder) and MLflow's epoch logger. What does not apply to the model,
+loss or optimizer at hand is skipped and said once, in one line; nothing it measures changes the
+training (the probe's effect on batch-norm statistics and dropout seeds is undone).
+
+`x` and `y` are a sample of the training data, as model.fit takes them: the first `probe_size`
+samples are the fixed probe batch, the whole sample feeds the dead-zone and collapse pass.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from spikelab import snapshots as training_state
+from spikelab.callbacks import HistoryRows, Snapshots
+from spikelab.curvature import Curvature
+from spikelab.dead_zone import accounting_epochs, dead_zone_stats, prediction_share
+from spikelab.diagnosis import DEFAULT_DIVERGENCE, DEFAULT_PLATEAU, Diagnosis, describe, diagnose
+from spikelab.diagnostics import Diagnostics, diagnostic_callbacks
+from spikelab.divergence import SpikeWatch
+from spikelab.history import write_history_csv
+from spikelab.model import LogitsAndOutput
+from spikelab.params import DivergenceParams, PlateauParams
+from spikelab.plumbing.errors import one_line
+
+# epochs after a flagged one at which the whole-sample pass runs too, so the diagnosis sees what
+# the spike did to the dead zone and the classes without waiting for the cadence
+AFTER_SPIKE_PASSES = (0, 2, 5)
+
+
+def cross_entropy_kind(loss) -> str | None:
+    """'binary' or 'categorical' for the cross-entropies (Keras's and the lab's clipped forms), else None."""
+    name = getattr(loss, "name", None) if isinstance(loss, keras.losses.Loss) else getattr(loss, "__name__", None)
+    name = name or str(loss)
+    if "binary_crossentropy" in name:
+        return "binary"
+    if "categorical_crossentropy" in name:
+        return "categorical"
+    return None
+
+
+def clipped_form(loss) -> bool | None:
+    """Whether a cross-entropy clips probabilities before its log: the lab's Keras-2 forms do;
+    Keras 3's own read the logits a softmax or sigmoid layer leaves on its output (no clip, no dead
+    zone: the output layers the monitor finds logits behind are exactly those). None: not known."""
+    if cross_entropy_kind(loss) is None:
+        return None
+    if _loss_name(loss).startswith("clipped_"):
+        return True
+    module = type(loss).__module__ if isinstance(loss, keras.losses.Loss) else getattr(loss, "__module__", "")
+    return False if module.startswith("keras.") else None
+
+
+def _loss_name(loss) -> str:
+    return getattr(loss, "name", None) or getattr(loss, "__name__", None) or type(loss).__name__
+
+
+def _labels_to_output_rank(loss):
+    """The loss function with labels of shape (n,) made (n, 1) for a one-unit output, as Keras's
+    compiled loss does before it calls a plain function (a Loss instance does it itself)."""
+
+    def per_sample(y_true, y_pred):
+        if len(y_true.shape) == len(y_pred.shape) - 1 and y_pred.shape[-1] == 1:
+            y_true = keras.ops.expand_dims(y_true, -1)
+        return loss(y_true, y_pred)
+
+    per_sample.__name__ = _loss_name(loss)
+    return per_sample
+
+
+def _labels_fit(labels: np.ndarray, head: LogitsAndOutput, output_shape) -> str | None:
+    """Why these labels and this output have no one-class-per-sample reading; None when they do."""
+    units = output_shape[-1]
+    if len(output_shape) != 2:
+        return f"the output has shape {output_shape}, not (batch, classes)"
+    if head.activation == "sigmoid" and units != 1:
+        return f"{units} sigmoid units are multi-label"
+    if head.activation == "softmax" and not (labels.ndim == 1 or labels.shape[-1] in (1, units)):
+        return f"labels of shape {labels.shape[1:]} match neither {units} one-hot classes nor class indices"
+    return None
+
+
+class SpikeMonitor(keras.callbacks.Callback):
+    """Per-epoch spike diagnostics, a snapshot ring buffer, logging, and a diagnosis at the end of fit.
+
+    The defaults are the lab's params.yaml values (a test checks they agree). cheap=True is the
+    mode for large models: no curvature (its Hessian-vector products cost a probe backward pass or
+    more per epoch) and no per-layer columns.
+
+    budget: the most the monitor may spend, as a share of the epochs' CPU time (its own included).
+    The probe diagnostics, the snapshots and the passes after a flagged spike always run; the
+    curvature and the whole-sample pass on its cadence run only while the share so far is within
+    the budget (a deferred pass runs at the next epoch that affords it, a skipped curvature epoch
+    logs NaN). None: no limit, every measurement on its cadence."""
+
+    def __init__(
+        self,
+        x,
+        y,
+        *,
+        probe_size: int = 32,
+        cheap: bool = False,
+        eigen_every: int = 10,
+        power_iterations: int = 8,
+        dead_zone_every: int = 10,
+        snapshot_every: int = 1,
+        keep_snapshots: int = 5,
+        snapshot_folder: str | Path | None = None,
+        per_layer: bool = True,
+        divergence: DivergenceParams = DEFAULT_DIVERGENCE,
+        plateau: PlateauParams = DEFAULT_PLATEAU,
+        history_path: str | Path | None = None,
+        tracking_uri: str | None = None,
+        dvclive: bool = True,
+        report: bool = True,
+        budget: float | None = 0.10,
+    ):
+        super().__init__()
+        x, y = np.asarray(x), np.asarray(y)
+        x = x.astype(np.float32) if x.dtype.kind == "f" else x
+        if len(x) == 0 or len(x) != len(y):
+            raise ValueError(
+                f"SpikeMonitor needs a sample of the training data: x has {len(x)} samples, y {len(y)}; pass equal, non-empty arrays"
+            )
+        for name, value in (("probe_size", probe_size), ("keep_snapshots", keep_snapshots)):
+            if value < 1:
+                raise ValueError(f"SpikeMonitor {name} = {value}: use an integer >= 1")
+        for name, value in (
+            ("eigen_every", eigen_every),
+            ("dead_zone_every", dead_zone_every),
+            ("snapshot_every", snapshot_every),
+        ):
+            if value < 0:
+                raise ValueError(f"SpikeMonitor {name} = {value}: use an integer >= 0 (0 = never)")
+        if budget is not None and not 0 < budget <= 1:
+            raise ValueError(f"SpikeMonitor budget = {budget}: use a share in (0, 1], or None for no limit")
+        self.budget = budget
+        self.x, self.y = x, y
+        self.probe_size, self.cheap = min(probe_size, len(x)), cheap
+        self.eigen_every, self.power_iterations = eigen_every, power_iterations
+        self.dead_zone_every, self.snapshot_every, self.keep_snapshots = dead_zone_every, snapshot_every, keep_snapshots
+        self.snapshot_folder = Path(snapshot_folder) if snapshot_folder is not None else None
+        self.per_layer = per_layer and not cheap
+        self.divergence, self.plateau = divergence, plateau
+        self.tracking_uri, self.use_dvclive, self.report = tracking_uri, dvclive, report
+        self.history_path = Path(history_path) if history_path is not None else None
+        self.history: list[dict] = []
+        self.cpu_seconds: dict[int, float] = {}  # 1-based epoch -> CPU seconds inside the monitor (all threads)
+        self.skipped: list[str] = []  # what did not apply, one entry each
+        self.diagnosis: Diagnosis | None = None
+        self.loss_clipped: bool | None = None
+        self.parts: list[keras.callbacks.Callback] = []
+        self._snapshots: Snapshots | None = None
+        self._mlflow_run = None
+        self._started_run = False
+        self._live = None
+
+    # --- assembling the lab's callbacks for this model -------------------------------------------
+
+    def on_train_begin(self, logs=None):
+        model, optimizer = self.model, self.model.optimizer
+        self.history.clear()
+        self.cpu_seconds.clear()
+        self.skipped.clear()
+        self.diagnosis = None
+        self._passes: set[int] = set()  # the whole-sample pass's epochs; a spike adds some
+        self._after_spike: set[int] = set()  # of those, the ones a spike added (never deferred)
+        self.training_cpu_seconds = 0.0  # the epochs' CPU outside the monitor
+        self.curvature_skipped = self.passes_deferred = 0
+        loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
+        self.loss_clipped = clipped_form(loss)
+        if callable(loss) and not isinstance(loss, keras.losses.Loss):
+            loss = _labels_to_output_rank(loss)
+        try:
+            head = LogitsAndOutput(model)
+        except ValueError as error:
+            head = None
+            self.skipped.append(f"probe diagnostics ({error})")
+        adam = isinstance(optimizer, keras.optimizers.Adam)
+        if not adam:
+            self.skipped.append(f"Adam state and curvature ({type(optimizer).__name__} has no Adam moments)")
+        elif self.cheap:
+            self.skipped.append("curvature (the cheap mode)")
+        probe_x, probe_y = self.x[: self.probe_size], self.y[: self.probe_size]
+        if head is not None and not callable(loss):
+            self.skipped.append(f"probe diagnostics (the compiled loss {loss!r} is not one callable)")
+            head = None
+        labels_problem = _labels_fit(self.y, head, tuple(model.outputs[0].shape)) if head and head.has_logits else None
+        parts: list[keras.callbacks.Callback] = []
+        if head is not None:
+            stats = self._whole_sample_stats(head, loss, labels_problem)
+            options = {
+                "power_iterations": self.power_iterations,
+                "eigen_every": self.eigen_every,
+                "per_layer": self.per_layer,
+                "saturation": head.has_logits and labels_problem is None,
+                "stats": stats,
+            }
+            sample = (self.x, self.y, None, self._passes) if stats else (None, None, None, self._passes)
+            curvature = adam and not self.cheap
+            try:
+                parts = diagnostic_callbacks(model, probe_x, probe_y, loss, *sample, curvature=curvature, **options)
+            except Exception as error:  # a layer without second derivatives: the rest still runs
+                if not curvature:
+                    raise
+                self.skipped.append(f"curvature ({type(error).__name__}: {one_line(error)[:120]})")
+                parts = diagnostic_callbacks(model, probe_x, probe_y, loss, *sample, curvature=False, **options)
+        parts.append(HistoryRows(self.history))
+        if self.snapshot_every:
+            if self.snapshot_folder is not None:
+                self.snapshot_folder.mkdir(parents=True, exist_ok=True)
+            self._snapshots = Snapshots(
+                self.snapshot_folder, self.snapshot_every, self.history, self.keep_snapshots, with_non_trainable=True
+            )
+            parts.append(self._snapshots)
+        parts += self._loggers()
+        for part in parts:
+            part.set_model(model)
+        self.parts = parts
+        self._watch = SpikeWatch(self.divergence)
+        if self.skipped and self.report:
+            print("SpikeMonitor skips: " + "; ".join(self.skipped), flush=True)
+
+    def _whole_sample_stats(self, head, loss, labels_problem):
+        """The whole-sample pass's statistics for this output and loss; None where it cannot run."""
+        if not head.has_logits:
+            self.skipped.append("dead zone and collapse (the output is not a softmax or sigmoid probability)")
+            return None
+        if labels_problem:
+            self.skipped.append(f"dead zone and collapse ({labels_problem})")
+            return None
+        kind = cross_entropy_kind(loss)
+        if kind is None:
+            self.skipped.append(f"dead zone (the loss {_loss_name(loss)} takes no log of a probability to clip)")
+        activation = head.activation
+
+        def stats(logits, labels):
+            found = prediction_share(logits, activation)
+            if kind is not None:
+                found.update(dead_zone_stats(logits, labels, activation, kind))
+            return found
+
+        # epoch 1 too: a baseline for what a spike changes, and its graph traced at the start
+        self._passes.update({1} | accounting_epochs(self.params.get("epochs") or 1, self.dead_zone_every, 0))
+        return stats
+
+    def _loggers(self) -> list[keras.callbacks.Callback]:
+        loggers = []
+        # an active run needs mlflow imported already: without one, the monitor does not load it
+        mlflow = sys.modules.get("mlflow")
+        if self.tracking_uri is not None:
+            import mlflow
+
+            mlflow.set_tracking_uri(self.tracking_uri)
+        run = mlflow.active_run() if mlflow is not None else None
+        if run is None and self.tracking_uri is not None:
+            run, self._started_run = mlflow.start_run(), True
+        if run is not None:
+            from spikelab.tracking import MlflowEpochLogger
+
+            self._mlflow_run = run.info.run_id
+            loggers.append(MlflowEpochLogger(self._mlflow_run))
+        if self.use_dvclive:
+            try:
+                from dvclive import Live
+            except ImportError:
+                self.skipped.append("DVCLive (not installed)")
+            else:
+                self._live = Live()
+        return loggers
+
+    # --- the epoch -------------------------------------------------------------------------------
+
+    def on_epoch_begin(self, epoch, logs=None):
+        started = time.process_time()
+        for part in self.parts:
+            part.on_epoch_begin(epoch, logs)
+        self._epoch_started = time.process_time()
+        self.cpu_seconds[epoch + 1] = self._epoch_started - started
+
+    @property
+    def cpu_share(self) -> float:
+        """The monitor's CPU seconds as a share of the epochs' (its own included), so far."""
+        spent = sum(self.cpu_seconds.values())
+        return spent / (spent + self.training_cpu_seconds) if spent else 0.0
+
+    def _within_budget(self, epoch: int) -> bool:
+        """Whether this epoch affords the optional measurements; a cadence pass it cannot afford moves on."""
+        if self.budget is None or self.cpu_share <= self.budget:
+            return True
+        if epoch + 1 in self._passes and epoch + 1 not in self._after_spike:
+            self._passes.discard(epoch + 1)
+            self._passes.add(epoch + 2)
+            self.passes_deferred += 1
+        return False
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        started = time.process_time()
+        self.training_cpu_seconds += started - getattr(self, "_epoch_started", started)
+        if self._watch.observe(logs.get("loss", math.nan)):
+            added = {epoch + 1 + after for after in AFTER_SPIKE_PASSES}
+            self._passes.update(added)
+            self._after_spike.update(added)
+        affordable = self._within_budget(epoch)
+        # the probe runs the model in training mode: batch-norm statistics and dropout seeds move,
+        # and are put back so that watching changes nothing in the training
+        kept = [v.numpy() for v in self.model.non_trainable_variables]
+        for part in self.parts:
+            if isinstance(part, Curvature) and not affordable:
+                logs["lambda_grad"] = logs["lambda_max"] = math.nan
+                self.curvature_skipped += 1
+                continue
+            if isinstance(part, Diagnostics):
+                part.use_shared = affordable
+            part.on_epoch_end(epoch, logs)
+            if isinstance(part, Diagnostics | Curvature):
+                for variable, value in zip(self.model.non_trainable_variables, kept):
+                    variable.assign(value)
+        if self._live is not None:
+            for key, value in logs.items():
+                if isinstance(value, int | float) and math.isfinite(value):
+                    self._live.log_metric(f"spikemonitor/{key}", float(value))
+            self._live.next_step()
+        self.cpu_seconds[epoch + 1] = self.cpu_seconds.get(epoch + 1, 0.0) + time.process_time() - started
+
+    def on_train_end(self, logs=None):
+        for part in self.parts:
+            part.on_train_end(logs)
+        self.diagnosis = diagnose(self.history, self.divergence, self.plateau, self.loss_clipped)
+        if self.history_path is not None:
+            write_history_csv(self.history_path, self.history)
+        text = describe(self.diagnosis)
+        if self.budget is not None and (self.curvature_skipped or self.passes_deferred):
+            text += (
+                f"\nSpikeMonitor kept to its budget ({self.budget:.0%} of the epochs' CPU; it spent {self.cpu_share:.1%}): "
+                f"curvature skipped at {self.curvature_skipped} epochs, whole-sample pass deferred {self.passes_deferred} times"
+            )
+        if self.report:
+            print(text, flush=True)
+        if self._mlflow_run is not None:
+            import mlflow
+
+            mlflow.MlflowClient().log_text(self._mlflow_run, text, "spike_diagnosis.txt")
+            mechanisms = ",".join(sorted(self.diagnosis.mechanisms)) or "none"
+            mlflow.MlflowClient().set_tag(self._mlflow_run, "spike_doctor.mechanisms", mechanisms)
+            if self._started_run:
+                mlflow.end_run()
+        if self._live is not None:
+            self._live.end()
+
+    # --- replay ----------------------------------------------------------------------------------
+
+    @property
+    def snapshot_epochs(self) -> list[int]:
+        """The epochs (1-based, after that epoch) whose state the ring buffer holds."""
+        return sorted(self._snapshots.held) if self._snapshots else []
+
+    def restore(self, epoch: int) -> None:
+        """Put the model and its optimizer back to the state after `epoch`, to replay what followed."""
+        if epoch not in self.snapshot_epochs:
+            raise ValueError(f"no snapshot of epoch {epoch}; the ring buffer holds {self.snapshot_epochs}")
+        held = self._snapshots.held[epoch]
+        state = training_state.load_snapshot(held)[0] if isinstance(held, Path) else held
+        training_state.restore(self.model, state)
