@@ -181,7 +181,8 @@ class SpikeMonitor(keras.callbacks.Callback):
         self.diagnosis = None
         self._passes: set[int] = set()  # the whole-sample pass's epochs; a spike adds some
         self._after_spike: set[int] = set()  # of those, the ones a spike added (never deferred)
-        self.training_cpu_seconds = 0.0  # the epochs' CPU outside the monitor
+        self.training_cpu_seconds = 0.0  # the epochs' CPU outside the monitor, from the second epoch on
+        self._first_epoch = None  # 1-based: the first epoch of this fit
         self.curvature_skipped = self.passes_deferred = 0
         loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
         self.loss_clipped = clipped_form(loss)
@@ -289,6 +290,8 @@ class SpikeMonitor(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         started = time.process_time()
+        if self._first_epoch is None:
+            self._first_epoch = epoch + 1
         for part in self.parts:
             part.on_epoch_begin(epoch, logs)
         self._epoch_started = time.process_time()
@@ -296,8 +299,9 @@ class SpikeMonitor(keras.callbacks.Callback):
 
     @property
     def cpu_share(self) -> float:
-        """The monitor's CPU seconds as a share of the epochs' (its own included), so far."""
-        spent = sum(self.cpu_seconds.values())
+        """The monitor's CPU seconds as a share of the epochs' (its own included), so far, from the
+        second epoch on: the first holds the one-time tracing of the monitor's graphs."""
+        spent = sum(seconds for epoch, seconds in self.cpu_seconds.items() if epoch > self._first_epoch)
         return spent / (spent + self.training_cpu_seconds) if spent else 0.0
 
     def _within_budget(self, epoch: int) -> bool:
@@ -314,7 +318,8 @@ class SpikeMonitor(keras.callbacks.Callback):
         if logs is None:
             return
         started = time.process_time()
-        self.training_cpu_seconds += started - getattr(self, "_epoch_started", started)
+        if epoch + 1 > self._first_epoch:  # the first epoch's tracing is not the training's
+            self.training_cpu_seconds += started - self._epoch_started
         if self._watch.observe(logs.get("loss", math.nan)):
             added = {epoch + 1 + after for after in AFTER_SPIKE_PASSES}
             self._passes.update(added)

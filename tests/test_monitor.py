@@ -153,14 +153,16 @@ def test_the_budget_skips_the_curvature_and_defers_the_cadence_pass_not_the_spik
     unlimited = watched(None)
     assert all(math.isfinite(row["lambda_grad"]) for row in unlimited.history)
     assert [row["epoch"] for row in unlimited.history if "majority_prediction_fraction" in row] == [1, 2, 4, 6, 8]
-    # a tiny model's epoch is a few steps: the probe alone is far above any small budget
+    # a tiny model's epoch is a few steps: the probe alone is far above any small budget. The first
+    # epoch (the graphs' tracing) is outside the share: everything runs in it
     starved = watched(1e-9)
     assert starved.cpu_share > 1e-9
-    assert all(math.isnan(row["lambda_grad"]) for row in starved.history)
-    assert not any("majority_prediction_fraction" in row for row in starved.history)
-    assert starved.curvature_skipped == 8 and starved.passes_deferred == 8  # epoch 1's pass, deferred 8 times
+    assert math.isfinite(starved.history[0]["lambda_grad"])
+    assert all(math.isnan(row["lambda_grad"]) for row in starved.history[1:])
+    assert [row["epoch"] for row in starved.history if "majority_prediction_fraction" in row] == [1]
+    assert starved.curvature_skipped == 7 and starved.passes_deferred == 7  # epoch 2's pass, deferred to 9
     assert all(math.isfinite(row["v_sqrt_median"]) for row in starved.history[1:])  # the probe's keys stay
-    assert "curvature skipped at 8 epochs" in capsys.readouterr().out
+    assert "curvature skipped at 7 epochs" in capsys.readouterr().out
 
     def everything_to_class_0(model):
         model.layers[-1].bias.assign([200.0, -200.0])
@@ -171,7 +173,8 @@ def test_the_budget_skips_the_curvature_and_defers_the_cadence_pass_not_the_spik
     flagged = [row["epoch"] for row in spiked.history if watch.observe(row["loss"])]
     assert flagged[0] == 5  # the jolt after epoch 4
     # over budget, the passes a flagged epoch asks for (it, +2, +5) run all the same; none else does
-    assert passes == sorted({epoch + after for epoch in flagged for after in AFTER_SPIKE_PASSES} & set(range(1, 9)))
+    asked = {epoch + after for epoch in flagged for after in AFTER_SPIKE_PASSES}
+    assert passes == sorted({1} | asked & set(range(1, 9)))
     with pytest.raises(ValueError, match="budget = 0"):
         SpikeMonitor(x, y, budget=0)
 
