@@ -183,7 +183,11 @@ class Curvature(keras.callbacks.Callback):
         self.hessian = hessian
         self.every = every
         self.cpu_seconds: dict[int, float] = {}  # 1-based epoch -> CPU seconds inside this callback
+        self.owed = False  # a caller that skipped a due lambda_max sets this: the next call computes it
         self._vector: Vectors | None = None
+
+    def eigen_due(self, epoch: int) -> bool:
+        return bool(self.every) and ((epoch + 1) % self.every == 0 or self.owed)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not isinstance(self.model.optimizer, keras.optimizers.Adam):
@@ -196,9 +200,10 @@ class Curvature(keras.callbacks.Callback):
             gradient = [g.numpy() for g in gradient]
             hessian_times_step = [hv.numpy() for hv in hessian_times_step]
             logs["lambda_grad"] = curvature_along_step(gradient, preconditioner, hessian_times_step)
-            if self.every and (epoch + 1) % self.every == 0:
+            if self.eigen_due(epoch):
                 start = power_start(gradient, preconditioner, self._vector)
                 logs["lambda_max"], self._vector = self.hessian.top_eigenvalue(preconditioner, start)
+                self.owed = False
         self.cpu_seconds[epoch + 1] = time.process_time() - started
 
 

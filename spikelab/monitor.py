@@ -103,11 +103,12 @@ class SpikeMonitor(keras.callbacks.Callback):
     mode for large models: no curvature (its Hessian-vector products cost a probe backward pass or
     more per epoch) and no per-layer columns.
 
-    budget: the most the monitor may spend, as a share of the epochs' CPU time (its own included).
-    The probe diagnostics, the snapshots and the passes after a flagged spike always run; the
-    curvature and the whole-sample pass on its cadence run only while the share so far is within
-    the budget (a deferred pass runs at the next epoch that affords it, a skipped curvature epoch
-    logs NaN). None: no limit, every measurement on its cadence."""
+    budget: the most the monitor may spend, as a share of the epochs' CPU time (its own included,
+    from the second epoch on: the first holds the graphs' tracing). The probe diagnostics, the
+    snapshots and the passes after a flagged spike always run; the curvature (lambda_grad, and
+    lambda_max when due) and the whole-sample pass on its cadence run when their last measured cost
+    keeps the share within the budget. A pass or lambda_max that does not fit runs at the next epoch
+    that affords it; a skipped curvature epoch logs NaN. None: no limit, everything on its cadence."""
 
     def __init__(
         self,
@@ -184,6 +185,8 @@ class SpikeMonitor(keras.callbacks.Callback):
         self.training_cpu_seconds = 0.0  # the epochs' CPU outside the monitor, from the second epoch on
         self._first_epoch = None  # 1-based: the first epoch of this fit
         self.curvature_skipped = self.passes_deferred = 0
+        # the last measured CPU seconds of an epoch with no optional measurement, and of each one beyond it
+        self._cost: dict[str, float | None] = dict.fromkeys(("base", "curvature", "eigen", "pass"))
         loss = keras.losses.get(model.loss) if isinstance(model.loss, str) else model.loss
         self.loss_clipped = clipped_form(loss)
         if callable(loss) and not isinstance(loss, keras.losses.Loss):
@@ -234,6 +237,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         for part in parts:
             part.set_model(model)
         self.parts = parts
+        self._curvature = next((part for part in parts if isinstance(part, Curvature)), None)
         self._watch = SpikeWatch(self.divergence)
         if self.skipped and self.report:
             print("SpikeMonitor skips: " + "; ".join(self.skipped), flush=True)
@@ -304,15 +308,54 @@ class SpikeMonitor(keras.callbacks.Callback):
         spent = sum(seconds for epoch, seconds in self.cpu_seconds.items() if epoch > self._first_epoch)
         return spent / (spent + self.training_cpu_seconds) if spent else 0.0
 
-    def _within_budget(self, epoch: int) -> bool:
-        """Whether this epoch affords the optional measurements; a cadence pass it cannot afford moves on."""
-        if self.budget is None or self.cpu_share <= self.budget:
+    def _affords(self, cost: float | None) -> bool:
+        """Whether spending `cost` more CPU seconds now keeps the share within the budget; a cost not
+        yet measured: whether the share so far is."""
+        if self.budget is None:
             return True
-        if epoch + 1 in self._passes and epoch + 1 not in self._after_spike:
+        spent = sum(seconds for epoch, seconds in self.cpu_seconds.items() if epoch > self._first_epoch)
+        if cost is None:
+            return self.cpu_share <= self.budget
+        return (spent + cost) / (spent + cost + self.training_cpu_seconds) <= self.budget
+
+    def _plan(self, epoch: int) -> tuple[bool, bool, bool]:
+        """(curvature, its eigenvalue, the whole-sample pass) for this epoch: each optional measurement
+        runs if its last measured cost fits the budget; a pass that does not fit moves to the next epoch."""
+        curvature = self._curvature
+        eigen = curvature is not None and curvature.eigen_due(epoch)
+        cost = self._cost["eigen" if eigen else "curvature"]
+        run_curvature = curvature is not None and self._affords(cost)
+        if curvature is not None and not run_curvature:
+            curvature.owed = curvature.owed or eigen
+            self.curvature_skipped += 1
+        due = epoch + 1 in self._passes
+        before = (cost or 0.0) if run_curvature else 0.0
+        pass_cost = None if self._cost["pass"] is None else before + self._cost["pass"]
+        run_pass = due and (epoch + 1 in self._after_spike or self._affords(pass_cost))
+        if due and not run_pass:
             self._passes.discard(epoch + 1)
             self._passes.add(epoch + 2)
             self.passes_deferred += 1
-        return False
+        return run_curvature, run_curvature and eigen, run_pass
+
+    def _learn_costs(self, spent: float, curvature: bool, eigen: bool, run_pass: bool) -> None:
+        """What this epoch's optional measurements cost beyond the base (the epochs with none)."""
+        if not (curvature or run_pass):
+            self._cost["base"] = spent
+            return
+        extra = max(spent - (self._cost["base"] or 0.0), 0.0)
+        kind = "eigen" if eigen else "curvature"
+        if curvature and run_pass:
+            if self._cost["pass"] is not None:
+                self._cost[kind] = max(extra - self._cost["pass"], 0.0)
+            elif self._cost[kind] is not None:
+                self._cost["pass"] = max(extra - self._cost[kind], 0.0)
+            else:
+                self._cost[kind] = extra  # both unknown: all of it on the curvature, the larger
+        elif curvature:
+            self._cost[kind] = extra
+        else:
+            self._cost["pass"] = extra
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -324,17 +367,16 @@ class SpikeMonitor(keras.callbacks.Callback):
             added = {epoch + 1 + after for after in AFTER_SPIKE_PASSES}
             self._passes.update(added)
             self._after_spike.update(added)
-        affordable = self._within_budget(epoch)
+        curvature, eigen, run_pass = self._plan(epoch)
         # the probe runs the model in training mode: batch-norm statistics and dropout seeds move,
         # and are put back so that watching changes nothing in the training
         kept = [v.numpy() for v in self.model.non_trainable_variables]
         for part in self.parts:
-            if isinstance(part, Curvature) and not affordable:
+            if isinstance(part, Curvature) and not curvature:
                 logs["lambda_grad"] = logs["lambda_max"] = math.nan
-                self.curvature_skipped += 1
                 continue
             if isinstance(part, Diagnostics):
-                part.use_shared = affordable
+                part.use_shared = curvature
             part.on_epoch_end(epoch, logs)
             if isinstance(part, Diagnostics | Curvature):
                 for variable, value in zip(self.model.non_trainable_variables, kept):
@@ -345,6 +387,8 @@ class SpikeMonitor(keras.callbacks.Callback):
                     self._live.log_metric(f"spikemonitor/{key}", float(value))
             self._live.next_step()
         self.cpu_seconds[epoch + 1] = self.cpu_seconds.get(epoch + 1, 0.0) + time.process_time() - started
+        if epoch + 1 > self._first_epoch:
+            self._learn_costs(self.cpu_seconds[epoch + 1], curvature, eigen, run_pass)
 
     def on_train_end(self, logs=None):
         for part in self.parts:

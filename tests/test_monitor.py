@@ -284,3 +284,25 @@ def test_the_loss_form_is_known_for_keras_and_the_lab():
         return keras.losses.categorical_crossentropy(y_true, y_pred)
 
     assert clipped_form(my_crossentropy) is None  # unknown: the diagnosis reads it off the history
+
+
+def test_the_budget_runs_what_its_last_measured_cost_affords():
+    """The plan from fabricated costs: spent 0.5 s of 10 s of training, budget 10%."""
+    x, y = _separable()
+    monitor = SpikeMonitor(x, y, budget=0.10)
+    owed = types.SimpleNamespace(owed=False, eigen_due=lambda epoch: (epoch + 1) % 10 == 0 or owed.owed)
+    monitor._curvature, monitor._first_epoch, monitor.training_cpu_seconds = owed, 1, 10.0
+    monitor.cpu_seconds, monitor.curvature_skipped, monitor.passes_deferred = {1: 9.0, 2: 0.5}, 0, 0
+    monitor._passes, monitor._after_spike = {20}, set()
+    monitor._cost = {"base": 0.05, "curvature": 0.6, "eigen": 0.7, "pass": 0.2}
+    assert monitor._plan(epoch=4) == (True, False, False)  # (0.5 + 0.6) / 11.1 = 9.9%
+    assert monitor._plan(epoch=9) == (False, False, False) and owed.owed  # 1.2 / 11.2 = 10.7%: lambda_max owed
+    monitor._cost["eigen"] = 0.1
+    assert monitor._plan(epoch=12) == (True, True, False)  # the owed lambda_max, off its cadence
+    owed.owed = False  # as Curvature does once it has computed it
+    monitor._cost["pass"] = 0.6
+    # the pass at 20 beside the curvature would be (0.5 + 0.1 + 0.6) / 11.2 = 10.7%: it moves to 21
+    assert monitor._plan(epoch=19) == (True, True, False) and monitor._passes == {21}
+    monitor._cost["curvature"] = 5.0
+    assert monitor._plan(epoch=20) == (False, False, True)  # alone it fits: 1.1 / 11.1
+    assert monitor.passes_deferred == 1 and monitor.curvature_skipped == 2

@@ -1,0 +1,34 @@
+"""study.agreement pairs the population engine's cells with the committed per-run ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from spikelab.plumbing.errors import UserError
+from study.agreement import compare
+from study.stats import fisher_exact
+
+
+def _runs(cell: str, spiked: int, stayed: int, total: int = 20) -> list[dict]:
+    return [
+        {"cell": cell, "diverged": i < spiked, "plateaued": i < stayed, "jump_ratio": float(i + 1)}
+        for i in range(total)
+    ]
+
+
+def test_rates_and_fisher_p_per_cell():
+    per_run = _runs("baseline", 16, 0) + _runs("amsgrad", 1, 0)
+    population = _runs("baseline", 15, 0) + _runs("amsgrad", 9, 2)
+    rows = {row["cell"]: row for row in compare(population, per_run)}
+    assert list(rows) == ["baseline", "amsgrad"]
+    assert rows["amsgrad"]["spiked, per-run"].startswith("1/20 [")
+    assert rows["amsgrad"]["spiked, population"].startswith("9/20 [")
+    assert rows["amsgrad"]["spike p"] == f"{fisher_exact(1, 20, 9, 20):.3g}"
+    assert rows["amsgrad"]["stayed-up p"] == f"{fisher_exact(0, 20, 2, 20):.3g}"
+    assert rows["baseline"]["spike p"] == "1"
+    assert rows["baseline"]["median jump, per-run / population"] == "10.5 / 10.5"
+
+
+def test_a_cell_the_committed_rows_lack_is_named():
+    with pytest.raises(UserError, match="no cell 'sgd'"):
+        compare(_runs("sgd", 0, 0), _runs("baseline", 16, 0))
