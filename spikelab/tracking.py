@@ -200,7 +200,12 @@ def fail_orphans(experiment_id: str) -> list[str]:
     finished = finished_run_ids()
     for run in found:
         if run.info.run_id in finished:
-            # its training finished and wrote its outputs; only the store failed to record the end
+            if not process_gone(run.data.tags, host):
+                # its process lives (a population beside this one, between its training and its end):
+                # it records the end itself
+                continue
+            # its training finished and wrote its outputs, and its process is gone: the store failed
+            # to record the end
             retry_locked(client.set_terminated, run.info.run_id, "FINISHED")
             finished_marker(run.info.run_id).unlink(missing_ok=True)
             print(

@@ -111,3 +111,34 @@ def test_a_store_failure_line_is_cut_between_words(monkeypatch):
     shown = run.failure.removeprefix("log epoch metrics: ")
     assert shown.endswith(" ...") and len(shown) <= 304
     assert all(word in words for word in shown.removesuffix(" ...").split())
+
+
+def test_a_finished_run_whose_process_lives_is_left_to_record_its_own_end(tmp_path, monkeypatch):
+    """A population beside this one has written its members' finished markers and is about to
+    record their ends: the orphan sweep must not mark them, nor say their end was never recorded."""
+    import os
+    import socket
+
+    import mlflow
+
+    from spikelab import tracking
+
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = mlflow.create_experiment("orphans")
+    client = mlflow.MlflowClient()
+    alive = {
+        "spikelab.host": socket.gethostname(),
+        "spikelab.pid": str(os.getpid()),
+        "spikelab.pid_start": tracking.process_start(os.getpid()),
+    }
+    gone = alive | {"spikelab.pid_start": "0"}  # the pid now names another process
+    live_run = client.create_run(experiment_id, tags=alive).info.run_id
+    dead_run = client.create_run(experiment_id, tags=gone).info.run_id
+    for run_id in (live_run, dead_run):
+        tracking.finished_marker(run_id).parent.mkdir(parents=True, exist_ok=True)
+        tracking.finished_marker(run_id).touch()
+
+    assert tracking.fail_orphans(experiment_id) == []
+    assert client.get_run(live_run).info.status == "RUNNING" and tracking.finished_marker(live_run).exists()
+    assert client.get_run(dead_run).info.status == "FINISHED" and not tracking.finished_marker(dead_run).exists()
