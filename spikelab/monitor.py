@@ -318,20 +318,35 @@ class SpikeMonitor(keras.callbacks.Callback):
             return self.cpu_share <= self.budget
         return (spent + cost) / (spent + cost + self.training_cpu_seconds) <= self.budget
 
+    def _expected(self, kind: str) -> float | None:
+        """The CPU seconds an optional measurement is expected to cost: its last measured cost, or
+        before it has run, a generous guess from what has been measured (a Hessian-vector product is
+        a few probe passes; the eigenvalue is power_iterations of them)."""
+        cost, base = self._cost, self._cost["base"]
+        if cost[kind] is not None or kind == "pass":
+            return cost[kind]
+        curvature = cost["curvature"] if cost["curvature"] is not None else 3 * base
+        return curvature if kind == "curvature" else (1 + self.power_iterations) * curvature
+
     def _plan(self, epoch: int) -> tuple[bool, bool, bool]:
         """(curvature, its eigenvalue, the whole-sample pass) for this epoch: each optional measurement
-        runs if its last measured cost fits the budget; a pass that does not fit moves to the next epoch."""
+        runs if its expected cost fits the budget; a pass that does not fit moves to the next epoch.
+        All run in the first epoch (outside the share: it traces their graphs); after it, none runs
+        (but a spike's passes) until an epoch without them has measured the base cost."""
         curvature = self._curvature
         eigen = curvature is not None and curvature.eigen_due(epoch)
-        cost = self._cost["eigen" if eigen else "curvature"]
-        run_curvature = curvature is not None and self._affords(cost)
+        if self.budget is None or epoch + 1 == self._first_epoch:  # the first epoch is outside the share
+            return curvature is not None, eigen, epoch + 1 in self._passes
+        known = self._cost["base"] is not None
+        cost = self._expected("eigen" if eigen else "curvature") if known else None
+        run_curvature = curvature is not None and known and self._affords(cost)
         if curvature is not None and not run_curvature:
             curvature.owed = curvature.owed or eigen
             self.curvature_skipped += 1
         due = epoch + 1 in self._passes
         before = (cost or 0.0) if run_curvature else 0.0
         pass_cost = None if self._cost["pass"] is None else before + self._cost["pass"]
-        run_pass = due and (epoch + 1 in self._after_spike or self._affords(pass_cost))
+        run_pass = due and (epoch + 1 in self._after_spike or (known and self._affords(pass_cost)))
         if due and not run_pass:
             self._passes.discard(epoch + 1)
             self._passes.add(epoch + 2)

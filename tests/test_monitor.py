@@ -306,3 +306,13 @@ def test_the_budget_runs_what_its_last_measured_cost_affords():
     monitor._cost["curvature"] = 5.0
     assert monitor._plan(epoch=20) == (False, False, True)  # alone it fits: 1.1 / 11.1
     assert monitor.passes_deferred == 1 and monitor.curvature_skipped == 2
+    # before any measurement: nothing optional runs until an epoch has measured the base cost
+    monitor._cost = dict.fromkeys(("base", "curvature", "eigen", "pass"))
+    monitor._passes = {31}
+    assert monitor._plan(epoch=30) == (False, False, False) and monitor._passes == {32}
+    # then the guesses: a curvature epoch 3 x the base, the eigenvalue (1 + power_iterations) x that
+    monitor._cost["base"] = 0.05
+    assert monitor._expected("curvature") == pytest.approx(0.15)
+    assert monitor._expected("eigen") == pytest.approx(9 * 0.15) and monitor._expected("pass") is None
+    assert monitor._plan(epoch=31) == (True, False, True)  # (0.5 + 0.15) / 10.65 = 6.1%; the pass's cost unknown
+    assert monitor._plan(epoch=39) == (False, False, False) and owed.owed  # (0.5 + 1.35) / 11.85 = 15.6%
