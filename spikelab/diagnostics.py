@@ -159,6 +159,11 @@ class Diagnostics(keras.callbacks.Callback):
         self._logits_and_output = LogitsAndOutput(model)
         self._probe_pass = tf.function(self._probe_gradient_norm_and_logits)
 
+    def trace_own_probe(self) -> None:
+        """Trace the probe's own graph now: a caller that sometimes turns the shared curvature graph
+        off (SpikeMonitor's budget) would otherwise pay its tracing inside an epoch."""
+        self._probe_pass.get_concrete_function()
+
     def _probe_gradient_norm_and_logits(self):
         with tf.GradientTape() as tape:
             logits, output = self._logits_and_output(self.probe_x, training=True)

@@ -238,6 +238,10 @@ class SpikeMonitor(keras.callbacks.Callback):
             part.set_model(model)
         self.parts = parts
         self._curvature = next((part for part in parts if isinstance(part, Curvature)), None)
+        if self._curvature is not None and self.budget is not None:
+            for part in parts:
+                if isinstance(part, Diagnostics):
+                    part.trace_own_probe()  # the budget turns the curvature off at some epochs
         self._watch = SpikeWatch(self.divergence)
         if self.skipped and self.report:
             print("SpikeMonitor skips: " + "; ".join(self.skipped), flush=True)
@@ -356,7 +360,9 @@ class SpikeMonitor(keras.callbacks.Callback):
     def _learn_costs(self, spent: float, curvature: bool, eigen: bool, run_pass: bool) -> None:
         """What this epoch's optional measurements cost beyond the base (the epochs with none)."""
         if not (curvature or run_pass):
-            self._cost["base"] = spent
+            # the least seen: an epoch that collected garbage or traced a graph says nothing of the next
+            base = self._cost["base"]
+            self._cost["base"] = spent if base is None else min(base, spent)
             return
         extra = max(spent - (self._cost["base"] or 0.0), 0.0)
         kind = "eigen" if eigen else "curvature"
