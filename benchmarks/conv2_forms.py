@@ -82,7 +82,7 @@ def main() -> None:
         )
         for name, run in forms.items():
             seconds = median_seconds(run, x, w, args.repeats)
-            print(f"{filters:>8} {name:<16} {seconds * 1000:>8.2f} {flops / seconds / 1e9:>9.1f}   {difference:.1e}")
+            print(f"{filters:>8} {name:<16} {seconds * 1000:>8.2f} {flops / seconds / 1e9:>9.3g}   {difference:.1e}")
 
 
 if __name__ == "__main__":
