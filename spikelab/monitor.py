@@ -419,10 +419,14 @@ class SpikeMonitor(keras.callbacks.Callback):
             write_history_csv(self.history_path, self.history)
         text = describe(self.diagnosis)
         if self.budget is not None and (self.curvature_skipped or self.passes_deferred):
+            times = "time" if self.passes_deferred == 1 else "times"
             text += (
-                f"\nSpikeMonitor kept to its budget ({self.budget:.0%} of the epochs' CPU; it spent {self.cpu_share:.1%}): "
-                f"curvature skipped at {self.curvature_skipped} epochs, whole-sample pass deferred {self.passes_deferred} times"
+                f"\nSpikeMonitor's budget ({self.budget:.0%} of the epochs' CPU): curvature skipped at "
+                f"{self.curvature_skipped} epochs, whole-sample pass deferred {self.passes_deferred} {times}; "
+                f"it spent {self.cpu_share:.1%}"
             )
+            if self.cpu_share > self.budget:
+                text += " (its probe diagnostics alone cost more at this epoch size: cheap=True, or a larger epoch)"
         if self.report:
             print(text, flush=True)
         if self._mlflow_run is not None:
