@@ -54,11 +54,12 @@ def _median_jump(records: list[dict]) -> str:
 
 
 def compare(population: list[dict], per_run: list[dict]) -> list[dict]:
-    """One row per cell the population rows hold, paired with the per-run rows of the same cell."""
+    """One row per cell with finished population runs, paired with the finished per-run rows of the same cell."""
     rows = []
+    population = [r for r in population if r.get("state") == "success"]  # a member not finished is no run yet
     for cell in dict.fromkeys(record["cell"] for record in population):
         mine = [r for r in population if r["cell"] == cell]
-        theirs = [r for r in per_run if r["cell"] == cell]
+        theirs = [r for r in per_run if r["cell"] == cell and r.get("state") == "success"]
         if not theirs:
             raise UserError(
                 f"agreement: the committed rows have no cell {cell!r}; name the cells as the evidence study does"

@@ -11,7 +11,7 @@ from study.stats import fisher_exact
 
 def _runs(cell: str, spiked: int, stayed: int, total: int = 20) -> list[dict]:
     return [
-        {"cell": cell, "diverged": i < spiked, "plateaued": i < stayed, "jump_ratio": float(i + 1)}
+        {"cell": cell, "state": "success", "diverged": i < spiked, "plateaued": i < stayed, "jump_ratio": float(i + 1)}
         for i in range(total)
     ]
 
@@ -32,3 +32,10 @@ def test_rates_and_fisher_p_per_cell():
 def test_a_cell_the_committed_rows_lack_is_named():
     with pytest.raises(UserError, match="no cell 'sgd'"):
         compare(_runs("sgd", 0, 0), _runs("baseline", 16, 0))
+
+
+def test_members_not_finished_are_left_out():
+    unfinished = [{"cell": "amsgrad", "state": "failed", "diverged": None, "plateaued": None}] * 20
+    rows = compare(_runs("baseline", 15, 0) + unfinished, _runs("baseline", 16, 0) + _runs("amsgrad", 1, 0))
+    assert [row["cell"] for row in rows] == ["baseline"]
+    assert rows[0]["runs (per-run / population)"] == "20 / 20"
