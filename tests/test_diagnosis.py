@@ -112,3 +112,36 @@ def test_the_doctor_check_table_is_what_the_committed_study_gives(tmp_path):
         shutil.copy(results / name, tmp_path / name)
     doctor_check.main(["--results", str(tmp_path)])
     assert (tmp_path / "doctor_confusion.md").read_text() == (results / "doctor_confusion.md").read_text()
+
+
+def test_the_fixes_quote_the_committed_rows():
+    """Every count the verdict's evidence quotes is the committed studies' (evidence, replication)."""
+    from conftest import REPO
+    from spikelab.diagnosis import FIXES
+    from study.report import read_records
+
+    def count(study: str, cell: str, key: str) -> str:
+        runs = [r for r in read_records(REPO / f"study/results/{study}_runs.csv") if r["cell"] == cell]
+        return f"{sum(1 for r in runs if r[key] is True)}/{len(runs)}"
+
+    def jump(study: str, cell: str) -> str:
+        import csv
+
+        with open(REPO / f"study/results/{study}_jumps.csv", newline="") as handle:
+            (row,) = [r for r in csv.DictReader(handle) if r["cell"] == cell]
+        return f"{float(row['median_jump']):.3g}x"
+
+    adam, dead = FIXES["adam_step"][0], FIXES["dead_zone"][0]
+    for study, against in (("evidence", "against Adam's "), ("replication", "against ")):
+        spiked = f"{count(study, 'amsgrad', 'diverged')} against {count(study, 'baseline', 'diverged')}"
+        assert spiked in adam
+        assert f"{jump(study, 'amsgrad')} {against}{jump(study, 'baseline')}" in adam
+    kept_up = [count(s, "plateau-bce-keras3", "plateaued") for s in ("evidence", "replication")]
+    assert (
+        f"stayed up in {kept_up[0]} runs against the clipped loss's {count('evidence', 'plateau', 'plateaued')}" in dead
+    )
+    assert f"again {kept_up[1]} against {count('replication', 'plateau', 'plateaued')}" in dead
+    eps = [count(s, "plateau-eps-1e-2", "plateaued") for s in ("evidence", "replication")]
+    assert f"({eps[0]}, then {eps[1]} on fresh datasets)" in dead
+    amsgrad = [count(s, "plateau-amsgrad", "plateaued") for s in ("evidence", "replication")]
+    assert f"AMSGrad ({amsgrad[0]} stayed up, then {amsgrad[1]} again)" in dead
