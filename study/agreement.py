@@ -31,7 +31,7 @@ COLUMNS = (
     "stayed up, per-run",
     "stayed up, population",
     "stayed-up p",
-    "median jump, per-run / population",
+    "median jump_ratio of the runs that spiked, per-run / population",
 )
 
 
@@ -45,7 +45,9 @@ def _rate(successes: int, trials: int) -> str:
 
 
 def _median_jump(records: list[dict]) -> str:
-    jumps = sorted(r["jump_ratio"] for r in records if isinstance(r.get("jump_ratio"), float))
+    jumps = sorted(
+        r["jump_ratio"] for r in records if r.get("diverged") is True and isinstance(r.get("jump_ratio"), float)
+    )
     if not jumps:
         return "—"
     middle = len(jumps) // 2
@@ -71,7 +73,9 @@ def compare(population: list[dict], per_run: list[dict]) -> list[dict]:
             row[f"{label}, population"] = _rate(b, len(mine))
             p = fisher_exact(a, len(theirs), b, len(mine))
             row[p_key] = f"{p:.3g}" if p is not None else "—"
-        row["median jump, per-run / population"] = f"{_median_jump(theirs)} / {_median_jump(mine)}"
+        row["median jump_ratio of the runs that spiked, per-run / population"] = (
+            f"{_median_jump(theirs)} / {_median_jump(mine)}"
+        )
         rows.append(row)
     return rows
 

@@ -26,7 +26,9 @@ def test_rates_and_fisher_p_per_cell():
     assert rows["amsgrad"]["spike p"] == f"{fisher_exact(1, 20, 9, 20):.3g}"
     assert rows["amsgrad"]["stayed-up p"] == f"{fisher_exact(0, 20, 2, 20):.3g}"
     assert rows["baseline"]["spike p"] == "1"
-    assert rows["baseline"]["median jump, per-run / population"] == "10.5 / 10.5"
+    assert (
+        rows["baseline"]["median jump_ratio of the runs that spiked, per-run / population"] == "8.5 / 8"
+    )  # of jumps 1..16 and 1..15
 
 
 def test_a_cell_the_committed_rows_lack_is_named():
