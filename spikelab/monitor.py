@@ -105,9 +105,9 @@ class SpikeMonitor(keras.callbacks.Callback):
 
     budget: the most the monitor may spend, as a share of the epochs' CPU time (its own included,
     from the second epoch on: the first holds the graphs' tracing). The probe diagnostics, the
-    snapshots and the passes after a flagged spike always run; the curvature (lambda_grad, and
-    lambda_max when due) and the whole-sample pass on its cadence run when their last measured cost
-    keeps the share within the budget. A pass or lambda_max that does not fit runs at the next epoch
+    snapshots, the last epoch's pass and those after a flagged spike always run; the curvature
+    (lambda_grad, and lambda_max when due) and the whole-sample pass on its cadence run when their
+    expected cost (the last measured, or a guess before the first) keeps the share within the budget. A pass or lambda_max that does not fit runs at the next epoch
     that affords it; a skipped curvature epoch logs NaN. None: no limit, everything on its cadence."""
 
     def __init__(
@@ -181,7 +181,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         self.skipped.clear()
         self.diagnosis = None
         self._passes: set[int] = set()  # the whole-sample pass's epochs; a spike adds some
-        self._after_spike: set[int] = set()  # of those, the ones a spike added (never deferred)
+        self._forced: set[int] = set()  # of those, the last epoch's and the ones a spike added (never deferred)
         self.training_cpu_seconds = 0.0  # the epochs' CPU outside the monitor, from the second epoch on
         self._first_epoch = None  # 1-based: the first epoch of this fit
         self.curvature_skipped = self.passes_deferred = 0
@@ -266,7 +266,9 @@ class SpikeMonitor(keras.callbacks.Callback):
             return found
 
         # epoch 1 too: a baseline for what a spike changes, and its graph traced at the start
-        self._passes.update({1} | accounting_epochs(self.params.get("epochs") or 1, self.dead_zone_every, 0))
+        last = self.params.get("epochs") or 1
+        self._passes.update({1} | accounting_epochs(last, self.dead_zone_every, 0))
+        self._forced.add(last)  # the state the fit ends in: never deferred past the end
         return stats
 
     def _loggers(self) -> list[keras.callbacks.Callback]:
@@ -350,7 +352,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         due = epoch + 1 in self._passes
         before = (cost or 0.0) if run_curvature else 0.0
         pass_cost = None if self._cost["pass"] is None else before + self._cost["pass"]
-        run_pass = due and (epoch + 1 in self._after_spike or (known and self._affords(pass_cost)))
+        run_pass = due and (epoch + 1 in self._forced or (known and self._affords(pass_cost)))
         if due and not run_pass:
             self._passes.discard(epoch + 1)
             self._passes.add(epoch + 2)
@@ -387,7 +389,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         if self._watch.observe(logs.get("loss", math.nan)):
             added = {epoch + 1 + after for after in AFTER_SPIKE_PASSES}
             self._passes.update(added)
-            self._after_spike.update(added)
+            self._forced.update(added)
         curvature, eigen, run_pass = self._plan(epoch)
         # the probe runs the model in training mode: batch-norm statistics and dropout seeds move,
         # and are put back so that watching changes nothing in the training
