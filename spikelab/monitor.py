@@ -307,22 +307,21 @@ class SpikeMonitor(keras.callbacks.Callback):
         self._epoch_started = time.process_time()
         self.cpu_seconds[epoch + 1] = self._epoch_started - started
 
+    def _share_with(self, cost: float) -> float:
+        """The monitor's share of the epochs' CPU (its own included) from the second epoch on (the
+        first holds the one-time tracing of its graphs), were it to spend `cost` more seconds now."""
+        spent = cost + sum(seconds for epoch, seconds in self.cpu_seconds.items() if epoch > self._first_epoch)
+        return spent / (spent + self.training_cpu_seconds) if spent else 0.0
+
     @property
     def cpu_share(self) -> float:
-        """The monitor's CPU seconds as a share of the epochs' (its own included), so far, from the
-        second epoch on: the first holds the one-time tracing of the monitor's graphs."""
-        spent = sum(seconds for epoch, seconds in self.cpu_seconds.items() if epoch > self._first_epoch)
-        return spent / (spent + self.training_cpu_seconds) if spent else 0.0
+        """The monitor's CPU seconds as a share of the epochs' (its own included), so far."""
+        return self._share_with(0.0)
 
     def _affords(self, cost: float | None) -> bool:
         """Whether spending `cost` more CPU seconds now keeps the share within the budget; a cost not
         yet measured: whether the share so far is."""
-        if self.budget is None:
-            return True
-        spent = sum(seconds for epoch, seconds in self.cpu_seconds.items() if epoch > self._first_epoch)
-        if cost is None:
-            return self.cpu_share <= self.budget
-        return (spent + cost) / (spent + cost + self.training_cpu_seconds) <= self.budget
+        return self._share_with(cost or 0.0) <= self.budget
 
     def _expected(self, kind: str) -> float | None:
         """The CPU seconds an optional measurement is expected to cost: its last measured cost, or
