@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from spikelab.plumbing.errors import UserError, run_entry_point
-from study.report import RESULTS, read_records
+from study.report import RESULTS, read_records, summarize
 from study.stats import fisher_exact, wilson_interval
 from study.sweep import load_sweep, run_prefix
 from study.tables import markdown_table, write_csv, write_text
@@ -35,46 +35,34 @@ COLUMNS = (
 )
 
 
-def _count(records: list[dict], key: str) -> int:
-    return sum(1 for record in records if record.get(key) is True)
-
-
 def _rate(successes: int, trials: int) -> str:
     low, high = wilson_interval(successes, trials) or (float("nan"), float("nan"))
     return f"{successes}/{trials} [{low:.2f}, {high:.2f}]"
 
 
-def _median_jump(records: list[dict]) -> str:
-    jumps = sorted(
-        r["jump_ratio"] for r in records if r.get("diverged") is True and isinstance(r.get("jump_ratio"), float)
-    )
-    if not jumps:
-        return "—"
-    middle = len(jumps) // 2
-    value = jumps[middle] if len(jumps) % 2 else (jumps[middle - 1] + jumps[middle]) / 2
-    return f"{value:.3g}"
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
 
 
 def compare(population: list[dict], per_run: list[dict]) -> list[dict]:
-    """One row per cell with finished population runs, paired with the finished per-run rows of the same cell."""
+    """One row per cell with finished population runs, beside the committed per-run rows of the same
+    cell; both sides counted as the study's tables count them (report.summarize)."""
     rows = []
-    population = [r for r in population if r.get("state") == "success"]  # a member not finished is no run yet
-    for cell in dict.fromkeys(record["cell"] for record in population):
-        mine = [r for r in population if r["cell"] == cell]
-        theirs = [r for r in per_run if r["cell"] == cell and r.get("state") == "success"]
-        if not theirs:
+    for cell in dict.fromkeys(r["cell"] for r in population if r["state"] == "success"):
+        committed = [r for r in per_run if r["cell"] == cell]
+        if not committed:
             raise UserError(
                 f"agreement: the committed rows have no cell {cell!r}; name the cells as the evidence study does"
             )
-        row = {"cell": cell, "runs (per-run / population)": f"{len(theirs)} / {len(mine)}"}
-        for label, key, p_key in (("spiked", "diverged", "spike p"), ("stayed up", "plateaued", "stayed-up p")):
-            a, b = _count(theirs, key), _count(mine, key)
-            row[f"{label}, per-run"] = _rate(a, len(theirs))
-            row[f"{label}, population"] = _rate(b, len(mine))
-            p = fisher_exact(a, len(theirs), b, len(mine))
-            row[p_key] = f"{p:.3g}" if p is not None else "—"
+        theirs, mine = summarize(committed), summarize([r for r in population if r["cell"] == cell])
+        row = {"cell": cell, "runs (per-run / population)": f"{theirs['n_runs']} / {mine['n_runs']}"}
+        for label, count, p_key in (("spiked", "n_diverged", "spike p"), ("stayed up", "n_plateaued", "stayed-up p")):
+            row[f"{label}, per-run"] = _rate(theirs[count], theirs["n_runs"])
+            row[f"{label}, population"] = _rate(mine[count], mine["n_runs"])
+            p = fisher_exact(theirs[count], theirs["n_runs"], mine[count], mine["n_runs"])
+            row[p_key] = _number(p)
         row["median jump_ratio of the runs that spiked, per-run / population"] = (
-            f"{_median_jump(theirs)} / {_median_jump(mine)}"
+            f"{_number(theirs['median_jump_ratio'])} / {_number(mine['median_jump_ratio'])}"
         )
         rows.append(row)
     return rows

@@ -10,8 +10,21 @@ from study.stats import fisher_exact
 
 
 def _runs(cell: str, spiked: int, stayed: int, total: int = 20) -> list[dict]:
+    """Finished runs as the committed _runs.csv rows read back (study.report.read_records)."""
     return [
-        {"cell": cell, "state": "success", "diverged": i < spiked, "plateaued": i < stayed, "jump_ratio": float(i + 1)}
+        {
+            "cell": cell,
+            "state": "success",
+            "diverged": i < spiked,
+            "nan": False,
+            "divergence_epoch": 90 if i < spiked else None,
+            "jump_ratio": float(i + 1),
+            "spike_ratio": float(i + 1),
+            "final_loss": 0.01,
+            "val_accuracy": 0.3,
+            "plateaued": i < stayed,
+            "final_dead_fraction": 0.0,
+        }
         for i in range(total)
     ]
 
