@@ -5,7 +5,7 @@ the Keras-2 clip (its smaller probability < 1e-7): the clipped cross-entropy the
 constant ~16.03 and gives it exactly zero gradient, so its own loss cannot pull it back. It is not
 gone for good: the weights it shares with the live samples keep moving under their gradients, and
 that can carry a dead sample back out (or throw more in); whether the dead set is a ratchet or a
-balance is measured image by image (`keep_dead_sets`, python -m study.dead_dynamics). Each dead
+balance is measured image by image (`dead_sets`, python -m study.dead_dynamics). Each dead
 sample costs exactly ~16.03, so 16.03 x the dead fraction matches most of the clipped loss by
 construction; what the accounting measures is the rest, the loss the live samples carry. The
 unclipped (Keras 3) form charges the same samples by their logits, and keeps a gradient.
@@ -153,9 +153,9 @@ class DeadZoneAccounting(keras.callbacks.Callback):
     None, any model's inputs as they are; `stats` turns (logits, labels) into the logged keys
     (the lab's: dead_zone_stats on a 2-unit softmax with the binary cross-entropy).
 
-    keep_dead_sets: also keep, per accounting epoch, which samples are dead and their signed margin
-    (wrong logit minus right logit) in `dead_sets` {1-based epoch: (mask, margin)}, to follow the dead
-    set image by image; off by default, and it changes nothing in the logs (the lab's 2-unit softmax).
+    dead_sets: where to keep, per accounting epoch, which samples are dead and their signed margin
+    (wrong logit minus right logit), {1-based epoch: (mask, margin)}, to follow the dead set image by
+    image; None (the default) keeps nothing, and it changes nothing in the logs (the lab's 2-unit softmax).
     """
 
     def __init__(
@@ -165,14 +165,13 @@ class DeadZoneAccounting(keras.callbacks.Callback):
         data_format: str | None,
         epochs: set[int],
         stats=None,
-        keep_dead_sets: bool = False,
+        dead_sets: dict[int, tuple[np.ndarray, np.ndarray]] | None = None,
     ):
         super().__init__()
         self.images, self.labels, self.data_format, self.epochs = images, labels, data_format, epochs
         self.stats = stats or dead_zone_stats
         self.cpu_seconds: dict[int, float] = {}  # 1-based epoch -> CPU seconds inside this callback
-        self.keep_dead_sets = keep_dead_sets
-        self.dead_sets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.dead_sets = dead_sets
 
     def set_model(self, model):
         super().set_model(model)
@@ -190,7 +189,7 @@ class DeadZoneAccounting(keras.callbacks.Callback):
         batches = (self._model_input(self.images[i : i + BATCH]) for i in range(0, len(self.images), BATCH))
         logits = np.concatenate([self._logits(tf.constant(batch)).numpy() for batch in batches])
         logs.update(self.stats(logits, self.labels))
-        if self.keep_dead_sets:
+        if self.dead_sets is not None:
             right = self.labels.argmax(axis=1)
             margin = logits[np.arange(len(right)), 1 - right] - logits[np.arange(len(right)), right]
             self.dead_sets[epoch + 1] = (dead_mask(logits, self.labels), margin.astype(np.float32))

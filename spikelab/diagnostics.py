@@ -228,18 +228,18 @@ def diagnostic_callbacks(
     per_layer: bool = True,
     saturation: bool = True,
     stats=None,
-    keep_dead_sets: bool = False,
+    dead_sets: dict | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The per-epoch diagnostics of `model`, in the order they run: Diagnostics on the probe batch,
     the whole-sample pass over sample_x at the epochs in `passes` (none when sample_x is None;
     sample_format: the lab's uint8 images' data format, None for inputs as they are; stats: what
     the pass logs, the lab's dead_zone_stats by default), and with `curvature` Curvature, sharing
-    one probe graph with Diagnostics. keep_dead_sets: the pass keeps which samples are dead (the lab's
-    dead-set tracking). SpikeMonitor and the lab's train stage both build their diagnostics here."""
+    one probe graph with Diagnostics. dead_sets: where the pass keeps which samples are dead (the
+    lab's dead-set tracking; DeadZoneAccounting). SpikeMonitor and the lab's train stage both build their diagnostics here."""
     hessian = ProbeHessian(model, probe_x, probe_y, loss, power_iterations) if curvature else None
     parts: list[keras.callbacks.Callback] = [Diagnostics(probe_x, probe_y, loss, hessian, per_layer, saturation)]
     if sample_x is not None:
-        parts.append(DeadZoneAccounting(sample_x, sample_y, sample_format, passes, stats, keep_dead_sets))
+        parts.append(DeadZoneAccounting(sample_x, sample_y, sample_format, passes, stats, dead_sets))
     if hessian is not None:
         parts.append(Curvature(hessian, eigen_every))
     return parts

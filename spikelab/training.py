@@ -153,10 +153,8 @@ def train(
             curvature=diagnostics.curvature,
             power_iterations=diagnostics.power_iterations,
             eigen_every=diagnostics.eigen_every,
-            keep_dead_sets=dead_sets is not None,
+            dead_sets=dead_sets,
         )
-        if dead_sets is not None:
-            measured[1].dead_sets = dead_sets
         callbacks += measured
     lowest = min((row["loss"] for row in history), default=math.inf)  # a resumed run's history counts
     callbacks += [keras.callbacks.TerminateOnNaN(), ProgressLine(params.train.epochs, params.divergence, lowest)]
