@@ -40,7 +40,7 @@ from ruamel.yaml import YAML
 
 from spikelab.params import Params, flatten, params_from_dict, read_yaml
 from spikelab.plumbing.errors import UserError, run_entry_point
-from study.sweep import SWEEP_FILE, Run, expand, load_defaults, load_sweep, run_prefix
+from study.sweep import SWEEP_FILE, Run, expand, load_defaults, load_sweep, run_prefix, stop_after_spike
 
 POPULATIONS = Path("study/populations")
 DEFAULT_SIZE = 20  # members per population: the evidence study's seeds per cell
@@ -90,7 +90,12 @@ def dataset(params: Params, cache: dict) -> dict[str, np.ndarray]:
 
 
 def train_population(
-    name: str, names: list[str], member_params: list[Params], folders: list[Path], cache: dict
+    name: str,
+    names: list[str],
+    member_params: list[Params],
+    folders: list[Path],
+    cache: dict,
+    stop_after_spike: int | None = None,
 ) -> float:
     """Train one population, write every member's outputs and MLflow run; returns the training seconds."""
     from spikelab import snapshots as training_state
@@ -129,7 +134,9 @@ def train_population(
             for member in members
         ]
         loggers = [run.epoch_logger() for run in runs_open]
-        result = population.train(lambda index, epoch, logs: loggers[index].on_epoch_end(epoch, logs))
+        result = population.train(
+            lambda index, epoch, logs: loggers[index].on_epoch_end(epoch, logs), stop_after_spike=stop_after_spike
+        )
         for logger in loggers:
             logger.on_train_end()
         for index, (member, folder, run) in enumerate(zip(members, folders, runs_open)):
@@ -321,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.replay:
         return replay(args, sweep, prefix)
     cells, runs = expand(sweep, load_defaults(), quick=args.quick)
+    stop_after = stop_after_spike(sweep)
     raw = read_yaml("params.yaml", "params")
     params = {run.name: run_params(run, raw) for run in runs}  # every run's params checked before any work
     from study.population_engine import check_population
@@ -357,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study: population {name}: {len(group)} runs ({', '.join(run.name for run in group)})", flush=True)
         folders = [member_dir(prefix, run.name, args.root) for run in group]
         names = [run.name for run in group]
-        seconds = train_population(name, names, [params[run.name] for run in group], folders, cache)
+        seconds = train_population(name, names, [params[run.name] for run in group], folders, cache, stop_after)
         done += len(group)
         elapsed = time.monotonic() - started
         print(

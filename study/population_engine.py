@@ -462,14 +462,20 @@ class Population:
 
     # ---- the loop ---------------------------------------------------------------------------------
 
-    def train(self, on_epoch: Callable[[int, int, dict], None] | None = None) -> PopulationResult:
+    def train(
+        self, on_epoch: Callable[[int, int, dict], None] | None = None, stop_after_spike: int | None = None
+    ) -> PopulationResult:
         """Train every member to train.epochs; on_epoch(member index, 0-based epoch, logs) after each
-        member's epoch (logs: the epoch's keys without epoch and learning_rate, as Keras hands them)."""
+        member's epoch (logs: the epoch's keys without epoch and learning_rate, as Keras hands them).
+        stop_after_spike=N ends the population early, once every member has had N epochs after its
+        first flagged epoch (or stopped on a non-finite loss): a study of spike onsets pays for the
+        epochs after the last onset only as long as the plateau rule needs them."""
         params = self.params
         epochs = params.train.epochs
         best = [(math.inf, None, None)] * self.size  # (val_loss, epoch, state)
         watches = [SpikeWatch(params.divergence, min((r["loss"] for r in h), default=math.inf)) for h in self.histories]
         stopped = [False] * self.size
+        first_spike: list[int | None] = [None] * self.size
         learning_rate = float(np.float32(params.optimizer.learning_rate))
         started, epoch_seconds = time.perf_counter(), []
         width = len(f"epoch {epochs}/{epochs}")
@@ -504,6 +510,7 @@ class Population:
                 history.append({"epoch": epoch + 1, "learning_rate": learning_rate, **logs})
                 if watches[index].observe(logs["loss"]):
                     spiking.append(self.members[index].name)
+                    first_spike[index] = first_spike[index] or epoch + 1
                 if math.isfinite(logs["val_loss"]) and logs["val_loss"] < best[index][0]:
                     states = states or self.member_states()
                     best[index] = (logs["val_loss"], epoch + 1, states[index])
@@ -526,6 +533,17 @@ class Population:
                 flush=True,
             )
             if all(stopped):
+                break
+            if stop_after_spike is not None and all(
+                stopped[index]
+                or (first_spike[index] is not None and epoch + 1 - first_spike[index] >= stop_after_spike)
+                for index in range(self.size)
+            ):
+                print(
+                    f"population: every member {stop_after_spike}+ epochs past its first spike: "
+                    f"stopped at epoch {epoch + 1} of {epochs} (stop_after_spike)",
+                    flush=True,
+                )
                 break
         final = self.member_states()
         results = [

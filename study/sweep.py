@@ -26,7 +26,17 @@ from study.dvc_calls import queue_and_wait
 
 SWEEP_FILE = Path("study/sweep.yaml")
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")  # DVC experiment names are git ref names: no dots
-SWEEP_KEYS = {"seeds", "cells", "quick", "replay", "prefix", "compare_with", "no_spike_expected", "data_seed_offset"}
+SWEEP_KEYS = {
+    "seeds",
+    "cells",
+    "quick",
+    "replay",
+    "prefix",
+    "compare_with",
+    "no_spike_expected",
+    "data_seed_offset",
+    "stop_after_spike",
+}
 
 
 class SweepError(UserError, ValueError):
@@ -197,6 +207,15 @@ def data_seeds(sweep: dict, cells: list[Cell]):
     return lambda seed: (f"data.seed={offset + seed}", f"split.seed={offset + seed}")
 
 
+def stop_after_spike(sweep: dict) -> int | None:
+    """`stop_after_spike: N` (population engine only): a population ends once every member has trained
+    N epochs past its first spike; train.epochs stays the cap for runs that never spike."""
+    value = sweep.get("stop_after_spike")
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise SweepError(f"study/sweep.yaml: stop_after_spike must be an integer >= 1 (epochs), got {value!r}")
+    return value
+
+
 def load_sweep(path: Path = SWEEP_FILE) -> dict:
     raw = read_yaml(path, "sweep")
     if not isinstance(raw, dict):
@@ -217,7 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rerun", action="store_true", help="re-run experiments that already succeeded")
     parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
     args = parser.parse_args(argv)
-    cells, runs = expand(load_sweep(args.sweep), load_defaults(), quick=args.quick)
+    sweep = load_sweep(args.sweep)
+    cells, runs = expand(sweep, load_defaults(), quick=args.quick)
+    if stop_after_spike(sweep) is not None and args.command == "queue":
+        raise SweepError(
+            f"{args.sweep}: stop_after_spike needs the population engine (a DVC run cannot see its neighbours): "
+            f"python -m study.population --sweep {args.sweep}"
+        )
     for cell in cells:
         if cell.same_as:
             print(f"study: cell {cell.name} = cell {cell.same_as} with this params.yaml; its runs are {cell.same_as}'s")

@@ -19,6 +19,7 @@ import yaml
 
 from conftest import TINY, run
 from spikelab.data import generate, split
+from spikelab.divergence import divergence_epoch
 from spikelab.history import write_history_csv
 from spikelab.model import resolve_data_format
 from spikelab.params import params_from_dict
@@ -231,3 +232,20 @@ def test_a_study_through_populations_reports_rows_and_nests_mlflow_runs(lab_repo
     assert float(replays["unchanged"]["max_loss_difference"]) == 0.0
     assert replays["unchanged"]["final_loss"] == replays["original"]["final_loss"]
     assert replays["eps-1e-2"]["final_loss"] != replays["original"]["final_loss"]
+
+
+def test_stop_after_spike_ends_the_population_once_every_member_is_past_its_first_spike(arrays, data_format):
+    # a rule that flags any 1% rise and a learning rate that makes rises: every member spikes early
+    sections = {"divergence": {"ratio": 1.01, "min_rise": 0.0}, "optimizer": {"learning_rate": 0.3}}
+    sections["train"] = {"epochs": 8, "snapshot_every": 0}
+    full = population([0, 1], arrays, data_format, **sections).train()
+    firsts = [
+        divergence_epoch([row["loss"] for row in result.history], tiny_params(0, **sections).divergence)
+        for result in full.results
+    ]
+    assert all(first is not None and first + 2 < 8 for first in firsts), firsts
+    stopped = population([0, 1], arrays, data_format, **sections).train(stop_after_spike=2)
+    end = max(firsts) + 2
+    for early, whole in zip(stopped.results, full.results):
+        assert len(early.history) == end
+        assert early.history == whole.history[:end]
