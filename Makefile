@@ -20,7 +20,7 @@ endif
 help: ## list every target with what it does (the default)
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-.PHONY: help ui relocate browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure preset plateau plateau-study evidence bench bench-study bench-before-after seed-config quick-sweep sweep report replay gpu-setup sync verify
+.PHONY: help ui relocate browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure preset plateau plateau-study evidence bench bench-study bench-before-after seed-config seed-shape scaling quick-sweep sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -79,6 +79,20 @@ preset: $(INSTALLED) ## a named configuration (configs/NAME.yaml) as one DVC exp
 # The seed's full-scale configuration (GPU advised): configs/seed-full-scale.yaml
 seed-config: ## the original case at full scale (GPU advised): configs/seed-full-scale.yaml
 	@$(MAKE) --no-print-directory preset NAME=seed-full-scale
+
+# The seed's shape (docs/scaling.md#the-seeds-shape): lr 1e-2 with 16,384 training images per class,
+# 5 seeds as one population (about 30 minutes on 2 cores), then the shape rule on every committed run
+seed-shape: $(INSTALLED) ## the seed's sudden jump that stays up: study/seed_shape.yaml, then the shape table
+	-$(RUN) python -m study.population --sweep study/seed_shape.yaml
+	$(RUN) python -m study.report --sweep study/seed_shape.yaml --engine population
+	$(RUN) python -m study.seed_shape
+
+# When the spike comes (docs/scaling.md): 13 points x 8 seeds as populations, hours on 2 cores and
+# resumable; then the onset law, its held-out checks and the seed's configuration extrapolated
+scaling: $(INSTALLED) ## the onset scaling study (study/scaling.yaml), its report and law; resumable
+	-$(RUN) python -m study.population --sweep study/scaling.yaml --jobs 2
+	$(RUN) python -m study.report --sweep study/scaling.yaml --engine population
+	$(RUN) python -m study.scaling
 
 # The study engine: dvc (default) queues one DVC experiment per run, 2 at a time; population
 # trains each cell's seeds together, two populations at a time like the queue's -j 2

@@ -309,3 +309,113 @@ def plot_dead_dynamics(intervals: dict[str, list[dict]], path: Path, title: str)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
     save_figure(figure, path, dpi=100)
+
+
+SCALING_LABELS = {
+    "learning_rate": "learning rate",
+    "n_per_class": "training images per class",
+    "filters": "filters (first conv)",
+    "batch_size": "batch size",
+}
+
+
+def _onset_marks(axis, rows: list[dict], x_of, colour: str, label: str | None) -> None:
+    """Kaplan-Meier medians with their 95% bars; a median not reached as a triangle at the last step."""
+    for index, row in enumerate(rows):
+        x = x_of(row)
+        if row["km_median_steps"] is None:
+            axis.plot([x], [row["last_time"]], "^", color=colour, markersize=8, markerfacecolor="white")
+            continue
+        lower = row["km_lower"] if row["km_lower"] is not None else row["km_median_steps"]
+        upper = row["km_upper"] if row["km_upper"] is not None else row["last_time"]
+        axis.errorbar(
+            [x],
+            [row["km_median_steps"]],
+            yerr=[[row["km_median_steps"] - lower], [max(upper - row["km_median_steps"], 0)]],
+            fmt="o",
+            color=colour,
+            capsize=3,
+            label=label if index == 0 else None,
+        )
+
+
+def plot_scaling(rows: list[dict], fit, summary: dict, path: Path, center: str = "center") -> None:
+    """One panel per covariate (the points that differ from the center point in it alone, with the fit's
+    line), observed against predicted onsets with the seed, and where the spike stays up."""
+    by_name = {row["point"]: row for row in rows}
+    middle = by_name.get(center, rows[0])
+    names = [name for name in SCALING_LABELS if name in fit.names]
+    figure, axes = plt.subplots(2, 3, figsize=(15, 9))
+    panels = list(axes.flat)
+    for axis, name in zip(panels, names):
+        others = [key for key in SCALING_LABELS if key != name]
+        line_rows = [r for r in rows if r["role"] == "fit" and all(r[key] == middle[key] for key in others)]
+        _onset_marks(
+            axis,
+            sorted(line_rows, key=lambda r: r[name]),
+            lambda r, name=name: r[name],
+            "black",
+            "measured (KM median)",
+        )
+        values = sorted({r[name] for r in line_rows} | {middle[name]})
+        grid = [values[0] * (values[-1] / values[0]) ** (i / 40) for i in range(41)] if len(values) > 1 else values
+        axis.plot(grid, [fit.median_steps({**middle, name: g}) for g in grid], color="tab:blue", label="the law")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel(SCALING_LABELS[name])
+        axis.set_ylabel("first-spike step")
+        axis.grid(alpha=0.3, which="both")
+        exponent, low, high = summary["exponents"][name]
+        axis.set_title(f"exponent {exponent:+.2f} [{low:+.2f}, {high:+.2f}]", fontsize=10, loc="left")
+        axis.legend(fontsize=8)
+    for axis in panels[len(names) : 4]:
+        axis.axis("off")
+    observed = panels[4]
+    for role, colour in (("fit", "black"), ("held out", "tab:orange")):
+        chosen = [r for r in rows if r["role"] == role]
+        _onset_marks(observed, chosen, lambda r: r["predicted_median_steps"], colour, f"{role} points")
+    seed_median = summary["seed_median"][0]
+    low, high = summary["seed_run"]
+    observed.errorbar(
+        [seed_median],
+        [summary["seed_steps"]],
+        xerr=[[seed_median - low], [high - seed_median]],
+        fmt="*",
+        color="tab:red",
+        markersize=14,
+        capsize=4,
+        label="the seed's run (x: one run's 95% prediction)",
+    )
+    limits = [min(low, *(r["predicted_lower"] for r in rows)) / 2, max(high, summary["seed_steps"]) * 2]
+    observed.plot(limits, limits, color="grey", linewidth=1, linestyle="--", label="observed = predicted")
+    observed.set_xscale("log")
+    observed.set_yscale("log")
+    observed.set_xlabel("predicted median first-spike step")
+    observed.set_ylabel("observed first-spike step")
+    observed.set_title("every point, and the seed extrapolated", fontsize=10, loc="left")
+    observed.grid(alpha=0.3, which="both")
+    observed.legend(fontsize=8, loc="upper left")
+    stays = panels[5]
+    spiked = [r for r in rows if r["spiked"]]
+    if spiked:
+        dots = stays.scatter(
+            [r["predicted_median_steps"] for r in spiked],
+            [r["stayed_up"] / r["spiked"] for r in spiked],
+            c=[r["dead_fraction_median"] if r["dead_fraction_median"] is not None else math.nan for r in spiked],
+            cmap="viridis",
+            s=60,
+            vmin=0,
+        )
+        figure.colorbar(dots, ax=stays, label="dead fraction at the end (median)")
+        for r in spiked:
+            stays.annotate(r["point"], (r["predicted_median_steps"], r["stayed_up"] / r["spiked"]), fontsize=7)
+    stays.axvline(seed_median, color="tab:red", linestyle=":", label="the seed (predicted)")
+    stays.set_xscale("log")
+    stays.set_ylim(-0.05, 1.05)
+    stays.set_xlabel("predicted median first-spike step")
+    stays.set_ylabel("spiked runs that stayed up (plateau rule)")
+    stays.set_title("where the spike stays up", fontsize=10, loc="left")
+    stays.grid(alpha=0.3)
+    stays.legend(fontsize=8)
+    figure.tight_layout()
+    save_figure(figure, path, dpi=90)

@@ -1,0 +1,160 @@
+"""The seed's shape, searched for in every committed run: fell for long, shot up suddenly, stayed up.
+
+    python -m study.seed_shape     # -> study/results/seed_shape.{md,csv}
+
+The rule (docs/scaling.md#the-seeds-shape), on a run's training loss by epoch:
+- the jump J: the first epoch the divergence rule flags (10x the lowest loss m of the epochs before it);
+- sudden: the last epoch before J whose loss was within 2x of m is at most 3 epochs before J (the loss
+  went from near its minimum to 10x it within 3 epochs);
+- stays up: every epoch from J to the run's end has loss >= 5 m, and at least 20 epochs follow J
+  (fewer: too short to tell, counted as not staying up).
+A configuration shows the shape when at least 4 of 5 of its runs (80%) do. Per spiked run the climb is
+also measured in steps (J minus that last epoch near m, times the configuration's steps per epoch): an
+epoch of the seed's was 1,954 steps, of the lab's default 64, so a climb of the same length in steps
+looks 30x more sudden in the seed's epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from spikelab.params import read_yaml
+from spikelab.plumbing.errors import run_entry_point
+from study.population import run_params
+from study.report import read_histories, read_records
+from study.sweep import expand, load_defaults, load_sweep
+
+RESULTS = Path("study/results")
+JUMP, NEAR, WITHIN, STAY, AFTER = 10.0, 2.0, 3, 5.0, 20
+SHAPE_SHARE = 0.8
+
+
+@dataclass
+class Shape:
+    jump_epoch: int | None
+    climb_epochs: int | None
+    sudden: bool
+    stays_up: bool
+    epochs_after: int
+
+    @property
+    def seed_shape(self) -> bool:
+        return self.sudden and self.stays_up
+
+
+def shape_of(losses: list[float], min_rise: float = 0.01) -> Shape:
+    """The rule above on one run's losses (epoch 1 first); a non-finite loss counts as up."""
+    lowest = math.inf
+    for index, loss in enumerate(losses):
+        up = not math.isfinite(loss) or (loss >= JUMP * lowest and loss - lowest >= min_rise)
+        if up:
+            near = [i for i in range(index) if math.isfinite(losses[i]) and losses[i] <= NEAR * lowest]
+            climb = index - near[-1]
+            after = losses[index:]
+            stays = len(after) - 1 >= AFTER and all(not math.isfinite(x) or x >= STAY * lowest for x in after)
+            return Shape(index + 1, climb, climb <= WITHIN, stays, len(after) - 1)
+        lowest = min(lowest, loss)
+    return Shape(None, None, False, False, 0)
+
+
+def sweeps(folder: Path = Path("study")) -> dict[str, Path]:
+    """{prefix: sweep file} of every committed sweep."""
+    found = {}
+    for path in sorted(folder.glob("*.yaml")):
+        sweep = read_yaml(path, "sweep")
+        if isinstance(sweep, dict) and "cells" in sweep:
+            found.setdefault(sweep.get("prefix", "sweep"), path)
+    return found
+
+
+def cell_rows(prefix: str, sweep_path: Path, results: Path) -> list[dict]:
+    runs_csv, histories_csv = results / f"{prefix}_runs.csv", results / f"{prefix}_histories.csv.gz"
+    if not runs_csv.is_file() or not histories_csv.is_file():
+        return []
+    records = [r for r in read_records(runs_csv) if r["state"] == "success"]
+    histories = read_histories(histories_csv)
+    cells, runs = expand(load_sweep(sweep_path), load_defaults())
+    raw = read_yaml("params.yaml", "params")
+    rows = []
+    for cell in cells:
+        cell_runs = [run for run in runs if run.cell == (cell.same_as or cell.name)]
+        done = [r for r in records if r["cell"] == (cell.same_as or cell.name) and histories.get(r["name"])]
+        if cell.same_as or not done or not cell_runs:
+            continue
+        params = run_params(cell_runs[0], raw)
+        steps = math.ceil(2 * (params.data.per_class - params.split.val_per_class) / params.train.batch_size)
+        shapes = [shape_of([row["loss"] for row in histories[r["name"]]], params.divergence.min_rise) for r in done]
+        climbs = sorted(s.climb_epochs for s in shapes if s.climb_epochs is not None)
+        count = sum(s.seed_shape for s in shapes)
+        rows.append(
+            {
+                "study": prefix,
+                "cell": cell.name,
+                "overrides": " ".join(f"{k}={v}" for k, v in cell.overrides.items()) or "(params.yaml)",
+                "optimizer": params.optimizer.name + (" amsgrad" if params.optimizer.amsgrad else ""),
+                "steps_per_epoch": steps,
+                "runs": len(shapes),
+                "spiked": sum(s.jump_epoch is not None for s in shapes),
+                "sudden": sum(s.sudden for s in shapes),
+                "stays_up": sum(s.stays_up for s in shapes),
+                "seed_shape": count,
+                "median_climb_epochs": climbs[len(climbs) // 2] if climbs else None,
+                "median_climb_steps": climbs[len(climbs) // 2] * steps if climbs else None,
+                "shows_the_shape": count >= SHAPE_SHARE * len(shapes),
+            }
+        )
+    return rows
+
+
+def write_search(results: Path = RESULTS) -> list[dict]:
+    rows = [row for prefix, path in sweeps().items() for row in cell_rows(prefix, path, results)]
+    with open(results / "seed_shape.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = [
+        "# The seed's shape in every committed run",
+        "",
+        "Generated by `python -m study.seed_shape` from each study's committed _runs.csv and _histories.csv.gz.",
+        f"Rule (docs/scaling.md#the-seeds-shape): the first epoch at {JUMP:g}x the lowest loss before it, reached",
+        f"within {WITHIN} epochs of the last epoch within {NEAR:g}x of that lowest (sudden), then >= {STAY:g}x it",
+        f"to the end for at least {AFTER} epochs (stays up). A configuration shows the shape when >= 80% of its",
+        "runs do. Climb: epochs (and steps) from the last epoch near the minimum to the jump, median of the",
+        "spiked runs.",
+        "",
+        "| study | cell | overrides | steps/epoch | runs | spiked | sudden | stayed up | both (the shape) | climb, epochs (steps) | shows it |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        climb = f"{row['median_climb_epochs']} ({row['median_climb_steps']:,})" if row["median_climb_epochs"] else "-"
+        lines.append(
+            f"| {row['study']} | {row['cell']} | {row['overrides']} | {row['steps_per_epoch']} | {row['runs']} "
+            f"| {row['spiked']} | {row['sudden']} | {row['stays_up']} | {row['seed_shape']} | {climb} "
+            f"| {'yes' if row['shows_the_shape'] else 'no'} |"
+        )
+    total = sum(row["runs"] for row in rows)
+    shaped = sum(row["seed_shape"] for row in rows)
+    lines += [
+        "",
+        f"{len(rows)} configurations, {total} runs: {shaped} runs show the shape; "
+        f"{sum(row['shows_the_shape'] for row in rows)} configurations do.",
+    ]
+    (results / "seed_shape.md").write_text("\n".join(lines) + "\n")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.seed_shape", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    write_search(args.results)
+    print((args.results / "seed_shape.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    run_entry_point(main)

@@ -1,0 +1,137 @@
+"""The onset scaling analysis (study/scaling.py): Kaplan-Meier, the censored log-normal law, the rows."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from study.scaling import (
+    Fit,
+    design,
+    fit_aft,
+    fit_points,
+    held_out_verdict,
+    kaplan_meier,
+    km_median,
+    load_points,
+)
+
+
+def test_kaplan_meier_on_a_hand_worked_example():
+    # 5 runs: onsets at steps 1, 2, 3 and censored at 2 and 4. S(1) = 4/5, S(2) = 4/5 * 3/4 = 0.6,
+    # S(3) = 0.6 * 1/2 = 0.3. Greenwood at step 1: 1 / (5 * 4) = 0.05; the log-log band is
+    # 0.8 ** exp(+-1.96 * sqrt(0.05) / |ln 0.8|) = [0.2038, 0.9692].
+    times, events = np.array([1, 2, 2, 3, 4.0]), np.array([1, 1, 0, 1, 0])
+    curve = kaplan_meier(times, events)
+    assert [row[0] for row in curve] == [1.0, 2.0, 3.0]
+    assert [round(row[1], 10) for row in curve] == [0.8, 0.6, 0.3]
+    assert curve[0][2] == pytest.approx(0.2038, abs=1e-4)
+    assert curve[0][3] == pytest.approx(0.9692, abs=1e-4)
+    # the median is where S first reaches 1/2; its lower limit where the band's lower curve does (step
+    # 1); the band's upper curve never gets there: the upper limit is censored beyond the last step
+    assert km_median(times, events) == (3.0, 1.0, None)
+
+
+def test_a_median_not_reached_is_none_not_the_last_step():
+    times, events = np.array([5, 6, 7, 8.0]), np.array([1, 0, 0, 0])
+    assert km_median(times, events)[0] is None
+
+
+def synthetic(rng, lr_values, n_values, cap, runs=40, exponent_lr=-1.0, exponent_n=0.5, sigma=0.3):
+    """Onsets from a known law, censored at `cap` steps."""
+    configs, times, events = [], [], []
+    for lr in lr_values:
+        for n in n_values:
+            for _ in range(runs):
+                onset = math.exp(
+                    1.0 + exponent_lr * math.log(lr) + exponent_n * math.log(n) + sigma * rng.standard_normal()
+                )
+                configs.append({"learning_rate": lr, "n_per_class": n, "filters": 8, "batch_size": 32})
+                times.append(min(onset, cap))
+                events.append(1 if onset < cap else 0)
+    return configs, np.array(times), np.array(events)
+
+
+def test_the_censored_fit_recovers_a_known_law_and_dropping_censored_runs_would_not():
+    rng = np.random.default_rng(1)
+    configs, times, events = synthetic(rng, [1e-2, 3e-3, 1e-3], [128, 512], cap=2.5e4)
+    assert 0.2 < 1 - events.mean() < 0.6  # a real share of the runs is censored
+    x = design(configs, ("learning_rate", "n_per_class"))
+    theta = fit_aft(x, np.log(times), events)
+    assert theta[1] == pytest.approx(-1.0, abs=0.08)
+    assert theta[2] == pytest.approx(0.5, abs=0.08)
+    assert math.exp(theta[-1]) == pytest.approx(0.3, abs=0.05)
+    spiked = events == 1
+    naive = np.linalg.lstsq(x[spiked], np.log(times[spiked]), rcond=None)[0]
+    assert naive[1] > -0.9  # the onsets past the cap left out flatten the learning rate's exponent
+
+
+def point(cell, lr, n, times, events, held_out=False):
+    from study.scaling import Point
+
+    return Point(
+        cell,
+        {"learning_rate": lr, "n_per_class": n, "filters": 8, "batch_size": 32},
+        64,
+        100,
+        np.array(times, float),
+        np.array(events),
+        0,
+        int(sum(events)),
+        [],
+        held_out,
+    )
+
+
+def test_fit_points_uses_only_the_covariates_that_vary_and_bootstraps_intervals():
+    rng = np.random.default_rng(2)
+    points = []
+    for lr in (1e-2, 3e-3, 1e-3):
+        onsets = [math.exp(2.0 - math.log(lr) + 0.2 * rng.standard_normal()) for _ in range(8)]
+        points.append(point(f"lr{lr}", lr, 1024, onsets, [1] * 8))
+    fit = fit_points(points, resamples=60)
+    assert fit.names == ("learning_rate",)
+    value, low, high = fit.exponent("learning_rate")
+    assert low < value < high
+    assert low < -1.0 < high
+    assert fit.median_steps({"learning_rate": 1e-3}) == pytest.approx(math.exp(2.0) * 1e3, rel=0.15)
+
+
+def test_held_out_verdict_as_documented():
+    row = {"km_lower": 100.0, "km_upper": 200.0, "predicted_median_steps": 150.0}
+    assert held_out_verdict(row) == "passes"
+    assert held_out_verdict(row | {"predicted_median_steps": 250.0}) == "fails"
+    assert held_out_verdict(row | {"km_upper": None, "predicted_median_steps": 1e9}) == "passes"
+    assert held_out_verdict(row | {"km_lower": None}).startswith("untestable")
+
+
+def test_one_runs_interval_is_wider_than_the_medians():
+    draws = np.array([[1.0, -1.0, math.log(0.5)], [1.1, -0.9, math.log(0.5)], [0.9, -1.1, math.log(0.5)]] * 20)
+    fit = Fit(("learning_rate",), draws[0], draws)
+    config = {"learning_rate": 1e-3}
+    median_low, median_high = fit.median_interval(config)
+    run_low, run_high = fit.run_interval(config)
+    assert run_low < median_low and run_high > median_high
+
+
+def test_rows_become_points_with_onsets_in_steps_and_censoring(tmp_path):
+    # study/scaling.yaml's center: 1024 training images per class, batch 32 -> 64 steps per epoch
+    path = tmp_path / "scaling_runs.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["name", "cell", "seed", "state", "divergence_epoch", "epochs_run", "plateaued", "final_dead_fraction"]
+        )
+        writer.writerow(["scaling-center-s40", "center", 40, "success", 90, 130, "True", 0.25])
+        writer.writerow(["scaling-center-s41", "center", 41, "success", "", 400, "False", 0.0])
+        writer.writerow(["scaling-center-s42", "center", 42, "failed", "", "", "", ""])
+    points = {p.cell: p for p in load_points(__import__("pathlib").Path("study/scaling.yaml"), path)}
+    center = points["center"]
+    assert center.steps_per_epoch == 64
+    assert list(center.times) == [90 * 64, 400 * 64]
+    assert list(center.events) == [1, 0]
+    assert (center.spiked, center.stayed_up, center.dead_fractions) == (1, 1, [0.25, 0.0])
+    assert center.config == {"learning_rate": 0.003, "n_per_class": 1024, "filters": 8, "batch_size": 32}
