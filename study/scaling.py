@@ -1,6 +1,6 @@
 """When does the spike come: the onset scaling law of issue 25, from the committed rows of study/scaling.yaml.
 
-    python -m study.scaling        # -> study/results/scaling.{md,csv,png}, scaling_fit.csv
+    python -m study.scaling        # -> study/results/scaling_law.{md,csv,png}, scaling_law_fit.csv
 
 Each run's onset is the step at the end of its first flagged epoch (the divergence rule: 10x the
 lowest loss before it), epoch x steps per epoch; a run that never spiked is censored at its last
@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -135,8 +135,14 @@ class Fit:
     names: tuple[str, ...]
     theta: np.ndarray
     draws: np.ndarray  # bootstrap refits, (B, len(theta))
+    fixed: dict = field(default_factory=dict)  # covariates every fitted point shared: the law says nothing of them
 
     def median_steps(self, config: dict, theta: np.ndarray | None = None) -> float:
+        moved = [name for name, value in self.fixed.items() if config.get(name, value) != value]
+        if moved:
+            raise ScalingError(
+                f"the law was fitted at one value of {moved[0]} ({self.fixed[moved[0]]}): it cannot predict another"
+            )
         theta = self.theta if theta is None else theta
         return math.exp(float(design([config], self.names)[0] @ theta[:-1]))
 
@@ -180,7 +186,8 @@ def fit_points(points: list[Point], resamples: int = 400, seed: int = 0) -> Fit:
         if events.sum() <= x.shape[1]:
             continue
         draws.append(fit_aft(x, y, events))
-    return Fit(names, theta, np.array(draws))
+    fixed = {name: points[0].config[name] for name in COVARIATES if name not in names}
+    return Fit(names, theta, np.array(draws), fixed)
 
 
 # ---- the rows ---------------------------------------------------------------------------------------
@@ -294,9 +301,15 @@ def write_results(points: list[Point], results: Path) -> dict:
     if sum(p.spiked for p in fitted) < 5:
         raise ScalingError("fewer than 5 spiked runs among the fitted points: run more of study/scaling.yaml first")
     fit = fit_points(fitted)
+    if fit.fixed:
+        name = next(iter(fit.fixed))
+        raise ScalingError(
+            f"the fitted points all have {name} = {fit.fixed[name]}: the law cannot reach the seed's; "
+            "run the points of study/scaling.yaml that vary it first"
+        )
     rows = point_rows(points, fit)
     results.mkdir(parents=True, exist_ok=True)
-    with open(results / "scaling.csv", "w", newline="") as handle:
+    with open(results / "scaling_law.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -305,7 +318,7 @@ def write_results(points: list[Point], results: Path) -> dict:
     seed_median_low, seed_median_high = fit.median_interval(SEED)
     seed_low, seed_high = fit.run_interval(SEED)
     exponents = {name: fit.exponent(name) for name in fit.names}
-    with open(results / "scaling_fit.csv", "w", newline="") as handle:
+    with open(results / "scaling_law_fit.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["term", "estimate", "lower", "upper"])
         writer.writerow(["intercept", fit.theta[0], *np.percentile(fit.draws[:, 0], [2.5, 97.5])])
@@ -322,10 +335,10 @@ def write_results(points: list[Point], results: Path) -> dict:
         "seed_run": (seed_low, seed_high),
         "exponents": exponents,
     }
-    (results / "scaling.md").write_text(markdown(summary))
+    (results / "scaling_law.md").write_text(markdown(summary))
     from study.figures import plot_scaling
 
-    plot_scaling(rows, fit, summary, results / "scaling.png")
+    plot_scaling(rows, fit, summary, results / "scaling_law.png")
     return summary
 
 
@@ -407,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = load_sweep(args.sweep).get("prefix", "sweep")
     points = load_points(args.sweep, args.results / f"{prefix}_runs.csv")
     write_results(points, args.results)
-    print((args.results / "scaling.md").read_text())
+    print((args.results / "scaling_law.md").read_text())
     return 0
 
 

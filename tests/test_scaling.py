@@ -10,6 +10,7 @@ import pytest
 
 from study.scaling import (
     Fit,
+    ScalingError,
     design,
     fit_aft,
     fit_points,
@@ -98,6 +99,9 @@ def test_fit_points_uses_only_the_covariates_that_vary_and_bootstraps_intervals(
     assert low < value < high
     assert low < -1.0 < high
     assert fit.median_steps({"learning_rate": 1e-3}) == pytest.approx(math.exp(2.0) * 1e3, rel=0.15)
+    # every point had 8 filters: the law cannot say what 64 would do
+    with pytest.raises(ScalingError, match="filters"):
+        fit.median_steps({"learning_rate": 1e-3, "filters": 64})
 
 
 def test_held_out_verdict_as_documented():
