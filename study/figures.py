@@ -319,6 +319,9 @@ SCALING_LABELS = {
 }
 
 
+SCALING_SHORT = {"learning_rate": "lr", "n_per_class": "n", "filters": "filters", "batch_size": "batch"}
+
+
 def _onset_marks(axis, rows: list[dict], x_of, colour: str, label: str | None) -> None:
     """Kaplan-Meier medians with their 95% bars; a median not reached as a triangle at the last step."""
     for index, row in enumerate(rows):
@@ -339,35 +342,43 @@ def _onset_marks(axis, rows: list[dict], x_of, colour: str, label: str | None) -
         )
 
 
-def plot_scaling(rows: list[dict], fit, summary: dict, path: Path, center: str = "center") -> None:
-    """One panel per covariate (the points that differ from the center point in it alone, with the fit's
-    line), observed against predicted onsets with the seed, and where the spike stays up."""
-    by_name = {row["point"]: row for row in rows}
-    middle = by_name.get(center, rows[0])
+def plot_scaling(rows: list[dict], fit, summary: dict, path: Path) -> None:
+    """One panel per covariate (the points that differ in it alone, with the law's line), observed against
+    predicted onsets with the seed, and where the spike stays up."""
     names = [name for name in SCALING_LABELS if name in fit.names]
     figure, axes = plt.subplots(2, 3, figsize=(15, 9))
     panels = list(axes.flat)
     for axis, name in zip(panels, names):
+        # the points that differ in this covariate alone, series by series (the batch size is varied
+        # at lr 1e-2, the others around the center), each with the law's line through it
         others = [key for key in SCALING_LABELS if key != name]
-        line_rows = [r for r in rows if r["role"] == "fit" and all(r[key] == middle[key] for key in others)]
-        _onset_marks(
-            axis,
-            sorted(line_rows, key=lambda r: r[name]),
-            lambda r, name=name: r[name],
-            "black",
-            "measured (KM median)",
-        )
-        values = sorted({r[name] for r in line_rows} | {middle[name]})
-        grid = [values[0] * (values[-1] / values[0]) ** (i / 40) for i in range(41)] if len(values) > 1 else values
-        axis.plot(grid, [fit.median_steps({**middle, name: g}) for g in grid], color="tab:blue", label="the law")
+        series: dict[tuple, list[dict]] = {}
+        for row in rows:
+            if row["role"] == "fit":
+                series.setdefault(tuple(row[key] for key in others), []).append(row)
+        shown = [chosen for chosen in series.values() if len({r[name] for r in chosen}) > 1]
+        for index, chosen in enumerate(shown):
+            colour = ("black", "tab:purple", "tab:brown")[index % 3]
+            where = ", ".join(f"{SCALING_SHORT[key]} {chosen[0][key]:g}" for key in others)
+            chosen = sorted(chosen, key=lambda r: r[name])
+            _onset_marks(axis, chosen, lambda r, name=name: r[name], colour, f"measured ({where})")
+            low, high = chosen[0][name], chosen[-1][name]
+            grid = [low * (high / low) ** (i / 40) for i in range(41)]
+            axis.plot(
+                grid, [fit.median_steps({**chosen[0], name: g}) for g in grid], color=colour, alpha=0.5, label="the law"
+            )
         axis.set_xscale("log")
         axis.set_yscale("log")
+        measured = sorted({r[name] for chosen in shown for r in chosen})
+        axis.set_xticks(measured)
+        axis.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel(SCALING_LABELS[name])
-        axis.set_ylabel("first-spike step")
+        axis.set_ylabel("first-spike step (KM median, 95%)")
         axis.grid(alpha=0.3, which="both")
         exponent, low, high = summary["exponents"][name]
         axis.set_title(f"exponent {exponent:+.2f} [{low:+.2f}, {high:+.2f}]", fontsize=10, loc="left")
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=7)
     for axis in panels[len(names) : 4]:
         axis.axis("off")
     observed = panels[4]
@@ -394,21 +405,31 @@ def plot_scaling(rows: list[dict], fit, summary: dict, path: Path, center: str =
     observed.set_ylabel("observed first-spike step")
     observed.set_title("every point, and the seed extrapolated", fontsize=10, loc="left")
     observed.grid(alpha=0.3, which="both")
-    observed.legend(fontsize=8, loc="upper left")
+    observed.legend(fontsize=8, loc="lower right")
     stays = panels[5]
     spiked = [r for r in rows if r["spiked"]]
     if spiked:
+        colours = plt.get_cmap("viridis").copy()
+        colours.set_bad("lightgrey")  # a point with no dead-zone accounting
         dots = stays.scatter(
             [r["predicted_median_steps"] for r in spiked],
             [r["stayed_up"] / r["spiked"] for r in spiked],
             c=[r["dead_fraction_median"] if r["dead_fraction_median"] is not None else math.nan for r in spiked],
-            cmap="viridis",
+            cmap=colours,
             s=60,
             vmin=0,
+            plotnonfinite=True,
         )
         figure.colorbar(dots, ax=stays, label="dead fraction at the end (median)")
         for r in spiked:
-            stays.annotate(r["point"], (r["predicted_median_steps"], r["stayed_up"] / r["spiked"]), fontsize=7)
+            stays.annotate(
+                r["point"],
+                (r["predicted_median_steps"], r["stayed_up"] / r["spiked"]),
+                xytext=(4, 4),
+                textcoords="offset points",
+                fontsize=7,
+                rotation=30,
+            )
     stays.axvline(seed_median, color="tab:red", linestyle=":", label="the seed (predicted)")
     stays.set_xscale("log")
     stays.set_ylim(-0.05, 1.05)

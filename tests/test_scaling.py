@@ -139,3 +139,35 @@ def test_rows_become_points_with_onsets_in_steps_and_censoring(tmp_path):
     assert list(center.events) == [1, 0]
     assert (center.spiked, center.stayed_up, center.dead_fractions) == (1, 1, [0.25, 0.0])
     assert center.config == {"learning_rate": 0.003, "n_per_class": 1024, "filters": 8, "batch_size": 32}
+
+
+def test_write_results_tables_the_points_the_held_out_check_and_the_seed(tmp_path):
+    from study.scaling import write_results
+
+    rng = np.random.default_rng(3)
+    center = {"learning_rate": 3e-3, "n_per_class": 1024, "filters": 8, "batch_size": 32}
+    variants = {
+        "center": {},
+        "lr1e-2": {"learning_rate": 1e-2},
+        "lr3e-4": {"learning_rate": 3e-4},
+        "n256": {"n_per_class": 256},
+        "f16": {"filters": 16},
+        "b256-lr1e-2": {"learning_rate": 1e-2, "batch_size": 256},
+        "h-b128": {"batch_size": 128},
+    }
+    points = []
+    for cell, change in variants.items():
+        config = center | change
+        law = 9.0 - 0.3 * math.log(config["learning_rate"]) - 0.2 * math.log(config["n_per_class"])
+        onsets = [math.exp(law + 0.2 * rng.standard_normal()) for _ in range(8)]
+        made = point(cell, 0, 0, onsets, [1] * 8, held_out=cell.startswith("h-"))
+        made.config = config
+        points.append(made)
+    summary = write_results(points, tmp_path)
+    text = (tmp_path / "scaling_law.md").read_text()
+    assert "| h-b128 | held out |" in text and "## Held-out points" in text
+    assert "2,931,000 steps" in text
+    assert summary["exponents"]["learning_rate"][1] < -0.3 < summary["exponents"]["learning_rate"][2]
+    assert (tmp_path / "scaling_law.png").stat().st_size > 10_000
+    with open(tmp_path / "scaling_law.csv") as handle:
+        assert [row["point"] for row in csv.DictReader(handle)] == list(variants)
