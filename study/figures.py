@@ -382,8 +382,10 @@ def plot_scaling(rows: list[dict], fit, summary: dict, path: Path) -> None:
     for axis in panels[len(names) : 4]:
         axis.axis("off")
     observed = panels[4]
-    for role, colour in (("fit", "black"), ("held out", "tab:orange")):
+    for role, colour in (("fit", "black"), ("held out", "tab:orange"), ("left out (never spiked)", "tab:grey")):
         chosen = [r for r in rows if r["role"] == role]
+        if not chosen:
+            continue
         _onset_marks(observed, chosen, lambda r: r["predicted_median_steps"], colour, f"{role} points")
     seed_median = summary["seed_median"][0]
     low, high = summary["seed_run"]
@@ -409,8 +411,7 @@ def plot_scaling(rows: list[dict], fit, summary: dict, path: Path) -> None:
     stays = panels[5]
     spiked = [r for r in rows if r["spiked"]]
     if spiked:
-        colours = plt.get_cmap("viridis").copy()
-        colours.set_bad("lightgrey")  # a point with no dead-zone accounting
+        colours = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # a point with no dead-zone accounting
         dots = stays.scatter(
             [r["predicted_median_steps"] for r in spiked],
             [r["stayed_up"] / r["spiked"] for r in spiked],

@@ -146,6 +146,11 @@ class Fit:
         theta = self.theta if theta is None else theta
         return math.exp(float(design([config], self.names)[0] @ theta[:-1]))
 
+    def project(self, config: dict) -> tuple[dict, list[str]]:
+        """(config with the covariates the law has no term for set to the fitted points' values, their names)."""
+        moved = [name for name, value in self.fixed.items() if config.get(name, value) != value]
+        return {**config, **self.fixed}, moved
+
     def median_interval(self, config: dict) -> tuple[float, float]:
         values = np.array([self.median_steps(config, draw) for draw in self.draws])
         return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
@@ -165,6 +170,18 @@ class Fit:
         index = 1 + self.names.index(name)
         column = self.draws[:, index]
         return float(self.theta[index]), float(np.percentile(column, 2.5)), float(np.percentile(column, 97.5))
+
+
+def identified(points: list[Point]) -> tuple[list[Point], list[Point]]:
+    """(the points the law is fitted on, the points left out). A covariate gets a term only if points
+    with at least one spike differ in it: a point that never spiked and is alone in its value of a
+    covariate says only "later than its cap", which no finite exponent fits best, so it is left out."""
+    eventful = [p for p in points if p.spiked]
+    if not eventful:
+        raise ScalingError("no fitted point has a spiked run: run more of study/scaling.yaml first")
+    base = {name: eventful[0].config[name] for name in COVARIATES if len({p.config[name] for p in eventful}) == 1}
+    inside = [p for p in points if all(p.config[name] == value for name, value in base.items())]
+    return inside, [p for p in points if p not in inside]
 
 
 def fit_points(points: list[Point], resamples: int = 400, seed: int = 0) -> Fit:
@@ -251,20 +268,24 @@ def load_points(sweep_path: Path, runs_csv: Path) -> list[Point]:
 def _steps(value: float | None, censored_beyond: float | None = None) -> str:
     if value is None:
         return f"> {censored_beyond:,.0f}" if censored_beyond is not None else "not reached"
-    return f"{value:,.0f}"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2g}"
 
 
-def point_rows(points: list[Point], fit: Fit) -> list[dict]:
+def point_rows(points: list[Point], fit: Fit, left_out: list[Point]) -> list[dict]:
     rows = []
     for point in points:
         median, lower, upper = km_median(point.times, point.events)
         stayed_low, stayed_high = wilson_interval(point.stayed_up, point.spiked) if point.spiked else (None, None)
-        predicted = fit.median_steps(point.config)
-        predicted_low, predicted_high = fit.median_interval(point.config)
+        config, moved = fit.project(point.config)
+        predicted = fit.median_steps(config)
+        predicted_low, predicted_high = fit.median_interval(config)
+        role = "held out" if point.held_out else "left out (never spiked)" if point in left_out else "fit"
         rows.append(
             {
                 "point": point.cell,
-                "role": "held out" if point.held_out else "fit",
+                "role": role,
+                # a covariate the law has no term for is predicted as at the fitted points' value
+                "predicted_as": ", ".join(f"{name} {fit.fixed[name]:g}" for name in moved),
                 **point.config,
                 "steps_per_epoch": point.steps_per_epoch,
                 "runs": len(point.times),
@@ -293,30 +314,30 @@ def held_out_verdict(row: dict) -> str:
     if row["km_lower"] is None:
         return "untestable (median not reached)"
     upper = row["km_upper"] if row["km_upper"] is not None else math.inf
-    return "passes" if row["km_lower"] <= row["predicted_median_steps"] <= upper else "fails"
+    verdict = "passes" if row["km_lower"] <= row["predicted_median_steps"] <= upper else "fails"
+    return (
+        f"{verdict} (the law has no term for it: predicted at {row['predicted_as']})"
+        if row["predicted_as"]
+        else verdict
+    )
 
 
 def write_results(points: list[Point], results: Path) -> dict:
-    fitted = [p for p in points if not p.held_out]
+    fitted, left_out = identified([p for p in points if not p.held_out])
     if sum(p.spiked for p in fitted) < 5:
         raise ScalingError("fewer than 5 spiked runs among the fitted points: run more of study/scaling.yaml first")
     fit = fit_points(fitted)
-    if fit.fixed:
-        name = next(iter(fit.fixed))
-        raise ScalingError(
-            f"the fitted points all have {name} = {fit.fixed[name]}: the law cannot reach the seed's; "
-            "run the points of study/scaling.yaml that vary it first"
-        )
-    rows = point_rows(points, fit)
+    rows = point_rows(points, fit, left_out)
     results.mkdir(parents=True, exist_ok=True)
     with open(results / "scaling_law.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     seed_steps = SEED_ONSET_EPOCH * SEED_STEPS_PER_EPOCH
-    seed_median = fit.median_steps(SEED)
-    seed_median_low, seed_median_high = fit.median_interval(SEED)
-    seed_low, seed_high = fit.run_interval(SEED)
+    seed, seed_moved = fit.project(SEED)
+    seed_median = fit.median_steps(seed)
+    seed_median_low, seed_median_high = fit.median_interval(seed)
+    seed_low, seed_high = fit.run_interval(seed)
     exponents = {name: fit.exponent(name) for name in fit.names}
     with open(results / "scaling_law_fit.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -334,6 +355,8 @@ def write_results(points: list[Point], results: Path) -> dict:
         "seed_median": (seed_median, seed_median_low, seed_median_high),
         "seed_run": (seed_low, seed_high),
         "exponents": exponents,
+        "seed_as": ", ".join(f"{name} {fit.fixed[name]:g} (the seed's: {SEED[name]:g})" for name in seed_moved),
+        "left_out": left_out,
     }
     (results / "scaling_law.md").write_text(markdown(summary))
     from study.figures import plot_scaling
@@ -367,7 +390,7 @@ def markdown(summary: dict) -> str:
         lines.append(
             f"| {row['point']} | {row['role']} | {row['learning_rate']:g} | {row['n_per_class']} | {row['filters']} "
             f"| {row['batch_size']} | {row['spiked']}/{row['runs']} | {km} {band} | {lr_x} "
-            f"| {row['predicted_median_steps']:,.0f} [{row['predicted_lower']:,.0f}, {row['predicted_upper']:,.0f}] "
+            f"| {_steps(row['predicted_median_steps'])} [{_steps(row['predicted_lower'])}, {_steps(row['predicted_upper'])}] "
             f"| {stayed} | {dead} |"
         )
     lines += ["", "## The law", ""]
@@ -380,6 +403,12 @@ def markdown(summary: dict) -> str:
     lines += ["", "| exponent of | estimate | 95% interval |", "|---|---|---|"]
     for name, (value, low, high) in summary["exponents"].items():
         lines.append(f"| {name} | {value:+.3f} | [{low:+.3f}, {high:+.3f}] |")
+    for point in summary["left_out"]:
+        lines.append(
+            f"\nLeft out of the fit: {point.cell}, whose runs never spiked (0/{len(point.times)}, onset later than "
+            f"{point.times.max():,.0f} steps) and is alone in its value of a covariate, so no finite exponent fits it best; "
+            "the law has no term for that covariate."
+        )
     held = [row for row in rows if row["role"] == "held out"]
     if held:
         lines += [
@@ -393,7 +422,7 @@ def markdown(summary: dict) -> str:
             lines.append(
                 f"| {row['point']} | {_steps(row['km_median_steps'], row['last_time'])} "
                 f"[{_steps(row['km_lower'], row['last_time'])}, {_steps(row['km_upper'], row['last_time'])}] "
-                f"| {row['predicted_median_steps']:,.0f} | {held_out_verdict(row)} |"
+                f"| {_steps(row['predicted_median_steps'])} | {held_out_verdict(row)} |"
             )
     median, low, high = summary["seed_median"]
     run_low, run_high = summary["seed_run"]
@@ -404,11 +433,13 @@ def markdown(summary: dict) -> str:
         "## The seed's configuration, extrapolated",
         "",
         f"lr 1e-5, 250,000 training images per class, 64 filters, batch 256: predicted median onset "
-        f"{median:,.0f} steps [{low:,.0f}, {high:,.0f}], one run's onset in [{run_low:,.0f}, {run_high:,.0f}] "
+        f"{_steps(median)} steps [{_steps(low)}, {_steps(high)}], one run's onset in [{_steps(run_low)}, {_steps(run_high)}] "
         f"(95%). The seed's loss shot up near epoch {SEED_ONSET_EPOCH:,} x {SEED_STEPS_PER_EPOCH:,} steps = "
         f"{seed:,} steps: {'inside' if inside else 'outside'} the one-run interval "
         f"({seed / median:.2g}x the predicted median).",
     ]
+    if summary["seed_as"]:
+        lines.append(f"\nThe law has no term for part of the seed's configuration: predicted at {summary['seed_as']}.")
     return "\n".join(lines) + "\n"
 
 

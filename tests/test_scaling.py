@@ -105,11 +105,30 @@ def test_fit_points_uses_only_the_covariates_that_vary_and_bootstraps_intervals(
 
 
 def test_held_out_verdict_as_documented():
-    row = {"km_lower": 100.0, "km_upper": 200.0, "predicted_median_steps": 150.0}
+    row = {"km_lower": 100.0, "km_upper": 200.0, "predicted_median_steps": 150.0, "predicted_as": ""}
     assert held_out_verdict(row) == "passes"
     assert held_out_verdict(row | {"predicted_median_steps": 250.0}) == "fails"
     assert held_out_verdict(row | {"km_upper": None, "predicted_median_steps": 1e9}) == "passes"
     assert held_out_verdict(row | {"km_lower": None}).startswith("untestable")
+    assert held_out_verdict(row | {"predicted_as": "batch_size 32"}) == (
+        "passes (the law has no term for it: predicted at batch_size 32)"
+    )
+
+
+def test_a_point_that_never_spiked_alone_in_its_batch_size_is_left_out_of_the_fit():
+    from study.scaling import identified
+
+    spiking = [point(f"lr{lr}", lr, 1024, [5000, 6000, 7000], [1, 1, 1]) for lr in (1e-2, 3e-3)]
+    small = point("n128", 3e-3, 128, [16000] * 3, [0, 0, 0])
+    wide = point("b256", 1e-2, 1024, [6400] * 3, [0, 0, 0])
+    wide.config = wide.config | {"batch_size": 256}
+    inside, left_out = identified([*spiking, small, wide])
+    # n and batch vary only through points that never spiked: no term for either, both left out
+    assert [p.cell for p in inside] == ["lr0.01", "lr0.003"]
+    assert [p.cell for p in left_out] == ["n128", "b256"]
+    spiking.append(point("n256", 3e-3, 256, [9000, 16000, 16000], [1, 0, 0]))
+    inside, left_out = identified([*spiking, small, wide])
+    assert "n128" in [p.cell for p in inside] and [p.cell for p in left_out] == ["b256"]
 
 
 def test_one_runs_interval_is_wider_than_the_medians():
