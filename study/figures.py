@@ -323,8 +323,8 @@ SCALING_SHORT = {"learning_rate": "lr", "n_per_class": "n", "filters": "filters"
 
 
 def _onset_marks(axis, rows: list[dict], x_of, colour: str, label: str | None) -> None:
-    """Kaplan-Meier medians with their 95% bars; a median not reached as a triangle at the last step."""
-    for index, row in enumerate(rows):
+    """Kaplan-Meier medians with their 95% bars; a median not reached as an open triangle at the last step."""
+    for row in rows:
         x = x_of(row)
         if row["km_median_steps"] is None:
             axis.plot([x], [row["last_time"]], "^", color=colour, markersize=8, markerfacecolor="white")
@@ -338,8 +338,9 @@ def _onset_marks(axis, rows: list[dict], x_of, colour: str, label: str | None) -
             fmt="o",
             color=colour,
             capsize=3,
-            label=label if index == 0 else None,
+            label=label,
         )
+        label = None  # one legend entry per series
 
 
 def plot_scaling(rows: list[dict], fit, summary: dict, path: Path) -> None:
@@ -399,7 +400,10 @@ def plot_scaling(rows: list[dict], fit, summary: dict, path: Path) -> None:
         capsize=4,
         label="the seed's run (x: one run's 95% prediction)",
     )
-    limits = [min(low, *(r["predicted_lower"] for r in rows)) / 2, max(high, summary["seed_steps"]) * 2]
+    # the measured points set the lower end: the seed's interval may reach far below any of them
+    limits = [min(r["predicted_lower"] for r in rows) / 3, max(high, summary["seed_steps"]) * 2]
+    observed.set_xlim(*limits)
+    observed.set_ylim(*limits)
     observed.plot(limits, limits, color="grey", linewidth=1, linestyle="--", label="observed = predicted")
     observed.set_xscale("log")
     observed.set_yscale("log")

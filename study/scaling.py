@@ -295,6 +295,8 @@ def point_rows(points: list[Point], fit: Fit, left_out: list[Point]) -> list[dic
                 "km_lower": lower,
                 "km_upper": upper,
                 "lr_x_median_steps": point.config["learning_rate"] * median if median is not None else None,
+                # the same median in epochs (passes over the training set): exploratory, not the law's unit
+                "km_median_epochs": median / point.steps_per_epoch if median is not None else None,
                 "predicted_median_steps": predicted,
                 "predicted_lower": predicted_low,
                 "predicted_upper": predicted_high,
@@ -374,8 +376,8 @@ def markdown(summary: dict) -> str:
         "docs/scaling.md: the design and the pre-registered checks). Onset: the step at the end of a run's",
         "first flagged epoch; runs that never spiked are censored at their last epoch. Intervals are 95%.",
         "",
-        "| point | role | lr | n/class | filters | batch | spiked | median onset, steps [KM 95%] | lr x median | fit's median [95%] | stayed up | dead at end |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| point | role | lr | n/class | filters | batch | spiked | median onset, steps [KM 95%] | in epochs | lr x median | fit's median [95%] | stayed up | dead at end |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         km = _steps(row["km_median_steps"], row["last_time"])
@@ -387,9 +389,14 @@ def markdown(summary: dict) -> str:
             else "-"
         )
         dead = f"{row['dead_fraction_median']:.3f}" if row["dead_fraction_median"] is not None else "-"
+        epochs = (
+            f"{row['km_median_epochs']:.0f}"
+            if row["km_median_epochs"] is not None
+            else f"> {row['last_time'] / row['steps_per_epoch']:.0f}"
+        )
         lines.append(
             f"| {row['point']} | {row['role']} | {row['learning_rate']:g} | {row['n_per_class']} | {row['filters']} "
-            f"| {row['batch_size']} | {row['spiked']}/{row['runs']} | {km} {band} | {lr_x} "
+            f"| {row['batch_size']} | {row['spiked']}/{row['runs']} | {km} {band} | {epochs} | {lr_x} "
             f"| {_steps(row['predicted_median_steps'])} [{_steps(row['predicted_lower'])}, {_steps(row['predicted_upper'])}] "
             f"| {stayed} | {dead} |"
         )
