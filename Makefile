@@ -80,14 +80,14 @@ preset: $(INSTALLED) ## a named configuration (configs/NAME.yaml) as one DVC exp
 seed-config: ## the original case at full scale (GPU advised): configs/seed-full-scale.yaml
 	@$(MAKE) --no-print-directory preset NAME=seed-full-scale
 
-# The seed's shape (docs/scaling.md#the-seeds-shape): lr 1e-2 with 16,384 training images per class,
-# 5 seeds as one population (about 30 minutes on 2 cores), then the shape rule on every committed run
+# The seed's shape (docs/scaling.md#the-seeds-shape): lr 1e-2 and 3e-3 with 16,384 images per class,
+# 5 seeds each as one population (hours on 2 cores), then the shape rule on every committed run
 seed-shape: $(INSTALLED) ## the seed's sudden jump that stays up: study/seed_shape.yaml, then the shape table
 	-$(RUN) python -m study.population --sweep study/seed_shape.yaml
 	$(RUN) python -m study.report --sweep study/seed_shape.yaml --engine population
 	$(RUN) python -m study.seed_shape
 
-# When the spike comes (docs/scaling.md): 13 points x 8 seeds as populations, hours on 2 cores and
+# When the spike comes (docs/scaling.md): 12 points x 8 seeds as populations, hours on 2 cores and
 # resumable; then the onset law, its held-out checks and the seed's configuration extrapolated
 scaling: $(INSTALLED) ## the onset scaling study (study/scaling.yaml), its report and law; resumable
 	-$(RUN) python -m study.population --sweep study/scaling.yaml --jobs 2
