@@ -592,3 +592,17 @@ def test_kaplan_meier_panels_follow_compare_with():
     assert group_colour("plateau-amsgrad", "plateau", "baseline") == group_colour("amsgrad", "baseline", "baseline")
     assert group_colour("plateau", "plateau", "baseline") == group_colour("baseline", "baseline", "baseline")
     assert comparison_groups([{**row, "reference": None} for row in rows]) == {"baseline": [r["cell"] for r in rows]}
+
+
+def test_stop_after_spike_is_checked_and_refused_by_the_dvc_path(tmp_path):
+    from study.sweep import SweepError, main, stop_after_spike
+
+    assert stop_after_spike({"stop_after_spike": 40}) == 40
+    assert stop_after_spike({}) is None
+    for bad in (0, -3, 2.5, True, "40"):
+        with pytest.raises(SweepError, match="stop_after_spike must be an integer >= 1"):
+            stop_after_spike({"stop_after_spike": bad})
+    sweep = tmp_path / "onsets.yaml"
+    sweep.write_text("seeds: [0]\nstop_after_spike: 40\ncells:\n  baseline: {}\n")
+    with pytest.raises(SweepError, match="needs the population engine"):
+        main(["queue", "--sweep", str(sweep)])
