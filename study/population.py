@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import shutil
 import signal
 import subprocess
@@ -40,7 +41,7 @@ from ruamel.yaml import YAML
 
 from spikelab.params import Params, flatten, params_from_dict, read_yaml
 from spikelab.plumbing.errors import UserError, run_entry_point
-from study.sweep import SWEEP_FILE, Run, expand, load_defaults, load_sweep, run_prefix, stop_after_spike
+from study.sweep import SWEEP_FILE, Cell, Run, expand, load_defaults, load_sweep, run_prefix, stop_after_spike
 
 POPULATIONS = Path("study/populations")
 DEFAULT_SIZE = 20  # members per population: the evidence study's seeds per cell
@@ -68,6 +69,23 @@ def run_params(run: Run, raw: dict) -> Params:
         section, name = key.split(".", 1)
         raw[section][name] = yaml.load(text)
     return params_from_dict(raw)
+
+
+def cells_with_params(sweep: dict) -> list[tuple[Cell, list[Run], Params]]:
+    """Each cell that has runs of its own, its runs, and its params (its first run's, train seed aside)."""
+    cells, runs = expand(sweep, load_defaults())
+    raw = read_yaml("params.yaml", "params")
+    found = []
+    for cell in cells:
+        cell_runs = [run for run in runs if run.cell == cell.name]
+        if cell_runs:
+            found.append((cell, cell_runs, run_params(cell_runs[0], raw)))
+    return found
+
+
+def steps_per_epoch(params: Params) -> int:
+    """Training steps in one epoch: the full batches and the last, partial one."""
+    return math.ceil(2 * (params.data.per_class - params.split.val_per_class) / params.train.batch_size)
 
 
 def populations(runs: list[Run], size: int) -> list[list[Run]]:

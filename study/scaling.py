@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from spikelab.plumbing.errors import UserError, run_entry_point
-from study.population import run_params
+from study.population import cells_with_params, steps_per_epoch
 from study.report import read_records
 from study.stats import wilson_interval
-from study.sweep import expand, load_defaults, load_sweep
+from study.sweep import load_sweep
 
 SWEEP = Path("study/scaling.yaml")
 RESULTS = Path("study/results")
@@ -138,7 +138,7 @@ class Fit:
     fixed: dict = field(default_factory=dict)  # covariates every fitted point shared: the law says nothing of them
 
     def median_steps(self, config: dict, theta: np.ndarray | None = None) -> float:
-        moved = [name for name, value in self.fixed.items() if config.get(name, value) != value]
+        _, moved = self.project(config)
         if moved:
             raise ScalingError(
                 f"the law was fitted at one value of {moved[0]} ({self.fixed[moved[0]]}): it cannot predict another"
@@ -216,18 +216,11 @@ def load_points(sweep_path: Path, runs_csv: Path) -> list[Point]:
             f"{runs_csv} is missing: run the study and its report first "
             f"(python -m study.population --sweep {sweep_path}; python -m study.report --sweep {sweep_path} --engine population)"
         )
-    sweep = load_sweep(sweep_path)
-    cells, runs = expand(sweep, load_defaults())
-    from spikelab.params import read_yaml
-
-    raw = read_yaml("params.yaml", "params")
     records = {record["name"]: record for record in read_records(runs_csv)}
     points = []
-    for cell in cells:
-        cell_runs = [run for run in runs if run.cell == cell.name]
-        params = run_params(cell_runs[0], raw)
+    for cell, cell_runs, params in cells_with_params(load_sweep(sweep_path)):
         n = params.data.per_class - params.split.val_per_class
-        steps = math.ceil(2 * n / params.train.batch_size)
+        steps = steps_per_epoch(params)
         config = {
             "learning_rate": params.optimizer.learning_rate,
             "n_per_class": n,
