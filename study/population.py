@@ -171,6 +171,7 @@ def train_population(
                 "population": name,
                 "population_size": len(members),
                 "slot": index,
+                "convolutions": result.forms,
                 "git_commit": commit,
             }
             metrics, metric_files, model_files = write_training_outputs(

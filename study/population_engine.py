@@ -7,8 +7,9 @@ snapshots, best state and history. Members may also differ in data.seed and spli
 own dataset); every other param must be equal, or the population is refused in one line.
 
 How members share one graph: every weight is stacked on a leading member axis, (P, *the single
-model's shape), and named as the single model's (conv1/kernel, ...). The convolutions are grouped
-(member p's images in input channel p, its filters in group p), the dense layer a batched product.
+model's shape), and named as the single model's (conv1/kernel, ...). At the default shapes both
+convolutions are batched matrix products (StackedNetwork: the first in row form, the second in
+dense form), elsewhere grouped convolutions; the dense layer is a batched product.
 One Keras optimizer over the stacked variables is P optimizers: Adam, AMSGrad, SGD and RMSprop
 update each weight from its own gradient and slots alone, and the shared step count is every
 member's. The one rule that mixes weights, gradient-norm clipping, is applied per member and per
@@ -16,8 +17,9 @@ variable (Keras's own clip, over the non-member axes). The summed loss's gradien
 own gradient: no parameter is shared.
 
 What a member's numbers depend on: its own params, seeds and data only; not on its neighbours'
-seeds or values. Whether they also depend on P and on its slot (the grouped kernels' arithmetic) is
-tested in tests/test_population.py and stated in docs/performance.md. They agree with the single
+seeds or values, and in the product forms not on P or its slot either (batched products compute
+each member's matrices apart; the grouped kernels' arithmetic depends on the group count), tested
+in tests/test_population.py and stated in docs/performance.md. They agree with the single
 run's to float tolerance, not bit for bit: the single run's convolutions are ungrouped (NCHW), and
 its validation loss is a mean of batch means.
 
@@ -72,6 +74,7 @@ class PopulationResult:
     template: keras.Model  # the single model, compiled: restore a member's state into it to save it
     seconds: float = 0.0  # wall seconds of the whole population's training
     epoch_seconds: list[float] = field(default_factory=list)
+    forms: dict[str, str] = field(default_factory=dict)  # StackedNetwork.forms(): what computed the members
 
 
 def cell_params(params: Params) -> dict:
@@ -115,10 +118,27 @@ def _grouped(kernel):
     return tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [height, width, channels_in, -1])
 
 
-class StackedNetwork:
-    """P copies of model.build_model's network, as stacked variables named like the single model's."""
+# A form replaces a convolution by a batched matrix product when at least this share of the product's
+# weights are the kernel's (the rest are zeros it multiplies for nothing): at the default 16 x 16
+# kernels on 32 x 32 images the first convolution's row form is 1/2 kernel, the second's dense form
+# 0.89, and each step is faster than the grouped convolutions (benchmarks/population_forms.py).
+FORM_DENSITY = 0.5
 
-    def __init__(self, template: keras.Model, weights: list[list[np.ndarray]], hidden_relu: bool):
+
+class StackedNetwork:
+    """P copies of model.build_model's network, as stacked variables named like the single model's.
+
+    A member's images arrive in their own channel (x: (B, h, w, P)), or every member sees the same
+    ones (x: (B, h, w, 1): validation, the dead-zone pass). The convolutions take one of two forms:
+    - grouped: member p's filters in group p of one convolution (an ordinary one with P x f filters
+      for shared images);
+    - products, for a member's own images: the first convolution in row form (each output row is the
+      kernel's k image rows, side by side, times a banded matrix built from the kernel: one (B x o,
+      k x w) by (k x w, o x f) product per member, o the output side), the second in dense form (its
+      kernel placed at each output position of one (o x o x f, o2 x o2 x 2f) matrix).
+    Both compute the single model's function; only the order of the sums differs (last bits)."""
+
+    def __init__(self, template: keras.Model, weights: list[list[np.ndarray]], hidden_relu: bool, image_size: int):
         self.size, self.hidden_relu = len(weights), hidden_relu
         self.variables = []
         for index, variable in enumerate(template.trainable_variables):
@@ -126,21 +146,68 @@ class StackedNetwork:
             with keras.name_scope(layer, caller=None):
                 stacked = np.stack([member[index] for member in weights])
                 self.variables.append(keras.Variable(stacked, name=name, dtype="float32"))
+        kernel = self.variables[0].shape[1]
+        self.kernel, self.image_size = kernel, image_size
+        self.side = image_size - kernel + 1
+        self.side2 = self.side - kernel + 1
+        self.row_form = kernel / image_size >= FORM_DENSITY
+        self.dense_form = (kernel / self.side) ** 2 >= FORM_DENSITY
+        # output row i reads image rows i .. i + k - 1; output column j takes tap w - j of image column w
+        self._rows = tf.constant(np.arange(self.side)[:, None] + np.arange(kernel)[None, :], tf.int32)
+        shift = np.arange(image_size)[:, None] - np.arange(self.side)[None, :]
+        self._taps = tf.constant(np.where((shift >= 0) & (shift < kernel), shift, kernel), tf.int32)
+
+    def forms(self) -> dict[str, str]:
+        """Which form each convolution takes for a member's own images."""
+        return {"conv1": "rows" if self.row_form else "grouped", "conv2": "dense" if self.dense_form else "grouped"}
+
+    def _conv1(self, x):
+        """(B, h, w, 1 or P) -> (P, B, o, o, f), bias added."""
+        kernel1, bias1 = self.variables[0], self.variables[1]
+        filters = kernel1.shape[-1]
+        if self.row_form:
+            # (P or 1, B, o, k, w): shared images' rows are made once and multiply every member's matrix
+            rows = tf.gather(tf.transpose(x, [3, 0, 1, 2]), self._rows, axis=2)
+            rows = tf.reshape(rows, [x.shape[-1], -1, self.kernel * self.image_size])
+            taps = kernel1[:, :, :, 0, :]  # (P, k, k, f); tap k is a zero
+            banded = tf.gather(tf.concat([taps, tf.zeros_like(taps[:, :, :1])], axis=2), self._taps, axis=2)
+            h = tf.matmul(rows, tf.reshape(banded, [self.size, self.kernel * self.image_size, -1]))
+        else:
+            h = tf.nn.conv2d(x, _grouped(kernel1), 1, "VALID")  # (B, o, o, P*f)
+            h = tf.transpose(tf.reshape(h, [-1, self.side, self.side, self.size, filters]), [3, 0, 1, 2, 4])
+        return tf.reshape(h, [self.size, -1, self.side, self.side, filters]) + bias1[:, None, None, None, :]
+
+    def _conv2(self, h):
+        """(P, B, o, o, f) -> (P x B, o2, o2, 2f) member-major, bias added."""
+        kernel2, bias2 = self.variables[2], self.variables[3]
+        _, _, _, channels_in, channels_out = kernel2.shape
+        if self.dense_form:
+            pad = self.side - self.kernel
+            placed = [
+                tf.pad(kernel2, [[0, 0], [i, pad - i], [j, pad - j], [0, 0], [0, 0]])
+                for i in range(self.side2)
+                for j in range(self.side2)
+            ]  # (P, o, o, f, 2f) each: the kernel at output position (i, j)
+            dense = tf.reshape(tf.stack(placed, axis=4), [self.size, self.side * self.side * channels_in, -1])
+            h = tf.matmul(tf.reshape(h, [self.size, -1, self.side * self.side * channels_in]), dense)
+            h = tf.reshape(h, [self.size, -1, self.side2 * self.side2, channels_out]) + bias2[:, None, None, :]
+            return tf.reshape(h, [-1, self.side2, self.side2, channels_out])
+        batch = tf.shape(h)[1]
+        h = tf.reshape(tf.transpose(h, [1, 2, 3, 0, 4]), [batch, self.side, self.side, -1])
+        h = tf.nn.conv2d(h, _grouped(kernel2), 1, "VALID") + tf.reshape(bias2, [-1])  # (B, o2, o2, P*2f)
+        h = tf.reshape(h, [batch, self.side2, self.side2, self.size, channels_out])
+        return tf.reshape(tf.transpose(h, [3, 0, 1, 2, 4]), [-1, self.side2, self.side2, channels_out])
 
     def logits(self, x):
         """x: (batch, height, width, channels) float32 in [0, 1]; channels = 1 (images every member
         sees) or P (a batch per member, member p's images in channel p). Returns (P, batch, 2)."""
-        kernel1, bias1, kernel2, bias2, dense, dense_bias = self.variables
-        h = tf.nn.relu(x)  # the seed's ReLU on the input
-        h = tf.nn.conv2d(h, _grouped(kernel1), 1, "VALID") + tf.reshape(bias1, [-1])
+        dense, dense_bias = self.variables[4], self.variables[5]
+        h = self._conv1(tf.nn.relu(x))  # the seed's ReLU on the input
         if self.hidden_relu:
             h = tf.nn.relu(h)
-        h = tf.nn.conv2d(h, _grouped(kernel2), 1, "VALID") + tf.reshape(bias2, [-1])
-        h = tf.nn.max_pool2d(h, 2, 2, "VALID")
-        batch, height, width = tf.shape(h)[0], h.shape[1], h.shape[2]
+        h = tf.nn.max_pool2d(self._conv2(h), 2, 2, "VALID")  # (P x B, height, width, 2f)
         # Keras's Flatten orders features (height, width, channels) in either data format
-        h = tf.transpose(tf.reshape(h, [batch, height, width, self.size, -1]), [3, 0, 1, 2, 4])
-        h = tf.reshape(h, [self.size, batch, -1])
+        h = tf.reshape(h, [self.size, tf.shape(x)[0], -1])
         return tf.einsum("pbi,pio->pbo", h, dense) + dense_bias[:, None, :]
 
 
@@ -195,7 +262,7 @@ class Population:
             states.append(state)
             self.histories.append(history)
         weights = [[state[f"weight/{v.path}"] for v in self.template.trainable_variables] for state in states]
-        self.network = StackedNetwork(self.template, weights, params.model.hidden_activation == "relu")
+        self.network = StackedNetwork(self.template, weights, params.model.hidden_activation == "relu", self.image_size)
         self.variables = self.network.variables
         self.layers = [layer_of(v.path) for v in self.variables]
         self.kernels = {
@@ -559,4 +626,6 @@ class Population:
             )
             for index in range(self.size)
         ]
-        return PopulationResult(results, final, self.template, time.perf_counter() - started, epoch_seconds)
+        return PopulationResult(
+            results, final, self.template, time.perf_counter() - started, epoch_seconds, self.network.forms()
+        )

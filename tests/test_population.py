@@ -1,9 +1,10 @@
 """The population engine: members start, train and log as single runs do, deterministically.
 
-What a member's numbers depend on (docs/performance.md): its own params, seeds and data, the
-population's size P and its slot; not its neighbours' seeds or values. Tested here: neighbours
-swapped at the same P and slot leave a member's history byte-identical; a re-run is byte-identical;
-a member agrees with the single run of its seed to float tolerance.
+What a member's numbers depend on (docs/performance.md): its own params, seeds and data; not its
+neighbours' seeds or values, and, where the convolutions take the product forms (the default
+shapes and the tiny ones), not the population's size P or its slot. Tested here: neighbours swapped,
+the member alone and at another slot of a larger population leave its history byte-identical; a
+re-run is byte-identical; a member agrees with the single run of its seed to float tolerance.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import yaml
 
 from conftest import TINY, run
@@ -86,12 +88,17 @@ def test_members_start_from_the_single_runs_initial_weights(arrays, data_format)
 
 @pytest.fixture(scope="module")
 def trained(arrays, data_format):
-    """seed 1 at slot 1 among {0, 2}, the same again, and among {3, 4}; the single run of seed 1."""
+    """seed 1 at slot 1 among {0, 2}, the same again, and among {3, 4}; alone (P = 1) and at slot 3
+    of 5; the single run of seed 1."""
     return {
         "first": population([0, 1, 2], arrays, data_format).train(),
         "again": population([0, 1, 2], arrays, data_format).train(),
         "other_neighbours": population([3, 1, 4], arrays, data_format).train(),
+        "alone": population([1], arrays, data_format).train(),
+        "fifth": population([0, 2, 3, 4, 1], arrays, data_format).train(),
         "single": train(tiny_params(1), arrays, data_format, None),
+        "arrays": arrays,
+        "data_format": data_format,
     }
 
 
@@ -105,6 +112,28 @@ def test_a_member_does_not_depend_on_its_neighbours(trained, tmp_path):
     assert ours == history_bytes(trained["other_neighbours"].results[1].history, tmp_path)
     # the neighbours themselves differ: the check above compares different populations
     assert trained["first"].results[0].history[-1]["loss"] != trained["other_neighbours"].results[0].history[-1]["loss"]
+
+
+def test_a_member_does_not_depend_on_the_population_size_or_its_slot(trained, tmp_path):
+    # the tiny model's shapes take the product forms (as the default's do): batched products
+    # compute each member's matrices apart, whatever P is and wherever the member sits
+    network = population([0, 1], trained["arrays"], trained["data_format"]).network
+    assert network.forms() == {"conv1": "rows", "conv2": "dense"}
+    ours = history_bytes(trained["first"].results[1].history, tmp_path)
+    assert ours == history_bytes(trained["alone"].results[0].history, tmp_path)
+    assert ours == history_bytes(trained["fifth"].results[4].history, tmp_path)
+
+
+def test_the_grouped_form_computes_the_product_forms_function(arrays, data_format):
+    products = population([0, 1, 2], arrays, data_format)
+    grouped = population([0, 1, 2], arrays, data_format)
+    grouped.network.row_form = grouped.network.dense_form = False
+    own = np.stack([arrays["x_train"][:8], arrays["x_train"][8:16], arrays["x_train"][16:24]], axis=-1)
+    for images in (own, arrays["x_val"][:8, :, :, None]):  # a batch per member; one every member sees
+        x = tf.constant(images.astype(np.float32) / 255.0)
+        ours, theirs = products.network.logits(x).numpy(), grouped.network.logits(x).numpy()
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+        assert not np.array_equal(ours[0], ours[1])  # members differ: the comparison is not of one member
 
 
 def test_a_member_agrees_with_the_single_run_of_its_seed(trained):
@@ -194,6 +223,7 @@ def test_a_study_through_populations_reports_rows_and_nests_mlflow_runs(lab_repo
     member = lab_repo / "study" / "populations" / "tiny" / "tiny-baseline-s1"
     facts = json.loads((member / "metrics" / "run.json").read_text())
     assert (facts["engine"], facts["population_size"], facts["slot"]) == ("population", 2, 1)
+    assert facts["convolutions"] == {"conv1": "rows", "conv2": "dense"}
     snapshots = sorted(path.name for path in (member / "models" / "snapshots").iterdir())
     assert snapshots == ["epoch_00001.npz", "epoch_00002.npz", "epoch_00003.npz", "history.csv"]
 
