@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -105,6 +106,7 @@ def scaling(sizes: list[int], epochs: int, rounds: int) -> dict:
     from benchmarks.bench import matmul_peak
 
     singles, populations, peaks, cpu_peaks = [], {size: [] for size in sizes}, [], []
+    load = os.getloadavg()
     for round_index in range(rounds):
         by_library, per_cpu_s = matmul_peak(2048, 5)
         peaks.append(max(by_library.values()))
@@ -138,10 +140,11 @@ def scaling(sizes: list[int], epochs: int, rounds: int) -> dict:
     return {
         "note": (
             "epochs only (the first, which traces, left out), default params with diagnostics; single run vs "
-            "population taking turns in one sitting on a shared, loaded machine: CPU seconds are the fairer "
-            "measure there (wall seconds follow the scheduler's share); fraction_of_peak_per_cpu_s: FLOPs per "
-            "CPU second against the matmul's FLOPs per CPU second (one core's peak)"
+            "population taking turns in one sitting: on a shared machine CPU seconds are the fairer measure "
+            "(wall seconds follow the scheduler's share); fraction_of_peak_per_cpu_s: FLOPs per CPU second "
+            "against the matmul's FLOPs per CPU second (one core's peak)"
         ),
+        "load_average_at_start": load,
         "epochs_measured": epochs - 1,
         "rounds": rounds,
         "single_wall_s_per_run_epoch": single_wall,
@@ -167,7 +170,7 @@ def study(runs: int, epochs: int, rounds: int, size: int, jobs: int) -> dict:
 
     from benchmarks.study_throughput import copy_environment, prepare_workspace, run_study
 
-    turns = []
+    turns, load = [], os.getloadavg()  # whether the machine was quiet, for whoever reads the figures
     with tempfile.TemporaryDirectory(prefix="population-study-") as folder:
         root = Path(folder) / "lab"
         prepare_workspace(root)
@@ -220,8 +223,9 @@ def study(runs: int, epochs: int, rounds: int, size: int, jobs: int) -> dict:
     return {
         "note": (
             f"{runs} default-params runs of {epochs} epochs per turn, DVC queue -j 2 vs study.population "
-            f"(--size {size} --jobs {jobs}), taking turns in one fresh copy of the repo on a shared, loaded machine"
+            f"(--size {size} --jobs {jobs}), taking turns in one fresh copy of the repo"
         ),
+        "load_average_at_start": load,
         "runs": runs,
         "epochs": epochs,
         "turns": turns,

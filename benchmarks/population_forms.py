@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.population_forms", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 5, 20, 40])
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--forms", nargs="+", help="only these forms (default: every one)")
     parser.add_argument("--threads", type=int, default=0, help="TensorFlow's intra-op threads (0: its default)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results.json"))
     args = parser.parse_args(argv)
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, dict] = {}
     for size in args.sizes:
         built, indices = forms(size)
+        built = {name: step for name, step in built.items() if not args.forms or name in args.forms}
         for step in built.values():
             step(indices)  # trace
         found = {name: [] for name in built}
