@@ -7,8 +7,9 @@ the committed per-run evidence study's, on the same seeds and dataset, with Fish
 Reads <prefix>_runs.csv (what `python -m study.report --engine population` wrote for the sweep) and
 the committed rows; a cell pairs with the committed cell of the same name. The members are the
 seeds' runs only up to float tolerance (chaos separates them later), so agreement is judged on
-rates: a p above 0.05 is "no detectable difference". Each p is given unadjusted: for an agreement
-check a correction would only make a difference harder to see.
+rates: a p above 0.05 is "no detectable difference". Each p is given unadjusted (for an agreement
+check a correction only makes a difference harder to see) and Holm-adjusted over every p of the
+table (spike and stayed-up, all cells: one family), the verdict pre-registered for the 13-cell run.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from spikelab.plumbing.errors import UserError, run_entry_point
 from study.report import RESULTS, read_records, summarize
-from study.stats import fisher_exact, wilson_interval
+from study.stats import fisher_exact, holm, wilson_interval
 from study.sweep import load_sweep, run_prefix
 from study.tables import markdown_table, write_csv, write_text
 
@@ -28,9 +29,11 @@ COLUMNS = (
     "spiked, per-run",
     "spiked, population",
     "spike p",
+    "spike p, Holm",
     "stayed up, per-run",
     "stayed up, population",
     "stayed-up p",
+    "stayed-up p, Holm",
     "median jump_ratio of the runs that spiked, per-run / population",
 )
 
@@ -47,7 +50,7 @@ def _number(value: float | None) -> str:
 def compare(population: list[dict], per_run: list[dict]) -> list[dict]:
     """One row per cell with finished population runs, beside the committed per-run rows of the same
     cell; both sides counted as the study's tables count them (report.summarize)."""
-    rows = []
+    rows, raw = [], []
     for cell in dict.fromkeys(r["cell"] for r in population if r["state"] == "success"):
         committed = [r for r in per_run if r["cell"] == cell]
         if not committed:
@@ -61,10 +64,13 @@ def compare(population: list[dict], per_run: list[dict]) -> list[dict]:
             row[f"{label}, population"] = _rate(mine[count], mine["n_runs"])
             p = fisher_exact(theirs[count], theirs["n_runs"], mine[count], mine["n_runs"])
             row[p_key] = _number(p)
+            raw.append((row, p_key, p))
         row["median jump_ratio of the runs that spiked, per-run / population"] = (
             f"{_number(theirs['median_jump_ratio'])} / {_number(mine['median_jump_ratio'])}"
         )
         rows.append(row)
+    for (row, p_key, _), adjusted in zip(raw, holm([p for _, _, p in raw])):
+        row[f"{p_key}, Holm"] = _number(adjusted)
     return rows
 
 
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         args.results / f"{prefix}_engines.md",
         "# The population engine against the per-run evidence study\n\n"
         f"`python -m study.agreement --sweep {args.sweep}`: the same cells, train seeds and dataset; rates with 95% "
-        "Wilson intervals; p: Fisher's exact test, unadjusted (a correction would only hide a difference).\n\n"
+        "Wilson intervals; p: Fisher's exact test, unadjusted, and Holm-adjusted over every p of this table.\n\n"
         + table
         + "\n",
     )

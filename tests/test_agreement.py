@@ -39,6 +39,15 @@ def test_rates_and_fisher_p_per_cell():
     assert rows["amsgrad"]["spike p"] == f"{fisher_exact(1, 20, 9, 20):.3g}"
     assert rows["amsgrad"]["stayed-up p"] == f"{fisher_exact(0, 20, 2, 20):.3g}"
     assert rows["baseline"]["spike p"] == "1"
+    # Holm over the table's four p (both cells, spike and stayed-up): the smallest times 4
+    raw = [
+        fisher_exact(16, 20, 15, 20),
+        fisher_exact(0, 20, 0, 20),
+        fisher_exact(1, 20, 9, 20),
+        fisher_exact(0, 20, 2, 20),
+    ]
+    assert rows["amsgrad"]["spike p, Holm"] == f"{min(1.0, 4 * min(p for p in raw if p is not None)):.3g}"
+    assert rows["amsgrad"]["stayed-up p, Holm"] == f"{min(1.0, 3 * fisher_exact(0, 20, 2, 20)):.3g}"
     assert (
         rows["baseline"]["median jump_ratio of the runs that spiked, per-run / population"] == "8.5 / 8"
     )  # of jumps 1..16 and 1..15
