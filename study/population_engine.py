@@ -132,10 +132,11 @@ class StackedNetwork:
     ones (x: (B, h, w, 1): validation, the dead-zone pass). The convolutions take one of two forms:
     - grouped: member p's filters in group p of one convolution (an ordinary one with P x f filters
       for shared images);
-    - products, for a member's own images: the first convolution in row form (each output row is the
-      kernel's k image rows, side by side, times a banded matrix built from the kernel: one (B x o,
-      k x w) by (k x w, o x f) product per member, o the output side), the second in dense form (its
-      kernel placed at each output position of one (o x o x f, o2 x o2 x 2f) matrix).
+    - products: the first convolution in row form (each output row is the kernel's k image rows,
+      side by side, times a banded matrix built from the kernel: one (B x o, k x w) by (k x w, o x f)
+      product per member, o the output side; shared images make their rows once for every member),
+      the second in dense form (its kernel placed at each output position of one (o x o x f,
+      o2 x o2 x 2f) matrix).
     Both compute the single model's function; only the order of the sums differs (last bits)."""
 
     def __init__(self, template: keras.Model, weights: list[list[np.ndarray]], hidden_relu: bool, image_size: int):
@@ -158,7 +159,7 @@ class StackedNetwork:
         self._taps = tf.constant(np.where((shift >= 0) & (shift < kernel), shift, kernel), tf.int32)
 
     def forms(self) -> dict[str, str]:
-        """Which form each convolution takes for a member's own images."""
+        """Which form each convolution takes (run.json's `convolutions`)."""
         return {"conv1": "rows" if self.row_form else "grouped", "conv2": "dense" if self.dense_form else "grouped"}
 
     def _conv1(self, x):
