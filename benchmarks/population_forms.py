@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from spikelab.model import build_model
 from spikelab.params import ModelParams
-from study.population_engine import StackedNetwork
+from study.population_engine import StackedNetwork, _grouped
 
 BATCH, KERNEL, FILTERS, STEPS = 32, 16, 8, 16
 ENGINE = ("products", "grouped")
@@ -61,9 +61,6 @@ def forms(size: int):
     networks = {name: StackedNetwork(template, members, hidden_relu=False, image_size=32) for name in ENGINE}
     networks["grouped"].row_form = networks["grouped"].dense_form = False
 
-    def grouped(kernel):
-        return tf.reshape(tf.transpose(kernel, [1, 2, 3, 0, 4]), [KERNEL, KERNEL, kernel.shape[3], -1])
-
     def head(h):
         h = tf.nn.max_pool2d(h, 2, 2, "VALID")
         batch = tf.shape(h)[0]
@@ -71,14 +68,10 @@ def forms(size: int):
         return tf.einsum("pbi,pio->pbo", h, weights[4]) + weights[5][:, None, :]
 
     def second(h):
-        return head(tf.nn.conv2d(h, grouped(weights[2]), 1, "VALID") + tf.reshape(weights[3], [-1]))
+        return head(tf.nn.conv2d(h, _grouped(weights[2]), 1, "VALID") + tf.reshape(weights[3], [-1]))
 
     def engine(name):
         return lambda x: networks[name].logits(tf.transpose(x, [1, 2, 3, 0]))
-
-    def by_group(x):
-        x = tf.transpose(x, [1, 2, 3, 0])
-        return second(tf.nn.conv2d(tf.nn.relu(x), grouped(weights[0]), 1, "VALID") + tf.reshape(weights[1], [-1]))
 
     def depthwise(x):
         x = tf.transpose(x, [1, 2, 3, 0])
@@ -87,7 +80,7 @@ def forms(size: int):
         return second(h + tf.reshape(weights[1], [-1]))
 
     def shared(x):
-        return by_group(x[:1])
+        return engine("grouped")(x[:1])  # one set of images: an ordinary convolution with P x 8 filters
 
     def patches(x, channels):
         found = tf.image.extract_patches(x, [1, KERNEL, KERNEL, 1], [1, 1, 1, 1], [1, 1, 1, 1], "VALID")
@@ -128,8 +121,8 @@ def forms(size: int):
         **{name: make(engine(name), variables=networks[name].variables) for name in ENGINE},
         "depthwise": make(depthwise),
         "matmul": make(matmul),
-        "grouped_xla": make(by_group, jit=True),
-        "shared": make(shared),
+        "grouped_xla": make(engine("grouped"), jit=True, variables=networks["grouped"].variables),
+        "shared": make(shared, variables=networks["grouped"].variables),
     }
     return built, indices
 

@@ -97,8 +97,6 @@ def trained(arrays, data_format):
         "alone": population([1], arrays, data_format).train(),
         "fifth": population([0, 2, 3, 4, 1], arrays, data_format).train(),
         "single": train(tiny_params(1), arrays, data_format, None),
-        "arrays": arrays,
-        "data_format": data_format,
     }
 
 
@@ -117,8 +115,7 @@ def test_a_member_does_not_depend_on_its_neighbours(trained, tmp_path):
 def test_a_member_does_not_depend_on_the_population_size_or_its_slot(trained, tmp_path):
     # the tiny model's shapes take the product forms (as the default's do): batched products
     # compute each member's matrices apart, whatever P is and wherever the member sits
-    network = population([0, 1], trained["arrays"], trained["data_format"]).network
-    assert network.forms() == {"conv1": "rows", "conv2": "dense"}
+    assert trained["first"].forms == {"conv1": "rows", "conv2": "dense"}
     ours = history_bytes(trained["first"].results[1].history, tmp_path)
     assert ours == history_bytes(trained["alone"].results[0].history, tmp_path)
     assert ours == history_bytes(trained["fifth"].results[4].history, tmp_path)
