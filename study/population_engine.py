@@ -246,6 +246,14 @@ class Population:
 
     def __init__(self, members: list[Member], data_format: str, snapshot_dirs: list[Path | None]):
         check_population(members)
+        self.real_size = len(members)
+        if len(members) == 1:
+            # TensorFlow's CPU batched product computes a batch of one as a plain 2-D contraction and
+            # a batch of more matrix by matrix (another kernel, other last bits), and a per-member
+            # reduction of one member is a whole-tensor reduction: alone, a member would sum in
+            # another order than in any larger population. A twin (the member again, its outputs
+            # dropped) keeps every population at two or more, so a member's bytes do not depend on P.
+            members, snapshot_dirs = [members[0], members[0]], [snapshot_dirs[0], None]
         self.members, self.snapshot_dirs = members, snapshot_dirs
         self.params = params = members[0].params
         self.size = len(members)
@@ -564,7 +572,7 @@ class Population:
                 extra = self._diagnostics(epoch, before, [v.numpy() for v in self.variables], learning_rate)
             states = None
             spiking = []
-            for index in range(self.size):
+            for index in range(self.real_size):
                 if stopped[index]:
                     continue
                 logs = {
@@ -593,19 +601,19 @@ class Population:
                 if not math.isfinite(logs["loss"]):
                     stopped[index] = True  # as TerminateOnNaN: this epoch is the member's last
             epoch_seconds.append(time.perf_counter() - epoch_start)
-            losses = sorted(float(x) for x in train_loss)
+            losses = sorted(float(x) for x in train_loss[: self.real_size])
             mark = f"  <- spike: {', '.join(spiking)}" if spiking else ""
             print(
-                f"{f'epoch {epoch + 1}/{epochs}':<{width}}  {self.size} members: loss median {losses[len(losses) // 2]:<10.4g}"
+                f"{f'epoch {epoch + 1}/{epochs}':<{width}}  {self.real_size} members: loss median {losses[len(losses) // 2]:<10.4g}"
                 f"max {losses[-1]:<10.4g} {epoch_seconds[-1]:5.2f}s{mark}",
                 flush=True,
             )
-            if all(stopped):
+            if all(stopped[: self.real_size]):
                 break
             if stop_after_spike is not None and all(
                 stopped[index]
                 or (first_spike[index] is not None and epoch + 1 - first_spike[index] >= stop_after_spike)
-                for index in range(self.size)
+                for index in range(self.real_size)
             ):
                 print(
                     f"population: every member {stop_after_spike}+ epochs past its first spike: "
@@ -613,7 +621,7 @@ class Population:
                     flush=True,
                 )
                 break
-        final = self.member_states()
+        final = self.member_states()[: self.real_size]
         results = [
             TrainResult(
                 None,
@@ -625,7 +633,7 @@ class Population:
                 {},
                 list(epoch_seconds),
             )
-            for index in range(self.size)
+            for index in range(self.real_size)
         ]
         return PopulationResult(
             results, final, self.template, time.perf_counter() - started, epoch_seconds, self.network.forms()
