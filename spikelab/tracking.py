@@ -418,11 +418,15 @@ def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
 
 
 @contextlib.contextmanager
-def training_run(experiment: str, params: dict, name: str | None = None, tags: dict | None = None):
+def training_run(
+    experiment: str, params: dict, name: str | None = None, tags: dict | None = None, reopen: str | None = None
+):
     """Open the run (named after the DVC experiment, or `name`; tagged, `tags` added; params logged)
     after failing the experiment's orphans; end it FINISHED when the block completes, KILLED on an
     interrupt (SIGINT/SIGTERM arrive as KeyboardInterrupt), else FAILED. A population's member runs
     pass the cell's run as their parent (tag mlflow.parentRunId): `mlflow ui` nests them under it.
+    reopen=<run id>: continue that run instead (a stopped population resumed): RUNNING again, this
+    process's tags, the reason it was marked failed removed.
 
     Opening the run may fail (TrackingError, before any training); once it is open, no MLflow
     failure raises: the run degrades instead (TrainingRun.call).
@@ -432,10 +436,21 @@ def training_run(experiment: str, params: dict, name: str | None = None, tags: d
     client = MlflowClient()
     for run_id in fail_orphans(experiment_id):
         print(f"train: marked run {run_id} FAILED: its process no longer exists", file=sys.stderr)
-    created = retry_locked(
-        client.create_run, experiment_id, tags=resolve_tags(run_tags(root) | (tags or {})), run_name=name or run_name()
-    )
-    run = TrainingRun(created.info.run_id)
+    if reopen is None:
+        created = retry_locked(
+            client.create_run,
+            experiment_id,
+            tags=resolve_tags(run_tags(root) | (tags or {})),
+            run_name=name or run_name(),
+        )
+        run = TrainingRun(created.info.run_id)
+    else:
+        retry_locked(client.update_run, reopen, status="RUNNING")
+        for key, value in (run_tags(root) | (tags or {})).items():
+            retry_locked(client.set_tag, reopen, key, value)
+        if ORPHAN_TAG in retry_locked(client.get_run, reopen).data.tags:
+            retry_locked(client.delete_tag, reopen, ORPHAN_TAG)
+        run = TrainingRun(reopen)
     status = "FAILED"
     with bounded_http():
         try:

@@ -19,7 +19,12 @@ report (`python -m study.report --engine population`) reads rows and histories f
 rows say `engine: population`. The default `dvc repro` and the per-run study are unchanged.
 
 A re-run skips the runs whose folder holds a finished member with the same params (the code is
-not compared, unlike the DVC path: --rerun after a change to the training code).
+not compared, unlike the DVC path: --rerun after a change to the training code). A population
+stopped part-way (SIGTERM, Ctrl-C, SIGKILL, the machine going away) resumes: when every member of
+it, as planned now, holds a snapshot and resume state of one epoch (written every
+train.snapshot_every epochs) from a training with the same params, it continues from the last
+such epoch, its members' MLflow runs reopened, and ends with the bytes an uninterrupted one writes.
+A SIGKILL thus loses at most snapshot_every epochs of each unfinished member.
 """
 
 from __future__ import annotations
@@ -128,17 +133,32 @@ def train_population(
 
     data_format = resolve_data_format(member_params[0].model.data_format)
     members = [Member(run_name, params, dataset(params, cache)) for run_name, params in zip(names, member_params)]
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
-        (folder / "models" / "snapshots").mkdir(parents=True)
-        (folder / "metrics").mkdir()
-    population = Population(members, data_format, [folder / "models" / "snapshots" for folder in folders])
+    snapshot_dirs = [folder / "models" / "snapshots" for folder in folders]
+    resume = resumable(name, names, member_params, folders)
+    if resume is None:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+            (folder / "models" / "snapshots").mkdir(parents=True)
+            (folder / "metrics").mkdir()
+        population = Population(members, data_format, snapshot_dirs)
+        logged = [0] * len(members)
+    else:
+        epoch, runs = resume
+        print(f"study: population {name} resumes at epoch {epoch} from its members' snapshots", flush=True)
+        population = Population(members, data_format, snapshot_dirs, resume_epoch=epoch)
+        logged = [logged_epochs(run["member"]) for run in runs]
     experiment = member_params[0].tracking.experiment
     engine_tags = {"spikelab.engine": "population", "spikelab.population": name}
     commit = git_commit(Path.cwd())
     with contextlib.ExitStack() as stack:
         parent = stack.enter_context(
-            training_run(experiment, cell_params(member_params[0]), name=name, tags=engine_tags)
+            training_run(
+                experiment,
+                cell_params(member_params[0]),
+                name=name,
+                tags=engine_tags,
+                reopen=resume[1][0]["parent"] if resume else None,
+            )
         )
         runs_open = [
             stack.enter_context(
@@ -147,14 +167,35 @@ def train_population(
                     flatten(member.params) | {"model.data_format_used": data_format},
                     name=member.name,
                     tags=engine_tags | {"mlflow.parentRunId": parent.run_id},
+                    reopen=resume[1][index]["member"] if resume else None,
                 )
             )
-            for member in members
+            for index, member in enumerate(members)
         ]
+        if resume is None:
+            for folder, params, run in zip(folders, member_params, runs_open):
+                write_json(
+                    folder / RESUME_FILE,
+                    {
+                        "population": name,
+                        "members": names,
+                        "params": flatten(params),
+                        "parent": parent.run_id,
+                        "member": run.run_id,
+                    },
+                )
         loggers = [run.epoch_logger() for run in runs_open]
-        result = population.train(
-            lambda index, epoch, logs: loggers[index].on_epoch_end(epoch, logs), stop_after_spike=stop_after_spike
-        )
+        for index, history in enumerate(population.histories[: len(members)]):
+            for row in history[logged[index] :]:  # epochs the snapshot holds that the store lost
+                logs = {key: value for key, value in row.items() if key not in ("epoch", "learning_rate")}
+                loggers[index].on_epoch_end(row["epoch"] - 1, logs)
+            logged[index] = max(logged[index], len(history))
+
+        def on_epoch(index: int, epoch: int, logs: dict) -> None:
+            if epoch + 1 > logged[index]:  # a resumed run's store already holds the epochs it logged
+                loggers[index].on_epoch_end(epoch, logs)
+
+        result = population.train(on_epoch, stop_after_spike=stop_after_spike)
         for logger in loggers:
             logger.on_train_end()
         for index, (member, folder, run) in enumerate(zip(members, folders, runs_open)):
@@ -202,6 +243,48 @@ def train_population(
             write_json(folder / "metrics" / "evaluate.json", scores)  # last: marks the member finished
         parent.call("log cell summary", log_metrics_at, parent.run_id, {"population_size": len(members)}, 0)
     return result.seconds
+
+
+RESUME_FILE = "population.json"  # the member's population, params and MLflow runs, written at its start
+
+
+def resumable(name: str, names: list[str], member_params: list[Params], folders: list[Path]):
+    """(epoch, each member's population.json) when every member of this population, as it is now
+    planned, holds a snapshot and resume state of one common epoch from an unfinished training of
+    the same params; else None (the population starts from scratch)."""
+    from study.population_engine import has_resume_state
+
+    found = []
+    for folder, params in zip(folders, member_params):
+        path = folder / RESUME_FILE
+        try:
+            facts = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        same = facts.get("population") == name and facts.get("members") == names
+        if not same or facts.get("params") != json.loads(json.dumps(flatten(params))):
+            return None
+        found.append(facts)
+    every = min((params.train.snapshot_every for params in member_params), default=0)
+    if not every:
+        return None
+    last = max(params.train.epochs for params in member_params)
+    epochs = [
+        epoch
+        for epoch in range(every, last + 1, every)
+        if all(has_resume_state(folder / "models" / "snapshots", epoch) for folder in folders)
+    ]
+    return (epochs[-1], found) if epochs else None
+
+
+def logged_epochs(run_id: str) -> int:
+    """The last epoch whose loss the MLflow run holds (0: none, or the store cannot say)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return max((metric.step for metric in MlflowClient().get_metric_history(run_id, "loss")), default=0)
+    except Exception:  # noqa: BLE001 -- a store that cannot answer: log every epoch again
+        return 0
 
 
 def unflatten(flat: dict) -> dict:
@@ -322,7 +405,33 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
+def _die_with_parent() -> None:
+    """In a worker, before it runs: the kernel sends it SIGTERM when the parent dies, even by
+    SIGKILL, so no worker trains on beside a re-run (Linux; elsewhere workers may outlive it)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return study(argv)
+    except KeyboardInterrupt as stop:
+        reason = str(stop) or "an interrupt"
+        if "--worker" not in (argv if argv is not None else sys.argv[1:]):
+            print(
+                f"study: stopped by {reason}; finished runs are kept, and each unfinished population "
+                "resumes from its members' last snapshot (every train.snapshot_every epochs) when the "
+                "same command runs again",
+                file=sys.stderr,
+            )
+        return 130
+
+
+def study(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.population", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
     parser.add_argument("--quick", action="store_true", help="the sweep's quick subset")
@@ -402,12 +511,13 @@ def run_workers(argv: list[str], plan: list[list[Run]], jobs: int) -> int:
     for index in range(jobs):
         groups = ";".join(",".join(run.name for run in group) for group in plan[index::jobs])
         command = [sys.executable, "-m", "study.population", *argv, "--worker", groups]
-        workers.append(subprocess.Popen(command))
+        workers.append(subprocess.Popen(command, preexec_fn=_die_with_parent))
     try:
         return max(worker.wait() for worker in workers)
     except KeyboardInterrupt:
         for worker in workers:  # each ends its MLflow runs KILLED (its own SIGTERM handler)
-            worker.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                worker.terminate()
         for worker in workers:
             worker.wait()
         raise

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import time
 import types
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,12 +242,69 @@ def _stacked_or_shared(arrays: list[np.ndarray]) -> np.ndarray:
     return np.stack(arrays)
 
 
+def snapshot_path(folder: Path, epoch: int) -> Path:
+    return folder / f"epoch_{epoch:05d}.npz"
+
+
+def resume_state_path(folder: Path, epoch: int) -> Path:
+    return folder / f"resume_{epoch:05d}.npz"
+
+
+def save_resume_state(folder: Path, epoch: int, best: tuple, vectors: list | None) -> None:
+    """What a population needs beyond a member's snapshot to continue it bit for bit: its best epoch
+    so far (val_loss, epoch, state) and the power iteration's last vectors (its warm start)."""
+    val_loss, best_epoch, state = best
+    arrays = {"best_val_loss": np.float64(val_loss), "best_epoch": np.int64(best_epoch or 0)}
+    arrays |= {f"best/{key}": value for key, value in (state or {}).items()}
+    arrays |= {f"vector/{index:03d}": value for index, value in enumerate(vectors or [])}
+    with training_state.atomic_path(resume_state_path(folder, epoch)) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **arrays)
+
+
+def load_resume_state(folder: Path, epoch: int) -> tuple[tuple, list | None]:
+    with np.load(resume_state_path(folder, epoch)) as archive:
+        state = {key[len("best/") :]: archive[key] for key in archive.files if key.startswith("best/")}
+        vectors = [archive[key] for key in sorted(archive.files) if key.startswith("vector/")]
+        best_epoch = int(archive["best_epoch"]) or None
+        best = (float(archive["best_val_loss"]), best_epoch, state if best_epoch else None)
+    return best, vectors or None
+
+
+def has_resume_state(folder: Path | None, epoch: int) -> bool:
+    """Whether folder holds a whole snapshot and resume state of this epoch (a kill mid-write leaves
+    neither: both are written to a temporary name, then renamed)."""
+    if folder is None:
+        return False
+    try:
+        for path in (snapshot_path(folder, epoch), resume_state_path(folder, epoch)):
+            with np.load(path) as archive:
+                archive.files  # noqa: B018 -- a truncated zip fails here
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return False
+    return True
+
+
 class Population:
     """The graphs and state of one population; `train()` runs it to the end."""
 
-    def __init__(self, members: list[Member], data_format: str, snapshot_dirs: list[Path | None]):
+    def __init__(
+        self,
+        members: list[Member],
+        data_format: str,
+        snapshot_dirs: list[Path | None],
+        resume_epoch: int | None = None,
+    ):
+        """resume_epoch: continue a stopped population from every member's snapshot and resume state
+        of that epoch in its snapshot_dirs folder (what `train` wrote there), its params unchanged."""
         check_population(members)
         self.real_size = len(members)
+        self.resume_epoch = resume_epoch
+        if resume_epoch is not None:
+            missing = [m.name for m, d in zip(members, snapshot_dirs) if not has_resume_state(d, resume_epoch)]
+            if missing:
+                raise ValueError(f"population: no snapshot and resume state of epoch {resume_epoch} for {missing}")
+            self._sources = list(snapshot_dirs)
         if len(members) == 1:
             # TensorFlow's CPU batched product computes a batch of one as a plain 2-D contraction and
             # a batch of more matrix by matrix (another kernel, other last bits), and a per-member
@@ -254,6 +312,8 @@ class Population:
             # another order than in any larger population. A twin (the member again, its outputs
             # dropped) keeps every population at two or more, so a member's bytes do not depend on P.
             members, snapshot_dirs = [members[0], members[0]], [snapshot_dirs[0], None]
+            if resume_epoch is not None:
+                self._sources *= 2
         self.members, self.snapshot_dirs = members, snapshot_dirs
         self.params = params = members[0].params
         self.size = len(members)
@@ -264,10 +324,10 @@ class Population:
         # built before any member's seeding, so it draws nothing from a member's random stream
         self.template = compile_model(params, self.image_size, data_format)
         self.template.optimizer.build(self.template.trainable_variables)
-        self.first_epoch = params.train.resume_epoch or 0
+        self.first_epoch = resume_epoch or params.train.resume_epoch or 0
         states, self.histories, self.fresh = [], [], []
-        for member in members:
-            state, history = self._start(member, data_format)
+        for slot, member in enumerate(members):
+            state, history = self._start(member, data_format, slot)
             states.append(state)
             self.histories.append(history)
         weights = [[state[f"weight/{v.path}"] for v in self.template.trainable_variables] for state in states]
@@ -310,9 +370,11 @@ class Population:
 
     # ---- state ------------------------------------------------------------------------------------
 
-    def _start(self, member: Member, data_format: str) -> tuple[dict[str, np.ndarray], list[dict]]:
-        """(state, history so far) a single run of this member starts from."""
+    def _start(self, member: Member, data_format: str, slot: int) -> tuple[dict[str, np.ndarray], list[dict]]:
+        """(state, history so far) a single run of this member starts from, or the population resumes."""
         train = member.params.train
+        if self.resume_epoch is not None:
+            return training_state.load_resume(snapshot_path(self._sources[slot], self.resume_epoch), self.resume_epoch)
         if train.resume_from is not None:
             return training_state.load_resume(train.resume_from, train.resume_epoch)
         seed_everything(train.seed)  # as training.train does, right before it builds the model
@@ -327,7 +389,7 @@ class Population:
         """Members resumed from snapshots: their optimizer slots, as state.restore assigns a single
         run's (the step must be every member's); the variables no snapshot holds stay fresh."""
         self.fresh = []
-        if self.params.train.resume_from is None:
+        if self.params.train.resume_from is None and self.resume_epoch is None:
             return
         for variable in self.optimizer.variables:
             key = training_state._optimizer_key(self.optimizer, variable)
@@ -552,6 +614,14 @@ class Population:
         watches = [SpikeWatch(params.divergence, min((r["loss"] for r in h), default=math.inf)) for h in self.histories]
         stopped = [False] * self.size
         first_spike: list[int | None] = [None] * self.size
+        if self.resume_epoch is not None:
+            for index, history in enumerate(self.histories):
+                best[index], self._last_vectors[index] = load_resume_state(self._sources[index], self.resume_epoch)
+                # the watch and the first flagged epoch as the uninterrupted run left them
+                watches[index] = SpikeWatch(params.divergence)
+                for row in history:
+                    if watches[index].observe(row["loss"]):
+                        first_spike[index] = first_spike[index] or row["epoch"]
         learning_rate = float(np.float32(params.optimizer.learning_rate))
         started, epoch_seconds = time.perf_counter(), []
         width = len(f"epoch {epochs}/{epochs}")
@@ -594,8 +664,9 @@ class Population:
                 folder = self.snapshot_dirs[index]
                 if folder is not None and every and (epoch + 1) % every == 0:
                     states = states or self.member_states()
-                    path = folder / f"epoch_{epoch + 1:05d}.npz"
-                    training_state.save_snapshot(path, states[index], epoch + 1, history)
+                    training_state.save_snapshot(snapshot_path(folder, epoch + 1), states[index], epoch + 1, history)
+                    # written after the snapshot: a resume state marks the epoch as resumable
+                    save_resume_state(folder, epoch + 1, best[index], self._last_vectors[index])
                 if on_epoch is not None:
                     on_epoch(index, epoch, logs)
                 if not math.isfinite(logs["loss"]):

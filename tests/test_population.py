@@ -13,13 +13,17 @@ import copy
 import csv
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
 
-from conftest import TINY, run
+from conftest import TINY, lab_env, run
 from spikelab.data import generate, split
 from spikelab.divergence import divergence_epoch
 from spikelab.history import write_history_csv
@@ -27,6 +31,7 @@ from spikelab.model import resolve_data_format
 from spikelab.params import params_from_dict
 from spikelab.training import compile_model, seed_everything, train
 from study.population_engine import Member, Population, check_population
+from team.stack import alive, descendants
 
 EPOCHS = 3
 
@@ -186,6 +191,47 @@ def test_a_population_of_two_cells_or_with_the_guard_is_refused(arrays):
         check_population([Member("a", tiny_params(0), arrays), Member("a", tiny_params(1), arrays)])
 
 
+class Stop(KeyboardInterrupt):
+    pass
+
+
+@pytest.mark.parametrize("seeds", [[0, 1], [1]], ids=["P2", "alone"])
+def test_a_stopped_population_resumes_to_the_bytes_of_an_uninterrupted_one(seeds, arrays, data_format, tmp_path):
+    sections = {"train": {"epochs": 6, "snapshot_every": 2}}  # every diagnostic every epoch (tiny_params)
+
+    def members():
+        return [Member(f"s{seed}", tiny_params(seed, **sections), arrays) for seed in seeds]
+
+    def folders(name):
+        made = [tmp_path / name / f"s{seed}" for seed in seeds]
+        for folder in made:
+            folder.mkdir(parents=True)
+        return made
+
+    whole_dirs, stopped_dirs = folders("whole"), folders("stopped")
+    whole = Population(members(), data_format, whole_dirs).train()
+
+    def stop_in_epoch_5(index, epoch, logs):
+        if epoch == 4:  # epoch 5 trained and logged, its snapshot not due: a stop loses it
+            raise Stop
+
+    with pytest.raises(Stop):
+        Population(members(), data_format, stopped_dirs).train(stop_in_epoch_5)
+    resumed = Population(members(), data_format, stopped_dirs, resume_epoch=4).train()
+    assert resumed.results[0].history[0]["epoch"] == 1 and len(resumed.results[0].history) == 6
+    for slot in range(len(seeds)):
+        ours, theirs = resumed.results[slot], whole.results[slot]
+        assert history_bytes(ours.history, tmp_path) == history_bytes(theirs.history, tmp_path)
+        assert ours.best_epoch == theirs.best_epoch
+        for key, value in theirs.best_state.items():
+            np.testing.assert_array_equal(ours.best_state[key], value)
+        for key, value in whole.final_states[slot].items():
+            np.testing.assert_array_equal(resumed.final_states[slot][key], value)
+        assert (stopped_dirs[slot] / "epoch_00006.npz").read_bytes() == (
+            whole_dirs[slot] / "epoch_00006.npz"
+        ).read_bytes()
+
+
 def test_members_may_train_on_datasets_of_their_own(arrays, data_format):
     other_params = tiny_params(1, data={"seed": 5}, split={"seed": 6})
     solid, broken, _ = generate(other_params.data)
@@ -224,7 +270,11 @@ def test_a_study_through_populations_reports_rows_and_nests_mlflow_runs(lab_repo
     assert (facts["engine"], facts["population_size"], facts["slot"]) == ("population", 2, 1)
     assert facts["convolutions"] == {"conv1": "rows", "conv2": "dense"}
     snapshots = sorted(path.name for path in (member / "models" / "snapshots").iterdir())
-    assert snapshots == ["epoch_00001.npz", "epoch_00002.npz", "epoch_00003.npz", "history.csv"]
+    assert snapshots == [
+        *(f"epoch_{epoch:05d}.npz" for epoch in (1, 2, 3)),
+        "history.csv",
+        *(f"resume_{epoch:05d}.npz" for epoch in (1, 2, 3)),
+    ]
 
     from conftest import mlflow_runs
 
@@ -278,3 +328,89 @@ def test_stop_after_spike_ends_the_population_once_every_member_is_past_its_firs
     for early, whole in zip(stopped.results, full.results):
         assert len(early.history) == end
         assert early.history == whole.history[:end]
+
+
+RESUME_SWEEP = {
+    "prefix": "tiny",
+    "seeds": [0, 1],
+    "cells": {"baseline": {}, "eps-1e-2": {"optimizer.epsilon": 1.0e-2}},
+}
+TIMING_KEYS = {"train_seconds", "seconds_per_epoch", "mlflow_run_id", "epoch_seconds"}
+
+
+def start_study(lab_repo, *extra):
+    command = [sys.executable, "-m", "study.population", "--sweep", "study/tiny.yaml", *extra]
+    return subprocess.Popen(
+        command, cwd=lab_repo, env=lab_env(lab_repo), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def read_until(process, text: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    for line in process.stdout:
+        if text in line:
+            return
+        assert time.monotonic() < deadline, f"no {text!r} in the study's output"
+    raise AssertionError(f"the study ended before {text!r}")
+
+
+def member_outputs(folder):
+    """What a finished member wrote, timings and run ids aside; the models' weights."""
+    import keras
+
+    found = {name: (folder / "metrics" / name).read_bytes() for name in ("history.csv", "rules.json", "evaluate.json")}
+    for name in ("train.json", "run.json"):
+        facts = json.loads((folder / "metrics" / name).read_text())
+        found[name] = {key: value for key, value in facts.items() if key not in TIMING_KEYS}
+    for name in ("best", "last"):
+        model = keras.saving.load_model(folder / "models" / f"{name}.keras", compile=False)
+        found[name] = [weight.tolist() for weight in model.get_weights()]
+    return found
+
+
+@pytest.mark.slow
+def test_a_stopped_study_resumes_where_its_snapshots_are_and_ends_as_an_uninterrupted_one(lab_repo):
+    sweep = copy.deepcopy(RESUME_SWEEP)
+    for overrides in sweep["cells"].values():
+        overrides.update({"train.epochs": 8, "train.snapshot_every": 2})
+    (lab_repo / "study" / "tiny.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
+    run(["python", "-m", "study.population", "--sweep", "study/tiny.yaml", "--root", "whole"], lab_repo)
+
+    # SIGTERM in epoch 5 of the first population: one line, exit 130, its snapshots kept
+    study = start_study(lab_repo)
+    read_until(study, "epoch 5/8")
+    study.send_signal(signal.SIGTERM)
+    _, errors = study.communicate(timeout=120)
+    assert study.returncode == 130, errors
+    assert "Traceback" not in errors
+    assert "study: stopped by signal SIGTERM; finished runs are kept" in errors
+    members = lab_repo / "study" / "populations" / "tiny"
+    assert (members / "tiny-baseline-s0" / "models" / "snapshots" / "resume_00004.npz").is_file()
+
+    # SIGKILL of the parent with --jobs 2: no worker trains on without it
+    study = start_study(lab_repo, "--jobs", "2")
+    read_until(study, "resumes at epoch 4")
+    workers = descendants(study.pid)
+    assert workers
+    study.kill()
+    study.wait()
+    deadline = time.monotonic() + 60
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in workers), "a worker outlived its killed parent"
+
+    resumed = run(["python", "-m", "study.population", "--sweep", "study/tiny.yaml"], lab_repo)
+    assert "study: population tiny-baseline-p0 resumes at epoch" in resumed.stdout
+    for name in ("tiny-baseline-s0", "tiny-baseline-s1", "tiny-eps-1e-2-s0", "tiny-eps-1e-2-s1"):
+        assert member_outputs(members / name) == member_outputs(lab_repo / "whole" / "tiny" / name), name
+
+    # the resumed member keeps its MLflow run, every epoch logged once, FINISHED
+    from conftest import mlflow_runs, store_client
+
+    facts = json.loads((members / "tiny-baseline-s1" / "metrics" / "run.json").read_text())
+    started = json.loads((members / "tiny-baseline-s1" / "population.json").read_text())
+    assert facts["mlflow_run_id"] == started["member"]
+    runs = {r.info.run_id: r for r in mlflow_runs(lab_repo)}
+    assert runs[started["member"]].info.status == "FINISHED"
+    steps = [m.step for m in store_client(lab_repo).get_metric_history(started["member"], "loss")]
+    assert sorted(steps) == list(range(1, 9))
