@@ -106,7 +106,11 @@ def epoch_diagnostics(
     gradient (norm, per variable) and logits (None: the output is no probability, no saturation
     keys), the kernels by layer, Adam's slots (None: not Adam). per_layer False: whole-model keys only."""
     rms = update_rms(before, after)
-    logs = {"grad_norm": float(grad_norm), "update_rms": rms, "update_rms_over_lr": rms / learning_rate}
+    logs = {
+        "grad_norm": float(grad_norm),
+        "update_rms": rms,
+        "update_rms_over_lr": rms / learning_rate if learning_rate > 0 else math.nan,
+    }
     if slots is not None:
         logs.update(adam_ratio_stats(slots))
         logs.update(second_moment_lag(gradients, layers, slots, per_layer))

@@ -36,18 +36,39 @@ def clipped_categorical_crossentropy(y_true, y_pred):
     return -ops.sum(y_true * ops.log(p), axis=-1)
 
 
+CLIPPED = {
+    "binary_crossentropy": clipped_binary_crossentropy,
+    "categorical_crossentropy": clipped_categorical_crossentropy,
+}
+
+
+@keras.saving.register_keras_serializable(package="spikelab")
+class SmoothedClipped(keras.losses.Loss):
+    """A keras2_clipped cross-entropy on smoothed targets (1 - s) y + s / 2, as Keras's own
+    label_smoothing smooths two classes (binary: + 0.5 s; categorical: + s / 2 classes)."""
+
+    def __init__(self, base: str, label_smoothing: float, name: str | None = None, **kwargs):
+        super().__init__(name=name or base, **kwargs)
+        self.base, self.label_smoothing = base, label_smoothing
+
+    def call(self, y_true, y_pred):
+        smooth = self.label_smoothing
+        return CLIPPED[self.base](y_true * (1.0 - smooth) + 0.5 * smooth, y_pred)
+
+    def get_config(self) -> dict:
+        return super().get_config() | {"base": self.base, "label_smoothing": self.label_smoothing}
+
+
 def make_loss(p: LossParams):
     """A loss callable for model.compile, from params `loss:`."""
     if p.name == "log_cosh":
         return keras.losses.LogCosh(name="log_cosh")
     if p.form == "keras2_clipped":
-        clipped = {
-            "binary_crossentropy": clipped_binary_crossentropy,
-            "categorical_crossentropy": clipped_categorical_crossentropy,
-        }
-        return clipped[p.name]
+        if p.label_smoothing:
+            return SmoothedClipped(p.name, p.label_smoothing)
+        return CLIPPED[p.name]
     keras3 = {
         "binary_crossentropy": keras.losses.BinaryCrossentropy,
         "categorical_crossentropy": keras.losses.CategoricalCrossentropy,
     }
-    return keras3[p.name](name=p.name)
+    return keras3[p.name](name=p.name, label_smoothing=p.label_smoothing)

@@ -81,8 +81,12 @@ class ModelParams(Section):
 
 
 class OptimizerParams(Section):
-    name: Literal["adam", "adamw", "sgd", "rmsprop"]
+    name: Literal["adam", "adamw", "sgd", "rmsprop", "nadam", "lion"]
     learning_rate: Positive
+    schedule: Literal["constant", "cosine", "step", "warmup"]
+    warmup_epochs: AtLeastOne
+    step_every: AtLeastOne
+    step_factor: UnitOpen
     epsilon: Positive
     beta_1: UnitOpen
     beta_2: UnitOpen
@@ -90,12 +94,15 @@ class OptimizerParams(Section):
     amsgrad: bool
     momentum: float = Field(ge=0, lt=1, description="a number in [0, 1)")
     clipnorm: float | None = Field(gt=0, description="null or a number > 0")
+    global_clipnorm: float | None = Field(gt=0, description="null or a number > 0")
+    clipvalue: float | None = Field(gt=0, description="null or a number > 0")
     weight_decay: float | None = Field(ge=0, description="null or a number >= 0")
 
 
 class LossParams(Section):
     name: Literal["binary_crossentropy", "categorical_crossentropy", "log_cosh"]
     form: Literal["keras3", "keras2_clipped"]
+    label_smoothing: float = Field(ge=0, lt=1, description="a number in [0, 1)")
 
 
 class TrainParams(Section):
@@ -187,6 +194,20 @@ class Params(Section):
         _require(
             not o.amsgrad or o.name in ADAM_FAMILY,
             f"optimizer.amsgrad = true applies only to optimizer.name in {', '.join(ADAM_FAMILY)}, not '{o.name}'",
+        )
+        clips = [key for key in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(o, key) is not None]
+        _require(
+            len(clips) <= 1,
+            f"optimizer.{' and optimizer.'.join(clips)} are both set; Keras clips one way at a time: keep one, set the others null",
+        )
+        _require(
+            self.loss.label_smoothing == 0 or self.loss.name != "log_cosh",
+            f"loss.label_smoothing = {self.loss.label_smoothing} applies to the cross-entropies, not log_cosh; set it 0",
+        )
+        _require(
+            o.schedule == "constant" or not (self.guard.enabled and self.guard.action == "reduce_lr"),
+            f"guard.action = reduce_lr sets the learning rate, which optimizer.schedule = {o.schedule} computes "
+            "each step; use guard.action = stop or optimizer.schedule = constant",
         )
         _require(
             o.name != "adamw" or o.weight_decay is not None,

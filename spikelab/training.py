@@ -21,7 +21,7 @@ from spikelab.dead_zone import accounting_epochs
 from spikelab.diagnostics import diagnostic_callbacks
 from spikelab.losses import make_loss
 from spikelab.model import build_model, to_model_input
-from spikelab.optimizers import make_optimizer
+from spikelab.optimizers import make_optimizer, steps_per_epoch
 from spikelab.params import Params
 
 
@@ -83,7 +83,7 @@ def compile_model(params: Params, image_size: int, data_format: str, steps_per_e
     jit = params.train.jit_compile
     model = build_model(params.model, image_size, data_format, block_max=jit)
     model.compile(
-        optimizer=make_optimizer(params.optimizer),
+        optimizer=make_optimizer(params.optimizer, steps=steps_per_epoch(params), epochs=params.train.epochs),
         loss=make_loss(params.loss),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         steps_per_execution=steps_per_execution,

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import shutil
 import signal
 import subprocess
@@ -86,11 +85,6 @@ def cells_with_params(sweep: dict) -> list[tuple[Cell, list[Run], Params]]:
         if cell_runs:
             found.append((cell, cell_runs, run_params(cell_runs[0], raw)))
     return found
-
-
-def steps_per_epoch(params: Params) -> int:
-    """Training steps in one epoch: the full batches and the last, partial one."""
-    return math.ceil(2 * (params.data.per_class - params.split.val_per_class) / params.train.batch_size)
 
 
 def populations(runs: list[Run], size: int) -> list[list[Run]]:

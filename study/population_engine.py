@@ -51,7 +51,7 @@ from spikelab.diagnostics import epoch_diagnostics, layer_of
 from spikelab.divergence import SpikeWatch
 from spikelab.losses import make_loss
 from spikelab.model import build_model
-from spikelab.optimizers import make_optimizer
+from spikelab.optimizers import make_optimizer, steps_per_epoch
 from spikelab.params import Params, flatten
 from spikelab.training import TrainResult, compile_model, epoch_order, seed_everything
 
@@ -223,6 +223,14 @@ def _member_dot64(a, b):
     )
 
 
+def _clip_by_member_global_norm(gradients, clip_norm: float):
+    """Keras's clip_by_global_norm per member: each member's gradients scaled by
+    min(1, clip_norm / its global norm) (NaN for a non-finite norm, as Keras makes it)."""
+    norm = _member_norms(gradients)  # (P,)
+    scale = clip_norm * tf.minimum(1.0 / norm, 1.0 / clip_norm) + (norm - norm)
+    return [g * tf.reshape(scale, [-1] + [1] * (len(g.shape) - 1)) for g in gradients]
+
+
 def _member_norms(gradients):
     """Per-member global norm of a list of stacked gradients: shape (P,)."""
     return tf.sqrt(tf.add_n([tf.reduce_sum(g * g, axis=list(range(1, len(g.shape)))) for g in gradients]))
@@ -337,9 +345,15 @@ class Population:
         self.kernels = {
             layer.name: self.layers.index(layer.name) for layer in self.template.layers if hasattr(layer, "kernel")
         }
-        # clipnorm is per member: the optimizer steps unclipped gradients, clipped here first
-        self.optimizer = make_optimizer(params.optimizer.model_copy(update={"clipnorm": None}))
+        # norm clips are per member: the optimizer steps unclipped gradients, clipped here first
+        # (clipvalue is elementwise, so the optimizer's own is every member's)
+        self.optimizer = make_optimizer(
+            params.optimizer.model_copy(update={"clipnorm": None, "global_clipnorm": None}),
+            steps=steps_per_epoch(params),
+            epochs=params.train.epochs,
+        )
         self.clipper = make_optimizer(params.optimizer) if params.optimizer.clipnorm is not None else None
+        self.global_clipnorm = params.optimizer.global_clipnorm
         self.optimizer.build(self.variables)
         self._restore_optimizer(states)
         self.is_adam = isinstance(self.optimizer, keras.optimizers.Adam)
@@ -443,6 +457,8 @@ class Population:
             gradients = tape.gradient(total, self.variables)
             if self.clipper is not None:
                 gradients = [self.clipper._clip_by_norm(g, axes=list(range(1, len(g.shape)))) for g in gradients]
+            if self.global_clipnorm is not None:
+                gradients = _clip_by_member_global_norm(gradients, self.global_clipnorm)
             self.optimizer.apply(gradients, self.variables)
             # Keras's loss tracker: the sum of batch loss x batch size, over the sum of batch sizes
             loss_sum += member_loss * tf.cast(tf.shape(indices)[1], tf.float32)
@@ -622,7 +638,6 @@ class Population:
                 for row in history:
                     if watches[index].observe(row["loss"]):
                         first_spike[index] = first_spike[index] or row["epoch"]
-        learning_rate = float(np.float32(params.optimizer.learning_rate))
         started, epoch_seconds = time.perf_counter(), []
         width = len(f"epoch {epochs}/{epochs}")
         for epoch in range(self.first_epoch, epochs):
@@ -634,6 +649,8 @@ class Population:
                 part_loss, part_correct = self._train_steps(tf.constant(batches))
                 loss_sum += part_loss.numpy()
                 correct_sum += part_correct.numpy()
+            # the rate at the epoch's end, as the single run's history reads it (a schedule moves it)
+            learning_rate = float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
             count = np.float32(self.count)
             train_loss, train_accuracy = loss_sum / count, correct_sum / count
             _, val_loss, val_accuracy = self._whole_set(self.val_images, self.val_labels)

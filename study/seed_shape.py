@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spikelab.divergence import SpikeWatch
+from spikelab.optimizers import steps_per_epoch
 from spikelab.params import DivergenceParams, read_yaml
 from spikelab.plumbing.errors import run_entry_point
-from study.population import cells_with_params, steps_per_epoch
+from study.population import cells_with_params
 from study.report import read_histories, read_records
 from study.sweep import load_sweep
 

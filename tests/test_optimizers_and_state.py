@@ -104,3 +104,31 @@ def test_snapshot_restores_weights_always_and_optimizer_state_within_a_family(
         assert fresh == []
     else:
         assert fresh and all(path.endswith(f"_{fresh_slot}") or path.endswith("iteration") for path in fresh), fresh
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "step", "warmup"])
+def test_each_schedule_gives_its_documented_rate_at_every_epoch_end(tiny_raw, schedule):
+    import math
+
+    from spikelab.optimizers import make_optimizer, steps_per_epoch
+
+    raw = with_changes(
+        tiny_raw,
+        {
+            "optimizer": {"schedule": schedule, "warmup_epochs": 2, "step_every": 2, "step_factor": 0.5},
+            "train": {"epochs": 6},
+        },
+    )
+    params = params_from_dict(raw)
+    steps, rate = steps_per_epoch(params), params.optimizer.learning_rate
+    assert steps == math.ceil(2 * (96 - 32) / 32)  # the tiny data's 128 training images, batches of 32
+    optimizer = make_optimizer(params.optimizer, steps=steps, epochs=6)
+    expected = {
+        "constant": lambda epoch: rate,
+        "cosine": lambda epoch: rate * 0.5 * (1 + math.cos(math.pi * epoch / 6)),  # to 0 at the last step
+        "step": lambda epoch: rate * 0.5 ** (epoch // 2),  # x step_factor every step_every epochs
+        "warmup": lambda epoch: rate * min(1.0, (epoch * steps + 1) / (2 * steps)),  # rate/W.. rate, then flat
+    }[schedule]
+    for epoch in range(7):  # the rate the next step uses, after `epoch` epochs
+        optimizer.iterations.assign(epoch * steps)
+        assert float(optimizer.learning_rate) == pytest.approx(expected(epoch), rel=1e-6, abs=1e-12), epoch

@@ -24,6 +24,18 @@ CROSS_KEY_RULES = {
     "kernel_too_large": ({"model": {"kernel_size": 17}}, "model.kernel_size = 17; allowed: at most (data.image_size"),
     "amsgrad_without_adam": ({"optimizer": {"name": "sgd", "amsgrad": True}}, "optimizer.amsgrad = true applies only"),
     "adamw_without_decay": ({"optimizer": {"name": "adamw"}}, "optimizer.weight_decay = None; allowed for adamw"),
+    "two_clips": (
+        {"optimizer": {"clipnorm": 1.0, "global_clipnorm": 1.0}},
+        "optimizer.clipnorm and optimizer.global_clipnorm are both set",
+    ),
+    "smoothing_log_cosh": (
+        {"loss": {"name": "log_cosh", "label_smoothing": 0.1}},
+        "loss.label_smoothing = 0.1 applies to the cross-entropies, not log_cosh",
+    ),
+    "schedule_under_reduce_lr": (
+        {"optimizer": {"schedule": "cosine"}, "guard": {"enabled": True, "action": "reduce_lr"}},
+        "guard.action = reduce_lr sets the learning rate, which optimizer.schedule = cosine computes",
+    ),
     "resume_without_epoch": ({"train": {"resume_from": "x.npz"}}, "must be set together"),
     "resume_epoch_past_the_end": (
         {"train": {"resume_from": "x.npz", "resume_epoch": 3}},
@@ -51,6 +63,13 @@ SINGLE_KEY = {
     "bool_for_integer": ({"train": {"epochs": True}}, "train.epochs = True"),
     "string_for_bool": ({"optimizer": {"amsgrad": "yes"}}, "optimizer.amsgrad = 'yes'; allowed: true/false"),
     "nan": ({"optimizer": {"beta_1": float("nan")}}, "optimizer.beta_1 = nan"),
+    "unknown_schedule": ({"optimizer": {"schedule": "linear"}}, "optimizer.schedule = 'linear'; allowed: one of"),
+    "zero_warmup": ({"optimizer": {"warmup_epochs": 0}}, "optimizer.warmup_epochs = 0; allowed: an integer >= 1"),
+    "step_factor_one": ({"optimizer": {"step_factor": 1.0}}, "optimizer.step_factor = 1.0; allowed: a number in (0, 1)"),
+    "negative_global_clip": ({"optimizer": {"global_clipnorm": -1.0}}, "optimizer.global_clipnorm = -1.0"),
+    "zero_clipvalue": ({"optimizer": {"clipvalue": 0.0}}, "optimizer.clipvalue = 0.0; allowed: null or a number > 0"),
+    "smoothing_one": ({"loss": {"label_smoothing": 1.0}}, "loss.label_smoothing = 1.0; allowed: a number in [0, 1)"),
+    "unknown_optimizer": ({"optimizer": {"name": "adafactor"}}, "optimizer.name = 'adafactor'; allowed: one of"),
 }
 
 

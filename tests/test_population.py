@@ -164,6 +164,17 @@ def test_the_best_state_and_final_states_use_the_single_runs_keys(trained):
         pytest.param({"optimizer": {"name": "sgd", "learning_rate": 0.01}}, marks=pytest.mark.slow),
         pytest.param({"loss": {"form": "keras3"}}, marks=pytest.mark.slow),
         pytest.param({"loss": {"name": "log_cosh"}}, marks=pytest.mark.slow),
+        # the remedy atlas's new keys (studies/remedies): schedules, clips, smoothing, optimizers
+        {"optimizer": {"schedule": "cosine"}, "train": {"epochs": 3}},
+        {"optimizer": {"global_clipnorm": 0.05}},  # binds: per member, over all its variables
+        pytest.param({"optimizer": {"schedule": "warmup", "warmup_epochs": 2}}, marks=pytest.mark.slow),
+        pytest.param({"optimizer": {"schedule": "step", "step_every": 1, "step_factor": 0.5}}, marks=pytest.mark.slow),
+        pytest.param({"optimizer": {"clipvalue": 0.001}}, marks=pytest.mark.slow),
+        pytest.param({"loss": {"label_smoothing": 0.1}}, marks=pytest.mark.slow),
+        pytest.param({"loss": {"label_smoothing": 0.1, "form": "keras3"}}, marks=pytest.mark.slow),
+        pytest.param({"optimizer": {"name": "nadam"}}, marks=pytest.mark.slow),
+        pytest.param({"optimizer": {"name": "lion", "learning_rate": 0.0003, "beta_2": 0.99}}, marks=pytest.mark.slow),
+        pytest.param({"optimizer": {"name": "adamw", "weight_decay": 0.01}}, marks=pytest.mark.slow),
     ],
 )
 def test_cells_of_the_evidence_study_agree_with_single_runs(sections, arrays, data_format):
@@ -172,9 +183,10 @@ def test_cells_of_the_evidence_study_agree_with_single_runs(sections, arrays, da
     assert_agrees(result.results[1].history, single.history, 1e-5, 1e-2)
 
 
-def test_clipping_is_per_member(arrays, data_format):
+@pytest.mark.parametrize("clip", [{"clipnorm": 0.05}, {"global_clipnorm": 0.05}])
+def test_clipping_is_per_member(arrays, data_format, clip):
     """A member's clipped step must not see its neighbour's gradient: seed 1 beside seed 0 or seed 3."""
-    clip = {"optimizer": {"clipnorm": 0.05}}
+    clip = {"optimizer": clip}
     beside_0 = population([0, 1], arrays, data_format, **clip).train().results[1].history
     beside_3 = population([3, 1], arrays, data_format, **clip).train().results[1].history
     assert [row["loss"] for row in beside_0] == [row["loss"] for row in beside_3]
