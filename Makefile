@@ -198,8 +198,8 @@ team-setup: ## PostgreSQL from the OS's packages where it is missing (root, or s
 	  && echo "PostgreSQL: installed from the OS packages"; \
 	fi
 
-# the whole team stack on this machine, on loopback; prints the client settings to export
-team-up: $(INSTALLED) team-setup ## the whole team stack on this machine, on loopback; prints the client settings to export
+# the whole team stack on this machine, on loopback; the client settings go to .team/client.env (mode 600)
+team-up: $(INSTALLED) team-setup ## the whole team stack on this machine, on loopback; client settings in .team/client.env
 	$(RUN) python -m team.stack up
 
 team-down: $(INSTALLED) ## stop the team stack (its data stays in .team/)

@@ -1,7 +1,8 @@
 """The team stack on one machine, on loopback, for trying team mode (docs/team.md):
 
-    python -m team.stack up [--dir .team]     # make team-up: start everything, print the client settings
-    python -m team.stack env [--dir .team]    # the settings again, as shell exports
+    python -m team.stack up [--dir .team]     # make team-up: start everything; the client settings
+                                              # go to <dir>/client.env (mode 600), not to the terminal
+    python -m team.stack env [--dir .team]    # the settings as shell exports (the password included)
     python -m team.stack down [--dir .team]   # make team-down: stop everything (data kept in --dir)
 
 What `up` starts, each on 127.0.0.1 only:
@@ -14,10 +15,14 @@ What `up` starts, each on 127.0.0.1 only:
   server (`mlflow-artifacts:` locations) and need no storage credentials;
 - a bare git repository (the experiments' git remote) and a DVC remote directory (the cache),
   added to this project as the remotes named `team` (git remote; DVC remote in .dvc/config.local);
-- a Ray head on loopback whose `--workers` CPU slots run the study's tasks.
+- a Ray head on loopback whose `--workers` CPU slots run the study's tasks. Every port it opens
+  wants Ray's token (RAY_AUTH_MODE=token; the token generated once into <dir>/ray_token, mode 600,
+  clients name the file in RAY_AUTH_TOKEN_PATH); it runs no Ray Client server (ray://, 10001), and
+  its session folders (logs, sockets) are in a folder only its user can enter.
 The passwords are generated once and kept in <dir>/credentials.env (mode 600). No secret is ever on
 a command line (every local user can read those with `ps`): the server reads its store's address
-from its environment and the auth database's from <dir>/basic_auth.ini (mode 600).
+from its environment and the auth database's from <dir>/basic_auth.ini (mode 600). Nor does `up`
+print one: it writes the client settings to <dir>/client.env (mode 600) and says how to load it.
 State (ports, pids, paths) is in <dir>/stack.json, so `down` and `env` need nothing else; `down`
 stops only the processes this stack started (other Ray clusters on the host keep running).
 """
@@ -29,6 +34,7 @@ import hashlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -38,6 +44,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from stat import S_ISDIR
 
 from spikelab.plumbing.errors import UserError, run_entry_point
 
@@ -147,12 +154,26 @@ def credentials(stack_dir: Path) -> dict[str, str]:
     missing = {key: make() for key, make in wanted.items() if key not in values}
     if missing:
         values.update(missing)
-        # created at mode 600, never readable by others for a moment
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            out.write("".join(f"{key}={value}\n" for key, value in values.items()))
-        path.chmod(0o600)
+        private_file(path, "".join(f"{key}={value}\n" for key, value in values.items()))
     return values
+
+
+def private_file(path: Path, text: str) -> None:
+    """Write a file only its owner can read: created at mode 600, never readable by others for a moment."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(text)
+    path.chmod(0o600)  # a file that was there before keeps its mode through O_CREAT
+
+
+def ray_token(stack_dir: Path) -> Path:
+    """The Ray head's token, made once: <dir>/ray_token (mode 600). Every client of the head (the
+    study's driver, `ray status`) reads it from the file RAY_AUTH_TOKEN_PATH names."""
+    path = stack_dir / "ray_token"
+    if not path.exists() or not path.read_text().strip():
+        private_file(path, secrets.token_hex(32))
+    path.chmod(0o600)
+    return path
 
 
 def start_postgres(stack: Stack, secrets_: dict[str, str]) -> None:
@@ -267,32 +288,76 @@ def mlflow_cli() -> list[str]:
     return [str(Path(sys.executable).parent / "mlflow")]
 
 
-def ray_cli() -> list[str]:
-    return [str(Path(sys.executable).parent / "ray")]
-
-
 # Ray turns a loopback --node-ip-address into the machine's outward address unless clusters are
 # off; off, Ray stays on 127.0.0.1, as one node (worker nodes cannot join it). The local stack is
 # one node whose `workers` CPU slots run the tasks; a real deployment adds nodes (docs/team.md).
 RAY_LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
+# `ray start --head` starts a Ray Client server (ray://, port 10001) whenever grpc imports, and has
+# no switch to leave it off (a --ray-client-server-port below 1024 is refused). The study connects
+# to the GCS (RAY_ADDRESS), never through ray://: the head is `ray start` itself with its probe for
+# the client's dependencies answering "missing", which is Ray's own path for a head without one.
+# The token covers the client server too; leaving it off is one listening port fewer.
+RAY_START_WITHOUT_CLIENT_SERVER = (
+    "import sys; import ray.scripts.scripts as cli; "
+    "cli.get_ray_client_dependency_error = lambda: ImportError('the team stack runs no Ray Client server'); "
+    "sys.argv[0] = 'ray'; sys.exit(cli.main())"
+)
+
+
+def ray_auth(stack_dir: Path) -> dict[str, str]:
+    """What the head and every client of it set: Ray's token authentication, the token read from
+    the stack's file (its value is never in an environment, an argv or the terminal)."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(stack_dir / "ray_token")}
+
+
+def ray_sessions_parent(stack_dir: Path) -> Path:
+    """The folder, only this user's, that holds the head's --temp-dir: Ray makes the folder it is given
+    writable by every user (as its default /tmp/ray, shared by all), so its session folders (logs,
+    the raylet's and object store's sockets, spilled objects) need a parent no one else can enter.
+    Short, under /tmp, one per stack: a socket's path must fit in 107 bytes, the session's name takes 40."""
+    return Path("/tmp") / f"spikelab-ray-{stack_tag(stack_dir)}"
+
+
+def ray_temp_dir(stack_dir: Path) -> Path:
+    """The head's --temp-dir, inside ray_sessions_parent, which is made (or checked) mode 700 first."""
+    parent = ray_sessions_parent(stack_dir)
+    try:
+        parent.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = parent.lstat()  # a link is not followed: it may lead anywhere
+    if not S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise StackError(
+            f"team stack: {parent} is not a folder of this user's (someone else made it?): remove it and run `up` again"
+        )
+    parent.chmod(0o700)
+    return parent / "ray"
+
+
+def stack_tag(stack_dir: Path) -> str:
+    """A short name of the stack's folder, for what lives outside it (its database, Ray's sessions)."""
+    return hashlib.sha1(str(stack_dir).encode()).hexdigest()[:10]
+
 
 def start_ray(stack: Stack) -> int:
     """The Ray head in the foreground (--block) of a session of its own: its daemons stay its children,
-    so `down` stops this head and what it started, and no other Ray cluster on the host."""
-    command = [*ray_cli(), "start", "--head", "--block", "--port", str(stack.ray_port)]
-    command += ["--node-ip-address", LOOPBACK, "--num-cpus", str(stack.workers)]
+    so `down` stops this head and what it started, and no other Ray cluster on the host. Token
+    authentication on: the GCS, the raylet's node and object managers, the workers' and the agents'
+    ports refuse a caller without the stack's token (docs/team.md lists them)."""
+    stack_dir = Path(stack.dir)
+    ray_token(stack_dir)
+    command = [sys.executable, "-c", RAY_START_WITHOUT_CLIENT_SERVER, "start", "--head", "--block"]
+    command += ["--port", str(stack.ray_port), "--node-ip-address", LOOPBACK, "--num-cpus", str(stack.workers)]
     command += ["--include-dashboard", "false", "--disable-usage-stats"]
-    log = Path(stack.dir) / "ray.log"
+    command += ["--temp-dir", str(ray_temp_dir(stack_dir))]
+    log = stack_dir / "ray.log"
     log.write_bytes(b"")
+    # a token in the caller's environment would win over the file (Ray reads RAY_AUTH_TOKEN first)
+    env = {key: value for key, value in os.environ.items() if key != "RAY_AUTH_TOKEN"}
+    env.update(RAY_LOOPBACK_ONLY, **ray_auth(stack_dir))
     with open(log, "ab") as out:
-        process = subprocess.Popen(
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, **RAY_LOOPBACK_ONLY),
-            start_new_session=True,
-        )
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     wait_until(lambda: b"Ray runtime started." in log.read_bytes(), "the Ray head", log, process)
     return process.pid
 
@@ -325,15 +390,30 @@ def save_stack(stack: Stack) -> None:
 
 
 def client_settings(stack: Stack) -> dict[str, str]:
-    """What a client sets to use the stack: the tracking server and its credentials, the Ray head."""
+    """What a client sets to use the stack: the tracking server and its credentials, the Ray head and
+    the file of its token (the path, not the token)."""
     secrets_ = credentials(Path(stack.dir))
     return {
         "MLFLOW_TRACKING_URI": stack.tracking_uri,
         "MLFLOW_TRACKING_USERNAME": secrets_["MLFLOW_TRACKING_USERNAME"],
         "MLFLOW_TRACKING_PASSWORD": secrets_["MLFLOW_TRACKING_PASSWORD"],
         "RAY_ADDRESS": stack.ray_address,
+        **ray_auth(Path(stack.dir)),
         **RAY_LOOPBACK_ONLY,
     }
+
+
+def exports(settings: dict[str, str]) -> str:
+    """The settings as shell lines: `eval "$(...)"` or `. <file>` sets them."""
+    return "".join(f"export {key}={shlex.quote(value)}\n" for key, value in settings.items())
+
+
+def write_client_env(stack: Stack) -> Path:
+    """<dir>/client.env (mode 600): the client settings, the password among them, for `. <file>`;
+    `up` names the file instead of printing a secret to the terminal (and its scrollback and logs)."""
+    path = Path(stack.dir) / "client.env"
+    private_file(path, exports(client_settings(stack)))
+    return path
 
 
 def up(stack_dir: Path, workers: int, ports: dict[str, int]) -> Stack:
@@ -343,8 +423,7 @@ def up(stack_dir: Path, workers: int, ports: dict[str, int]) -> Stack:
         down(stack_dir)  # a stale stack (a crash, a reboot): start clean on the same data
     secrets_ = credentials(stack_dir)
     # as root, the data lives where the postgres user can reach it (its home), one folder per stack
-    tag = hashlib.sha1(str(stack_dir).encode()).hexdigest()[:10]
-    data = Path("/var/lib/postgresql/spikelab") / tag if as_root() else stack_dir / "postgres"
+    data = Path("/var/lib/postgresql/spikelab") / stack_tag(stack_dir) if as_root() else stack_dir / "postgres"
     if as_root():
         data.parent.mkdir(parents=True, exist_ok=True)
         shutil.chown(data.parent, "postgres", "postgres")
@@ -454,9 +533,12 @@ def down(stack_dir: Path, purge: bool = False) -> None:
     if (data / "postmaster.pid").exists():
         subprocess.run(postgres_command("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop"), capture_output=True)
     (Path(stack.dir) / "stack.json").unlink()
-    if purge:  # the databases, artifacts, remotes and credentials: gone for good
+    if purge:  # the databases, artifacts, remotes, credentials and Ray's logs: gone for good
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(stack.dir, ignore_errors=True)
+        sessions = ray_sessions_parent(Path(stack.dir))
+        if sessions.is_dir() and not sessions.is_symlink() and sessions.stat().st_uid == os.geteuid():
+            shutil.rmtree(sessions, ignore_errors=True)
         print(f"team stack: stopped; {stack.dir} and {data} deleted")
     else:
         print(f"team stack: stopped (data kept in {stack.dir} and {data})")
@@ -474,14 +556,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "up":
         ports = {"postgres": args.postgres_port, "mlflow": args.mlflow_port, "ray": args.ray_port}
         stack = up(args.dir, args.workers, ports)
+        path = write_client_env(stack)
+        # the password is not printed: a terminal's scrollback, a CI log or a screen share keeps it
+        print(f"team stack: up; the client settings (the MLflow password too) are in {path} (mode 600)")
+        print("# load them into this shell with (or print them: python -m team.stack env):")
+        print(f". {shlex.quote(str(path))}")
     elif args.command == "down":
         down(args.dir, args.purge)
-        return 0
     else:
         stack = load_stack(args.dir.resolve())
-    print("# the client settings (also: python -m team.stack env):")
-    for key, value in client_settings(stack).items():
-        print(f"export {key}={value}")
+        print('# the client settings (eval "$(python -m team.stack env)"):')
+        print(exports(client_settings(stack)), end="")
     return 0
 
 

@@ -196,8 +196,17 @@ def submit(args) -> int:
     if address.startswith(("127.", "localhost")):
         os.environ.update(RAY_LOOPBACK_ONLY)  # before Ray reads it: this driver stays on 127.0.0.1 too
     import ray
+    from ray.exceptions import AuthenticationError
 
-    ray.init(address=address, log_to_driver=False)
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, AuthenticationError) as error:
+        # a head that wants a token refuses a driver without it as a bare "Failed to connect"
+        raise TeamError(
+            f"team study: cannot connect to the Ray head at {address} ({str(error).splitlines()[0]}); "
+            "the stack's head takes only its token: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH "
+            "(`python -m team.stack env` prints them)"
+        ) from error
     tracking = {
         key: os.environ[key]
         for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")

@@ -7,9 +7,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -65,10 +67,9 @@ def team_lab(tmp_path_factory):
     except AssertionError:  # a part that did not come up in time: stop the parts that did
         run(["python", "-m", "team.stack", "down", "--dir", str(stack_dir), "--purge"], lab, check=False)
         raise
+    (tmp_path / "up.out").write_text(up.stdout + up.stderr)  # what `up` printed, for the secrets test
     env = lab_env(lab)
-    env.update(
-        line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines() if line.startswith("export ")
-    )
+    env.update(settings_printed_by_env(lab, stack_dir))
     yield lab, stack_dir, env
     if (stack_dir / "stack.json").exists():  # a test failed before the teardown test
         run(["python", "-m", "team.stack", "down", "--dir", str(stack_dir), "--purge"], lab, check=False)
@@ -76,6 +77,13 @@ def team_lab(tmp_path_factory):
 
 def free_ports() -> list[str]:
     return ["--postgres-port", "0", "--mlflow-port", "0", "--ray-port", "0"]
+
+
+def settings_printed_by_env(lab: Path, stack_dir: Path) -> dict[str, str]:
+    """The client settings, as a script gets them: the exports `python -m team.stack env` prints."""
+    printed = run(["python", "-m", "team.stack", "env", "--dir", str(stack_dir)], lab).stdout
+    lines = [line.removeprefix("export ") for line in printed.splitlines() if line.startswith("export ")]
+    return {key: shlex.split(value)[0] for key, value in (line.split("=", 1) for line in lines)}
 
 
 def kill_one_running_task(deadline_s: float) -> bool:
@@ -115,6 +123,7 @@ def test_no_secret_reaches_another_local_user_and_each_database_has_its_own_role
     stack = json.loads((stack_dir / "stack.json").read_text())
     secrets_ = dict(line.split("=", 1) for line in (stack_dir / "credentials.env").read_text().split())
     hidden = [value for key, value in secrets_.items() if key != "MLFLOW_TRACKING_USERNAME"]
+    hidden.append((stack_dir / "ray_token").read_text().strip())  # the Ray head's token
     # every process's argv is readable by every user: no secret in any of them (-ww: whole lines, as
     # ps cuts them at $COLUMNS otherwise)
     listing = as_nobody("ps", "-ww", "-eo", "args")
@@ -158,6 +167,211 @@ def test_no_secret_reaches_another_local_user_and_each_database_has_its_own_role
         text=True,
     )
     assert owner.stdout.strip() == "mlflow_auth", owner.stderr
+
+
+# Run as another local user with Ray importable: what the head's ports answer a caller without the
+# token. The Ray Client server (ray://) and the GCS are tried as Ray's own clients use them; every
+# port with an unauthenticated call of each of Ray's gRPC services and a plain HTTP request.
+RAY_PROBE = r"""
+import json, os, socket, sys, urllib.error, urllib.request
+import grpc
+
+client_port, gcs_port, ports = int(sys.argv[1]), int(sys.argv[2]), [int(p) for p in sys.argv[3:]]
+METHODS = [
+    "/ray.rpc.NodeInfoGcsService/GetAllNodeInfo", "/ray.rpc.InternalKVGcsService/InternalKVKeys",
+    "/ray.rpc.NodeManagerService/GetNodeStats", "/ray.rpc.ObjectManagerService/Pull",
+    "/ray.rpc.CoreWorkerService/GetCoreWorkerStats", "/ray.rpc.RayletDriver/ClusterInfo",
+    "/ray.rpc.ReporterService/GetProfilingStats", "/ray.rpc.LogService/ListLogs",
+]
+
+def listening(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+def short(error):
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"[:300]
+
+out = {"client": "not tried", "ports": {}}
+if client_port:
+    if not listening(client_port):
+        out["client"] = "refused: nothing listens"
+    else:
+        import ray
+        try:
+            ray.init(address=f"ray://127.0.0.1:{client_port}", log_to_driver=False)
+            out["client"] = f"ran a task as uid {ray.get(ray.remote(lambda: os.geteuid()).remote(), timeout=60)}"
+        except Exception as error:
+            out["client"] = "refused: " + short(error)
+from ray._raylet import GcsClient
+try:
+    keys = GcsClient(address=f"127.0.0.1:{gcs_port}").internal_kv_keys(b"", None, timeout=10)
+    out["gcs"] = f"read {len(keys)} keys of its store (where the functions that tasks run are kept)"
+except Exception as error:
+    out["gcs"] = "refused: " + short(error)
+for port in ports:
+    if not listening(port):
+        out["ports"][port] = "closed"
+        continue
+    answers = {}
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    for method in METHODS:
+        try:
+            channel.unary_unary(method)(b"", timeout=10)
+            answers[method] = "OK"
+        except grpc.RpcError as error:
+            answers[method] = error.code().name
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            answers["http"] = response.status
+    except urllib.error.HTTPError as error:
+        answers["http"] = error.code
+    except Exception as error:
+        answers["http"] = type(error).__name__
+    out["ports"][port] = {k: v for k, v in answers.items() if v != "UNIMPLEMENTED"}
+print(json.dumps(out))
+"""
+
+
+def listening_ports(pids: set[int]) -> dict[int, str]:
+    """{TCP port: 'command (pid, address)'} for every socket these processes listen on."""
+    import ipaddress
+
+    def address(hex_: str) -> str:  # /proc/net/tcp*: 32-bit words in host (little-endian) order
+        raw = bytes.fromhex(hex_)
+        ip = ipaddress.ip_address(b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4)))
+        return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
+
+    sockets = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                host, port = fields[1].rsplit(":", 1)
+                sockets[f"socket:[{fields[9]}]"] = (int(port, 16), address(host))
+    found = {}
+    for pid in pids:
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:  # it ended meanwhile
+            continue
+        for port, host in (sockets[link] for link in links if link in sockets):
+            found[port] = f"{Path(name).name} (pid {pid}, on {host})"
+    return found
+
+
+def port_open(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
+def nobody_python() -> list[str] | None:
+    """`env -i ... python` for `nobody`: a Python of this version that it may run, importing the venv's
+    Ray; None if there is none (the venv's interpreter may live in root's home, mode 700)."""
+    import importlib.util
+
+    site_packages = Path(importlib.util.find_spec("ray").origin).parent.parent
+    clean = ["env", "-i", "PATH=/usr/bin:/bin", "HOME=/nonexistent", f"PYTHONPATH={site_packages}"]
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for python in dict.fromkeys([os.path.realpath(sys.executable), f"/usr/bin/{version}", f"/usr/local/bin/{version}"]):
+        if as_nobody(*clean, python, "-c", "import ray._raylet, grpc").returncode == 0:
+            return [*clean, python]
+    return None
+
+
+def test_no_ray_port_runs_anything_for_another_local_user_and_the_owner_runs_with_the_token(team_lab):
+    """Ray's ports are on 127.0.0.1, which every local user reaches. Without token authentication
+    `nobody` ran tasks as the stack's owner through ray://127.0.0.1:10001 and read the GCS's store
+    (where the functions that tasks run are kept). Now there is no Ray Client server, and every port
+    of the head refuses a caller without the token; the owner with RAY_AUTH_TOKEN_PATH runs a task."""
+    from team.stack import descendants
+
+    lab, stack_dir, env = team_lab
+    if os.geteuid() != 0:
+        pytest.skip("becoming another local user needs root (CI runs as root)")
+    stack = json.loads((stack_dir / "stack.json").read_text())
+    # the owner, with the settings `env` prints, runs a task (its workers then listen on ports too)
+    task = "import os, ray; ray.init(log_to_driver=False); print(ray.get(ray.remote(lambda: os.geteuid()).remote()))"
+    ran = subprocess.run(["python", "-c", task], cwd=lab, env=env, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0 and ran.stdout.split()[-1] == str(os.geteuid()), ran.stderr[-2000:]
+
+    head = {stack["ray_pid"]} | descendants(stack["ray_pid"])
+    ports = listening_ports(head)
+    # ray:// at Ray's default client port, unless a program outside the stack holds it
+    client_port = 10001 if 10001 in ports or not port_open(10001) else 0
+    python = nobody_python()
+    if python is None:
+        pytest.skip("`nobody` can run no Python that imports this venv's Ray (its interpreter is out of reach)")
+    arguments = [str(client_port), str(stack["ray_port"]), *map(str, sorted(ports))]
+    probe = as_nobody(*python, "-c", RAY_PROBE, *arguments)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    answers = json.loads(probe.stdout.strip().splitlines()[-1])
+    let_in = []  # every way in, listed together
+    if client_port and not answers["client"].startswith("refused"):
+        let_in.append(f"ray://127.0.0.1:{client_port}: {answers['client']}")
+    if not (answers["gcs"].startswith("refused") and "auth" in answers["gcs"].lower()):
+        let_in.append(f"the GCS, 127.0.0.1:{stack['ray_port']}: {answers['gcs']}")
+    for port, answer in answers["ports"].items():
+        if answer == "closed":  # an idle worker that exited meanwhile
+            continue
+        codes = set(answer.values())
+        if "OK" in codes or not ("UNAUTHENTICATED" in codes or answer.get("http") in (401, 403)):
+            let_in.append(f"port {port}, {ports[int(port)]}, answers without the token: {answer}")
+    assert not let_in, "\n".join(let_in)
+    # what the head runs and where: no Ray Client server, every port on loopback only
+    commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in head if Path(f"/proc/{pid}").exists()]
+    assert not [c for c in commands if b"ray.util.client.server" in c], "the head runs a Ray Client server"
+    assert stack["ray_port"] in ports and all(where.endswith("on 127.0.0.1)") for where in ports.values()), ports
+    # Ray's session folders (logs, the raylet's socket) in a folder no other user can enter
+    from team.stack import ray_sessions_parent
+
+    sessions = ray_sessions_parent(stack_dir)
+    assert sessions.stat().st_mode & 0o777 == 0o700 and as_nobody("ls", str(sessions)).returncode != 0
+    assert [c for c in commands if f"--raylet_socket_name={sessions}/".encode() in c], (
+        "the raylet's socket is elsewhere"
+    )
+
+    # the token: a file only the owner reads, named (not held) by the client settings
+    token = stack_dir / "ray_token"
+    assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == str(token)
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text().strip()) >= 32
+    assert as_nobody("cat", str(token)).returncode != 0
+    # the owner without the token is refused too: the token, not the user, opens the head
+    tokenless = {key: value for key, value in env.items() if not key.startswith("RAY_AUTH")} | {"HOME": str(stack_dir)}
+    probe = subprocess.run(
+        ["python", "-c", RAY_PROBE, "0", str(stack["ray_port"])], cwd=lab, env=tokenless, capture_output=True, text=True
+    )
+    assert json.loads(probe.stdout.strip().splitlines()[-1])["gcs"].startswith("refused"), probe.stderr[-2000:]
+
+
+def test_up_prints_no_secret_and_keeps_the_client_settings_in_a_private_file(team_lab):
+    lab, stack_dir, env = team_lab
+    printed = (stack_dir.parent / "up.out").read_text()
+    secrets_ = dict(line.split("=", 1) for line in (stack_dir / "credentials.env").read_text().split())
+    hidden = [value for key, value in secrets_.items() if key != "MLFLOW_TRACKING_USERNAME"]
+    assert not [value for value in hidden if value in printed], printed
+    token = (stack_dir / "ray_token").read_text().strip()
+    assert token not in printed
+    client_env = stack_dir / "client.env"
+    assert f". {client_env}" in printed.splitlines(), printed  # instead: the line that loads them
+    assert client_env.stat().st_mode & 0o777 == 0o600
+    # sourced, the file sets what `env` prints for scripts to eval: the password, the token's file
+    show = 'printf "%s\\n" "$MLFLOW_TRACKING_PASSWORD" "$RAY_AUTH_TOKEN_PATH" "$RAY_ADDRESS"'
+    loaded = subprocess.run(
+        ["bash", "-c", f". {shlex.quote(str(client_env))} && {show}"], capture_output=True, text=True
+    )
+    expected = [secrets_["MLFLOW_TRACKING_PASSWORD"], str(stack_dir / "ray_token"), env["RAY_ADDRESS"]]
+    assert loaded.stdout.split() == expected and env["MLFLOW_TRACKING_PASSWORD"] == expected[0], loaded.stderr
+    # `env` prints the password (scripts eval it) but never the token, only its file
+    assert token not in run(["python", "-m", "team.stack", "env", "--dir", str(stack_dir)], lab).stdout
 
 
 def test_a_study_runs_through_ray_into_the_shared_server_and_remotes_and_is_collected(team_lab, tmp_path):
