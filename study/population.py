@@ -281,6 +281,21 @@ def logged_epochs(run_id: str) -> int:
         return 0
 
 
+def committed_runs(path: Path) -> set[str]:
+    """The runs a committed <prefix>_runs.csv holds as finished population members: a study spread
+    over sittings (and machines) resumes from what is committed, not only from member folders."""
+    import csv
+
+    if not path.is_file():
+        return set()
+    with open(path, newline="") as handle:
+        return {
+            row["name"]
+            for row in csv.DictReader(handle)
+            if row.get("state") == "success" and row.get("engine") == "population"
+        }
+
+
 def unflatten(flat: dict) -> dict:
     raw: dict = {}
     for key, value in flat.items():
@@ -435,7 +450,12 @@ def study(argv: list[str] | None) -> int:
     parser.add_argument("--replay", metavar="RUN", help="replay this finished member (the sweep's replay cells)")
     parser.add_argument("--epoch", type=int, help="with --replay: resume at this snapshot epoch")
     parser.add_argument("--name", default="replay", help="with --replay: file name of the results")
-    parser.add_argument("--results", type=Path, default=Path("study/results"))
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("study/results"),
+        help="the study's results folder: runs with a finished row in its <prefix>_runs.csv are skipped; replays write there",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="populations trained at once, each in a Python of its own")
     # a worker's populations, from the parent: run names joined by ',' within one, ';' between them
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -455,18 +475,28 @@ def study(argv: list[str] | None) -> int:
     params = {run.name: run_params(run, raw) for run in runs}  # every run's params checked before any work
     from study.population_engine import check_population
 
+    committed = set() if args.rerun else committed_runs(args.results / f"{prefix}_runs.csv")
     plan = []
     for group in populations(runs, args.size):
         todo = [
             run
             for run in group
             if args.rerun
-            or not is_finished(member_dir(prefix, run.name, args.root))
-            or json.loads((member_dir(prefix, run.name, args.root) / "params.json").read_text())
-            != json.loads(json.dumps(flatten(params[run.name])))
+            or (
+                run.name not in committed
+                and (
+                    not is_finished(member_dir(prefix, run.name, args.root))
+                    or json.loads((member_dir(prefix, run.name, args.root) / "params.json").read_text())
+                    != json.loads(json.dumps(flatten(params[run.name])))
+                )
+            )
         ]
         for run in group:
-            if run not in todo:
+            if run.name in committed and not is_finished(member_dir(prefix, run.name, args.root)):
+                print(
+                    f"study: {run.name} is a finished row of {args.results / prefix}_runs.csv, skipped (--rerun re-runs it)"
+                )
+            elif run not in todo:
                 print(f"study: {run.name} already finished with these params, skipped (--rerun re-runs it)")
         if todo:
             try:

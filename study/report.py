@@ -54,6 +54,8 @@ TRAIN_KEYS = (
     "final_dead_fraction",
 )
 RUN_COLUMNS = ("name", "cell", "seed", "state", *TRAIN_KEYS, "val_accuracy", "rev", "engine")
+# where a row's numbers come from, beyond its code revision: written where the rows carry them
+PROVENANCE = ("data_seed", "split_seed", "convolutions")
 TABLE_COLUMNS = (
     ("cell", "intervention"),
     ("overrides", "overrides"),
@@ -243,6 +245,14 @@ def population_record(run: Run, folder: Path) -> dict:
         return record | {"state": "failed" if folder.exists() else "missing"}
     metrics = folder / "metrics"
     record["state"] = "success"
+    facts = json.loads((metrics / "run.json").read_text())
+    flat = json.loads((folder / "params.json").read_text())
+    record |= {
+        "rev": facts.get("git_commit"),
+        "data_seed": flat.get("data.seed"),
+        "split_seed": flat.get("split.seed"),
+        "convolutions": " ".join(f"{k}={v}" for k, v in sorted((facts.get("convolutions") or {}).items())) or None,
+    }
     train = json.loads((metrics / "train.json").read_text()) | json.loads((metrics / "rules.json").read_text())
     return _with_metrics(record, train, json.loads((metrics / "evaluate.json").read_text()))
 
@@ -480,7 +490,8 @@ def write_report(
     rule: the divergence rule (params.yaml's when None)."""
     rule = rule or load_params().divergence
     results.mkdir(parents=True, exist_ok=True)
-    write_csv(results / f"{prefix}_runs.csv", records, RUN_COLUMNS)
+    provenance = [key for key in PROVENANCE if any(r.get(key) is not None for r in records)]
+    write_csv(results / f"{prefix}_runs.csv", records, [*RUN_COLUMNS, *provenance])
     if histories is None:  # from git: each experiment's commit holds its history.csv
         histories = {r["name"]: history_of(r["rev"]) for r in records if r["state"] == "success"}
         write_histories(results / f"{prefix}_histories.csv.gz", histories)
@@ -541,20 +552,40 @@ def write_histories(path: Path, histories: dict[str, list[dict]]) -> None:
 
 def _parsed(key: str, text: str):
     """A _runs.csv cell back to its value: "" is None, True/False bools, counts ints, the rest floats."""
-    if text == "" or key in ("name", "cell", "state", "rev", "engine"):
+    if text == "" or key in ("name", "cell", "state", "rev", "engine", "convolutions"):
         return text or None
     if text in ("True", "False"):
         return text == "True"
-    return int(text) if key in ("seed", "divergence_epoch", "epochs_run") else float(text)
+    return int(text) if key in ("seed", "divergence_epoch", "epochs_run", "data_seed", "split_seed") else float(text)
 
 
 def read_records(path: Path) -> list[dict]:
-    """A committed <prefix>_runs.csv as run records (columns it predates are None)."""
+    """A committed <prefix>_runs.csv as run records (columns it predates are None; provenance
+    columns only where it has them)."""
     with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = [*RUN_COLUMNS, *(key for key in PROVENANCE if key in (reader.fieldnames or []))]
         return [
-            {key: _parsed(key, row.get(key, "") or "") for key in RUN_COLUMNS} | {"state": row["state"]}
-            for row in csv.DictReader(handle)
+            {key: _parsed(key, row.get(key, "") or "") for key in columns} | {"state": row["state"]} for row in reader
         ]
+
+
+def with_committed(records: list[dict], histories: dict, results: Path, prefix: str) -> int:
+    """Runs with no member folder here that the committed rows hold as finished (a study spread over
+    sittings on other machines): their committed record and history stand in. Returns how many."""
+    path = results / f"{prefix}_runs.csv"
+    if not path.exists():
+        return 0
+    committed = {r["name"]: r for r in read_records(path) if r["state"] == "success"}
+    committed_histories = read_histories(results / f"{prefix}_histories.csv.gz")
+    taken = 0
+    for index, record in enumerate(records):
+        found = committed.get(record["name"])
+        if record["state"] == "missing" and found is not None and record["name"] in committed_histories:
+            records[index] = found
+            histories[record["name"]] = committed_histories[record["name"]]
+            taken += 1
+    return taken
 
 
 def read_histories(path: Path) -> dict[str, list[dict]]:
@@ -592,16 +623,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.engine == "population" and not args.from_files:
         folders = {run.name: member_dir(prefix, run.name, args.populations) for run in runs}
         records = [population_record(run, folders[run.name]) for run in runs]
-        if all(record["state"] == "missing" for record in records):
-            raise UserError(
-                f"report: none of the {len(records)} runs of {args.sweep} has a population member under "
-                f"{args.populations / prefix}; nothing written (run `python -m study.population --sweep {args.sweep}` first)"
-            )
         histories = {
             r["name"]: read_history_csv(folders[r["name"]] / "metrics" / "history.csv")
             for r in records
             if r["state"] == "success"
         }
+        taken = with_committed(records, histories, args.results, prefix)
+        histories = {r["name"]: histories[r["name"]] for r in records if r["state"] == "success"}  # in run order
+        if taken:
+            print(f"report: {taken} finished runs without a member folder here taken from the committed rows")
+        if all(record["state"] == "missing" for record in records):
+            raise UserError(
+                f"report: none of the {len(records)} runs of {args.sweep} has a population member under "
+                f"{args.populations / prefix}; nothing written (run `python -m study.population --sweep {args.sweep}` first)"
+            )
         args.results.mkdir(parents=True, exist_ok=True)
         write_histories(args.results / f"{prefix}_histories.csv.gz", histories)
         rows = write_report(records, cells, prefix, args.results, histories)

@@ -426,3 +426,45 @@ def test_a_stopped_study_resumes_where_its_snapshots_are_and_ends_as_an_uninterr
     assert runs[started["member"]].info.status == "FINISHED"
     steps = [m.step for m in store_client(lab_repo).get_metric_history(started["member"], "loss")]
     assert sorted(steps) == list(range(1, 9))
+
+
+def test_a_study_resumes_from_its_committed_rows_where_no_member_folder_is_left(tmp_path):
+    """Another machine's sitting: the committed rows and histories stand in for the members' folders."""
+    from study.population import committed_runs
+    from study.report import PROVENANCE, RUN_COLUMNS, read_records, with_committed, write_histories
+    from study.tables import write_csv
+
+    done = {key: None for key in (*RUN_COLUMNS, *PROVENANCE)} | {
+        "name": "tiny-baseline-s0",
+        "cell": "baseline",
+        "seed": 0,
+        "state": "success",
+        "diverged": False,
+        "min_loss": 0.01,
+        "rev": "abc123",
+        "engine": "population",
+        "data_seed": 1000,
+        "split_seed": 1000,
+        "convolutions": "conv1=rows conv2=dense",
+    }
+    queued = done | {"name": "tiny-baseline-s1", "seed": 1, "state": "missing"}
+    dvc_run = done | {"name": "tiny-baseline-s2", "seed": 2, "engine": "dvc"}
+    write_csv(tmp_path / "tiny_runs.csv", [done, queued, dvc_run], [*RUN_COLUMNS, *PROVENANCE])
+    history = [{"epoch": 1, "loss": 0.5, "val_loss": 0.6}, {"epoch": 2, "loss": 0.01, "val_loss": 0.4}]
+    write_histories(tmp_path / "tiny_histories.csv.gz", {"tiny-baseline-s0": history})
+
+    # the engine skips only the finished population row
+    assert committed_runs(tmp_path / "tiny_runs.csv") == {"tiny-baseline-s0"}
+    assert committed_runs(tmp_path / "absent_runs.csv") == set()
+    # the report takes its record (provenance included) and history
+    records = [{"name": name, "state": "missing"} for name in ("tiny-baseline-s0", "tiny-baseline-s1")]
+    histories: dict = {}
+    assert with_committed(records, histories, tmp_path, "tiny") == 1
+    assert records[0] == read_records(tmp_path / "tiny_runs.csv")[0]
+    assert (records[0]["rev"], records[0]["data_seed"], records[0]["convolutions"]) == (
+        "abc123",
+        1000,
+        "conv1=rows conv2=dense",
+    )
+    assert records[1]["state"] == "missing"
+    assert [row["loss"] for row in histories["tiny-baseline-s0"]] == [0.5, 0.01]
