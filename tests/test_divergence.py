@@ -101,3 +101,13 @@ def test_the_closing_sentence_says_what_happened():
     assert describe_run(stayed).startswith("spiked at epoch 84 (jump 104x) and stayed up: plateau from epoch 84")
     assert describe_run({**base, "nan": True, "divergence_epoch": 3, "final_loss": None}).startswith("blew up")
     assert describe_run({**base, "broken_from_start": True, "final_to_first": 1.0}).startswith("never learned")
+
+
+def test_a_rise_of_exactly_the_ratio_or_exactly_min_rise_counts():
+    # docs/metrics.md#rules: loss >= ratio x lowest AND loss - lowest >= min_rise; both boundaries
+    # inclusive (binary-exact numbers, so no rounding decides it)
+    assert divergence_epoch([0.25, 2.5], RULE) == 2  # exactly 10x
+    assert divergence_epoch([0.25, 2.4999], RULE) is None
+    rule = DivergenceParams(ratio=2.0, min_rise=0.5)
+    assert divergence_epoch([0.25, 0.75], rule) == 2  # a rise of exactly min_rise (3x >= 2x)
+    assert divergence_epoch([0.25, 0.7499], rule) is None
