@@ -26,7 +26,9 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
+
+if keras.backend.backend() == "tensorflow":  # the other backends never import TensorFlow
+    import tensorflow as tf
 
 from spikelab.losses import KERAS2_EPSILON
 from spikelab.model import logits_model, to_model_input
@@ -176,7 +178,17 @@ class DeadZoneAccounting(keras.callbacks.Callback):
     def set_model(self, model):
         super().set_model(model)
         to_logits = logits_model(model)
-        self._logits = tf.function(lambda x: to_logits(x, training=False))
+        if keras.backend.backend() == "tensorflow":
+            graph = tf.function(lambda x: to_logits(x, training=False))
+            self._logits = lambda x: graph(tf.constant(x)).numpy()
+        else:  # eager: a compiled function would hold the weights it was traced with
+            from spikelab.diagnostics import quiet_structure
+
+            def eager(x):
+                with quiet_structure():
+                    return keras.ops.convert_to_numpy(to_logits(x, training=False))
+
+            self._logits = eager
 
     def _model_input(self, batch: np.ndarray) -> np.ndarray:
         return batch if self.data_format is None else to_model_input(batch, self.data_format)
@@ -187,7 +199,7 @@ class DeadZoneAccounting(keras.callbacks.Callback):
         started = time.process_time()
         # uint8 images converted a batch at a time: the float copy of the seed's 500,000 would be 2 GB
         batches = (self._model_input(self.images[i : i + BATCH]) for i in range(0, len(self.images), BATCH))
-        logits = np.concatenate([self._logits(tf.constant(batch)).numpy() for batch in batches])
+        logits = np.concatenate([self._logits(batch) for batch in batches])
         logs.update(self.stats(logits, self.labels))
         if self.dead_sets is not None:
             right = self.labels.argmax(axis=1)

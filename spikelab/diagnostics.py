@@ -16,20 +16,30 @@ Computed at each epoch's end, from the real Keras variables:
   Keras-2 clip, so the clipped loss gives them zero gradient) and saturated_wrong_fraction (those
   among them that are classified wrong: the dead samples).
 Training accuracy is Keras's own `accuracy` metric, already in the logs.
+
+Every Keras 3 backend: the probe's gradient is each backend's own (a tf.GradientTape in a
+tf.function, jax.value_and_grad over the variables' values in a keras.StatelessScope, torch.autograd);
+everything else reads the variables as numpy arrays.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
+import warnings
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from spikelab.adam_state import AdamSlots, adam_slots
 from spikelab.curvature import Curvature, ProbeHessian
 from spikelab.dead_zone import DeadZoneAccounting, class_view, saturated_and_wrong
 from spikelab.model import LogitsAndOutput
+
+BACKEND = keras.backend.backend()
+if BACKEND == "tensorflow":  # the other backends never import TensorFlow (it may not be installed)
+    import tensorflow as tf
 
 ADAM_KEYS = ("adam_ratio_max", "adam_ratio_p99", "v_below_eps_fraction", "v_sqrt_median")
 
@@ -149,8 +159,7 @@ class Diagnostics(keras.callbacks.Callback):
     ):
         super().__init__()
         self.shared = shared  # with the curvature on, its graph gives the probe's pass (one per epoch)
-        self.probe_x = tf.constant(probe_x)
-        self.probe_y = tf.constant(probe_y)
+        self.probe_x, self.probe_y = probe_x, np.asarray(probe_y)
         self.loss_fn = loss_fn
         self.per_layer, self.saturation = per_layer, saturation
         self.use_shared = True  # False: this epoch's probe pass is Diagnostics' own (the curvature is off for it)
@@ -161,19 +170,13 @@ class Diagnostics(keras.callbacks.Callback):
         super().set_model(model)
         # one forward pass gives both the logits and the softmax output the loss needs
         self._logits_and_output = LogitsAndOutput(model)
-        self._probe_pass = tf.function(self._probe_gradient_norm_and_logits)
+        self._probe_pass = probe_pass(model, self._logits_and_output, self.probe_x, self.probe_y, self.loss_fn)
 
     def trace_own_probe(self) -> None:
         """Trace the probe's own graph now: a caller that sometimes turns the shared curvature graph
         off (SpikeMonitor's budget) would otherwise pay its tracing inside an epoch."""
-        self._probe_pass.get_concrete_function()
-
-    def _probe_gradient_norm_and_logits(self):
-        with tf.GradientTape() as tape:
-            logits, output = self._logits_and_output(self.probe_x, training=True)
-            loss = keras.ops.mean(self.loss_fn(self.probe_y, output))
-        gradients = tape.gradient(loss, self.model.trainable_variables)
-        return tf.linalg.global_norm(gradients), logits, gradients
+        if BACKEND == "tensorflow":
+            self._probe_pass.get_concrete_function()
 
     def on_epoch_begin(self, epoch, logs=None):
         started = time.process_time()
@@ -200,9 +203,9 @@ class Diagnostics(keras.callbacks.Callback):
                 [v.numpy() for v in variables],
                 float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
                 grad_norm,
-                [g.numpy() for g in gradients] if is_adam else [],
-                logits.numpy() if self.saturation and head.has_logits else None,
-                self.probe_y.numpy(),
+                [keras.ops.convert_to_numpy(g) for g in gradients] if is_adam else [],
+                keras.ops.convert_to_numpy(logits) if self.saturation and head.has_logits else None,
+                self.probe_y,
                 [layer_of(v.path) for v in variables],
                 {
                     layer.name: layer.kernel.numpy()
@@ -214,6 +217,74 @@ class Diagnostics(keras.callbacks.Callback):
                 self.per_layer,
             )
         )
+
+
+def probe_pass(model: keras.Model, head: LogitsAndOutput, x: np.ndarray, y: np.ndarray, loss_fn):
+    """A function of no arguments: (|g|, logits, g per trainable variable) of the mean loss on the
+    probe batch (x, y), the model in training mode, by this backend's own gradient. TensorFlow's
+    returns tensors (a tf.function, traced at the first call); JAX's and torch's numpy arrays."""
+    variables = model.trainable_variables
+    if BACKEND == "tensorflow":
+        x, y = tf.constant(x), tf.constant(y)
+
+        def tensorflow_pass():
+            with tf.GradientTape() as tape:
+                logits, output = head(x, training=True)
+                loss = keras.ops.mean(loss_fn(y, output))
+            gradients = tape.gradient(loss, variables)
+            return tf.linalg.global_norm(gradients), logits, gradients
+
+        return tf.function(tensorflow_pass)
+    if BACKEND == "jax":
+        import jax
+
+        state = [*variables, *model.non_trainable_variables]  # batch-norm statistics, dropout seeds
+
+        def loss_and_logits(trainable, other):
+            # every variable read inside sees these values; what the pass assigns stays in the scope
+            with keras.StatelessScope(state_mapping=list(zip(state, [*trainable, *other]))):
+                logits, output = head(x, training=True)
+                return keras.ops.mean(loss_fn(y, output)), logits
+
+        gradient = jax.jit(jax.value_and_grad(loss_and_logits, has_aux=True))
+
+        def jax_pass():
+            with quiet_structure():
+                (_, logits), gradients = gradient(
+                    [v.value for v in variables], [v.value for v in state[len(variables) :]]
+                )
+            return _with_norm(np.asarray(logits), [np.asarray(g) for g in gradients])
+
+        return jax_pass
+    if BACKEND == "torch":
+        import torch
+
+        def torch_pass():
+            # torch's unseeded dropout draws from its global generator: forked, so the fit's draws stay its own
+            with torch.enable_grad(), torch.random.fork_rng(), quiet_structure():
+                logits, output = head(keras.ops.convert_to_tensor(x), training=True)
+                loss = keras.ops.mean(loss_fn(keras.ops.convert_to_tensor(y), output))
+                values = [v.value for v in variables]
+                gradients = torch.autograd.grad(loss, values, allow_unused=True)
+            gradients = [torch.zeros_like(v) if g is None else g for g, v in zip(gradients, values)]
+            return _with_norm(logits.detach().cpu().numpy(), [g.detach().cpu().numpy() for g in gradients])
+
+        return torch_pass
+    raise NotImplementedError(f"the probe gradient on the {BACKEND} backend")
+
+
+@contextlib.contextmanager
+def quiet_structure():
+    """Silence Keras's warning that a one-input model got a tensor, not a list of one (JAX and torch
+    warn at each eager call of a sub-model built on model.inputs; the call itself is right)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
+        yield
+
+
+def _with_norm(logits: np.ndarray, gradients: list[np.ndarray]) -> tuple:
+    norm = np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in gradients))
+    return np.float32(norm), logits, gradients
 
 
 def diagnostic_callbacks(

@@ -39,6 +39,17 @@ from spikelab.model import LogitsAndOutput
 from spikelab.params import DivergenceParams, PlateauParams
 from spikelab.plumbing.errors import one_line
 
+BACKEND = keras.backend.backend()
+# what a failure line calls each part
+PART_NAMES = {
+    "Diagnostics": "the probe diagnostics",
+    "Curvature": "the curvature",
+    "DeadZoneAccounting": "the whole-sample pass",
+    "Snapshots": "the snapshots",
+    "HistoryRows": "the history",
+    "MlflowEpochLogger": "MLflow logging",
+}
+
 # epochs after a flagged one at which the whole-sample pass runs too, so the diagnosis sees what
 # the spike did to the dead zone and the classes without waiting for the cadence
 AFTER_SPIKE_PASSES = (0, 2, 5)
@@ -168,13 +179,46 @@ class SpikeMonitor(keras.callbacks.Callback):
         self.loss_clipped: bool | None = None
         self.parts: list[keras.callbacks.Callback] = []
         self._snapshots: Snapshots | None = None
+        self._curvature: Curvature | None = None
         self._mlflow_run = None
         self._started_run = False
         self._live = None
+        self.failures: list[str] = []  # what failed inside the monitor and was turned off, one line each
+        self._off = False  # the monitor's own bookkeeping failed: it watches no more of this fit
+
+    # --- never the user's training's end ---------------------------------------------------------
+
+    def _guard(self, name: str, action, *args) -> bool:
+        """Run one piece of the monitor; a failure turns that piece off with one line, never the fit.
+        `name` SpikeMonitor: its own bookkeeping failed, and it watches no more of this fit."""
+        try:
+            action(*args)
+            return True
+        except Exception as error:
+            line = f"SpikeMonitor: {name} failed ({type(error).__name__}: {one_line(error)[:160]}); turned off, training goes on"
+            self.failures.append(line)
+            if name == "SpikeMonitor":
+                self._off = True
+            if self.report:
+                print(line, file=sys.stderr, flush=True)
+            return False
+
+    def _part_hook(self, part, hook: str, *args) -> None:
+        """One part's callback hook, guarded: a part that fails leaves the monitor."""
+        if not self._guard(PART_NAMES.get(type(part).__name__, type(part).__name__), getattr(part, hook), *args):
+            self.parts = [kept for kept in self.parts if kept is not part]
+            if part is self._curvature:
+                self._curvature = None
 
     # --- assembling the lab's callbacks for this model -------------------------------------------
 
     def on_train_begin(self, logs=None):
+        self.failures.clear()
+        self._off = False
+        self.parts = []
+        self._guard("SpikeMonitor", self._assemble)
+
+    def _assemble(self):
         model, optimizer = self.model, self.model.optimizer
         self.history.clear()
         self.cpu_seconds.clear()
@@ -201,6 +245,8 @@ class SpikeMonitor(keras.callbacks.Callback):
             self.skipped.append(f"Adam state and curvature ({type(optimizer).__name__} has no Adam moments)")
         elif self.cheap:
             self.skipped.append("curvature (the cheap mode)")
+        elif BACKEND != "tensorflow":
+            self.skipped.append(f"curvature (nested gradients: TensorFlow backend only, not {BACKEND})")
         probe_x, probe_y = self.x[: self.probe_size], self.y[: self.probe_size]
         if head is not None and not callable(loss):
             self.skipped.append(f"probe diagnostics (the compiled loss {loss!r} is not one callable)")
@@ -217,7 +263,7 @@ class SpikeMonitor(keras.callbacks.Callback):
                 "stats": stats,
             }
             sample = (self.x, self.y, None, self._passes) if stats else (None, None, None, self._passes)
-            curvature = adam and not self.cheap
+            curvature = adam and not self.cheap and BACKEND == "tensorflow"
             try:
                 parts = diagnostic_callbacks(model, probe_x, probe_y, loss, *sample, curvature=curvature, **options)
             except Exception as error:  # a layer without second derivatives: the rest still runs
@@ -299,11 +345,15 @@ class SpikeMonitor(keras.callbacks.Callback):
     # --- the epoch -------------------------------------------------------------------------------
 
     def on_epoch_begin(self, epoch, logs=None):
+        if not self._off:
+            self._guard("SpikeMonitor", self._epoch_begin, epoch, logs)
+
+    def _epoch_begin(self, epoch, logs):
         started = time.process_time()
         if self._first_epoch is None:
             self._first_epoch = epoch + 1
-        for part in self.parts:
-            part.on_epoch_begin(epoch, logs)
+        for part in list(self.parts):
+            self._part_hook(part, "on_epoch_begin", epoch, logs)
         self._epoch_started = time.process_time()
         self.cpu_seconds[epoch + 1] = self._epoch_started - started
 
@@ -380,8 +430,10 @@ class SpikeMonitor(keras.callbacks.Callback):
             self._cost["pass"] = extra
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
+        if logs is not None and not self._off:
+            self._guard("SpikeMonitor", self._epoch_end, epoch, logs)
+
+    def _epoch_end(self, epoch, logs):
         started = time.process_time()
         if epoch + 1 > self._first_epoch:  # the first epoch's tracing is not the training's
             self.training_cpu_seconds += started - self._epoch_started
@@ -393,28 +445,36 @@ class SpikeMonitor(keras.callbacks.Callback):
         # the probe runs the model in training mode: batch-norm statistics and dropout seeds move,
         # and are put back so that watching changes nothing in the training
         kept = [v.numpy() for v in self.model.non_trainable_variables]
-        for part in self.parts:
+        for part in list(self.parts):
             if isinstance(part, Curvature) and not curvature:
                 logs["lambda_grad"] = logs["lambda_max"] = math.nan
                 continue
             if isinstance(part, Diagnostics):
                 part.use_shared = curvature
-            part.on_epoch_end(epoch, logs)
+            self._part_hook(part, "on_epoch_end", epoch, logs)
             if isinstance(part, Diagnostics | Curvature):
                 for variable, value in zip(self.model.non_trainable_variables, kept):
                     variable.assign(value)
-        if self._live is not None:
-            for key, value in logs.items():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    self._live.log_metric(f"spikemonitor/{key}", float(value))
-            self._live.next_step()
+        if self._live is not None and not self._guard("DVCLive logging", self._log_live, logs):
+            self._live = None
         self.cpu_seconds[epoch + 1] = self.cpu_seconds.get(epoch + 1, 0.0) + time.process_time() - started
         if epoch + 1 > self._first_epoch:
             self._learn_costs(self.cpu_seconds[epoch + 1], curvature, eigen, run_pass)
 
+    def _log_live(self, logs):
+        for key, value in logs.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                self._live.log_metric(f"spikemonitor/{key}", float(value))
+        self._live.next_step()
+
     def on_train_end(self, logs=None):
-        for part in self.parts:
-            part.on_train_end(logs)
+        if not self.history:  # it failed before the first epoch's end: nothing to judge
+            return
+        for part in list(self.parts):
+            self._part_hook(part, "on_train_end", logs)
+        self._guard("the diagnosis", self._train_end)
+
+    def _train_end(self):
         self.diagnosis = diagnose(self.history, self.divergence, self.plateau, self.loss_clipped)
         if self.history_path is not None:
             write_history_csv(self.history_path, self.history)
@@ -431,15 +491,18 @@ class SpikeMonitor(keras.callbacks.Callback):
         if self.report:
             print(text, flush=True)
         if self._mlflow_run is not None:
-            import mlflow
-
-            mlflow.MlflowClient().log_text(self._mlflow_run, text, "spike_diagnosis.txt")
-            mechanisms = ",".join(sorted(self.diagnosis.mechanisms)) or "none"
-            mlflow.MlflowClient().set_tag(self._mlflow_run, "spike_doctor.mechanisms", mechanisms)
-            if self._started_run:
-                mlflow.end_run()
+            self._guard("MLflow logging", self._log_diagnosis, text)
         if self._live is not None:
-            self._live.end()
+            self._guard("DVCLive logging", self._live.end)
+
+    def _log_diagnosis(self, text: str) -> None:
+        import mlflow
+
+        mlflow.MlflowClient().log_text(self._mlflow_run, text, "spike_diagnosis.txt")
+        mechanisms = ",".join(sorted(self.diagnosis.mechanisms)) or "none"
+        mlflow.MlflowClient().set_tag(self._mlflow_run, "spike_doctor.mechanisms", mechanisms)
+        if self._started_run:
+            mlflow.end_run()
 
     # --- replay ----------------------------------------------------------------------------------
 
