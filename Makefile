@@ -45,7 +45,7 @@ test-fast: $(INSTALLED) ## the unit tests only (pytest -m "not slow"): the inner
 # Complete the MLflow run of the last training from its files, after the store failed mid-run
 # (the train stage says so in one line); running it again adds nothing
 sync: $(INSTALLED) ## complete the last training's MLflow run from its files, after the store failed mid-run
-	$(RUN) python -m study.sync
+	$(RUN) python -m tools.sync
 
 # Check every output dvc.lock records, workspace copy and DVC cache object, against its md5;
 # one line per damaged copy with the repair that works (spikelab/plumbing/integrity.py)
@@ -74,7 +74,7 @@ bench-before-after: $(INSTALLED) ## runs per hour of this code against BASELINE=
 # A named configuration (configs/NAME.yaml, only the keys it changes) as one DVC experiment named
 # NAME (NAME-2, ... when taken), started from the committed params.yaml:  make preset NAME=plateau
 preset: $(INSTALLED) ## a named configuration (configs/NAME.yaml) as one DVC experiment, from the committed params
-	$(RUN) python -m study.exp --preset "$(NAME)" $(if $(FROM),--from $(FROM)) $(S)
+	$(RUN) python -m tools.exp --preset "$(NAME)" $(if $(FROM),--from $(FROM)) $(S)
 
 # The seed's full-scale configuration (GPU advised): configs/seed-full-scale.yaml
 seed-config: ## the original case at full scale (GPU advised): configs/seed-full-scale.yaml
@@ -135,22 +135,22 @@ plateau-study: $(INSTALLED) ## the plateau configuration x 5 interventions x 5 s
 # from the workspace's as it is), checked first, run in DVC's copy (the workspace is left as it is);
 # the legend of `dvc plots diff <name> <name>` says what differs:  make exp S="optimizer.epsilon=1e-3"
 exp: $(INSTALLED) ## one DVC experiment from the committed params + S: make exp S="optimizer.epsilon=1e-3"
-	$(RUN) python -m study.exp $(if $(FROM),--from $(FROM)) $(S)
+	$(RUN) python -m tools.exp $(if $(FROM),--from $(FROM)) $(S)
 
 # `mlflow ui` on the project's store (127.0.0.1:PORT) and the link that opens its runs table in the
 # training view (MLflow 3 otherwise starts in its GenAI view)
 PORT ?= 5000
 ui: $(INSTALLED) ## mlflow ui on the project's store (127.0.0.1:PORT) + the link to its runs table
-	$(RUN) python -m study.ui --port $(PORT)
+	$(RUN) python -m tools.ui --port $(PORT)
 
 # after the project moved or was renamed: point the MLflow store's recorded artifact folders here
 relocate: $(INSTALLED) ## after the project moved or was renamed: point the MLflow store here
-	$(RUN) python -m study.relocate
+	$(RUN) python -m tools.relocate
 
 # the committed baseline, the workspace's last run and this commit's experiments in one narrow
 # table: the params each changed against the committed params.yaml + the key metrics
 compare: $(INSTALLED) ## this commit's experiments against the committed baseline: changed params, key metrics
-	$(RUN) python -m study.compare
+	$(RUN) python -m tools.compare
 
 report: $(INSTALLED) ## the tables and figure of study/sweep.yaml from `dvc exp show`
 	$(RUN) python -m study.report

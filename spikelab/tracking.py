@@ -7,7 +7,7 @@ MLflow is the second view (the DVC outputs are the record): once the run is open
 store must not stall or stop the training. Every call during the run goes through
 `TrainingRun.call`: a few retries with back-off (seconds in all, HTTP requests bounded by
 BOUNDED_HTTP), then the run is *degraded*: nothing more is sent, the training goes on, and
-the stage says in one line how to upload what is missing (`python -m study.sync`).
+the stage says in one line how to upload what is missing (`python -m tools.sync`).
 
 The default store is sqlite:///<project root>/mlflow.db with artifacts in <project root>/mlruns,
 which is what `mlflow ui` opens from the project root. DVC runs queued and temp experiments in
@@ -42,7 +42,7 @@ from spikelab.plumbing.errors import TrackingError, UserError, one_line, one_lin
 from spikelab.plumbing.files import project_root
 from spikelab.plumbing.lifetime import stat_fields
 
-SYNC_COMMAND = "python -m study.sync"
+SYNC_COMMAND = "python -m tools.sync"
 # MLflow's own HTTP retries take minutes (7 retries, back-off factor 2) and a request may wait
 # 120 s: during a training every request fails fast and TrainingRun.call does the retrying
 BOUNDED_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
@@ -295,7 +295,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
     Batching keeps sqlite writes (and lock contention between parallel workers) rare. Through a
     TrainingRun, a failing store costs a few seconds once, then the logger only drops its batches
-    (history.csv keeps them; `python -m study.sync` uploads them later).
+    (history.csv keeps them; `python -m tools.sync` uploads them later).
     """
 
     def __init__(self, run_id: str, flush_every_s: float = 5.0, run: TrainingRun | None = None):

@@ -11,12 +11,15 @@ import pytest
 from conftest import REPO
 from spikelab.params import read_yaml
 
-PACKAGES = ("spikelab", "study", "stages", "benchmarks", "team")
-# who may import whom: the library is the bottom layer; the study and the benchmarks are its clients
+PACKAGES = ("spikelab", "study", "stages", "benchmarks", "team", "tools")
+# who may import whom: the library is the bottom layer; the study engines, the tools and the
+# benchmarks are its clients
 MAY_IMPORT = {
     "spikelab": {"spikelab"},
     "stages": {"spikelab"},
     "study": {"spikelab", "study"},
+    # the everyday tools (make exp, compare, ui, relocate, sync) use the engines' DVC calls and tables
+    "tools": {"spikelab", "study", "tools"},
     # the study-throughput benchmark times the study's own queue-and-wait: the study is its workload
     "benchmarks": {"spikelab", "study", "benchmarks"},
     # team mode spreads the study over machines: it reuses the study's sweep and report

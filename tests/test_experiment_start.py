@@ -31,9 +31,9 @@ def leave_a_change_behind(root: Path, section: str, key: str, value) -> None:
 
 @pytest.fixture
 def exp_in(lab_repo, monkeypatch):
-    """study.exp.main run in the lab copy; DVC is not started: each call records its name, its
+    """tools.exp.main run in the lab copy; DVC is not started: each call records its name, its
     `-S` arguments and the params.yaml text DVC would have started from."""
-    import study.exp
+    import tools.exp
 
     monkeypatch.chdir(lab_repo)
     started = []
@@ -42,15 +42,15 @@ def exp_in(lab_repo, monkeypatch):
         started.append({"name": name, "args": dvc_args, "params": (lab_repo / "params.yaml").read_text()})
         return 0
 
-    monkeypatch.setattr(study.exp, "run_experiment", fake_run)
+    monkeypatch.setattr(tools.exp, "run_experiment", fake_run)
     monkeypatch.setattr(
-        study.exp, "existing_experiment_names", lambda: {record["name"] for record in started}, raising=False
+        tools.exp, "existing_experiment_names", lambda: {record["name"] for record in started}, raising=False
     )
     return started
 
 
 def test_make_exp_starts_from_the_committed_params_not_an_earlier_experiments(lab_repo, exp_in, capsys):
-    from study.exp import main
+    from tools.exp import main
 
     leave_a_change_behind(lab_repo, "optimizer", "epsilon", 0.001)
     left = (lab_repo / "params.yaml").read_text()
@@ -66,7 +66,7 @@ def test_make_exp_starts_from_the_committed_params_not_an_earlier_experiments(la
 
 
 def test_a_workspace_file_that_resets_cannot_reach_is_put_back_and_saved(lab_repo, exp_in, capsys):
-    from study.exp import SAVED_WORKSPACE_PARAMS, main
+    from tools.exp import SAVED_WORKSPACE_PARAMS, main
 
     (lab_repo / "params.yaml").write_text((lab_repo / "params.yaml").read_text() + "extra:\n  key: 1\n")
     left = (lab_repo / "params.yaml").read_text()
@@ -79,7 +79,7 @@ def test_a_workspace_file_that_resets_cannot_reach_is_put_back_and_saved(lab_rep
 
 
 def test_make_exp_from_the_workspace_keeps_its_changes_and_says_which(lab_repo, exp_in, capsys):
-    from study.exp import main
+    from tools.exp import main
 
     leave_a_change_behind(lab_repo, "optimizer", "epsilon", 0.001)
     left = (lab_repo / "params.yaml").read_text()
@@ -91,7 +91,7 @@ def test_make_exp_from_the_workspace_keeps_its_changes_and_says_which(lab_repo, 
 
 
 def test_a_preset_is_a_file_of_changes_and_runs_twice_under_two_names(lab_repo, exp_in, capsys):
-    from study.exp import main, preset_changes
+    from tools.exp import main, preset_changes
 
     (lab_repo / "configs" / "tiny-plateau.yaml").write_text("optimizer:\n  learning_rate: 0.01\ntrain:\n  epochs: 5\n")
     leave_a_change_behind(lab_repo, "loss", "name", "log_cosh")  # the trap: a preset run as log_cosh
@@ -115,7 +115,7 @@ def test_a_preset_is_a_file_of_changes_and_runs_twice_under_two_names(lab_repo, 
     ],
 )
 def test_a_bad_preset_is_refused_before_params_yaml_is_touched(lab_repo, exp_in, content, message):
-    from study.exp import ExpError, main
+    from tools.exp import ExpError, main
 
     if content is not None:
         (lab_repo / "configs" / "missing.yaml").write_text(content)
@@ -177,7 +177,7 @@ def exp_show_payload(head: str, defaults: dict, experiment_params: dict) -> list
 
 
 def test_compare_has_the_committed_row_and_counts_changes_against_it(lab_repo, monkeypatch, capsys):
-    import study.compare
+    import tools.compare
     from study.sweep import load_defaults
 
     monkeypatch.chdir(lab_repo)
@@ -188,9 +188,9 @@ def test_compare_has_the_committed_row_and_counts_changes_against_it(lab_repo, m
     leave_a_change_behind(lab_repo, "optimizer", "epsilon", 0.001)
     payload = exp_show_payload(head, defaults, inherited)
     monkeypatch.setattr(
-        study.compare, "dvc", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, json.dumps(payload), "")
+        tools.compare, "dvc", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, json.dumps(payload), "")
     )
-    assert study.compare.main([]) == 0
+    assert tools.compare.main([]) == 0
     rows = [line.split("|")[1:3] for line in capsys.readouterr().out.splitlines()[2:]]
     rows = [(name.strip(), changed.strip()) for name, changed in rows]
     assert rows[0] == (f"committed ({head[:7]})", "(none)")

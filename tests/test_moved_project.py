@@ -13,7 +13,7 @@ from spikelab.tracking import prepare_experiment
 
 
 def test_a_moved_store_is_refused_in_one_line_and_relocate_repairs_it(tmp_path, monkeypatch):
-    from study.relocate import main as relocate
+    from tools.relocate import main as relocate
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     old, new = tmp_path / "lab", tmp_path / "lab-renamed"

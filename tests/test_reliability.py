@@ -381,7 +381,7 @@ def wait_until(condition, timeout_s: float, what: str):
 
 def sync(root: Path, uri: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "study.sync"],
+        [sys.executable, "-m", "tools.sync"],
         cwd=root,
         env=lab_env(root) | {"MLFLOW_TRACKING_URI": uri},
         capture_output=True,
@@ -428,7 +428,7 @@ def test_mlflow_server_dying_mid_training_costs_nothing_and_sync_completes_the_r
     assert seconds < 120, seconds
     incomplete = [line for line in seen if "incomplete" in line]
     assert len(incomplete) == 1 and f"MLflow run {run_id} is incomplete" in incomplete[0], "".join(seen)
-    assert "`python -m study.sync`" in incomplete[0]
+    assert "`python -m tools.sync`" in incomplete[0]
     assert sum(line.startswith("epoch ") for line in seen) == epochs  # the training went on to the end
     for name in OUTPUTS[:3] + OUTPUTS[4:]:  # evaluate.json is the next stage's
         assert (lab / name).stat().st_size > 0, name

@@ -321,7 +321,7 @@ def test_a_sweep_file_prefix_names_its_runs_and_results(defaults):
 
 
 def test_compare_row_shows_only_the_changed_params(defaults):
-    from study.compare import compare_row
+    from tools.compare import compare_row
 
     params = {**defaults, "optimizer.epsilon": 0.001, "train.seed": 0}
     train = {"diverged": True, "divergence_epoch": 84, "jump_ratio": 104.0, "plateaued": False, "final_loss": 0.001}
@@ -475,7 +475,7 @@ def test_a_queue_status_failing_otherwise_or_for_good_is_not_hidden(fake_dvc, mo
 
 
 def test_an_experiment_is_named_after_its_changes():
-    from study.exp import experiment_name
+    from tools.exp import experiment_name
 
     assert experiment_name(["optimizer.epsilon=1e-3", "train.seed=2"]) == "epsilon=1e-3,seed=2"
     # two sections share the key `name`: both keep their section
@@ -494,7 +494,7 @@ def test_an_experiment_is_named_after_its_changes():
 )
 def test_a_bad_change_is_refused_in_one_line_before_dvc_runs(change, message):
     from spikelab.params import read_yaml
-    from study.exp import ExpError, checked_changes
+    from tools.exp import ExpError, checked_changes
 
     with pytest.raises((ExpError, ValueError)) as raised:
         checked_changes([change], read_yaml("params.yaml", "params"))

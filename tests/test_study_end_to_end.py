@@ -64,7 +64,7 @@ def test_sweep_report_and_replay_in_a_lab_copy(lab_repo, tiny_raw):
     assert "replay-sweep-baseline-s0-e1-unchanged" in run(["dvc", "exp", "list", "--name-only"], lab_repo).stdout
 
     # one ad-hoc experiment named after its change: the legend of `dvc plots diff` says what differs
-    made = run(["python", "-m", "study.exp", "optimizer.epsilon=1e-3", "train.seed=3"], lab_repo)
+    made = run(["python", "-m", "tools.exp", "optimizer.epsilon=1e-3", "train.seed=3"], lab_repo)
     assert "exp: dvc exp run -n epsilon=1e-3,seed=3 --temp -S optimizer.epsilon=1e-3 -S train.seed=3" in made.stdout
     plots = run(["dvc", "plots", "diff", "--json", "epsilon=1e-3,seed=3", "sweep-baseline-s0"], lab_repo).stdout
     assert '"rev": "epsilon=1e-3,seed=3"' in plots.replace("'", '"')

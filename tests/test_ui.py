@@ -1,4 +1,4 @@
-"""`make ui` (study/ui.py) and what the MLflow UI shows of a run's summary (issue 24, item 3)."""
+"""`make ui` (tools/ui.py) and what the MLflow UI shows of a run's summary (issue 24, item 3)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_the_summary_is_tagged_with_its_values_as_train_json_writes_them():
 def test_make_ui_without_a_store_says_how_to_make_one(tmp_path, monkeypatch, tiny_raw):
     import yaml
 
-    from study.ui import UiError, main
+    from tools.ui import UiError, main
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_raw))
     monkeypatch.chdir(tmp_path)
@@ -49,7 +49,7 @@ def test_make_ui_serves_the_project_store_and_prints_the_training_view_link(lab_
     prepare_experiment(tiny_raw["tracking"]["experiment"], lab_repo)
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "study.ui", "--port", str(port)],
+        [sys.executable, "-m", "tools.ui", "--port", str(port)],
         cwd=lab_repo,
         env=lab_env(lab_repo),
         stdout=subprocess.PIPE,

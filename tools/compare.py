@@ -1,6 +1,6 @@
 """`make compare`: the committed baseline and the experiments of the current commit in one narrow table.
 
-    python -m study.compare [--all-commits]
+    python -m tools.compare [--all-commits]
 
 `dvc exp show` is ~1,000 columns wide (every param, every metric, every dependency hash), so the
 parameter a user changed scrolls out of sight. This prints one row for the committed baseline (git
@@ -133,7 +133,7 @@ def compare_rows(payload: list[dict], head: str, workspace: dict | None = None) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--all-commits", action="store_true", help="experiments of every commit, not only HEAD's")
     args = parser.parse_args(argv)
     payload = json.loads(

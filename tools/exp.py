@@ -1,8 +1,8 @@
 """`make exp S="optimizer.epsilon=1e-3 train.seed=2"` and `make preset NAME=plateau`: one DVC
 experiment that starts from the committed params.yaml, named after what it changes.
 
-    python -m study.exp optimizer.epsilon=1e-3 train.seed=2 [--queue] [--from workspace]
-    python -m study.exp --preset plateau [section.key=value ...]
+    python -m tools.exp optimizer.epsilon=1e-3 train.seed=2 [--queue] [--from workspace]
+    python -m tools.exp --preset plateau [section.key=value ...]
 
 `dvc exp run -S` writes its changes into the workspace's params.yaml and leaves them there, so the
 next `dvc exp run` silently starts from them. This starts from the committed params.yaml (git
@@ -244,7 +244,7 @@ def unique_name(name: str, taken: set[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.exp", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.exp", description=__doc__.split("\n\n")[0])
     parser.add_argument("changes", nargs="*", metavar="section.key=value")
     parser.add_argument("--preset", metavar="NAME", help="start from configs/NAME.yaml's changes")
     parser.add_argument(

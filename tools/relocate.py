@@ -1,6 +1,6 @@
 """`make relocate`: point the project's MLflow store at this folder after the project moved.
 
-    python -m study.relocate
+    python -m tools.relocate
 
 The store (<root>/mlflow.db) records absolute artifact folders: every experiment's and run's
 `<old root>/mlruns/...`. After a move, a rename or a copy of the project, new runs would write into
@@ -55,7 +55,7 @@ def relocate(store: Path, root: Path) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.relocate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.relocate", description=__doc__.split("\n\n")[0])
     parser.parse_args(argv)
     root = Path.cwd().resolve()
     store = root / "mlflow.db"

@@ -1,6 +1,6 @@
 """`make ui`: `mlflow ui` on the project's store, on loopback, and the link that opens its runs table.
 
-    python -m study.ui [--port 5000]
+    python -m tools.ui [--port 5000]
 
 MLflow 3's UI starts in its GenAI view unless the URL says `?workflowType=machine_learning`, and
 `mlflow ui` started from another folder opens an empty store of its own. This starts it on the
@@ -51,7 +51,7 @@ def port_is_free(port: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m study.ui", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.ui", description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=5000, help="the UI's port on 127.0.0.1")
     args = parser.parse_args(argv)
     root = Path.cwd()

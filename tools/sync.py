@@ -1,6 +1,6 @@
 """Complete a training's MLflow run from the files the train stage wrote:
 
-    python -m study.sync [--metrics metrics] [--models models]      (make sync)
+    python -m tools.sync [--metrics metrics] [--models models]      (make sync)
 
 For a run the stage reported incomplete (the store failed mid-training). Into the run named in
 metrics/run.json, in the store the stages use (MLFLOW_TRACKING_URI, else the project's sqlite
@@ -160,7 +160,7 @@ def complete_run(params, metrics_dir: Path, models_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m study.sync", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.sync", description=__doc__.split("\n\n")[0])
     parser.add_argument("--metrics", type=Path, default=Path("metrics"))
     parser.add_argument("--models", type=Path, default=Path("models"))
     args = parser.parse_args(argv)
