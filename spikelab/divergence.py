@@ -211,6 +211,12 @@ def rule_metrics(history: list[dict], rule: DivergenceParams, plateau: PlateauPa
     return plateau_metrics([row.get("loss", math.nan) for row in history], rule, plateau)
 
 
+def describe_training(metrics: dict, history: list[dict], rule: DivergenceParams, plateau: PlateauParams) -> str:
+    """The train stage's closing sentence, with the plateau rule applied as the rules stage will
+    apply it: a run whose loss stays up is never called recovered."""
+    return describe_run(metrics | rule_metrics(history, rule, plateau))
+
+
 def describe_run(metrics: dict) -> str:
     """metrics/train.json in one sentence, for the end of the train stage's console output."""
     final = metrics.get("final_loss")

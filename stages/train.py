@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from spikelab.divergence import describe_run
+from spikelab.divergence import describe_training
 from spikelab.params import flatten, load_params
 from spikelab.plumbing.errors import DiskFullError, InputError, disk_full_error, disk_full_in, one_line, run_entry_point
 from spikelab.plumbing.files import read_npz
@@ -103,7 +103,8 @@ def main() -> None:
         clock.lap("outputs")  # written, and logged to MLflow
         first_epoch = result.epoch_seconds[0] if result.epoch_seconds else 0.0
         run.call("log timing", log_metrics_at, run.run_id, clock.metrics(first_epoch=first_epoch), 0)
-    print(f"train: {describe_run(metrics)}; MLflow run {run_name()} ({run.run_id})")
+    sentence = describe_training(metrics, result.history, params.divergence, params.plateau)
+    print(f"train: {sentence}; MLflow run {run_name()} ({run.run_id})")
     # an MLflow failure after the run opened exits 0 all the same: every output is written and valid,
     # DVC records it, and the one line below says how to complete the MLflow run from those files
     if run.incomplete_line():

@@ -111,3 +111,19 @@ def test_a_rise_of_exactly_the_ratio_or_exactly_min_rise_counts():
     rule = DivergenceParams(ratio=2.0, min_rise=0.5)
     assert divergence_epoch([0.25, 0.75], rule) == 2  # a rise of exactly min_rise (3x >= 2x)
     assert divergence_epoch([0.25, 0.7499], rule) is None
+
+
+def test_the_train_stage_never_calls_a_run_that_stayed_up_recovered():
+    # the plateau run of issue 37: a spike, then every later epoch flagged at ~30x its lowest loss
+    from spikelab.divergence import describe_training
+    from spikelab.params import PlateauParams
+
+    losses = [0.7, 0.3, 0.1, 0.15, 4.7] + [4.68] * 40
+    history = [{"epoch": e, "loss": loss} for e, loss in enumerate(losses, start=1)]
+    metrics = divergence_metrics(losses, losses, RULE)
+    plateau = PlateauParams(ratio=5.0, min_epochs=20)
+    sentence = describe_training(metrics, history, RULE, plateau)
+    assert "stayed up" in sentence and "recovered" not in sentence, sentence
+    recovering = [0.7, 0.3, 0.1, 0.15, 4.7] + [0.05] * 40
+    again = [{"epoch": e, "loss": loss} for e, loss in enumerate(recovering, start=1)]
+    assert "recovered" in describe_training(divergence_metrics(recovering, recovering, RULE), again, RULE, plateau)
