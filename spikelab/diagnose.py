@@ -3,7 +3,8 @@
 Reads the run's per-epoch history (a history.csv as the lab's train stage or SpikeMonitor writes
 it, or an MLflow run's metric histories, step = epoch) and prints spikelab.diagnosis's verdict per
 spike. The rules are the lab's defaults unless --ratio / --min-rise / --plateau-ratio /
---plateau-epochs say otherwise.
+--plateau-epochs say otherwise; spikes are measured from a robust level of the recent past
+(spikelab.diagnosis.RobustSpikeWatch), or with --lab-rule from the lowest loss so far.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import re
 from pathlib import Path
 
-from spikelab.diagnosis import DEFAULT_DIVERGENCE, DEFAULT_PLATEAU, describe, diagnose
+from spikelab.diagnosis import DEFAULT_DIVERGENCE, DEFAULT_PLATEAU, LEVEL_WINDOW, describe, diagnose
 from spikelab.history import read_history_csv
 from spikelab.params import DivergenceParams, PlateauParams
 from spikelab.plumbing.errors import UserError, one_line, run_entry_point
@@ -59,13 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-rise", type=float, default=DEFAULT_DIVERGENCE.min_rise)
     parser.add_argument("--plateau-ratio", type=float, default=DEFAULT_PLATEAU.ratio)
     parser.add_argument("--plateau-epochs", type=int, default=DEFAULT_PLATEAU.min_epochs)
+    parser.add_argument(
+        "--lab-rule",
+        action="store_true",
+        help="the lab's divergence rule (x the lowest loss so far) instead of the doctor's robust level",
+    )
     args = parser.parse_args(argv)
     try:
         rule = DivergenceParams(ratio=args.ratio, min_rise=args.min_rise)
         plateau = PlateauParams(ratio=args.plateau_ratio, min_epochs=args.plateau_epochs)
     except ValueError as error:
         raise UserError(f"bad rule: {one_line(error)}") from None
-    print(describe(diagnose(load_history(args.source, args.tracking_uri), rule, plateau)))
+    window = None if args.lab_rule else LEVEL_WINDOW
+    print(describe(diagnose(load_history(args.source, args.tracking_uri), rule, plateau, window=window)))
     return 0
 
 

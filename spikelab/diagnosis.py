@@ -1,8 +1,10 @@
 """The spike doctor's verdict: per spike of a training history, which mechanism, the numbers that
 show it, and the fix the lab's evidence supports, with how strong that evidence is.
 
-A spike is an episode of epochs the divergence rule flags (spikelab/divergence.py); its onset is
-the episode's first epoch. The mechanisms the lab has measured (docs/findings.md), each with its
+A spike is an episode of epochs the spike rule flags: the doctor's (RobustSpikeWatch below, what
+SpikeMonitor and `python -m spikelab.diagnose` use) is the lab's divergence rule
+(spikelab/divergence.py) measured from a robust level of the recent past instead of the lowest
+single loss so far; `diagnose(window=None)` applies the lab's own. An onset is an episode's first epoch. The mechanisms the lab has measured (docs/findings.md), each with its
 signature in the per-epoch diagnostics (docs/diagnostics.md), checked in this order:
 
 - collapse: after the onset the network answers one class for (nearly) every sample
@@ -29,13 +31,16 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
-from spikelab.divergence import SpikeWatch, broken_from_start, held_epochs
+from spikelab.divergence import SpikeWatch, broken_from_start, held_epochs, is_spike
 from spikelab.params import DivergenceParams, PlateauParams
 
 # the rules' values in the lab's params.yaml (a test checks they agree): the defaults for a user's run
 DEFAULT_DIVERGENCE = DivergenceParams(ratio=10.0, min_rise=0.01)
 DEFAULT_PLATEAU = PlateauParams(ratio=5.0, min_epochs=20)
 
+# the spike rule's level: this quantile of the last LEVEL_WINDOW unflagged losses (docs/monitor.md)
+LEVEL_WINDOW = 5
+LEVEL_QUANTILE = 0.25
 PRE_WINDOW = 10  # epochs before an onset that set the step's usual size
 AFTER_WINDOW = 20  # epochs from an onset in which the dead zone or a collapse must show
 # v's median at most this share of its peak: the lab's Adam spikes follow a decay well below it,
@@ -133,14 +138,62 @@ def _finite(values) -> list[float]:
     return [value for value in values if math.isfinite(value)]
 
 
-def onsets(losses: list[float], rule: DivergenceParams) -> list[tuple[int, float]]:
-    """(1-based onset epoch, the lowest loss before it) of every episode the divergence rule flags."""
-    watch, found, flagged_before = SpikeWatch(rule), [], False
+class RobustSpikeWatch:
+    """The spike rule, applied one loss at a time: the lab's divergence rule (a loss not finite, or
+    at least `rule.ratio` x the reference AND at least `rule.min_rise` above it), with a robust
+    reference: the lowest so far of the `quantile` of the last `window` unflagged losses, not the
+    lowest single loss so far. An episode, once flagged, lasts while the loss stays at least
+    sqrt(ratio) x the reference (3.2x at the lab's 10), so a loss that hovers near the threshold
+    makes one episode, not one per crossing.
+
+    Why: one outlying low (an epoch that dipped to 0.0029 among epochs at 0.2) made "x the lowest so
+    far" fire on the next ordinary epoch (68x) and on every epoch after it. The 0.25 quantile of the
+    last 5 losses is their second lowest: it moves only when two of five are low, so one dip does not
+    set the reference. Its lowest so far keeps the lab's memory (a slow climb from the run's best
+    level is still a rise). Window 10 (robust to two dips in ten) found fewer of the lab's spikes
+    at the same false-alarm rate (benchmarks/spike_rule.py; docs/monitor.md)."""
+
+    def __init__(self, rule: DivergenceParams, window: int = LEVEL_WINDOW, quantile: float = LEVEL_QUANTILE):
+        if window < 1 or not 0 <= quantile <= 1:
+            raise ValueError(
+                f"spike rule window = {window}, quantile = {quantile}: use a window >= 1, a quantile in [0, 1]"
+            )
+        self.rule, self.window, self.quantile = rule, window, quantile
+        self.recent: list[float] = []
+        self.lowest = math.inf  # the reference: what onsets() reports as the level before a spike
+        self.flagged = False
+
+    def _level(self) -> float:
+        """The quantile of the recent losses (linear interpolation, numpy's default)."""
+        ordered = sorted(self.recent)
+        position = self.quantile * (len(ordered) - 1)
+        below = math.floor(position)
+        above = min(below + 1, len(ordered) - 1)
+        return ordered[below] + (ordered[above] - ordered[below]) * (position - below)
+
+    def observe(self, loss: float) -> bool:
+        held = self.flagged and not (math.isfinite(loss) and loss < math.sqrt(self.rule.ratio) * self.lowest)
+        self.flagged = held or is_spike(loss, self.lowest, self.rule)
+        if not self.flagged:
+            self.recent = [*self.recent, loss][-self.window :]
+            self.lowest = min(self.lowest, self._level())
+        return self.flagged
+
+
+def spike_watch(rule: DivergenceParams, window: int | None = LEVEL_WINDOW):
+    """The watch for a rule: robust (RobustSpikeWatch) with a window, the lab's SpikeWatch with None."""
+    return SpikeWatch(rule) if window is None else RobustSpikeWatch(rule, window)
+
+
+def onsets(losses: list[float], rule: DivergenceParams, window: int | None = LEVEL_WINDOW) -> list[tuple[int, float]]:
+    """(1-based onset epoch, the reference before it) of every episode the spike rule flags; the
+    reference is the robust level (window), or with window None the lowest loss so far (the lab's rule)."""
+    watch, found, flagged_before = spike_watch(rule, window), [], False
     for epoch, loss in enumerate(losses, start=1):
-        lowest = watch.lowest
+        reference = watch.lowest
         flagged = watch.observe(loss)
         if flagged and not flagged_before:
-            found.append((epoch, lowest))
+            found.append((epoch, reference))
         flagged_before = flagged
     return found
 
@@ -260,10 +313,13 @@ def diagnose(
     rule: DivergenceParams = DEFAULT_DIVERGENCE,
     plateau: PlateauParams = DEFAULT_PLATEAU,
     loss_clipped: bool | None = None,
+    window: int | None = None,
 ) -> Diagnosis:
     """The verdict per spike of a history (rows with at least `loss`, epochs in order from 1).
     loss_clipped: whether the loss trained on clips probabilities (Keras 2's form), where the
-    caller knows it; None reads it off the whole-set passes (loss_is_clipped)."""
+    caller knows it; None reads it off the whole-set passes (loss_is_clipped). window: the doctor's
+    spike rule with this window (RobustSpikeWatch; SpikeMonitor and the command pass LEVEL_WINDOW);
+    None (the default, the study's checks): the lab's divergence rule, from the lowest loss so far."""
     if loss_clipped is None:
         loss_clipped = loss_is_clipped(history)
     losses = _column(history, "loss")
@@ -272,7 +328,7 @@ def diagnose(
         numbers = {"first_loss": losses[0] if losses else math.nan, "final_loss": losses[-1] if losses else math.nan}
         return Diagnosis([Verdict(1, "broken_from_start", numbers)], len(history), skipped)
     verdicts = []
-    found = onsets(losses, rule)
+    found = onsets(losses, rule, window)
     ends = [onset for onset, _ in found[1:]] + [len(losses) + 1]
     for (onset, lowest), end in zip(found, ends):
         measured = {name: signals(history, onset, loss_clipped) for name, signals in SIGNALS}

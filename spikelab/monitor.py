@@ -31,9 +31,16 @@ from spikelab import snapshots as training_state
 from spikelab.callbacks import HistoryRows, Snapshots
 from spikelab.curvature import Curvature
 from spikelab.dead_zone import accounting_epochs, dead_zone_stats, prediction_share
-from spikelab.diagnosis import DEFAULT_DIVERGENCE, DEFAULT_PLATEAU, Diagnosis, describe, diagnose
+from spikelab.diagnosis import (
+    DEFAULT_DIVERGENCE,
+    DEFAULT_PLATEAU,
+    LEVEL_WINDOW,
+    Diagnosis,
+    describe,
+    diagnose,
+    spike_watch,
+)
 from spikelab.diagnostics import Diagnostics, diagnostic_callbacks
-from spikelab.divergence import SpikeWatch
 from spikelab.history import write_history_csv
 from spikelab.model import LogitsAndOutput
 from spikelab.params import DivergenceParams, PlateauParams
@@ -137,6 +144,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         per_layer: bool = True,
         divergence: DivergenceParams = DEFAULT_DIVERGENCE,
         plateau: PlateauParams = DEFAULT_PLATEAU,
+        spike_window: int | None = LEVEL_WINDOW,
         history_path: str | Path | None = None,
         tracking_uri: str | None = None,
         dvclive: bool = True,
@@ -169,7 +177,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         self.dead_zone_every, self.snapshot_every, self.keep_snapshots = dead_zone_every, snapshot_every, keep_snapshots
         self.snapshot_folder = Path(snapshot_folder) if snapshot_folder is not None else None
         self.per_layer = per_layer and not cheap
-        self.divergence, self.plateau = divergence, plateau
+        self.divergence, self.plateau, self.spike_window = divergence, plateau, spike_window
         self.tracking_uri, self.use_dvclive, self.report = tracking_uri, dvclive, report
         self.history_path = Path(history_path) if history_path is not None else None
         self.history: list[dict] = []
@@ -288,7 +296,7 @@ class SpikeMonitor(keras.callbacks.Callback):
             for part in parts:
                 if isinstance(part, Diagnostics):
                     part.trace_own_probe()  # the budget turns the curvature off at some epochs
-        self._watch = SpikeWatch(self.divergence)
+        self._watch = spike_watch(self.divergence, self.spike_window)
         if self.skipped and self.report:
             print("SpikeMonitor skips: " + "; ".join(self.skipped), flush=True)
 
@@ -475,7 +483,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         self._guard("the diagnosis", self._train_end)
 
     def _train_end(self):
-        self.diagnosis = diagnose(self.history, self.divergence, self.plateau, self.loss_clipped)
+        self.diagnosis = diagnose(self.history, self.divergence, self.plateau, self.loss_clipped, self.spike_window)
         if self.history_path is not None:
             write_history_csv(self.history_path, self.history)
         text = describe(self.diagnosis)
