@@ -52,6 +52,9 @@ def run_layout(count: int) -> tuple[int, int]:
     return math.ceil(count / columns), columns
 
 
+EPSILON_OFF_AXIS = 100  # epsilon this many times below the panel's lowest sqrt(v_hat) gets no line
+
+
 def plot_run(
     history: list[dict],
     divergence_epoch: int | None,
@@ -87,16 +90,31 @@ def plot_run(
         axis.set_yscale(scale)
         axis.set_title(name, fontsize=10, loc="left")
         if "v_sqrt_median" in keys and epsilon is not None:
-            axis.axhline(epsilon, color="tab:purple", linestyle=":", linewidth=1.2, label=f"epsilon = {epsilon:g}")
+            shown_v = [v for v in _column(history, "v_sqrt_median") if math.isfinite(v) and v > 0]
+            if shown_v and epsilon < min(shown_v) / EPSILON_OFF_AXIS:
+                # a line decades below the curve would stretch the axis and flatten the decay of v the
+                # panel exists to show: epsilon is named in the legend instead
+                axis.plot(
+                    [], [], " ", label=f"epsilon = {epsilon:g}, {min(shown_v) / epsilon:.0f}x below the lowest value"
+                )
+            else:
+                axis.axhline(epsilon, color="tab:purple", linestyle=":", linewidth=1.2, label=f"epsilon = {epsilon:g}")
         if "g2_over_v_rms" in keys:
             axis.axhline(1.0, color="tab:purple", linestyle=":", linewidth=1.2, label="1: v_hat matches g^2")
         if "lambda_grad" in keys:
             rates = _column(history, "learning_rate")
-            axis.plot(epochs, [2 / r for r in rates], color="tab:purple", linestyle=":", label="2 / lr")
+            # a schedule may reach a rate of 0 (cosine's last epoch): no threshold there
+            axis.plot(
+                epochs, [2 / r if r > 0 else math.nan for r in rates], color="tab:purple", linestyle=":", label="2 / lr"
+            )
             if beta_1 is not None:
                 momentum = (2 + 2 * beta_1) / (1 - beta_1)
                 axis.plot(
-                    epochs, [momentum / r for r in rates], color="tab:gray", linestyle=":", label=f"{momentum:g} / lr"
+                    epochs,
+                    [momentum / r if r > 0 else math.nan for r in rates],
+                    color="tab:gray",
+                    linestyle=":",
+                    label=f"{momentum:g} / lr",
                 )
         if divergence_epoch is not None:
             axis.axvline(divergence_epoch, color="red", linestyle="--", linewidth=0.8, label="divergence")
