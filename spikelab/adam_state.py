@@ -45,3 +45,18 @@ def adam_slots(optimizer) -> AdamSlots:
         optimizer.beta_2,
         optimizer.epsilon,
     )
+
+
+# the optimizers that divide their step by a decaying running mean of g^2 (v), and where Keras 3
+# keeps it; Adagrad's accumulator only grows (it cannot decay: the mechanism does not apply)
+SECOND_MOMENT_SLOTS = {"RMSprop": "_velocities", "Adadelta": "_accumulated_grads"}
+
+
+def second_moment_slots(optimizer) -> AdamSlots | None:
+    """The decaying second moment v of RMSprop or Adadelta as AdamSlots with no momentums (beta_2 0:
+    v is used as it is, no bias correction); None for another optimizer (Adam's: adam_slots)."""
+    name = next((n for n in SECOND_MOMENT_SLOTS if type(optimizer).__name__ == n), None)
+    if name is None:
+        return None
+    velocities = [v.numpy() for v in getattr(optimizer, SECOND_MOMENT_SLOTS[name])]
+    return AdamSlots([], velocities, float(optimizer.iterations.numpy()), 0.0, 0.0, optimizer.epsilon)

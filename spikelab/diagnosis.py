@@ -13,7 +13,8 @@ signature in the per-epoch diagnostics (docs/diagnostics.md), checked in this or
   gradient is exactly zero): after the onset `dead_fraction` has risen past DEAD_FRACTION, the loss
   sits on the dead samples' share (`dead_loss_clipped` >= DEAD_SHARE x loss) and the loss is the
   clipped form (nearer `full_loss_clipped` than `full_loss_unclipped`);
-- Adam's normalised step: Adam's second moment decayed before the onset (`v_sqrt_median` at most
+- Adam's normalised step: Adam's (or RMSprop's, Adadelta's: SpikeMonitor logs their v too)
+  second moment decayed before the onset (`v_sqrt_median` at most
   V_DECAYED x its highest so far) and the step jumped (`update_rms_over_lr` or `adam_ratio_max`
   STEP_JUMP x their median over the PRE_WINDOW epochs before) or v lagged the gradients arriving
   (`g2_over_v_rms` > 1 in the epochs just before);
@@ -261,7 +262,11 @@ def dead_zone_signals(history: list[dict], onset: int, loss_clipped: bool | None
         "epoch": int(row["epoch"]) if "epoch" in row else None,
         "dead_fraction_before": before[-1] if before else 0.0,
         "dead_fraction": row["dead_fraction"],
-        "dead_loss_share": row["dead_loss_clipped"] / loss if loss > 0 else math.nan,
+        # the dead samples' share of the pass's own clipped loss: in [0, 1]
+        "dead_loss_share": row["dead_loss_clipped"] / row["full_loss_clipped"] if row["full_loss_clipped"] > 0 else 0.0,
+        # what the rule compares: their loss over the epoch's mean loss (above 1 when the loss fell
+        # within the epoch: the pass runs at its end)
+        "dead_loss_over_epoch_loss": row["dead_loss_clipped"] / loss if loss > 0 else math.nan,
     }
     clipped = loss_is_clipped(history) if loss_clipped is None else loss_clipped
     numbers["loss_is_clipped"] = (
@@ -270,7 +275,7 @@ def dead_zone_signals(history: list[dict], onset: int, loss_clipped: bool | None
     numbers["fits"] = (
         numbers["dead_fraction"] >= DEAD_FRACTION
         and numbers["dead_fraction"] > numbers["dead_fraction_before"]
-        and numbers["dead_loss_share"] >= DEAD_SHARE
+        and numbers["dead_loss_over_epoch_loss"] >= DEAD_SHARE
         and numbers["loss_is_clipped"]
     )
     return numbers

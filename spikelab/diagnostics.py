@@ -32,7 +32,7 @@ import warnings
 import keras
 import numpy as np
 
-from spikelab.adam_state import AdamSlots, adam_slots
+from spikelab.adam_state import AdamSlots, adam_slots, second_moment_slots
 from spikelab.curvature import Curvature, ProbeHessian
 from spikelab.dead_zone import DeadZoneAccounting, class_view, saturated_and_wrong
 from spikelab.model import LogitsAndOutput
@@ -65,6 +65,14 @@ def adam_ratio_stats(slots: AdamSlots) -> dict:
         "v_below_eps_fraction": float(np.mean(v_sqrt < slots.epsilon)),
         "v_sqrt_median": float(np.median(v_sqrt)),
     }
+
+
+def second_moment_stats(slots: AdamSlots) -> dict:
+    """v_below_eps_fraction and v_sqrt_median of an RMSprop/Adadelta second moment (no m: no ratio)."""
+    if slots.step == 0:
+        return {key: float("nan") for key in ADAM_KEYS[2:]}
+    v_sqrt = np.sqrt(np.concatenate([np.ravel(v) for v in slots.velocities]))
+    return {"v_below_eps_fraction": float(np.mean(v_sqrt < slots.epsilon)), "v_sqrt_median": float(np.median(v_sqrt))}
 
 
 def layer_of(variable_path: str) -> str:
@@ -111,10 +119,12 @@ def epoch_diagnostics(
     slots: AdamSlots | None,
     activation: str = "softmax",
     per_layer: bool = True,
+    moment: AdamSlots | None = None,
 ) -> dict:
     """One epoch's diagnostics keys from arrays: the weights at the epoch's start and end, the probe's
     gradient (norm, per variable) and logits (None: the output is no probability, no saturation
-    keys), the kernels by layer, Adam's slots (None: not Adam). per_layer False: whole-model keys only."""
+    keys), the kernels by layer, Adam's slots (None: not Adam), or RMSprop's or Adadelta's second
+    moment (`moment`: v's keys and the lag, no ratio). per_layer False: whole-model keys only."""
     rms = update_rms(before, after)
     logs = {
         "grad_norm": float(grad_norm),
@@ -124,6 +134,9 @@ def epoch_diagnostics(
     if slots is not None:
         logs.update(adam_ratio_stats(slots))
         logs.update(second_moment_lag(gradients, layers, slots, per_layer))
+    elif moment is not None:
+        logs.update(second_moment_stats(moment))
+        logs.update(second_moment_lag(gradients, layers, moment, per_layer))
     for layer, kernel in kernels.items() if per_layer else ():
         logs[f"weight_norm_{layer}"] = weight_norm(kernel)
     if logits is not None:
@@ -195,6 +208,7 @@ class Diagnostics(keras.callbacks.Callback):
         measured = self.shared.at_epoch_end(epoch, optimizer) if self.shared and self.use_shared else None
         grad_norm, logits, gradients = measured[1][:3] if measured else self._probe_pass()
         is_adam = isinstance(optimizer, keras.optimizers.Adam)  # AdamW subclasses Adam
+        moment = None if is_adam else second_moment_slots(optimizer)
         variables = self.model.trainable_variables
         head = self._logits_and_output
         logs.update(
@@ -203,7 +217,7 @@ class Diagnostics(keras.callbacks.Callback):
                 [v.numpy() for v in variables],
                 float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
                 grad_norm,
-                [keras.ops.convert_to_numpy(g) for g in gradients] if is_adam else [],
+                [keras.ops.convert_to_numpy(g) for g in gradients] if is_adam or moment else [],
                 keras.ops.convert_to_numpy(logits) if self.saturation and head.has_logits else None,
                 self.probe_y,
                 [layer_of(v.path) for v in variables],
@@ -215,6 +229,7 @@ class Diagnostics(keras.callbacks.Callback):
                 adam_slots(optimizer) if is_adam else None,
                 head.activation or "softmax",
                 self.per_layer,
+                moment,
             )
         )
 

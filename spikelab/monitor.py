@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from spikelab import snapshots as training_state
+from spikelab.adam_state import SECOND_MOMENT_SLOTS
 from spikelab.callbacks import HistoryRows, Snapshots
 from spikelab.curvature import Curvature
 from spikelab.dead_zone import accounting_epochs, dead_zone_stats, prediction_share
@@ -249,7 +250,9 @@ class SpikeMonitor(keras.callbacks.Callback):
             head = None
             self.skipped.append(f"probe diagnostics ({error})")
         adam = isinstance(optimizer, keras.optimizers.Adam)
-        if not adam:
+        if not adam and type(optimizer).__name__ in SECOND_MOMENT_SLOTS:
+            self.skipped.append(f"Adam's ratio and curvature ({type(optimizer).__name__} keeps v, not Adam's m)")
+        elif not adam:
             self.skipped.append(f"Adam state and curvature ({type(optimizer).__name__} has no Adam moments)")
         elif self.cheap:
             self.skipped.append("curvature (the cheap mode)")
