@@ -10,7 +10,7 @@ Two rules, both the lab's thresholds (ratio 10, min_rise 0.01; spikelab/diagnosi
   it (RobustSpikeWatch); `--window N` tries another window.
 
 Two sets of runs:
-- labelled: every committed study history (study/results/*_histories.csv.gz; per epoch). The
+- labelled: every committed study history (<study>/results/*_histories.csv.gz; per epoch). The
   lab's rule made the labels, so for it recall is 1 by construction: the question is what the
   doctor's rule keeps. A lab onset counts as found when the doctor's rule has an onset within
   TOLERANCE epochs of it;
@@ -40,6 +40,7 @@ from spikelab.diagnosis import DEFAULT_DIVERGENCE, LEVEL_WINDOW, onsets
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = Path(__file__).resolve().parent / "spike_rule_runs.csv.gz"
+HISTORIES = ("study/results/*_histories.csv.gz", "studies/*/results/*_histories.csv.gz")
 TOLERANCE = 2  # epochs between a lab onset and the doctor's that still count as the same spike
 ORDINARY = 2.0
 MEDIAN_WINDOW = 10
@@ -59,9 +60,11 @@ EPOCHS = 60
 
 
 def read_labelled() -> dict[str, list[float]]:
-    """Every committed study history's per-epoch losses, by '<file>:<run>'."""
+    """Every committed study history's per-epoch losses, by '<file>:<run>' (study/results/ or
+    studies/<name>/results/, wherever the studies live)."""
     losses: dict[str, list[float]] = {}
-    for path in sorted((REPO / "study" / "results").glob("*_histories.csv.gz")):
+    paths = {path.name: path for pattern in HISTORIES for path in REPO.glob(pattern)}
+    for _, path in sorted(paths.items()):
         with gzip.open(path, "rt", newline="") as handle:
             for row in csv.DictReader(handle):
                 losses.setdefault(f"{path.name}:{row['run']}", []).append(float(row["loss"]))
@@ -154,11 +157,10 @@ def table(title: str, runs: dict[str, list[float]], unit: str = "epochs") -> str
 def generate() -> None:
     """Train the optimizer runs and write their epoch and step losses to RUNS."""
     import keras
+    from sklearn.datasets import load_digits
 
-    from study.architectures import digits
-
-    images, labels = digits()
-    x = images[..., None]
+    digits = load_digits()
+    x, labels = (digits.images / 16.0).astype("float32")[..., None], digits.target
     rows = []
     for name, optimizer, learning_rate in OPTIMIZERS:
         for seed in SEEDS:

@@ -13,7 +13,7 @@ import argparse
 import re
 from pathlib import Path
 
-from spikelab.diagnosis import DEFAULT_DIVERGENCE, DEFAULT_PLATEAU, LEVEL_WINDOW, describe, diagnose
+from spikelab.diagnosis import DEFAULT_DIVERGENCE, DEFAULT_PLATEAU, LEVEL_WINDOW, describe, diagnose, summary
 from spikelab.history import read_history_csv
 from spikelab.params import DivergenceParams, PlateauParams
 from spikelab.plumbing.errors import UserError, one_line, run_entry_point
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the lab's divergence rule (x the lowest loss so far) instead of the doctor's robust level",
     )
+    parser.add_argument(
+        "--details", action="store_true", help="every spike with all its numbers and the fix's evidence in full"
+    )
     args = parser.parse_args(argv)
     try:
         rule = DivergenceParams(ratio=args.ratio, min_rise=args.min_rise)
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         raise UserError(f"bad rule: {one_line(error)}") from None
     window = None if args.lab_rule else LEVEL_WINDOW
-    print(describe(diagnose(load_history(args.source, args.tracking_uri), rule, plateau, window=window)))
+    diagnosis = diagnose(load_history(args.source, args.tracking_uri), rule, plateau, window=window)
+    print(describe(diagnosis) if args.details else summary(diagnosis, "--details"))
     return 0
 
 

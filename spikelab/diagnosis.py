@@ -100,6 +100,37 @@ FIXES = {
 }
 
 
+# the verdict's short form (summary): the fix in a few words, and how sure the lab is
+SHORT = {
+    "adam_step": (
+        "AMSGrad: keras.optimizers.Adam(amsgrad=True) (its v cannot decay)",
+        "moderate: smaller jumps replicated on fresh datasets, fewer spikes did not",
+    ),
+    "dead_zone": (
+        "the unclipped cross-entropy (from the logits, as Keras 3's own losses compute it)",
+        "strong: replicated on 20 fresh datasets, and replays",
+    ),
+    "collapse": ("a lower learning rate; a loss that keeps a gradient on saturated samples", "weak: 3 seeds per cell"),
+    "broken_from_start": ("lower the learning rate", "weak: 3 seeds per cell"),
+    "unexplained": ("none the lab's evidence supports: replay from a snapshot before the onset", "none"),
+}
+# the numbers the short form shows per mechanism: (key, how to say it)
+HEADLINE = {
+    "adam_step": (
+        ("adam_step.v_sqrt_median_over_peak", "v at {:.2g} of its peak"),
+        ("adam_step.update_rms_over_lr_jump", "step {:.2g}x its usual size"),
+        ("adam_step.adam_ratio_max_jump", "m/sqrt(v) {:.2g}x its usual"),
+        ("adam_step.g2_over_v_rms_max", "g^2/v {:.2g}"),
+    ),
+    "dead_zone": (
+        ("dead_zone.dead_fraction", "{:.1%} of samples dead"),
+        ("dead_zone.dead_loss_share", "carrying {:.0%} of the loss"),
+    ),
+    "collapse": (("collapse.majority_prediction_fraction", "{:.1%} of answers one class"),),
+    "broken_from_start": (("first_loss", "loss {:.3g} at epoch 1"), ("final_loss", "{:.3g} at the end")),
+}
+
+
 @dataclass(frozen=True)
 class Verdict:
     """One spike (or a run broken from the start, epoch 1): its mechanism and the numbers behind it."""
@@ -393,3 +424,45 @@ def describe(diagnosis: Diagnosis) -> str:
     if diagnosis.skipped:
         lines.append("not judged (the history lacks them): " + "; ".join(diagnosis.skipped))
     return "\n".join(lines)
+
+
+def _headline(verdict: Verdict) -> str:
+    said = [
+        text.format(verdict.numbers[key])
+        for key, text in HEADLINE.get(verdict.mechanism, ())
+        if isinstance(verdict.numbers.get(key), float) and math.isfinite(verdict.numbers[key])
+    ]
+    return ", ".join(said) or "no signal of a mechanism the lab has measured"
+
+
+def summary(diagnosis: Diagnosis, details: str = "monitor.details") -> str:
+    """The verdict in at most five short lines: what happened, which mechanism, its numbers, the fix
+    and how sure the lab is of it (for the mechanism named most); every number in describe()."""
+    if not diagnosis.verdicts:
+        return f"spike doctor: no spike in {diagnosis.epochs} epochs"
+    named = Counter(verdict.mechanism for verdict in diagnosis.verdicts)
+    main = named.most_common(1)[0][0]
+    first = next(verdict for verdict in diagnosis.verdicts if verdict.mechanism == main)
+    if main == "broken_from_start":
+        head = f"spike doctor: the run never learned ({diagnosis.epochs} epochs)"
+    else:
+        epochs = ", ".join(str(verdict.epoch) for verdict in diagnosis.verdicts[:4])
+        more = "..." if len(diagnosis.verdicts) > 4 else ""
+        size = f", {first.jump:.3g}x its level before" if first.jump else ""
+        ending = "stayed up" if first.stayed_up else "recovered"
+        count = len(diagnosis.verdicts)
+        head = f"spike doctor: {count} spike{'s' if count > 1 else ''} in {diagnosis.epochs} epochs (at {epochs}{more}); epoch {first.epoch}{size}, {ending}"
+    others = ", ".join(f"{MECHANISMS[name].split(' (')[0]} {n}" for name, n in named.items() if name != main)
+    mechanism = MECHANISMS[main].split(" (")[0] + (
+        f" ({named[main]} of {len(diagnosis.verdicts)}; also {others})" if others else ""
+    )
+    fix, sure = SHORT[main]
+    return "\n".join(
+        [
+            head,
+            f"  cause: {mechanism}",
+            f"  numbers: {_headline(first)}",
+            f"  fix: {fix}",
+            f"  how sure: {sure} (all numbers: {details})",
+        ]
+    )

@@ -40,6 +40,7 @@ from spikelab.diagnosis import (
     describe,
     diagnose,
     spike_watch,
+    summary,
 )
 from spikelab.diagnostics import Diagnostics, diagnostic_callbacks
 from spikelab.history import write_history_csv
@@ -185,6 +186,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         self.cpu_seconds: dict[int, float] = {}  # 1-based epoch -> CPU seconds inside the monitor (all threads)
         self.skipped: list[str] = []  # what did not apply, one entry each
         self.diagnosis: Diagnosis | None = None
+        self.details = ""  # the diagnosis with every number, and what the budget skipped (after fit)
         self.loss_clipped: bool | None = None
         self.parts: list[keras.callbacks.Callback] = []
         self._snapshots: Snapshots | None = None
@@ -348,7 +350,7 @@ class SpikeMonitor(keras.callbacks.Callback):
             try:
                 from dvclive import Live
             except ImportError:
-                self.skipped.append("DVCLive (not installed)")
+                pass  # an optional logger: silent when absent
             else:
                 self._live = Live()
         return loggers
@@ -489,7 +491,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         self.diagnosis = diagnose(self.history, self.divergence, self.plateau, self.loss_clipped, self.spike_window)
         if self.history_path is not None:
             write_history_csv(self.history_path, self.history)
-        text = describe(self.diagnosis)
+        text = describe(self.diagnosis)  # every number: monitor.details and MLflow's spike_diagnosis.txt
         if self.budget is not None and (self.curvature_skipped or self.passes_deferred):
             times = "time" if self.passes_deferred == 1 else "times"
             text += (
@@ -499,8 +501,9 @@ class SpikeMonitor(keras.callbacks.Callback):
             )
             if self.cpu_share > self.budget:
                 text += " (its probe diagnostics alone cost more at this epoch size: cheap=True, or a larger epoch)"
-        if self.report:
-            print(text, flush=True)
+        self.details = text
+        if self.report:  # the verdict in at most five lines
+            print(summary(self.diagnosis), flush=True)
         if self._mlflow_run is not None:
             self._guard("MLflow logging", self._log_diagnosis, text)
         if self._live is not None:

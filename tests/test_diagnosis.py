@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import subprocess
 import sys
 
@@ -88,7 +87,7 @@ def test_the_command_reads_a_history_file_and_says_what_it_lacks(tmp_path):
     history[49]["loss"] = 0.5
     write_history_csv(path, history)
     result = subprocess.run(
-        [sys.executable, "-m", "spikelab.diagnose", str(path)], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", "spikelab.diagnose", str(path), "--details"], capture_output=True, text=True, cwd=REPO
     )
     assert result.returncode == 0, result.stderr
     assert "spike at epoch 50" in result.stdout and "unexplained" in result.stdout
@@ -105,13 +104,11 @@ def test_the_committed_default_run_is_adams_spike():
 
 
 def test_the_doctor_check_table_is_what_the_committed_study_gives(tmp_path):
-    from study import doctor_check
+    from studies.doctor import doctor_check
 
-    results = REPO / "study/results"
-    for name in ("evidence_runs.csv", "evidence_histories.csv.gz"):
-        shutil.copy(results / name, tmp_path / name)
-    doctor_check.main(["--results", str(tmp_path)])
-    assert (tmp_path / "doctor_confusion.md").read_text() == (results / "doctor_confusion.md").read_text()
+    doctor_check.main(["--results", str(tmp_path)])  # from the evidence study's committed rows
+    committed = REPO / "studies/doctor/results/doctor_confusion.md"
+    assert (tmp_path / "doctor_confusion.md").read_text() == committed.read_text()
 
 
 def test_the_fixes_quote_the_committed_rows():
@@ -121,13 +118,13 @@ def test_the_fixes_quote_the_committed_rows():
     from study.report import read_records
 
     def count(study: str, cell: str, key: str) -> str:
-        runs = [r for r in read_records(REPO / f"study/results/{study}_runs.csv") if r["cell"] == cell]
+        runs = [r for r in read_records(REPO / f"studies/{study}/results/{study}_runs.csv") if r["cell"] == cell]
         return f"{sum(1 for r in runs if r[key] is True)}/{len(runs)}"
 
     def jump(study: str, cell: str) -> str:
         import csv
 
-        with open(REPO / f"study/results/{study}_jumps.csv", newline="") as handle:
+        with open(REPO / f"studies/{study}/results/{study}_jumps.csv", newline="") as handle:
             (row,) = [r for r in csv.DictReader(handle) if r["cell"] == cell]
         return f"{float(row['median_jump']):.3g}x"
 
