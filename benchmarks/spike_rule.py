@@ -16,7 +16,8 @@ Two sets of runs:
   TOLERANCE epochs of it;
 - optimizers: a small CNN on scikit-learn's digits (1,797 images, batch 16: 113 steps an epoch),
   60 epochs under RMSprop, Adam, Adagrad and SGD with momentum at learning rates that make the
-  curve noisy (`generate`; committed in benchmarks/spike_rule_runs.csv.gz, epoch and step losses).
+  curve noisy (`generate`, 17 minutes on 2 shared cores; committed in benchmarks/spike_rule_runs.csv.gz,
+  the epoch losses; `generate` also writes each step's loss, left out of the committed file).
 
 A false alarm, for either rule on either set: an onset whose loss is below ORDINARY x the median
 of the MEDIAN_WINDOW epochs before it, i.e. an epoch no higher than the run's usual level (the
