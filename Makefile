@@ -17,10 +17,16 @@ $(error .venv was made in $(VENV_MADE_IN), not here (the project moved or was re
 endif
 endif
 
-help: ## list every target with what it does (the default)
+help: ## list every target with what it does (the default), then the studies
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo
+	@echo "studies/<name>/ (make study NAME=<name>; its README.md: the question, the command, the answer):"
+	@for dir in $(sort $(dir $(wildcard studies/*/README.md studies/*/sweep.yaml))); do \
+	  question=$$(sed -n '1s/^# [^:]*: //p' $$dir/README.md 2>/dev/null); \
+	  printf "  %-20s %s\n" "$$(basename $$dir)" "$${question:-(no README.md yet)}"; \
+	done
 
-.PHONY: help ui relocate browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare structure preset plateau plateau-study evidence bench bench-study bench-before-after seed-config seed-shape scaling quick-sweep sweep report replay gpu-setup sync verify
+.PHONY: help ui relocate browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare preset plateau plateau-study evidence bench bench-study bench-before-after seed-config study quick-sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -80,56 +86,10 @@ preset: $(INSTALLED) ## a named configuration (configs/NAME.yaml) as one DVC exp
 seed-config: ## the original case at full scale (GPU advised): configs/seed-full-scale.yaml
 	@$(MAKE) --no-print-directory preset NAME=seed-full-scale
 
-# The seed's shape (docs/scaling.md#the-seeds-shape): lr 1e-2 and 3e-3 with 16,384 images per class,
-# 5 seeds each as one population (hours on 2 cores), then the shape rule on every committed run
-seed-shape: $(INSTALLED) ## the seed's sudden jump that stays up: study/seed_shape.yaml, then the shape table
-	-$(RUN) python -m study.population --sweep study/seed_shape.yaml
-	$(RUN) python -m study.report --sweep study/seed_shape.yaml --engine population
-	$(RUN) python -m study.seed_shape
-
-# When the spike comes (docs/scaling.md): 12 points x 8 seeds as populations, hours on 2 cores and
-# resumable; then the onset law, its held-out checks and the seed's configuration extrapolated
-scaling: $(INSTALLED) ## the onset scaling study (study/scaling.yaml), its report and law; resumable
-	-$(RUN) python -m study.population --sweep study/scaling.yaml --jobs 2
-	$(RUN) python -m study.report --sweep study/scaling.yaml --engine population
-	$(RUN) python -m study.scaling
-
-# The study engine: dvc (default) queues one DVC experiment per run, 2 at a time; population
-# trains each cell's seeds together, two populations at a time like the queue's -j 2
-# (study/population.py; docs/performance.md),
-# each member still a full run's outputs and its own MLflow run:  make evidence ENGINE=population
-ENGINE ?= dvc
-ifeq ($(filter $(ENGINE),dvc population),)
-$(error ENGINE=$(ENGINE): use ENGINE=dvc or ENGINE=population)
-endif
-STUDY := $(if $(filter population,$(ENGINE)),python -m study.population --jobs 2,python -m study.sweep queue)
-REPORT := python -m study.report --engine $(ENGINE)
-
-# The study (docs/study.md): study/sweep.yaml run by the ENGINE, then the tables and figure in
-# study/results/. A failed run does not stop the report: it is a row there.
-quick-sweep: $(INSTALLED) ## 3 cells x 2 seeds of study/sweep.yaml as DVC experiments, then the report
-	-$(RUN) $(STUDY) --quick
-	$(RUN) $(REPORT) --quick
-
-sweep: $(INSTALLED) ## every cell of study/sweep.yaml x 5 seeds (45 runs), then the report
-	-$(RUN) $(STUDY)
-	$(RUN) $(REPORT)
-
-# "Network structure?": the twins split and a ReLU between the convolutions, 4 cells x 5 seeds
-structure: $(INSTALLED) ## the twins split and a ReLU between the convolutions, 4 cells x 5 seeds, then the report
-	-$(RUN) $(STUDY) --sweep study/structure.yaml
-	$(RUN) $(REPORT) --sweep study/structure.yaml
-
 # The plateau configuration (configs/plateau.yaml: learning rate 0.01 for 200 epochs, where the
 # clipped loss climbs and stays up; docs/plateau_search.md) as the DVC experiment `plateau`
 plateau: ## the plateau configuration (configs/plateau.yaml: lr 0.01, 200 epochs) as one DVC experiment
 	@$(MAKE) --no-print-directory preset NAME=plateau
-
-# The plateau study: that configuration x interventions x 5 seeds, then its replays
-plateau-study: $(INSTALLED) ## the plateau configuration x 5 interventions x 5 seeds, the report, its replays
-	-$(RUN) $(STUDY) --sweep study/plateau.yaml
-	$(RUN) $(REPORT) --sweep study/plateau.yaml
-	$(RUN) python -m study.replay --exp plateau-baseline-s0 --name replay_plateau
 
 # One DVC experiment named after its changes, started from the committed params.yaml (FROM=workspace:
 # from the workspace's as it is), checked first, run in DVC's copy (the workspace is left as it is);
@@ -152,18 +112,54 @@ relocate: $(INSTALLED) ## after the project moved or was renamed: point the MLfl
 compare: $(INSTALLED) ## this commit's experiments against the committed baseline: changed params, key metrics
 	$(RUN) python -m tools.compare
 
-report: $(INSTALLED) ## the tables and figure of study/sweep.yaml from `dvc exp show`
-	$(RUN) python -m study.report
+# ---- studies: one folder each, studies/<name>/ (README.md, sweep.yaml, results/; studies/README.md) ---
+# The study engine: population (the default) trains each cell's seeds together, two populations at a
+# time (study/population.py; docs/performance.md), each member still a full run's outputs and its own
+# MLflow run; dvc queues one DVC experiment per run, 2 at a time, for what only a DVC run does (the
+# guard, XLA: the population engine refuses those in one line naming ENGINE=dvc). Either way the
+# study is resumable: finished runs, and rows committed in its results/, are not trained again.
+ENGINE ?= population
+ifeq ($(filter $(ENGINE),dvc population),)
+$(error ENGINE=$(ENGINE): use ENGINE=population (the default) or ENGINE=dvc)
+endif
+STUDIES := $(patsubst studies/%/sweep.yaml,%,$(wildcard studies/*/sweep.yaml))
+SWEEP_OF = studies/$(NAME)/sweep.yaml
+RESULTS_OF = studies/$(NAME)/results
+ENGINE_COMMAND = $(if $(filter population,$(ENGINE)),python -m study.population --jobs 2 --results $(RESULTS_OF),python -m study.sweep queue)
+REPORT_COMMAND = python -m study.report --engine $(ENGINE) --results $(RESULTS_OF)
+# A study's own analysis, run after its report from its results: studies/<name>/analysis.py, or the
+# module named here (ANALYSIS_<name>)
+ANALYSIS_remedies := studies.remedies.atlas
+ANALYSIS = $(or $(ANALYSIS_$(NAME)),$(if $(wildcard studies/$(NAME)/analysis.py),studies.$(NAME).analysis))
+CHECK_STUDY = if [ ! -f "$(SWEEP_OF)" ]; then echo "make: NAME=$(NAME): no $(SWEEP_OF); the studies with a sweep: $(STUDIES) (studies/<name>/README.md says how the others run)" >&2; exit 2; fi
 
-# The evidence study (issue 11): 13 cells x 20 seeds with both spike predictors logged, ~4.5 h on
-# 2 cores; stopped part-way, running it again goes on where it stopped (study/evidence.yaml)
-evidence: $(INSTALLED) ## the evidence study: 13 cells x 20 seeds (260 runs), report, spike predictors; resumable
-	-$(RUN) $(STUDY) --sweep study/evidence.yaml
-	$(RUN) $(REPORT) --sweep study/evidence.yaml
-	$(RUN) python -m study.predictors --sweep study/evidence.yaml
+# The engine, then the report, then the study's own analysis. A failed run does not stop the report
+# (it is a row there); a refused study (exit status 2: a bad sweep, a key the engine cannot train) does
+study: $(INSTALLED) ## one study, resumable: make study NAME=<name> [ENGINE=dvc] [QUICK=1]; `make` lists them
+	@$(CHECK_STUDY)
+	$(RUN) $(ENGINE_COMMAND) --sweep $(SWEEP_OF) $(if $(QUICK),--quick) || [ $$? -ne 2 ]
+	$(RUN) $(REPORT_COMMAND) --sweep $(SWEEP_OF) $(if $(QUICK),--quick)
+	$(if $(and $(ANALYSIS),$(if $(QUICK),,yes)),$(RUN) python -m $(ANALYSIS))
 
-# Counterfactual replays of the workspace run's spike (EXP=<name> replays a sweep experiment instead)
-replay: $(INSTALLED) ## counterfactual replays of the workspace run's spike (EXP=<name>: a sweep experiment's)
+report: $(INSTALLED) ## a study's report again from its runs, nothing trained: make report NAME=<name> [ENGINE=dvc]
+	@$(CHECK_STUDY)
+	$(RUN) $(REPORT_COMMAND) --sweep $(SWEEP_OF) $(if $(QUICK),--quick)
+
+quick-sweep: ## the first study's quick subset, 3 cells x 2 seeds (make study NAME=sweep QUICK=1)
+	@$(MAKE) --no-print-directory study NAME=sweep QUICK=1
+
+evidence: ## the evidence study, 13 cells x 20 seeds (make study NAME=evidence), then its predictors
+	@$(MAKE) --no-print-directory study NAME=evidence
+
+# The plateau study, then replays of its seed-0 run with its own interventions (its sweep's `replay`)
+PLATEAU_REPLAY = $(if $(filter population,$(ENGINE)),python -m study.population,python -m study.replay --exp plateau-baseline-s0) --sweep studies/plateau/sweep.yaml $(if $(filter population,$(ENGINE)),--replay plateau-baseline-s0) --name replay_plateau --results studies/plateau/results
+plateau-study: ## the plateau study (make study NAME=plateau), then replays of its seed-0 run
+	@$(MAKE) --no-print-directory study NAME=plateau
+	$(RUN) $(PLATEAU_REPLAY)
+
+# Counterfactual replays of the workspace run's spike (EXP=<name> replays a DVC experiment of the
+# first study instead), with the first study's `replay` cells: studies/sweep/results/replay.*
+replay: $(INSTALLED) ## counterfactual replays of the workspace run's spike (EXP=<name>: a DVC experiment's)
 	$(RUN) python -m study.replay $(if $(EXP),--exp $(EXP))
 
 # On a machine with an NVIDIA GPU: swap the CPU build of TensorFlow for the CUDA one.
@@ -205,9 +201,9 @@ team-up: $(INSTALLED) team-setup ## the whole team stack on this machine, on loo
 team-down: $(INSTALLED) ## stop the team stack (its data stays in .team/)
 	$(RUN) python -m team.stack down
 
-# SWEEP=study/sweep.yaml by default; with the settings of `python -m team.stack env` exported
-SWEEP ?= study/sweep.yaml
-team-study: $(INSTALLED) ## a sweep (SWEEP=study/sweep.yaml) as Ray tasks on the team stack
+# SWEEP=studies/sweep/sweep.yaml by default; with the settings of `python -m team.stack env` exported
+SWEEP ?= studies/sweep/sweep.yaml
+team-study: $(INSTALLED) ## a sweep (SWEEP=studies/sweep/sweep.yaml) as Ray tasks on the team stack
 	$(RUN) python -m team.study submit --sweep $(SWEEP)
 
 team-collect: $(INSTALLED) ## pull the team study's experiments and write its report, failed runs as rows

@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from spikelab.callbacks import EpochClock
     from spikelab.monitor import SpikeMonitor
-    from study.architectures import ARCHITECTURES, build, digits, inputs_for
-    from study.foreign_spikes import CONFIGURATIONS
+    from study.architectures import ARCHITECTURES, CONFIGURATIONS, build, digits, inputs_for
 
     for name in args.arch or ARCHITECTURES:
         configuration = CONFIGURATIONS[name]

@@ -1,5 +1,6 @@
 """Networks this project did not design, on data that ships inside installed packages (no downloads):
-the spike doctor's test bench (issue 26). `python -m study.foreign_spikes` drives each into a spike.
+the spike doctor's test bench (issue 26), shared by its tests, its benchmarks and the doctor's study
+(`python -m studies.doctor.foreign_spikes` drives each into a spike).
 
 - mobilenet: keras.applications.MobileNetV2 (weights=None, alpha 0.35) on scikit-learn's 8x8
   digits scaled up to its smallest input, 32x32 (one channel);
@@ -10,10 +11,33 @@ All three end in a 10-way softmax and train with Keras's sparse categorical cros
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import keras
 import numpy as np
 
 ARCHITECTURES = ("mobilenet", "lstm", "gru", "attention")
+
+
+@dataclass(frozen=True)
+class Configuration:
+    learning_rate: float
+    epochs: int
+    samples: int  # digits trained on (memorising a small set is what lets Adam's v decay)
+    batch_size: int
+    beta_2: float = 0.999
+    amsgrad: bool = False
+
+
+# each network's spiking configuration: what `python -m studies.doctor.foreign_spikes prove` drives into a
+# spike (found with its `search`; docs/monitor.md) and benchmarks/monitor_cost.py times
+CONFIGURATIONS = {
+    "mobilenet": Configuration(learning_rate=0.005, epochs=100, samples=64, batch_size=8, beta_2=0.95),
+    # beta_2 0.95: the usual setting for transformers, whose v forgets within ~20 steps
+    "lstm": Configuration(learning_rate=0.01, epochs=120, samples=512, batch_size=16, beta_2=0.95),
+    "gru": Configuration(learning_rate=0.01, epochs=120, samples=512, batch_size=16, beta_2=0.95),
+    "attention": Configuration(learning_rate=0.003, epochs=220, samples=256, batch_size=16, beta_2=0.95),
+}
 
 
 def digits(count: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

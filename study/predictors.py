@@ -1,6 +1,6 @@
 """Are the spike predictors predictive? Measured on a study's runs (issue 11, part 3; corrected in issue 28).
 
-    python -m study.predictors [--sweep study/evidence.yaml]   # after `python -m study.report`
+    python -m study.predictors --sweep studies/evidence/sweep.yaml   # after `python -m study.report`
 
 Reads the report's files (<prefix>_runs.csv, <prefix>_histories.csv.gz) and writes
 <prefix>_predictors.md / .csv / .png. Definitions (the same for every predictor):
@@ -44,9 +44,9 @@ from spikelab.divergence import SpikeWatch
 from spikelab.figures import plt, save_figure
 from spikelab.params import load_params
 from spikelab.plumbing.errors import UserError, run_entry_point
-from study.report import RESULTS, read_histories, read_records
+from study.report import read_histories, read_records
 from study.stats import holm, wilson_interval
-from study.sweep import SWEEP_FILE, calm_cells, load_sweep, run_prefix
+from study.sweep import SWEEP_FILE, calm_cells, load_sweep, results_of, run_prefix
 from study.tables import format_cell, markdown_table, write_csv, write_text
 
 HORIZONS = (5, 10)
@@ -379,15 +379,16 @@ def false_alarm_rate(records: list[dict], calm: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.predictors", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, help="the study's results folder (default: results/ beside the sweep)")
     args = parser.parse_args(argv)
+    args.results = args.results or results_of(args.sweep)
     sweep = load_sweep(args.sweep)
     prefix = run_prefix(sweep, quick=False)
     calm = calm_cells(sweep, list(sweep.get("cells") or {}))
     histories = read_histories(args.results / f"{prefix}_histories.csv.gz")
     if not histories:
         raise UserError(
-            f"predictors: no {prefix}_histories.csv.gz in {args.results}; run `python -m study.report` first"
+            f"predictors: no {prefix}_histories.csv.gz in {args.results}; run `python -m study.report --sweep {args.sweep}` first"
         )
     records = read_records(args.results / f"{prefix}_runs.csv")
     params = load_params()

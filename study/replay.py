@@ -4,7 +4,7 @@
 
 The baseline is the workspace's last `dvc repro` (params.yaml, metrics/, models/snapshots/), or the
 experiment --exp NAME (its snapshot is read from the DVC cache with dvc.api). The snapshot at the
-latest epoch k <= divergence_epoch - replay.min_gap (study/sweep.yaml) holds the weights AND the
+latest epoch k <= divergence_epoch - replay.min_gap (the sweep file's) holds the weights AND the
 optimizer state (Adam's m, v, step); it is copied to study/replays/<label>-e<k>/ with a history.csv
 of the original's rows 1..k beside it, which a resume reads (DVC deletes models/ before train re-runs) and each replay is a normal DVC experiment with
 `-S train.resume_from=<absolute path> -S train.resume_epoch=k` plus one cell's overrides. The path
@@ -16,7 +16,8 @@ says how closely it did.
 Whether a replay "spiked again" is judged on the epochs after the resume only, by the same
 divergence rule: a replay that switches the loss (log_cosh) has losses on another scale than the
 rows before the resume, which come from the snapshot.
-Writes study/results/<name>.md, .csv and .png (--name, default `replay`).
+Writes <name>.md, .csv and .png (--name, default `replay`) into --results (default: results/ beside
+the sweep file, studies/sweep/results for the default sweep).
 """
 
 from __future__ import annotations
@@ -34,8 +35,17 @@ from spikelab.plumbing.errors import UserError, run_entry_point
 from spikelab.snapshots import HISTORY
 from study.dvc_calls import experiments_by_name, history_of, history_text, queue_and_wait, read_output
 from study.figures import plot_replay
-from study.sweep import SWEEP_FILE, SweepError, changed_params, expand, format_value, load_defaults, load_sweep
-from study.tables import RESULTS, markdown_table, write_csv, write_text
+from study.sweep import (
+    SWEEP_FILE,
+    SweepError,
+    changed_params,
+    expand,
+    format_value,
+    load_defaults,
+    load_sweep,
+    results_of,
+)
+from study.tables import markdown_table, write_csv, write_text
 
 REPLAYS = Path("study/replays")
 
@@ -184,9 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         "--report-only", action="store_true", help="queue nothing: tabulate the replays that exist (on any commit)"
     )
     parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, help="where the table goes (default: results/ beside the sweep)")
     parser.add_argument("--name", default="replay", help="file name of the results (e.g. replay_plateau)")
     args = parser.parse_args(argv)
+    args.results = args.results or results_of(args.sweep)
     try:
         sweep = load_sweep(args.sweep)
         defaults = load_defaults()
@@ -194,9 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = sweep.get("replay") or {}
         unknown = [name for name in settings.get("cells", []) if name not in cells]
         if unknown or "min_gap" not in settings:
-            raise SweepError(
-                f"study/sweep.yaml: replay needs min_gap and cells from {sorted(cells)}; unknown: {unknown}"
-            )
+            raise SweepError(f"{args.sweep}: replay needs min_gap and cells from {sorted(cells)}; unknown: {unknown}")
         baseline = baseline_from_experiment(args.exp) if args.exp else baseline_from_workspace(defaults)
         params = baseline["params"]
         if params.get("train.resume_from") is not None:

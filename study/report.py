@@ -1,7 +1,8 @@
 """The study's report: every sweep experiment -> a table per intervention (markdown + CSV) and a figure.
 
-    python -m study.report [--quick]      # make report; writes study/results/<sweep|quick>.{md,csv,png}
-                                          # and <sweep|quick>_runs.csv (one row per planned run)
+    python -m study.report --sweep studies/<name>/sweep.yaml [--quick] [--engine population] [--from-files]
+        # make report NAME=<name>; writes studies/<name>/results/<prefix>.{md,csv,png} and
+        # <prefix>_runs.csv (one row per planned run), <prefix>_histories.csv.gz, <prefix>_jumps.*
 
 Where the numbers come from: `dvc exp show --json --all-commits`, not the MLflow store. DVC lists
 every experiment the sweep queued under the name the sweep gave it, including queued, running and
@@ -34,7 +35,17 @@ from study.dvc_calls import experiments_by_name, history_of
 from study.figures import plot_dead_zone, plot_study, plot_thresholds
 from study.population import POPULATIONS, is_finished, member_dir
 from study.stats import bootstrap_interval, fisher_exact, holm, kaplan_meier, mann_whitney, wilson_interval
-from study.sweep import SWEEP_FILE, Cell, Run, expand, format_value, load_defaults, load_sweep, run_prefix
+from study.sweep import (
+    SWEEP_FILE,
+    Cell,
+    Run,
+    expand,
+    format_value,
+    load_defaults,
+    load_sweep,
+    results_of,
+    run_prefix,
+)
 from study.tables import RESULTS, markdown_table, write_csv, write_csv_gz, write_text
 from study.threshold_free import RATIOS, largest_jump, loss_bound, rate_curve, rule_can_fire
 
@@ -603,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.report", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="report the quick sweep's runs")
     parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--results", type=Path, help="where the results go (default: results/ beside the sweep file)")
     parser.add_argument(
         "--from-files",
         action="store_true",
@@ -617,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--populations", type=Path, default=POPULATIONS, help="the population members' root folder")
     args = parser.parse_args(argv)
+    args.results = args.results or results_of(args.sweep)
     sweep = load_sweep(args.sweep)
     cells, runs = expand(sweep, load_defaults(), quick=args.quick)
     prefix = run_prefix(sweep, args.quick)

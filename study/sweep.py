@@ -1,11 +1,15 @@
-"""The study's sweep: study/sweep.yaml -> named runs, each a list of `dvc exp run -S` overrides.
+"""A study's sweep file -> named runs, each a list of `dvc exp run -S` overrides.
 
 `expand()` is a pure function (tested); `main()` queues the runs as DVC experiments and runs them
 with `dvc queue start -j N`, waiting until the queue is done, so every run is a normal DVC
 experiment (and, through the train stage, a normal MLflow run).
 
-    python -m study.sweep queue [--quick] [--jobs 2] [--rerun]   # make sweep / make quick-sweep
-    python -m study.sweep list [--quick]                           # print the runs, queue nothing
+    python -m study.sweep queue [--sweep FILE] [--quick] [--jobs 2] [--rerun]   # make study ENGINE=dvc
+    python -m study.sweep list [--sweep FILE] [--quick]        # print the runs, queue nothing
+
+A study is a folder, studies/<name>/ (studies/__init__.py): its sweep file is sweep.yaml there and
+its results go to results/ beside it (results_of); FILE defaults to the first study's,
+studies/sweep/sweep.yaml.
 
 Run names are `<prefix>-<cell>-s<seed>` (prefix: the file's `prefix`, default `sweep`; `quick` for
 the quick subset), so the report can find each
@@ -24,7 +28,8 @@ from spikelab.params import flatten, load_params, read_yaml
 from spikelab.plumbing.errors import UserError, run_entry_point
 from study.dvc_calls import queue_and_wait
 
-SWEEP_FILE = Path("study/sweep.yaml")
+STUDIES = Path("studies")  # a folder per study: sweep.yaml, results/, README.md (studies/__init__.py)
+SWEEP_FILE = STUDIES / "sweep" / "sweep.yaml"  # the default: the first study, the quick sweep's
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")  # DVC experiment names are git ref names: no dots
 SWEEP_KEYS = {
     "seeds",
@@ -40,7 +45,7 @@ SWEEP_KEYS = {
 
 
 class SweepError(UserError, ValueError):
-    """A bad study/sweep.yaml; the message names the key."""
+    """A bad studies/sweep/sweep.yaml; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ def changed_params(params: dict, defaults: dict) -> dict:
 def _check_name(name, what: str) -> str:
     if not isinstance(name, str) or not NAME.match(name):
         raise SweepError(
-            f"study/sweep.yaml: {what} {name!r} must be lower-case letters, digits and '-' (a DVC experiment name)"
+            f"studies/sweep/sweep.yaml: {what} {name!r} must be lower-case letters, digits and '-' (a DVC experiment name)"
         )
     return name
 
@@ -97,9 +102,9 @@ def _seeds(raw, key: str) -> list[int]:
         or not raw
         or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw)
     ):
-        raise SweepError(f"study/sweep.yaml: {key} must be a non-empty list of integers >= 0, got {raw!r}")
+        raise SweepError(f"studies/sweep/sweep.yaml: {key} must be a non-empty list of integers >= 0, got {raw!r}")
     if len(set(raw)) != len(raw):
-        raise SweepError(f"study/sweep.yaml: {key} lists a seed twice: {raw!r}")
+        raise SweepError(f"studies/sweep/sweep.yaml: {key} lists a seed twice: {raw!r}")
     return list(raw)
 
 
@@ -108,7 +113,9 @@ def calm_cells(sweep: dict, names: list[str]) -> list[str]:
     decay, SGD has no preconditioner): every firing of the divergence rule there is a false alarm."""
     calm = sweep.get("no_spike_expected") or []
     if not isinstance(calm, list) or any(name not in names for name in calm):
-        raise SweepError(f"study/sweep.yaml: no_spike_expected must list some of the cells {names}, got {calm!r}")
+        raise SweepError(
+            f"studies/sweep/sweep.yaml: no_spike_expected must list some of the cells {names}, got {calm!r}"
+        )
     return list(calm)
 
 
@@ -117,19 +124,19 @@ def parse_cells(sweep: dict, defaults: dict) -> list[Cell]:
     marked same_as the first cell with the same effective params (it would only repeat those runs)."""
     raw_cells = sweep.get("cells")
     if not isinstance(raw_cells, dict) or not raw_cells:
-        raise SweepError("study/sweep.yaml: 'cells' must be a mapping of cell name -> {params key: value}")
+        raise SweepError("studies/sweep/sweep.yaml: 'cells' must be a mapping of cell name -> {params key: value}")
     references = parse_references(sweep, list(raw_cells))
     cells, seen = [], {}
     for name, overrides in raw_cells.items():
         _check_name(name, "cell name")
         overrides = overrides or {}
         if not isinstance(overrides, dict):
-            raise SweepError(f"study/sweep.yaml: cells.{name} must be a mapping of params keys to values")
+            raise SweepError(f"studies/sweep/sweep.yaml: cells.{name} must be a mapping of params keys to values")
         for key in overrides:
             if key not in defaults:
-                raise SweepError(f"study/sweep.yaml: cells.{name}: unknown params key {key!r}")
+                raise SweepError(f"studies/sweep/sweep.yaml: cells.{name}: unknown params key {key!r}")
             if key == "train.seed":
-                raise SweepError(f"study/sweep.yaml: cells.{name} sets train.seed; seeds come from 'seeds'")
+                raise SweepError(f"studies/sweep/sweep.yaml: cells.{name} sets train.seed; seeds come from 'seeds'")
         effective = tuple(
             sorted((key, format_value(value)) for key, value in changed_params(overrides, defaults).items())
         )
@@ -143,13 +150,17 @@ def parse_references(sweep: dict, names: list[str]) -> dict[str, str]:
     plateau intervention against the plateau configuration, not against the default's baseline)."""
     references = sweep.get("compare_with") or {}
     if not isinstance(references, dict):
-        raise SweepError("study/sweep.yaml: 'compare_with' must be a mapping of cell -> the cell it is compared with")
+        raise SweepError(
+            "studies/sweep/sweep.yaml: 'compare_with' must be a mapping of cell -> the cell it is compared with"
+        )
     for cell, reference in references.items():
         for role, name in (("cell", cell), ("reference", reference)):
             if name not in names:
-                raise SweepError(f"study/sweep.yaml: compare_with: unknown {role} {name!r}; the cells are {names}")
+                raise SweepError(
+                    f"studies/sweep/sweep.yaml: compare_with: unknown {role} {name!r}; the cells are {names}"
+                )
         if cell == reference:
-            raise SweepError(f"study/sweep.yaml: compare_with: {cell!r} cannot be compared with itself")
+            raise SweepError(f"studies/sweep/sweep.yaml: compare_with: {cell!r} cannot be compared with itself")
     return dict(references)
 
 
@@ -157,7 +168,7 @@ def expand(sweep: dict, defaults: dict, quick: bool = False) -> tuple[list[Cell]
     """(cells, runs) of the full sweep, or of its `quick` subset. defaults: flat params.yaml."""
     unknown = set(sweep) - SWEEP_KEYS
     if unknown:
-        raise SweepError(f"study/sweep.yaml: unknown keys {sorted(unknown)}; allowed: {sorted(SWEEP_KEYS)}")
+        raise SweepError(f"studies/sweep/sweep.yaml: unknown keys {sorted(unknown)}; allowed: {sorted(SWEEP_KEYS)}")
     cells = parse_cells(sweep, defaults)
     calm_cells(sweep, [cell.name for cell in cells])
     seeds = _seeds(sweep.get("seeds"), "seeds")
@@ -167,7 +178,9 @@ def expand(sweep: dict, defaults: dict, quick: bool = False) -> tuple[list[Cell]
         names = subset.get("cells")
         known = [cell.name for cell in cells]
         if not isinstance(names, list) or not names or any(name not in known for name in names):
-            raise SweepError(f"study/sweep.yaml: quick.cells must list some of the cells {known}, got {names!r}")
+            raise SweepError(
+                f"studies/sweep/sweep.yaml: quick.cells must list some of the cells {known}, got {names!r}"
+            )
         cells = [cell for cell in cells if cell.name in names]
         seeds = _seeds(subset.get("seeds"), "quick.seeds")
         prefix = "quick"
@@ -197,12 +210,12 @@ def data_seeds(sweep: dict, cells: list[Cell]):
     if offset is None:
         return lambda seed: ()
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 1:
-        raise SweepError(f"study/sweep.yaml: data_seed_offset must be an integer >= 1, got {offset!r}")
+        raise SweepError(f"studies/sweep/sweep.yaml: data_seed_offset must be an integer >= 1, got {offset!r}")
     for cell in cells:
         clash = {"data.seed", "split.seed"} & set(cell.overrides)
         if clash:
             raise SweepError(
-                f"study/sweep.yaml: cells.{cell.name} sets {sorted(clash)[0]}; with data_seed_offset it comes from the seed"
+                f"studies/sweep/sweep.yaml: cells.{cell.name} sets {sorted(clash)[0]}; with data_seed_offset it comes from the seed"
             )
     return lambda seed: (f"data.seed={offset + seed}", f"split.seed={offset + seed}")
 
@@ -212,8 +225,13 @@ def stop_after_spike(sweep: dict) -> int | None:
     N epochs past its first spike; train.epochs stays the cap for runs that never spike."""
     value = sweep.get("stop_after_spike")
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise SweepError(f"study/sweep.yaml: stop_after_spike must be an integer >= 1 (epochs), got {value!r}")
+        raise SweepError(f"studies/sweep/sweep.yaml: stop_after_spike must be an integer >= 1 (epochs), got {value!r}")
     return value
+
+
+def results_of(sweep_file: Path) -> Path:
+    """A study's results folder: results/ beside its sweep file (studies/<name>/results)."""
+    return sweep_file.parent / "results"
 
 
 def load_sweep(path: Path = SWEEP_FILE) -> dict:

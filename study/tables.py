@@ -1,4 +1,4 @@
-"""The study's tables: numbers as people read them, markdown for the docs, CSV for re-use."""
+"""Every study's tables: numbers as people read them, markdown for the docs, CSV for re-use."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from pathlib import Path
 
 from spikelab.plumbing.files import atomic_path
 
-RESULTS = Path("study/results")  # every study's tables, figures, rows and histories
+# The results folder of a sweep file kept in study/ (team mode's: team/study.py): the one place it
+# is named. A study's own is studies/<name>/results, beside its sweep file (study.sweep.results_of).
+RESULTS = Path("study/results")
 
 
 def format_cell(value) -> str:

@@ -1,11 +1,11 @@
-"""study.agreement pairs the population engine's cells with the committed per-run ones."""
+"""studies.agreement.analysis pairs the population engine's cells with the committed per-run ones."""
 
 from __future__ import annotations
 
 import pytest
 
 from spikelab.plumbing.errors import UserError
-from study.agreement import compare
+from studies.agreement.analysis import compare
 from study.stats import fisher_exact
 
 

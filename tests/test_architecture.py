@@ -1,5 +1,6 @@
-"""The layout is the architecture: no import circles, the library never imports its clients, and
-each stage's dvc.yaml deps cover every project module it imports (else DVC would not re-run it)."""
+"""The layout is the architecture: no import circles, the library never imports its clients, a study
+never imports another study, and each stage's dvc.yaml deps cover every project module it imports
+(else DVC would not re-run it)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ import pytest
 from conftest import REPO
 from spikelab.params import read_yaml
 
-PACKAGES = ("spikelab", "study", "stages", "benchmarks", "team", "tools")
-# who may import whom: the library is the bottom layer; the study engines, the tools and the
-# benchmarks are its clients
+PACKAGES = ("spikelab", "study", "studies", "stages", "benchmarks", "team", "tools")
+# who may import whom: the library is the bottom layer; the study engines and shared analysis, the
+# studies, the tools and the benchmarks are its clients; nothing imports a study
 MAY_IMPORT = {
     "spikelab": {"spikelab"},
     "stages": {"spikelab"},
     "study": {"spikelab", "study"},
+    # each study (studies/<name>/) runs on the engines and the shared analysis; test_no_study_imports_another
+    "studies": {"spikelab", "study", "studies"},
     # the everyday tools (make exp, compare, ui, relocate, sync) use the engines' DVC calls and tables
     "tools": {"spikelab", "study", "tools"},
     # the study-throughput benchmark times the study's own queue-and-wait: the study is its workload
@@ -84,6 +87,30 @@ def test_no_layer_imports_one_above_it(graph):
         if imported.split(".")[0] not in MAY_IMPORT[module.split(".")[0]]
     ]
     assert wrong == []
+
+
+def test_no_study_imports_another(graph):
+    """A study folder is self-contained: it may read another study's committed result files (the
+    replication reads the evidence study's tables), never import its code; shared code lives in study/."""
+
+    def home(module: str) -> str:
+        return ".".join(module.split(".")[:2])  # studies.<name>
+
+    wrong = [
+        f"{module} imports {imported}"
+        for module, imported_set in graph.items()
+        if module.startswith("studies.")
+        for imported in imported_set
+        if imported.startswith("studies.") and home(imported) != home(module)
+    ]
+    assert wrong == []
+
+
+def test_every_study_is_a_package_of_its_own():
+    """`python -m studies.<name>.<module>` needs studies/ and each folder to be packages."""
+    folders = [path for path in (REPO / "studies").iterdir() if path.is_dir() and path.name != "__pycache__"]
+    assert folders and (REPO / "studies" / "__init__.py").is_file()
+    assert [folder.name for folder in folders if not (folder / "__init__.py").is_file()] == []
 
 
 def closure(module: str, graph: dict[str, set[str]]) -> set[str]:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from study.dead_dynamics import summarize, transitions
+from studies.dead_dynamics.analysis import summarize, transitions
 
 
 def test_transitions_count_every_image_between_accountings():

@@ -1,5 +1,5 @@
-"""Every relative link in the README and docs/ resolves: to a file or folder that exists, and where
-it names an anchor (`page.md#heading`), to a heading of that page as GitHub slugs it."""
+"""Every relative link in the README, docs/ and the studies' pages resolves: to a file or folder that
+exists, and where it names an anchor (`page.md#heading`), to a heading of that page as GitHub slugs it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,12 @@ FENCE = re.compile(r"^\s*```")
 
 
 def pages() -> list[Path]:
-    return [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    return [
+        REPO / "README.md",
+        *sorted((REPO / "docs").rglob("*.md")),
+        *sorted((REPO / "studies").glob("*.md")),
+        *sorted((REPO / "studies").glob("*/*.md")),
+    ]
 
 
 def prose_lines(text: str) -> list[str]:
@@ -97,4 +102,14 @@ def test_make_alone_lists_every_target_with_a_line_of_help():
     undocumented = {target for target in targets if not re.search(rf"^{target}:.*## \S", makefile, re.MULTILINE)}
     assert undocumented == set()
     listed = subprocess.run(["make", "-s", "-C", str(REPO)], capture_output=True, text=True, check=True).stdout
-    assert {line.split()[0] for line in listed.splitlines() if line.strip()} == targets
+    listed_targets, _, listed_studies = listed.partition("\n\n")
+    assert {line.split()[0] for line in listed_targets.splitlines() if line.strip()} == targets
+    # then every study folder, with the question its README.md opens with
+    folders = {
+        path.parent.name for name in ("README.md", "sweep.yaml") for path in (REPO / "studies").glob(f"*/{name}")
+    }
+    rows = [line.split(maxsplit=1) for line in listed_studies.splitlines()[1:] if line.strip()]
+    assert {row[0] for row in rows} == folders
+    for name, question in rows:
+        readme = REPO / "studies" / name / "README.md"
+        assert not readme.exists() or readme.read_text().startswith(f"# {name}: {question}\n")

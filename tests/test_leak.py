@@ -5,7 +5,7 @@ import pytest
 
 from spikelab.data import split
 from spikelab.params import SplitParams
-from study.leak import leak_rows, twin_in_training
+from studies.leak.analysis import leak_rows, twin_in_training
 
 
 @pytest.mark.parametrize("twins", ["independent", "together"])

@@ -1,10 +1,10 @@
-"""The replication table's judgement, as study/preregistered.md fixed it."""
+"""The replication table's judgement, as studies/replication/PREREGISTRATION.md fixed it."""
 
 import csv
 
 import pytest
 
-from study.replicate import judge, table, verdicts
+from studies.replication.analysis import judge, table, verdicts
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The onset scaling analysis (study/scaling.py): Kaplan-Meier, the censored log-normal law, the rows."""
+"""The onset scaling analysis (studies/scaling/analysis.py): Kaplan-Meier, the censored log-normal law, the rows."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from study.scaling import (
+from studies.scaling.analysis import (
     Fit,
     ScalingError,
     design,
@@ -71,7 +71,7 @@ def test_the_censored_fit_recovers_a_known_law_and_dropping_censored_runs_would_
 
 
 def point(cell, lr, n, times, events, held_out=False):
-    from study.scaling import Point
+    from studies.scaling.analysis import Point
 
     return Point(
         cell,
@@ -116,7 +116,7 @@ def test_held_out_verdict_as_documented():
 
 
 def test_a_point_that_never_spiked_alone_in_its_batch_size_is_left_out_of_the_fit():
-    from study.scaling import identified
+    from studies.scaling.analysis import identified
 
     spiking = [point(f"lr{lr}", lr, 1024, [5000, 6000, 7000], [1, 1, 1]) for lr in (1e-2, 3e-3)]
     small = point("n128", 3e-3, 128, [16000] * 3, [0, 0, 0])
@@ -141,7 +141,7 @@ def test_one_runs_interval_is_wider_than_the_medians():
 
 
 def test_rows_become_points_with_onsets_in_steps_and_censoring(tmp_path):
-    # study/scaling.yaml's center: 1024 training images per class, batch 32 -> 64 steps per epoch
+    # studies/scaling/sweep.yaml's center: 1024 training images per class, batch 32 -> 64 steps per epoch
     path = tmp_path / "scaling_runs.csv"
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -151,7 +151,7 @@ def test_rows_become_points_with_onsets_in_steps_and_censoring(tmp_path):
         writer.writerow(["scaling-center-s40", "center", 40, "success", 90, 130, "True", 0.25])
         writer.writerow(["scaling-center-s41", "center", 41, "success", "", 400, "False", 0.0])
         writer.writerow(["scaling-center-s42", "center", 42, "failed", "", "", "", ""])
-    points = {p.cell: p for p in load_points(__import__("pathlib").Path("study/scaling.yaml"), path)}
+    points = {p.cell: p for p in load_points(__import__("pathlib").Path("studies/scaling/sweep.yaml"), path)}
     center = points["center"]
     assert center.steps_per_epoch == 64
     assert list(center.times) == [90 * 64, 400 * 64]
@@ -161,7 +161,7 @@ def test_rows_become_points_with_onsets_in_steps_and_censoring(tmp_path):
 
 
 def test_write_results_tables_the_points_the_held_out_check_and_the_seed(tmp_path):
-    from study.scaling import write_results
+    from studies.scaling.analysis import write_results
 
     rng = np.random.default_rng(3)
     center = {"learning_rate": 3e-3, "n_per_class": 1024, "filters": 8, "batch_size": 32}

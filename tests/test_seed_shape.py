@@ -1,10 +1,10 @@
-"""The seed's shape rule (study/seed_shape.py), on the examples its docstring describes."""
+"""The seed's shape rule (studies/seed_shape/analysis.py), on the examples its docstring describes."""
 
 from __future__ import annotations
 
 import math
 
-from study.seed_shape import shape_of
+from studies.seed_shape.analysis import shape_of
 
 FALL = [1.0, 0.5, 0.2, 0.1, 0.1]  # lowest 0.1 before any jump
 

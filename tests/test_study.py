@@ -18,7 +18,7 @@ from study.report import aggregate, representative, run_record, write_report
 from study.sweep import SweepError, expand, load_sweep
 from study.tables import markdown_table
 
-REPO_SWEEP = Path(__file__).resolve().parents[1] / "study" / "sweep.yaml"
+REPO_SWEEP = Path(__file__).resolve().parents[1] / "studies" / "sweep" / "sweep.yaml"
 
 SWEEP = {
     "seeds": [0, 1],
@@ -75,10 +75,10 @@ def test_a_data_seed_offset_gives_each_seed_its_own_dataset_shared_by_its_cells(
 
 
 def test_the_replication_is_the_preregistered_design(defaults):
-    """study/preregistered.md: the 12 cells that carry a verdict, train seeds 20-39, data 1000 + seed."""
-    sweep = load_sweep(REPO_SWEEP.parent / "replication.yaml")
+    """studies/replication/PREREGISTRATION.md: the 12 cells that carry a verdict, train seeds 20-39, data 1000 + seed."""
+    sweep = load_sweep(REPO_SWEEP.parents[1] / "replication" / "sweep.yaml")
     cells, runs = expand(sweep, defaults)
-    evidence, _ = expand(load_sweep(REPO_SWEEP.parent / "evidence.yaml"), defaults)
+    evidence, _ = expand(load_sweep(REPO_SWEEP.parents[1] / "evidence" / "sweep.yaml"), defaults)
     same = {cell.name: cell.overrides for cell in evidence if cell.name != "plateau-log-cosh"}
     assert {cell.name: cell.overrides for cell in cells} == same
     assert sorted({run.seed for run in runs}) == list(range(20, 40)) and len(runs) == 240
@@ -113,7 +113,7 @@ def test_bad_sweep_files_are_rejected_naming_the_key(defaults, change, message):
 
 
 def test_the_repo_sweep_covers_the_issue(defaults):
-    """study/sweep.yaml: eps {1e-8, 1e-7, 1e-3, 1e-2}, both BCE forms, log_cosh, SGD, AMSGrad, clipping, >= 5 seeds."""
+    """studies/sweep/sweep.yaml: eps {1e-8, 1e-7, 1e-3, 1e-2}, both BCE forms, log_cosh, SGD, AMSGrad, clipping, >= 5 seeds."""
     sweep = load_sweep(REPO_SWEEP)
     cells, runs = expand(sweep, defaults)
     overrides = [cell.overrides for cell in cells]
@@ -515,7 +515,7 @@ def test_a_report_without_any_of_its_experiments_refuses_instead_of_overwriting_
     from study import report
 
     monkeypatch.setattr(report, "experiments_by_name", lambda: {})
-    with pytest.raises(report.UserError, match=r"none of the \d+ runs of study/sweep.yaml is a DVC experiment"):
+    with pytest.raises(report.UserError, match=r"none of the \d+ runs of studies/sweep/sweep.yaml is a DVC experiment"):
         report.main(["--results", str(tmp_path)])
     assert list(tmp_path.iterdir()) == []
 

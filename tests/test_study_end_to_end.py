@@ -26,18 +26,19 @@ TINY_SWEEP = {
 
 @pytest.mark.slow
 def test_sweep_report_and_replay_in_a_lab_copy(lab_repo, tiny_raw):
-    sweep = lab_repo / "study" / "tiny.yaml"
+    sweep = lab_repo / "studies" / "tiny" / "sweep.yaml"  # a study folder: its results go beside it
+    sweep.parent.mkdir()
     sweep.write_text(yaml.safe_dump(TINY_SWEEP, sort_keys=False))
     run(["dvc", "repro", "split"], lab_repo)  # data cached once, so each experiment only trains and evaluates
     run(["git", "add", "-A"], lab_repo)
     run(["git", "commit", "-qm", "tiny sweep"], lab_repo)
 
-    queued = run(["python", "-m", "study.sweep", "queue", "--sweep", "study/tiny.yaml"], lab_repo, check=False)
+    queued = run(["python", "-m", "study.sweep", "queue", "--sweep", "studies/tiny/sweep.yaml"], lab_repo, check=False)
     assert queued.returncode == 1, queued.stdout + queued.stderr  # one run failed, on purpose
     assert "1 failed: sweep-broken-s0" in queued.stdout
 
-    run(["python", "-m", "study.report", "--sweep", "study/tiny.yaml"], lab_repo)
-    results = lab_repo / "study" / "results"
+    run(["python", "-m", "study.report", "--sweep", "studies/tiny/sweep.yaml"], lab_repo)
+    results = lab_repo / "studies" / "tiny" / "results"
     with open(results / "sweep.csv") as handle:
         table = {row["cell"]: row for row in csv.DictReader(handle)}
     assert (table["baseline"]["n_runs"], table["baseline"]["n_failed"]) == ("1", "0")
@@ -49,7 +50,17 @@ def test_sweep_report_and_replay_in_a_lab_copy(lab_repo, tiny_raw):
 
     # resume the baseline run from its epoch-1 snapshot, unchanged and with epsilon 1e-2
     run(
-        ["python", "-m", "study.replay", "--sweep", "study/tiny.yaml", "--exp", "sweep-baseline-s0", "--epoch", "1"],
+        [
+            "python",
+            "-m",
+            "study.replay",
+            "--sweep",
+            "studies/tiny/sweep.yaml",
+            "--exp",
+            "sweep-baseline-s0",
+            "--epoch",
+            "1",
+        ],
         lab_repo,
     )
     with open(results / "replay.csv") as handle:

@@ -1,0 +1,1 @@
+"""The agreement study: README.md beside this file."""

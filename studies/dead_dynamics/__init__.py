@@ -1,0 +1,1 @@
+"""The dead_dynamics study: README.md beside this file."""

@@ -1,0 +1,1 @@
+"""The doctor study: README.md beside this file."""

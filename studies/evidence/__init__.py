@@ -1,0 +1,1 @@
+"""The evidence study: README.md beside this file."""

@@ -1,0 +1,1 @@
+"""The leak study: README.md beside this file."""

@@ -1,0 +1,1 @@
+"""The plateau study: README.md beside this file."""

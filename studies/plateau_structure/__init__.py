@@ -1,0 +1,1 @@
+"""The plateau_structure study: README.md beside this file."""

@@ -1,0 +1,1 @@
+"""The replication study: README.md beside this file."""

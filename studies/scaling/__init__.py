@@ -1,0 +1,1 @@
+"""The scaling study: README.md beside this file."""

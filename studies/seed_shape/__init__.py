@@ -1,0 +1,1 @@
+"""The seed_shape study: README.md beside this file."""

@@ -1,0 +1,1 @@
+"""The structure study: README.md beside this file."""

@@ -1,0 +1,1 @@
+"""The sweep study: README.md beside this file."""

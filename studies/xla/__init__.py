@@ -1,0 +1,1 @@
+"""The xla study: README.md beside this file."""
