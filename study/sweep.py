@@ -45,7 +45,20 @@ SWEEP_KEYS = {
 
 
 class SweepError(UserError, ValueError):
-    """A bad studies/sweep/sweep.yaml; the message names the key."""
+    """A bad sweep file; the message names the file and the key."""
+
+
+class SweepFile(dict):
+    """A sweep file's mapping (load_sweep), with the path it was read from: errors name that file."""
+
+    def __init__(self, raw: dict, path: Path):
+        super().__init__(raw)
+        self.path = path
+
+
+def _where(sweep: dict) -> str:
+    """The file a sweep came from, for its errors (a mapping built in code says so)."""
+    return str(getattr(sweep, "path", "the sweep (not read from a file)"))
 
 
 @dataclass(frozen=True)
@@ -88,23 +101,21 @@ def changed_params(params: dict, defaults: dict) -> dict:
     }
 
 
-def _check_name(name, what: str) -> str:
+def _check_name(name, what: str, where: str) -> str:
     if not isinstance(name, str) or not NAME.match(name):
-        raise SweepError(
-            f"studies/sweep/sweep.yaml: {what} {name!r} must be lower-case letters, digits and '-' (a DVC experiment name)"
-        )
+        raise SweepError(f"{where}: {what} {name!r} must be lower-case letters, digits and '-' (a DVC experiment name)")
     return name
 
 
-def _seeds(raw, key: str) -> list[int]:
+def _seeds(raw, key: str, where: str) -> list[int]:
     if (
         not isinstance(raw, list)
         or not raw
         or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw)
     ):
-        raise SweepError(f"studies/sweep/sweep.yaml: {key} must be a non-empty list of integers >= 0, got {raw!r}")
+        raise SweepError(f"{where}: {key} must be a non-empty list of integers >= 0, got {raw!r}")
     if len(set(raw)) != len(raw):
-        raise SweepError(f"studies/sweep/sweep.yaml: {key} lists a seed twice: {raw!r}")
+        raise SweepError(f"{where}: {key} lists a seed twice: {raw!r}")
     return list(raw)
 
 
@@ -113,9 +124,7 @@ def calm_cells(sweep: dict, names: list[str]) -> list[str]:
     decay, SGD has no preconditioner): every firing of the divergence rule there is a false alarm."""
     calm = sweep.get("no_spike_expected") or []
     if not isinstance(calm, list) or any(name not in names for name in calm):
-        raise SweepError(
-            f"studies/sweep/sweep.yaml: no_spike_expected must list some of the cells {names}, got {calm!r}"
-        )
+        raise SweepError(f"{_where(sweep)}: no_spike_expected must list some of the cells {names}, got {calm!r}")
     return list(calm)
 
 
@@ -124,19 +133,19 @@ def parse_cells(sweep: dict, defaults: dict) -> list[Cell]:
     marked same_as the first cell with the same effective params (it would only repeat those runs)."""
     raw_cells = sweep.get("cells")
     if not isinstance(raw_cells, dict) or not raw_cells:
-        raise SweepError("studies/sweep/sweep.yaml: 'cells' must be a mapping of cell name -> {params key: value}")
+        raise SweepError(f"{_where(sweep)}: 'cells' must be a mapping of cell name -> {{params key: value}}")
     references = parse_references(sweep, list(raw_cells))
     cells, seen = [], {}
     for name, overrides in raw_cells.items():
-        _check_name(name, "cell name")
+        _check_name(name, "cell name", _where(sweep))
         overrides = overrides or {}
         if not isinstance(overrides, dict):
-            raise SweepError(f"studies/sweep/sweep.yaml: cells.{name} must be a mapping of params keys to values")
+            raise SweepError(f"{_where(sweep)}: cells.{name} must be a mapping of params keys to values")
         for key in overrides:
             if key not in defaults:
-                raise SweepError(f"studies/sweep/sweep.yaml: cells.{name}: unknown params key {key!r}")
+                raise SweepError(f"{_where(sweep)}: cells.{name}: unknown params key {key!r}")
             if key == "train.seed":
-                raise SweepError(f"studies/sweep/sweep.yaml: cells.{name} sets train.seed; seeds come from 'seeds'")
+                raise SweepError(f"{_where(sweep)}: cells.{name} sets train.seed; seeds come from 'seeds'")
         effective = tuple(
             sorted((key, format_value(value)) for key, value in changed_params(overrides, defaults).items())
         )
@@ -150,17 +159,13 @@ def parse_references(sweep: dict, names: list[str]) -> dict[str, str]:
     plateau intervention against the plateau configuration, not against the default's baseline)."""
     references = sweep.get("compare_with") or {}
     if not isinstance(references, dict):
-        raise SweepError(
-            "studies/sweep/sweep.yaml: 'compare_with' must be a mapping of cell -> the cell it is compared with"
-        )
+        raise SweepError(f"{_where(sweep)}: 'compare_with' must be a mapping of cell -> the cell it is compared with")
     for cell, reference in references.items():
         for role, name in (("cell", cell), ("reference", reference)):
             if name not in names:
-                raise SweepError(
-                    f"studies/sweep/sweep.yaml: compare_with: unknown {role} {name!r}; the cells are {names}"
-                )
+                raise SweepError(f"{_where(sweep)}: compare_with: unknown {role} {name!r}; the cells are {names}")
         if cell == reference:
-            raise SweepError(f"studies/sweep/sweep.yaml: compare_with: {cell!r} cannot be compared with itself")
+            raise SweepError(f"{_where(sweep)}: compare_with: {cell!r} cannot be compared with itself")
     return dict(references)
 
 
@@ -168,21 +173,19 @@ def expand(sweep: dict, defaults: dict, quick: bool = False) -> tuple[list[Cell]
     """(cells, runs) of the full sweep, or of its `quick` subset. defaults: flat params.yaml."""
     unknown = set(sweep) - SWEEP_KEYS
     if unknown:
-        raise SweepError(f"studies/sweep/sweep.yaml: unknown keys {sorted(unknown)}; allowed: {sorted(SWEEP_KEYS)}")
+        raise SweepError(f"{_where(sweep)}: unknown keys {sorted(unknown)}; allowed: {sorted(SWEEP_KEYS)}")
     cells = parse_cells(sweep, defaults)
     calm_cells(sweep, [cell.name for cell in cells])
-    seeds = _seeds(sweep.get("seeds"), "seeds")
-    prefix = _check_name(sweep.get("prefix", "sweep"), "prefix")
+    seeds = _seeds(sweep.get("seeds"), "seeds", _where(sweep))
+    prefix = _check_name(sweep.get("prefix", "sweep"), "prefix", _where(sweep))
     if quick:
         subset = sweep.get("quick") or {}
         names = subset.get("cells")
         known = [cell.name for cell in cells]
         if not isinstance(names, list) or not names or any(name not in known for name in names):
-            raise SweepError(
-                f"studies/sweep/sweep.yaml: quick.cells must list some of the cells {known}, got {names!r}"
-            )
+            raise SweepError(f"{_where(sweep)}: quick.cells must list some of the cells {known}, got {names!r}")
         cells = [cell for cell in cells if cell.name in names]
-        seeds = _seeds(subset.get("seeds"), "quick.seeds")
+        seeds = _seeds(subset.get("seeds"), "quick.seeds", _where(sweep))
         prefix = "quick"
     per_seed = data_seeds(sweep, cells)
     # seed-major order: a sweep stopped part-way has covered every cell with its first seeds
@@ -210,12 +213,12 @@ def data_seeds(sweep: dict, cells: list[Cell]):
     if offset is None:
         return lambda seed: ()
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 1:
-        raise SweepError(f"studies/sweep/sweep.yaml: data_seed_offset must be an integer >= 1, got {offset!r}")
+        raise SweepError(f"{_where(sweep)}: data_seed_offset must be an integer >= 1, got {offset!r}")
     for cell in cells:
         clash = {"data.seed", "split.seed"} & set(cell.overrides)
         if clash:
             raise SweepError(
-                f"studies/sweep/sweep.yaml: cells.{cell.name} sets {sorted(clash)[0]}; with data_seed_offset it comes from the seed"
+                f"{_where(sweep)}: cells.{cell.name} sets {sorted(clash)[0]}; with data_seed_offset it comes from the seed"
             )
     return lambda seed: (f"data.seed={offset + seed}", f"split.seed={offset + seed}")
 
@@ -225,7 +228,7 @@ def stop_after_spike(sweep: dict) -> int | None:
     N epochs past its first spike; train.epochs stays the cap for runs that never spike."""
     value = sweep.get("stop_after_spike")
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-        raise SweepError(f"studies/sweep/sweep.yaml: stop_after_spike must be an integer >= 1 (epochs), got {value!r}")
+        raise SweepError(f"{_where(sweep)}: stop_after_spike must be an integer >= 1 (epochs), got {value!r}")
     return value
 
 
@@ -238,7 +241,7 @@ def load_sweep(path: Path = SWEEP_FILE) -> dict:
     raw = read_yaml(path, "sweep")
     if not isinstance(raw, dict):
         raise SweepError(f"{path}: must be a mapping with 'seeds' and 'cells'")
-    return raw
+    return SweepFile(raw, path)
 
 
 def load_defaults(path: Path = Path("params.yaml")) -> dict:

@@ -606,3 +606,22 @@ def test_stop_after_spike_is_checked_and_refused_by_the_dvc_path(tmp_path):
     sweep.write_text("seeds: [0]\nstop_after_spike: 40\ncells:\n  baseline: {}\n")
     with pytest.raises(SweepError, match="needs the population engine"):
         main(["queue", "--sweep", str(sweep)])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("seeds: [0]\ncells:\n  baseline: {optimizer.epsilom: 1.0}\n", "cells.baseline: unknown params key"),
+        ("seeds: []\ncells:\n  baseline: {}\n", "seeds must be a non-empty list"),
+        ("prefix: Bad\nseeds: [0]\ncells:\n  baseline: {}\n", "prefix 'Bad'"),
+        ("seeds: [0]\ncells: [baseline]\n", "'cells' must be a mapping of cell name -> {params key: value}"),
+    ],
+)
+def test_a_bad_sweep_file_is_named_in_its_error_wherever_it_is(tmp_path, defaults, text, message):
+    """Not the default sweep's path: the file actually read (a study's own sweep.yaml, a test's)."""
+    path = tmp_path / "studies" / "elsewhere" / "sweep.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    with pytest.raises(SweepError) as raised:
+        expand(load_sweep(path), defaults)
+    assert str(raised.value).startswith(f"{path}: {message}")
