@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from spikelab.history import read_history_csv, write_history_csv
-from spikelab.plumbing.errors import InputError, disk_full_error, disk_full_in
+from spikelab.plumbing.errors import InputError, disk_full_error, disk_full_in, one_line_shortened, quoted
 from spikelab.plumbing.files import atomic_path, project_root
 
 if TYPE_CHECKING:
@@ -98,8 +98,17 @@ def load_snapshot(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], int]:
         return state, int(archive["epoch"])
 
 
-def _resume_error(path, message: str) -> InputError:
-    return InputError(f"train.resume_from = {path}: {message}")
+# what train.resume_from must name, said with every refusal of a file that is not one
+CHECKPOINT = (
+    "a checkpoint of this lab is a snapshot the train stage wrote (models/snapshots/epoch_NNNNN.npz, "
+    f"every train.snapshot_every epochs) with the {HISTORY} beside it"
+)
+
+
+def _resume_error(path, message: str, explain: bool = True) -> InputError:
+    return InputError(
+        f"train.resume_from = {quoted(path, as_written=True)}: {message}" + (f"; {CHECKPOINT}" if explain else "")
+    )
 
 
 def resume_history(path: str | os.PathLike, epoch: int) -> list[dict]:
@@ -133,8 +142,10 @@ def check_resume(path: str | os.PathLike, epoch: int) -> None:
     try:
         with np.load(path) as archive:
             found = int(archive["epoch"]) if "epoch" in archive.files else None
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise _resume_error(path, f"not a snapshot (.npz) file ({error})") from None
+    except OSError as error:  # unreadable: say why (permission, an I/O error)
+        raise _resume_error(path, f"not a snapshot (.npz) file ({one_line_shortened(error, 100)})") from None
+    except (ValueError, EOFError, zipfile.BadZipFile):  # numpy's words here would offer to unpickle it
+        raise _resume_error(path, "not a snapshot (.npz) file: numpy cannot read it as saved arrays") from None
     if found is None:
         raise _resume_error(path, "not a snapshot: it holds no 'epoch'")
     if found != epoch:
@@ -157,6 +168,7 @@ def check_resume_weights(path: str | os.PathLike, model: keras.Model) -> None:
         raise _resume_error(
             path,
             f"its weights do not fit the model params.yaml builds: it {problem}; resume with the model.* it was made with",
+            explain=False,
         )
 
 

@@ -97,6 +97,57 @@ def test_the_error_of_a_stage_whose_outputs_dvc_deleted_says_how_to_restore_them
     assert removed_outputs_hint("generate") == ""  # nothing missing: nothing to say
 
 
+def committed_lab_files(folder: Path, committed: dict[str, bytes], locked: dict[str, bytes]) -> None:
+    """dvc.yaml and the uncached train outputs committed with `committed`'s bytes, then a dvc.lock
+    recording `locked`'s (the run DVC last recorded), left uncommitted; the outputs deleted, as DVC
+    deletes them before it runs the stage."""
+    import hashlib
+    import subprocess
+
+    import yaml
+
+    def write_lock(files: dict[str, bytes]) -> None:
+        outs = [{"path": name, "md5": hashlib.md5(data).hexdigest()} for name, data in files.items()]
+        (folder / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"train": {"outs": outs}}}))
+
+    shutil.copy(REPO / "dvc.yaml", folder / "dvc.yaml")
+    for name, data in committed.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    write_lock(committed)
+    subprocess.run(["git", "init", "-q"], cwd=folder, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=folder, check=True)
+    git_user = ["-c", "user.name=lab", "-c", "user.email=lab@localhost"]
+    subprocess.run(["git", *git_user, "commit", "-qm", "run 1"], cwd=folder, check=True)
+    write_lock(locked)
+    for name in committed:
+        (folder / name).unlink()
+
+
+UNCACHED = ("metrics/run.json", "metrics/history.csv", "metrics/loss_curve.png", "metrics/train.json")
+
+
+def test_the_restore_line_after_a_committed_run_brings_back_that_run(tmp_path, monkeypatch):
+    files = {name: f"run 1 {name}".encode() for name in UNCACHED}
+    committed_lab_files(tmp_path, files, files)
+    monkeypatch.chdir(tmp_path)
+    hint = removed_outputs_hint("train")
+    assert f"`dvc checkout --force train` and `git checkout HEAD -- {' '.join(UNCACHED)}`" in hint
+    assert hint.endswith("restores the last committed ones")
+
+
+def test_the_restore_line_after_an_uncommitted_run_restores_the_committed_one_whole(tmp_path, monkeypatch):
+    """The last run (dvc.lock) was never committed: its uncached metrics exist nowhere. Restoring its
+    models with the commit's metrics would mix two runs: the line restores the commit's run whole."""
+    run_1 = {name: f"run 1 {name}".encode() for name in UNCACHED}
+    committed_lab_files(tmp_path, run_1, {name: f"run 2 {name}".encode() for name in UNCACHED})
+    monkeypatch.chdir(tmp_path)
+    hint = removed_outputs_hint("train")
+    assert "were never committed, so that run cannot be restored" in hint
+    assert f"`git checkout HEAD -- dvc.lock {' '.join(UNCACHED)}` and `dvc checkout --force train`" in hint
+    assert "`dvc repro train` runs it again" in hint and "restores the last committed ones" not in hint
+
+
 def test_a_store_failure_line_is_cut_between_words(monkeypatch):
     from spikelab import tracking
 

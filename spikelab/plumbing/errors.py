@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -54,9 +55,9 @@ def disk_full_in(error: BaseException | None) -> BaseException | None:
 def human_bytes(count: float) -> str:
     if count < 1000:
         return f"{count:.0f} bytes"
-    for unit in ("KB", "MB", "GB"):
+    for unit in ("KB", "MB", "GB", "TB", "PB"):
         count /= 1000
-        if count < 1000 or unit == "GB":
+        if count < 1000 or unit == "PB":
             return f"{count:.1f} {unit}"
 
 
@@ -64,7 +65,6 @@ def disk_full_error(path, needed_bytes: float, what: str = "") -> DiskFullError:
     """The one-line error for a write to `path` that found its device full: the path, the space the
     write needs (about), the space free there, and what to do."""
     import shutil
-    from pathlib import Path
 
     where = Path(path).absolute()
     existing = next((folder for folder in (where, *where.parents) if folder.exists()), Path("/"))
@@ -74,6 +74,19 @@ def disk_full_error(path, needed_bytes: float, what: str = "") -> DiskFullError:
         f"{human_bytes(needed_bytes)}, {human_bytes(free)} free there; free space (or move the folder to "
         "a larger disk) and run it again"
     )
+
+
+# a message quotes at most this many characters of a value (a 10 MB value is refused, not echoed)
+MAX_QUOTED = 200
+
+
+def quoted(value, as_written: bool = False) -> str:
+    """repr(value) (str(value) when as_written), at most MAX_QUOTED characters of it; a longer one
+    ends '...' and its length."""
+    text = str(value) if as_written else repr(value)
+    if len(text) <= MAX_QUOTED:
+        return text
+    return f"{text[:MAX_QUOTED]}... ({len(text):,} characters)"
 
 
 def one_line(error: BaseException) -> str:
@@ -92,9 +105,13 @@ def one_line_shortened(error: BaseException, limit: int) -> str:
 
 def removed_outputs_hint(stage: str, dvc_yaml: str = "dvc.yaml") -> str:
     """How to get back the outputs of `stage` that are missing now: DVC deletes a stage's outputs
-    before running it, so a stage that refuses its inputs leaves none ("" when none is missing)."""
-    from pathlib import Path
+    before running it, so a stage that refuses its inputs leaves none ("" when none is missing).
 
+    The restore must give one run: `dvc checkout` brings back the cached outputs dvc.lock names (the
+    last run's), git the uncached ones (`cache: false`) of the last commit. Where dvc.lock's hashes
+    of the uncached ones are the committed files' (the last run was committed), the two agree;
+    otherwise the last run's uncached outputs exist nowhere, and the line restores the last
+    committed run whole (dvc.lock too) or re-runs the stage."""
     from ruamel.yaml import YAML  # not spikelab.params' reader: params imports this module
     from ruamel.yaml.error import YAMLError
 
@@ -112,10 +129,43 @@ def removed_outputs_hint(stage: str, dvc_yaml: str = "dvc.yaml") -> str:
                     uncached.append(path)
     if not gone:
         return ""
+    deleted = f"; DVC deleted the {stage} stage's outputs before it ran ({', '.join(gone)}): "
+    if uncached and not _committed_as_locked(stage, uncached, Path(dvc_yaml).with_suffix(".lock")):
+        return deleted + (
+            f"the last run's {' '.join(uncached)} (cache: false) were never committed, so that run cannot be "
+            f"restored: `git checkout HEAD -- dvc.lock {' '.join(uncached)}` and `dvc checkout --force {stage}` "
+            f"restore the last committed run whole, or `dvc repro {stage}` runs it again"
+        )
     restore = f"`dvc checkout --force {stage}`"
     if uncached:  # not in DVC's cache: in git
         restore += f" and `git checkout HEAD -- {' '.join(uncached)}`"
-    return f"; DVC deleted the {stage} stage's outputs before it ran ({', '.join(gone)}): {restore} restores the last committed ones"
+    return deleted + f"{restore} restores the last committed ones"
+
+
+def _committed_as_locked(stage: str, paths: list[str], lock: Path) -> bool:
+    """Whether git's HEAD holds each of `paths` with the md5 dvc.lock records for it; True when
+    there is no lock to compare with (nothing else to offer then)."""
+    import hashlib
+    import subprocess
+
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        outs = YAML(typ="safe", pure=True).load(lock.read_text())["stages"][stage]["outs"]
+        locked = {entry["path"]: entry.get("md5") for entry in outs}
+    except (OSError, YAMLError, KeyError, TypeError):
+        return True
+    for path in paths:
+        try:
+            shown = subprocess.run(
+                ["git", "show", f"HEAD:./{path}"], cwd=lock.parent or ".", capture_output=True, timeout=30
+            )
+        except (OSError, subprocess.SubprocessError):
+            return False
+        if shown.returncode != 0 or hashlib.md5(shown.stdout).hexdigest() != locked.get(path):
+            return False
+    return True
 
 
 def exit_code_of(main: Callable[[], int | None], stage: str | None = None) -> int:
