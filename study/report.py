@@ -497,15 +497,21 @@ def write_report(
     histories: dict | None = None,
     rule=None,
 ) -> list[dict]:
-    """Tables, figures and (read from git unless given) the per-epoch histories archive.
-    rule: the divergence rule (params.yaml's when None)."""
+    """The report of one sweep in `results`: the per-run rows, the tables and the figures.
+
+    Everything it reads comes first, then it only writes: rule is the divergence rule (params.yaml's
+    when None) and histories each finished run's per-epoch rows; when None (a caller with DVC's
+    records only, such as team mode's collect) they are read from git and archived as
+    <prefix>_histories.csv.gz, as main does for every engine before it calls this."""
     rule = rule or load_params().divergence
+    fetched = histories is None
+    if fetched:
+        histories = histories_from_git(records)
     results.mkdir(parents=True, exist_ok=True)
+    if fetched:
+        write_histories(results / f"{prefix}_histories.csv.gz", histories)
     provenance = [key for key in PROVENANCE if any(r.get(key) is not None for r in records)]
     write_csv(results / f"{prefix}_runs.csv", records, [*RUN_COLUMNS, *provenance])
-    if histories is None:  # from git: each experiment's commit holds its history.csv
-        histories = {r["name"]: history_of(r["rev"]) for r in records if r["state"] == "success"}
-        write_histories(results / f"{prefix}_histories.csv.gz", histories)
     records = with_curve_facts(records, histories, rule)
     unreachable = unreachable_cells(records, cells, histories, rule)
     rows = aggregate(records, cells, unreachable)
@@ -548,6 +554,27 @@ def write_report(
         title = f"{first['name']}: the plateau is its dead samples"
         plot_dead_zone(histories[first["name"]], title, results / f"{prefix}_dead_zone.png")
     return rows
+
+
+def histories_from_git(records: list[dict]) -> dict[str, list[dict]]:
+    """Each finished DVC run's per-epoch rows: its experiment's commit holds its history.csv."""
+    return {r["name"]: history_of(r["rev"]) for r in records if r["state"] == "success"}
+
+
+def population_rows(runs: list[Run], prefix: str, populations: Path, results: Path) -> tuple[list[dict], dict]:
+    """(records, histories) of a population study: each run's member folder, or its committed row and
+    history where the folder is not here (with_committed); histories in run order."""
+    folders = {run.name: member_dir(prefix, run.name, populations) for run in runs}
+    records = [population_record(run, folders[run.name]) for run in runs]
+    histories = {
+        r["name"]: read_history_csv(folders[r["name"]] / "metrics" / "history.csv")
+        for r in records
+        if r["state"] == "success"
+    }
+    taken = with_committed(records, histories, results, prefix)
+    if taken:
+        print(f"report: {taken} finished runs without a member folder here taken from the committed rows")
+    return records, {r["name"]: histories[r["name"]] for r in records if r["state"] == "success"}
 
 
 def write_histories(path: Path, histories: dict[str, list[dict]]) -> None:
@@ -632,30 +659,18 @@ def main(argv: list[str] | None = None) -> int:
     sweep = load_sweep(args.sweep)
     cells, runs = expand(sweep, load_defaults(), quick=args.quick)
     prefix = run_prefix(sweep, args.quick)
-    if args.engine == "population" and not args.from_files:
-        folders = {run.name: member_dir(prefix, run.name, args.populations) for run in runs}
-        records = [population_record(run, folders[run.name]) for run in runs]
-        histories = {
-            r["name"]: read_history_csv(folders[r["name"]] / "metrics" / "history.csv")
-            for r in records
-            if r["state"] == "success"
-        }
-        taken = with_committed(records, histories, args.results, prefix)
-        histories = {r["name"]: histories[r["name"]] for r in records if r["state"] == "success"}  # in run order
-        if taken:
-            print(f"report: {taken} finished runs without a member folder here taken from the committed rows")
+    rule = load_params().divergence
+    # read everything first: the rows and each finished run's history, from where the runs are
+    if args.from_files:
+        records = read_records(args.results / f"{prefix}_runs.csv")
+        histories = read_histories(args.results / f"{prefix}_histories.csv.gz")
+    elif args.engine == "population":
+        records, histories = population_rows(runs, prefix, args.populations, args.results)
         if all(record["state"] == "missing" for record in records):
             raise UserError(
                 f"report: none of the {len(records)} runs of {args.sweep} has a population member under "
                 f"{args.populations / prefix}; nothing written (run `python -m study.population --sweep {args.sweep}` first)"
             )
-        args.results.mkdir(parents=True, exist_ok=True)
-        write_histories(args.results / f"{prefix}_histories.csv.gz", histories)
-        rows = write_report(records, cells, prefix, args.results, histories)
-    elif args.from_files:
-        records = read_records(args.results / f"{prefix}_runs.csv")
-        histories = read_histories(args.results / f"{prefix}_histories.csv.gz")
-        rows = write_report(records, cells, prefix, args.results, histories)
     else:
         experiments = experiments_by_name()
         records = [run_record(run, experiments.get(run.name)) for run in runs]
@@ -666,7 +681,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"report: none of the {len(records)} runs of {args.sweep} is a DVC experiment in this repository; "
                 f"nothing written (run the study first, or recompute from the committed rows with --from-files)"
             )
-        rows = write_report(records, cells, prefix, args.results)
+        histories = histories_from_git(records)
+    # then write: the histories archive (unless it is what was read), the rows, tables and figures
+    if not args.from_files:
+        args.results.mkdir(parents=True, exist_ok=True)
+        write_histories(args.results / f"{prefix}_histories.csv.gz", histories)
+    rows = write_report(records, cells, prefix, args.results, histories, rule)
     print(markdown_table(rows, TABLE_COLUMNS))
     print(f"report: {args.results / prefix}.md, .csv, _runs.csv, .png")
     return 0
