@@ -10,12 +10,15 @@ names can collide across files); per-epoch curves come from each experiment's co
 from __future__ import annotations
 
 import ast
+import contextlib
+import fcntl
 import functools
 import json
 import os
 import re
 import subprocess
 import time
+import urllib.parse
 from pathlib import Path
 
 from spikelab.history import parse_history_csv
@@ -293,7 +296,7 @@ def revive_dead_queue(
     name: MLflow run id, or None when the run opened none since since_ms}; recovered names are not
     in it, and the queue says Success for them.
     """
-    from study.lost_runs import fail_lost_runs  # MLflow: only on this rare path
+    from study.lost_runs import fail_lost_runs, finished_trainings  # MLflow: only on this rare path
 
     running = [name for name in pending if states.get(name) == "Running"]
     recovered = [name for name in running if recover_experiment(name)]
@@ -311,12 +314,19 @@ def revive_dead_queue(
     run_ids: dict[str, str | None] = {}
     if lost:
         run_ids = {name: None for name in lost} | fail_lost_runs(lost, LOST_REASON, since_ms=since_ms)
+        # killed after its training (in rules or evaluate): MLflow holds a FINISHED training run
+        trained = finished_trainings([name for name, run_id in run_ids.items() if run_id is None], since_ms=since_ms)
+        run_ids |= trained
         for name, run_id in run_ids.items():
-            where = f"MLflow run {run_id} marked FAILED" if run_id else "no MLflow run of it was left unfinished"
-            print(
-                f"study: {name} lost: its dvc queue worker died mid-run and its training left no result; {where}",
-                flush=True,
-            )
+            if name in trained:
+                what = (
+                    f"its training finished (MLflow run {run_id} FINISHED), the stages after it did not, "
+                    "so no DVC experiment was saved"
+                )
+            else:
+                where = f"MLflow run {run_id} marked FAILED" if run_id else "no MLflow run of it was left unfinished"
+                what = f"its training left no result; {where}"
+            print(f"study: {name} lost: its dvc queue worker died mid-run and {what}", flush=True)
     if any(states.get(name) == "Queued" for name in pending):
         start_workers(jobs)
         print(f"study: no dvc queue worker was alive; started {jobs} again", flush=True)
@@ -429,8 +439,37 @@ def queue_and_wait(
     return final
 
 
+@contextlib.contextmanager
+def experiment_lock(name: str):
+    """Hold the experiment name for this process: a second `dvc exp run -n <name>` started meanwhile
+    ran to exit 0 as well, but DVC kept one experiment of the two (MLflow had both runs)."""
+    folder = Path(".dvc") / "tmp" / "spikelab-exp"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (urllib.parse.quote(name, safe="") + ".lock")
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise UserError(
+                f"experiment {name} is running already (process {holder}): DVC would keep one of the two; "
+                "wait for it, or name this one otherwise"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_experiment(name: str, dvc_args: list[str], queue: bool = False) -> int:
-    """One named `dvc exp run` in the foreground, its output to the terminal; its exit code."""
+    """One named `dvc exp run` in the foreground, its output to the terminal; its exit code. The
+    name is held while DVC runs it (experiment_lock)."""
     command = ["dvc", "exp", "run", "-n", name, *(["--queue"] if queue else []), *dvc_args]
-    print(f"exp: {' '.join(command)}", flush=True)
-    return subprocess.run(command).returncode
+    with experiment_lock(name):
+        print(f"exp: {' '.join(command)}", flush=True)
+        return subprocess.run(command).returncode

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, TINY
 from spikelab.params import params_from_dict
-from spikelab.plumbing.errors import InputError, ParamsError, removed_outputs_hint
+from spikelab.plumbing.errors import InputError, ParamsError, UserError, removed_outputs_hint
 from spikelab.snapshots import check_resume_in_project, save_snapshot
 
 
@@ -193,3 +193,54 @@ def test_a_finished_run_whose_process_lives_is_left_to_record_its_own_end(tmp_pa
     assert tracking.fail_orphans(experiment_id) == []
     assert client.get_run(live_run).info.status == "RUNNING" and tracking.finished_marker(live_run).exists()
     assert client.get_run(dead_run).info.status == "FINISHED" and not tracking.finished_marker(dead_run).exists()
+
+
+def test_the_same_experiment_started_twice_at_once_is_refused_in_one_line(tmp_path, monkeypatch):
+    """Two `make exp` of one name at once both exited 0, and DVC kept one experiment of the two."""
+    from study import dvc_calls
+
+    monkeypatch.chdir(tmp_path)
+    started = []
+    monkeypatch.setattr(dvc_calls.subprocess, "run", lambda command: started.append(command) or FakeDone(0))
+    with dvc_calls.experiment_lock("twice"):  # the first one, still running
+        with pytest.raises(UserError) as raised:
+            dvc_calls.run_experiment("twice", ["-S", "train.seed=1"])
+    message = str(raised.value)
+    assert message.startswith("experiment twice is running already (process ") and "\n" not in message
+    assert started == []  # DVC never ran the second
+    assert dvc_calls.run_experiment("twice", []) == 0 and len(started) == 1  # once the first ended
+    assert dvc_calls.run_experiment("other/name", []) == 0  # a ref name with a slash is one lock file
+
+
+class FakeDone:
+    def __init__(self, returncode: int):
+        self.returncode = returncode
+
+
+def test_a_run_lost_after_its_training_finished_names_its_finished_mlflow_run(tmp_path, monkeypatch, capsys):
+    """A queue worker killed during rules or evaluate: the training's MLflow run is FINISHED; the
+    line said "its training left no result ... no MLflow run", and the summary "MLflow run none"."""
+    import mlflow
+
+    from study import dvc_calls
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    experiment_id = client.create_experiment("lost")
+    trained = client.create_run(experiment_id, tags={"dvc.exp_name": "late"}).info.run_id
+    client.set_terminated(trained, "FINISHED")
+    monkeypatch.setattr(dvc_calls, "recover_experiment", lambda name: False)  # no result to save
+    monkeypatch.setattr(dvc_calls, "dvc", lambda *args, **kwargs: FakeDone(0))
+
+    lost = dvc_calls.revive_dead_queue(["late"], {"late": "Running"}, jobs=1)
+
+    out = capsys.readouterr().out
+    assert lost == {"late": trained}
+    assert (
+        f"study: late lost: its dvc queue worker died mid-run and its training finished (MLflow run {trained} FINISHED)"
+        in out
+    )
+    assert "left no result" not in out
+    assert client.get_run(trained).info.status == "FINISHED"  # not marked FAILED: its training did finish
