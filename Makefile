@@ -22,8 +22,9 @@ help: ## list every target with what it does (the default), then the studies
 	@echo
 	@echo "studies/<name>/ (make study NAME=<name>; its README.md: the question, the command, the answer):"
 	@for dir in $(sort $(dir $(wildcard studies/*/README.md studies/*/sweep.yaml))); do \
-	  question=$$(sed -n '1s/^# [^:]*: //p' $$dir/README.md 2>/dev/null); \
-	  printf "  %-20s %s\n" "$$(basename $$dir)" "$${question:-(no README.md yet)}"; \
+	  name=$$(basename $$dir); \
+	  title=$$(sed -n "1{s/^# //;s/^$$name: //;p;}" $$dir/README.md 2>/dev/null); \
+	  printf "  %-20s %s\n" "$$name" "$${title:-(no README.md yet)}"; \
 	done
 
 .PHONY: help ui relocate browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare preset plateau plateau-study evidence bench bench-study bench-before-after seed-config study quick-sweep report replay gpu-setup sync verify
@@ -87,7 +88,7 @@ seed-config: ## the original case at full scale (GPU advised): configs/seed-full
 	@$(MAKE) --no-print-directory preset NAME=seed-full-scale
 
 # The plateau configuration (configs/plateau.yaml: learning rate 0.01 for 200 epochs, where the
-# clipped loss climbs and stays up; docs/plateau_search.md) as the DVC experiment `plateau`
+# clipped loss climbs and stays up; docs/journal/plateau_search.md) as the DVC experiment `plateau`
 plateau: ## the plateau configuration (configs/plateau.yaml: lr 0.01, 200 epochs) as one DVC experiment
 	@$(MAKE) --no-print-directory preset NAME=plateau
 
