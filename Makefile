@@ -153,15 +153,18 @@ evidence: ## the evidence study, 13 cells x 20 seeds (make study NAME=evidence),
 	@$(MAKE) --no-print-directory study NAME=evidence
 
 # The plateau study, then replays of its seed-0 run with its own interventions (its sweep's `replay`)
-PLATEAU_REPLAY = $(if $(filter population,$(ENGINE)),python -m study.population,python -m study.replay --exp plateau-baseline-s0) --sweep studies/plateau/sweep.yaml $(if $(filter population,$(ENGINE)),--replay plateau-baseline-s0) --name replay_plateau --results studies/plateau/results
 plateau-study: ## the plateau study (make study NAME=plateau), then replays of its seed-0 run
 	@$(MAKE) --no-print-directory study NAME=plateau
-	$(RUN) $(PLATEAU_REPLAY)
+	@$(MAKE) --no-print-directory replay NAME=plateau EXP=plateau-baseline-s0 AS=replay_plateau
 
-# Counterfactual replays of the workspace run's spike (EXP=<name> replays a DVC experiment of the
-# first study instead), with the first study's `replay` cells: studies/sweep/results/replay.*
-replay: $(INSTALLED) ## counterfactual replays of the workspace run's spike (EXP=<name>: a DVC experiment's)
-	$(RUN) python -m study.replay $(if $(EXP),--exp $(EXP))
+# Counterfactual replays of a run's spike, once unchanged and once per `replay` cell of the sweep.
+# Without NAME: the workspace run's (EXP=<name>: a DVC experiment's), with the first study's cells
+# -> studies/sweep/results/replay.*. With NAME=<study> EXP=<run>: that study's run through the ENGINE
+# (a population member by default, a DVC experiment with ENGINE=dvc) -> studies/<study>/results/<AS>.*
+REPLAY_COMMAND = $(if $(filter population,$(ENGINE)),python -m study.population --replay $(EXP),python -m study.replay --exp $(EXP)) --sweep $(SWEEP_OF) --name $(or $(AS),replay) --results $(RESULTS_OF)
+replay: $(INSTALLED) ## counterfactual replays of a spike: the workspace run's, or NAME=<study> EXP=<run> [AS=<file name>]
+	@$(if $(NAME),$(CHECK_STUDY); if [ -z "$(EXP)" ]; then echo "make replay: NAME=$(NAME) needs EXP=<one of its runs>" >&2; exit 2; fi)
+	$(RUN) $(if $(NAME),$(REPLAY_COMMAND),python -m study.replay $(if $(EXP),--exp $(EXP)))
 
 # On a machine with an NVIDIA GPU: swap the CPU build of TensorFlow for the CUDA one.
 gpu-setup: $(INSTALLED) ## on a machine with an NVIDIA GPU: swap the CPU build of TensorFlow for the CUDA one
