@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -38,7 +39,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
-from spikelab.plumbing.errors import TrackingError, UserError, one_line, one_line_shortened
+from spikelab.plumbing.errors import (
+    DiskFullError,
+    TrackingError,
+    UserError,
+    disk_full_error,
+    disk_full_in,
+    one_line,
+    one_line_shortened,
+)
 from spikelab.plumbing.files import project_root
 from spikelab.plumbing.lifetime import stat_fields
 
@@ -94,6 +103,14 @@ def retry_locked(call, *args, attempts: int = 20, **kwargs):
 # MLflow's and alembic's INFO lines (store creation, schema migrations) are not the lab's news
 for _name in ("mlflow", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+# MLflow's sqlite store logs every failed statement with its traceback before raising it (a full
+# disk: one per retry, dozens in all); the exception itself reaches the lab, which says it in one line
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+# each open run keeps this much disk reserved (a file under .dvc/tmp), freed when the disk fills: a
+# full disk leaves sqlite no room for the journal of the updates that end the run FAILED (a few
+# 4 KB pages); with less room left at the start, the largest of the halves down to 16 KB that fits
+RESERVE_BYTES = 256_000
 
 # MLflow 3's UI shows an experiment without a kind as GenAI work (traces, evaluations); this kind
 # opens it on its runs table. The note is the experiment's description on that page.
@@ -330,10 +347,29 @@ class TrainingRun:
     def __init__(self, run_id: str):
         self.run_id = run_id
         self.failure: str | None = None
+        self.training = True  # a full disk stops the training; once it wrote its outputs, it degrades the run
+
+    def reserve(self) -> None:
+        """Keep RESERVE_BYTES (or less) of the project's disk for the run's end."""
+        path, size = reserve_file(self.run_id), RESERVE_BYTES
+        while size >= 16_000:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "wb") as handle:
+                    os.posix_fallocate(handle.fileno(), 0, size)
+                return
+            except OSError:
+                path.unlink(missing_ok=True)
+                size //= 2
+
+    def release(self) -> None:
+        reserve_file(self.run_id).unlink(missing_ok=True)
 
     def call(self, what: str, function, *args, **kwargs) -> bool:
-        """Run one MLflow call with bounded, backed-off retries; never raises. After a failure the
-        run is degraded and every later call is skipped: one stall of seconds, not one per epoch."""
+        """Run one MLflow call with bounded, backed-off retries. After a failure the run is degraded
+        and every later call is skipped: one stall of seconds, not one per epoch. Raises only when
+        the store found its disk full and the project's disk is full too (the same disk, usually):
+        the training could write none of its outputs, so it stops at once (DiskFullError)."""
         if self.failure is not None:
             return False
         for pause in (*BACKOFF_S, None):
@@ -341,8 +377,14 @@ class TrainingRun:
                 function(*args, **kwargs)
                 return True
             except Exception as error:  # any failure of the store: HTTP, sqlite, disk
+                failure = f"{what}: {one_line_shortened(error, 300)}"
+                if self.training and disk_full_in(error) is not None and project_disk_full():
+                    self.failure = failure
+                    full = store_full_error(f"at {what}; the training stopped")  # the room before the release
+                    self.release()  # room for the run's end
+                    raise full from None
                 if pause is None:
-                    self.failure = f"{what}: {one_line_shortened(error, 300)}"
+                    self.failure = failure
                     print(f"train: MLflow failed ({self.failure}); training goes on without it", file=sys.stderr)
                     return False
                 time.sleep(pause)
@@ -355,6 +397,7 @@ class TrainingRun:
         """summary.<key> metrics (for searches and comparisons) and tags (the values, readable in the
         UI), the files as artifacts, a `diverged` tag; first, the mark that the training finished (an
         empty file: it fits where a full disk fits nothing else)."""
+        self.training = False
         try:
             finished_marker(self.run_id).parent.mkdir(parents=True, exist_ok=True)
             finished_marker(self.run_id).touch()
@@ -372,14 +415,23 @@ class TrainingRun:
             "tag diverged", retry_locked, client.set_tag, self.run_id, "diverged", str(metrics["diverged"]).lower()
         )
 
-    def end(self, status: str) -> None:
+    def end(self, status: str, reason: str | None = None) -> None:
+        """End the run `status`, tagged with the reason of a failure (ORPHAN_TAG) if there is one.
+        The disk the run reserved is freed first: on a full disk it is the room this update needs."""
+        self.release()
+        self.training = False  # nothing left to stop: the end never raises
+        client = MlflowClient()
         if self.failure is None:
-            ended = self.call(f"end the run {status}", retry_locked, MlflowClient().set_terminated, self.run_id, status)
+            if reason is not None:
+                self.call("tag the failure", retry_locked, client.set_tag, self.run_id, ORPHAN_TAG, reason)
+            ended = self.call(f"end the run {status}", retry_locked, client.set_terminated, self.run_id, status)
         else:
             # degraded: the end is still tried, once (a full artifact folder leaves the store itself
             # working); a run left RUNNING would be taken for an orphan by the next training
             try:
-                MlflowClient().set_terminated(self.run_id, status)
+                if reason is not None:
+                    client.set_tag(self.run_id, ORPHAN_TAG, reason)
+                client.set_terminated(self.run_id, status)
                 ended = True
             except Exception:  # the store is down or full: the incomplete line says how to finish it
                 ended = False
@@ -394,6 +446,36 @@ class TrainingRun:
             f"train: MLflow run {self.run_id} is incomplete ({self.failure}); the outputs are complete and "
             f"recorded by DVC; upload the missing data with `{SYNC_COMMAND}` (or `make sync`) once MLflow is back"
         )
+
+
+def reserve_file(run_id: str) -> Path:
+    return project_root() / ".dvc" / "tmp" / "spikelab-reserve" / run_id
+
+
+def project_disk_full() -> bool:
+    """Whether the project's disk has less room than a run reserves (it cannot hold the outputs)."""
+    return shutil.disk_usage(project_root()).free < RESERVE_BYTES
+
+
+def store_full_error(what: str) -> DiskFullError:
+    """The one line for a store that found the project's disk full."""
+    root = project_root()
+    uri = tracking_uri(root)
+    where = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else root
+    return disk_full_error(where, RESERVE_BYTES, f"(the MLflow store, {what})")
+
+
+@contextlib.contextmanager
+def opening_the_run():
+    """A full disk met while the run opens (the store's tables, the run's row) is one line."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:
+        if disk_full_in(error) is None:
+            raise
+        raise store_full_error("while opening the run") from None
 
 
 @contextlib.contextmanager
@@ -428,30 +510,33 @@ def training_run(
     reopen=<run id>: continue that run instead (a stopped population resumed): RUNNING again, this
     process's tags, the reason it was marked failed removed.
 
-    Opening the run may fail (TrackingError, before any training); once it is open, no MLflow
-    failure raises: the run degrades instead (TrainingRun.call).
+    Opening the run may fail (TrackingError, before any training; DiskFullError on a full disk);
+    once it is open, no MLflow failure raises but a full disk of the project's (DiskFullError: the
+    training stops): the run degrades instead (TrainingRun.call).
     """
     root = project_root()
-    experiment_id = prepare_experiment(experiment, root)
-    client = MlflowClient()
-    for run_id in fail_orphans(experiment_id):
-        print(f"train: marked run {run_id} FAILED: its process no longer exists", file=sys.stderr)
-    if reopen is None:
-        created = retry_locked(
-            client.create_run,
-            experiment_id,
-            tags=resolve_tags(run_tags(root) | (tags or {})),
-            run_name=name or run_name(),
-        )
-        run = TrainingRun(created.info.run_id)
-    else:
-        retry_locked(client.update_run, reopen, status="RUNNING")
-        for key, value in (run_tags(root) | (tags or {})).items():
-            retry_locked(client.set_tag, reopen, key, value)
-        if ORPHAN_TAG in retry_locked(client.get_run, reopen).data.tags:
-            retry_locked(client.delete_tag, reopen, ORPHAN_TAG)
-        run = TrainingRun(reopen)
-    status = "FAILED"
+    with opening_the_run():
+        experiment_id = prepare_experiment(experiment, root)
+        client = MlflowClient()
+        for run_id in fail_orphans(experiment_id):
+            print(f"train: marked run {run_id} FAILED: its process no longer exists", file=sys.stderr)
+        if reopen is None:
+            created = retry_locked(
+                client.create_run,
+                experiment_id,
+                tags=resolve_tags(run_tags(root) | (tags or {})),
+                run_name=name or run_name(),
+            )
+            run = TrainingRun(created.info.run_id)
+        else:
+            retry_locked(client.update_run, reopen, status="RUNNING")
+            for key, value in (run_tags(root) | (tags or {})).items():
+                retry_locked(client.set_tag, reopen, key, value)
+            if ORPHAN_TAG in retry_locked(client.get_run, reopen).data.tags:
+                retry_locked(client.delete_tag, reopen, ORPHAN_TAG)
+            run = TrainingRun(reopen)
+    run.reserve()
+    status, reason = "FAILED", None
     with bounded_http():
         try:
             run.call("log params", log_params, client, run.run_id, params)
@@ -461,10 +546,10 @@ def training_run(
             status = "KILLED"
             raise
         except UserError as error:  # e.g. a full disk: the run says why it failed
-            run.call("tag the failure", retry_locked, client.set_tag, run.run_id, ORPHAN_TAG, one_line(error))
+            reason = one_line(error)
             raise
         finally:
-            run.end(status)
+            run.end(status, reason)
 
 
 def check_run(experiment: str, run_id: str) -> None:

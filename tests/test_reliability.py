@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import queue
+import re
 import shutil
 import signal
 import socket
@@ -614,6 +615,15 @@ BAD_FOR_REPRO = {
     "bad_value": (with_value("train", "epochs", 0), "train.epochs = 0"),
     "unknown_section": (lambda raw: raw.update(junk={"x": 1}), "unknown section 'junk'"),
     "empty_file": (None, "params.yaml: the file must be a mapping of sections"),
+    # issue 38: passed the check, then DVC deleted the outputs and the stage failed or trained on garbage
+    "learning_rate_inf_in_float32": (with_value("optimizer", "learning_rate", 1e39), "it is inf in float32"),
+    "beta_2_one_in_float32": (with_value("optimizer", "beta_2", 0.99999999999), "it is 1.0 in float32"),
+    "image_size_40000": (with_value("data", "image_size", 40000), "allowed: at most this machine's memory"),
+    "filters_100000": (with_value("model", "filters", 100000), "model.filters = 100000"),
+    "resume_from_etc_passwd": (
+        lambda raw: raw["train"].update(resume_from="/etc/passwd", resume_epoch=1),
+        "train.resume_from = /etc/passwd: not a snapshot (.npz) file",
+    ),
 }
 
 
@@ -662,6 +672,31 @@ def test_a_stage_run_alone_with_bad_params_says_how_to_restore_what_dvc_deleted(
     assert stage_files(lab) == before  # everything back, byte for byte
 
 
+def test_after_an_uncommitted_run_the_restore_line_gives_back_one_run_the_committed_one(lab):
+    """The last run (dvc.lock, its models in DVC's cache) was never committed, and its `cache: false`
+    metrics existed only in the workspace: after DVC deletes them, the line's commands bring back
+    the committed run whole, not that run's models beside the commit's metrics."""
+    committed = stage_files(lab)
+    raw = copy.deepcopy(TINY)
+    raw["train"]["seed"] = 1
+    write_params(lab, raw)
+    run(["dvc", "repro", "train"], lab)  # another run, not committed
+    assert stage_files(lab)["models/best.keras"] != committed["models/best.keras"]
+    raw["train"]["epochs"] = 0
+    write_params(lab, raw)
+
+    result = dvc_repro(lab, "-s", "-f", "train")
+
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "were never committed, so that run cannot be restored" in line, line
+    commands = re.findall(r"`([^`]+)`", line.split("cannot be restored: ", 1)[1])
+    assert commands[0].startswith("git checkout HEAD -- dvc.lock ") and commands[1] == "dvc checkout --force train"
+    write_params(lab, copy.deepcopy(TINY))  # the user fixes the params first
+    for command in commands[:2]:
+        run(command.split(), lab)
+    assert stage_files(lab) == committed  # one run, the committed one, byte for byte
+
+
 @contextlib.contextmanager
 def full_disk(folder: Path, size: str):
     """A real small file system (tmpfs) mounted on folder, unmounted after; the test is skipped
@@ -688,6 +723,53 @@ def test_a_disk_full_at_a_snapshot_is_one_line_naming_the_path_and_the_space_and
     needed_kb = float(line.split("it needs about ", 1)[1].split(" KB", 1)[0])
     assert written / 1000 <= needed_kb < 1.2 * written / 1000  # what the snapshot before it took
     [failed] = mlflow_runs(lab)
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["spikelab.failed_reason"] == line.removeprefix("error: ")
+
+
+def fill(folder: Path) -> None:
+    """Take every free byte of folder's file system (the big part at once, then the crumbs)."""
+    filler = folder / "filler"
+    subprocess.run(["fallocate", "-l", str(shutil.disk_usage(folder).free), str(filler)], capture_output=True)
+    descriptor = os.open(filler, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        for size in (65536, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(descriptor, b"\0" * size)
+    finally:
+        os.close(descriptor)
+
+
+def test_a_project_whose_disk_fills_mid_training_stops_at_once_in_one_line_and_fails_the_run(lab, tmp_path):
+    """The whole project on one file system that fills while training runs (no snapshots: MLflow's
+    database is the first write to fail, as on a real disk): the one `error:` line is all stderr
+    holds, the training stops at the next flush of its epoch metrics, and the run ends FAILED."""
+    raw = copy.deepcopy(TINY)
+    raw["train"].update(epochs=100, snapshot_every=0)
+    with full_disk(tmp_path / "disk", "64m") as disk:
+        root = disk / "lab"
+        shutil.copytree(
+            lab, root, symlinks=True, ignore=shutil.ignore_patterns(".git", "study", "studies", "docs", "tests")
+        )
+        write_params(root, raw)
+        process, lines = start_stage(root, "train", tmp_path / "stderr.txt")
+        wait_for_line(lines, "epoch 3/")
+        fill(disk)
+        assert shutil.disk_usage(disk).free < 4096
+        process.wait(timeout=300)
+        stdout = [line for line in iter(lines.get, None)]
+        stderr = (tmp_path / "stderr.txt").read_text()
+        (disk / "filler").unlink()  # room for MLflow's client to open the store
+        runs = mlflow_runs(root)
+    assert process.returncode == 2, stderr
+    [line] = stderr.splitlines()  # the error line is the only thing said: no tracebacks, no MLflow logs
+    assert line.startswith(
+        f"error: {root / 'mlflow.db'}: no space left on its device (the MLflow store, at log epoch metrics; the training stopped)"
+    ), line
+    epochs = [row for row in stdout if row.startswith("epoch ")]
+    assert len(epochs) < 20, epochs[-1]  # stopped within a flush (5 s) of the disk filling, not at epoch 100
+    [failed] = runs
     assert failed.info.status == "FAILED"
     assert failed.data.tags["spikelab.failed_reason"] == line.removeprefix("error: ")
 
