@@ -42,46 +42,41 @@ def _onset_marks(axis, rows: list[dict], x_of, colour: str, label: str | None) -
         label = None  # one legend entry per series
 
 
-def plot_scaling(rows: list[dict], fit, summary: dict, path: Path) -> None:
-    """One panel per covariate (the points that differ in it alone, with the law's line), observed against
-    predicted onsets with the seed, and where the spike stays up."""
-    names = [name for name in SCALING_LABELS if name in fit.names]
-    figure, axes = plt.subplots(2, 3, figsize=(15, 9))
-    panels = list(axes.flat)
-    for axis, name in zip(panels, names):
-        # the points that differ in this covariate alone, series by series (the batch size is varied
-        # at lr 1e-2, the others around the center), each with the law's line through it
-        others = [key for key in SCALING_LABELS if key != name]
-        series: dict[tuple, list[dict]] = {}
-        for row in rows:
-            if row["role"] == "fit":
-                series.setdefault(tuple(row[key] for key in others), []).append(row)
-        shown = [chosen for chosen in series.values() if len({r[name] for r in chosen}) > 1]
-        for index, chosen in enumerate(shown):
-            colour = ("black", "tab:purple", "tab:brown")[index % 3]
-            where = ", ".join(f"{SCALING_SHORT[key]} {chosen[0][key]:g}" for key in others)
-            chosen = sorted(chosen, key=lambda r: r[name])
-            _onset_marks(axis, chosen, lambda r, name=name: r[name], colour, f"measured ({where})")
-            low, high = chosen[0][name], chosen[-1][name]
-            grid = [low * (high / low) ** (i / 40) for i in range(41)]
-            axis.plot(
-                grid, [fit.median_steps({**chosen[0], name: g}) for g in grid], color=colour, alpha=0.5, label="the law"
-            )
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        measured = sorted({r[name] for chosen in shown for r in chosen})
-        axis.set_xticks(measured)
-        axis.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-        axis.xaxis.set_minor_formatter(NullFormatter())
-        axis.set_xlabel(SCALING_LABELS[name])
-        axis.set_ylabel("first-spike step (KM median, 95%)")
-        axis.grid(alpha=0.3, which="both")
-        exponent, low, high = summary["exponents"][name]
-        axis.set_title(f"exponent {exponent:+.2f} [{low:+.2f}, {high:+.2f}]", fontsize=10, loc="left")
-        axis.legend(fontsize=7)
-    for axis in panels[len(names) : 4]:
-        axis.axis("off")
-    observed = panels[4]
+def _covariate_panel(axis, name: str, rows: list[dict], fit, summary: dict) -> None:
+    """The points that differ in one covariate alone, series by series, each with the law's line."""
+    # the batch size is varied at lr 1e-2, the others around the center
+    others = [key for key in SCALING_LABELS if key != name]
+    series: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["role"] == "fit":
+            series.setdefault(tuple(row[key] for key in others), []).append(row)
+    shown = [chosen for chosen in series.values() if len({r[name] for r in chosen}) > 1]
+    for index, chosen in enumerate(shown):
+        colour = ("black", "tab:purple", "tab:brown")[index % 3]
+        where = ", ".join(f"{SCALING_SHORT[key]} {chosen[0][key]:g}" for key in others)
+        chosen = sorted(chosen, key=lambda r: r[name])
+        _onset_marks(axis, chosen, lambda r, name=name: r[name], colour, f"measured ({where})")
+        low, high = chosen[0][name], chosen[-1][name]
+        grid = [low * (high / low) ** (i / 40) for i in range(41)]
+        axis.plot(
+            grid, [fit.median_steps({**chosen[0], name: g}) for g in grid], color=colour, alpha=0.5, label="the law"
+        )
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    measured = sorted({r[name] for chosen in shown for r in chosen})
+    axis.set_xticks(measured)
+    axis.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.xaxis.set_minor_formatter(NullFormatter())
+    axis.set_xlabel(SCALING_LABELS[name])
+    axis.set_ylabel("first-spike step (KM median, 95%)")
+    axis.grid(alpha=0.3, which="both")
+    exponent, low, high = summary["exponents"][name]
+    axis.set_title(f"exponent {exponent:+.2f} [{low:+.2f}, {high:+.2f}]", fontsize=10, loc="left")
+    axis.legend(fontsize=7)
+
+
+def _observed_panel(observed, rows: list[dict], summary: dict) -> None:
+    """Every point's observed onset against the law's prediction, and the seed extrapolated."""
     for role, colour in (("fit", "black"), ("held out", "tab:orange"), ("left out (never spiked)", "tab:grey")):
         chosen = [r for r in rows if r["role"] == role]
         if not chosen:
@@ -111,7 +106,11 @@ def plot_scaling(rows: list[dict], fit, summary: dict, path: Path) -> None:
     observed.set_title("every point, and the seed extrapolated", fontsize=10, loc="left")
     observed.grid(alpha=0.3, which="both")
     observed.legend(fontsize=8, loc="lower right")
-    stays = panels[5]
+
+
+def _stays_up_panel(figure, stays, rows: list[dict], summary: dict) -> None:
+    """Where the spike stays up: each spiked point's stayed-up share against its predicted onset."""
+    seed_median = summary["seed_median"][0]
     spiked = [r for r in rows if r["spiked"]]
     if spiked:
         colours = plt.get_cmap("viridis").with_extremes(bad="lightgrey")  # a point with no dead-zone accounting
@@ -142,5 +141,19 @@ def plot_scaling(rows: list[dict], fit, summary: dict, path: Path) -> None:
     stays.set_title("where the spike stays up", fontsize=10, loc="left")
     stays.grid(alpha=0.3)
     stays.legend(fontsize=8)
+
+
+def plot_scaling(rows: list[dict], fit, summary: dict, path: Path) -> None:
+    """One panel per covariate (the points that differ in it alone, with the law's line), observed against
+    predicted onsets with the seed, and where the spike stays up."""
+    names = [name for name in SCALING_LABELS if name in fit.names]
+    figure, axes = plt.subplots(2, 3, figsize=(15, 9))
+    panels = list(axes.flat)
+    for axis, name in zip(panels, names):
+        _covariate_panel(axis, name, rows, fit, summary)
+    for axis in panels[len(names) : 4]:
+        axis.axis("off")
+    _observed_panel(panels[4], rows, summary)
+    _stays_up_panel(figure, panels[5], rows, summary)
     figure.tight_layout()
     save_figure(figure, path, dpi=90)
