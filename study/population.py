@@ -49,6 +49,7 @@ from study.sweep import SWEEP_FILE, Cell, Run, expand, load_defaults, load_sweep
 
 POPULATIONS = Path("study/populations")
 DEFAULT_SIZE = 20  # members per population: the evidence study's seeds per cell
+MAX_SIZE = 200  # a bound on one process's members, far above any study's seeds per cell
 
 
 class PopulationError(UserError, ValueError):
@@ -430,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         return study(argv)
     except KeyboardInterrupt as stop:
         reason = str(stop) or "an interrupt"
-        if "--worker" not in (argv if argv is not None else sys.argv[1:]):
+        if "--worker" in (argv if argv is not None else sys.argv[1:]):
+            print(f"study: population worker stopped by {reason}", file=sys.stderr)
+        else:
             print(
                 f"study: stopped by {reason}; finished runs are kept, and each unfinished population "
                 "resumes from its members' last snapshot (every train.snapshot_every epochs) when the "
@@ -461,8 +464,11 @@ def study(argv: list[str] | None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
-    if args.size < 1:
-        raise PopulationError(f"--size {args.size}: give at least 1 member per population")
+    if not 1 <= args.size <= MAX_SIZE:
+        raise PopulationError(
+            f"--size {args.size}: give 1 to {MAX_SIZE} members per population (each member is a whole "
+            "run's weights, optimizer state and dataset in one process; larger studies take several populations)"
+        )
     if args.jobs < 1:
         raise PopulationError(f"--jobs {args.jobs}: give at least 1")
     sweep = load_sweep(args.sweep)
@@ -529,20 +535,30 @@ def study(argv: list[str] | None) -> int:
 
 
 def run_workers(argv: list[str], plan: list[list[Run]], jobs: int) -> int:
-    """`jobs` Pythons, worker i training the plan's populations i, i + jobs, ...; the worst exit code.
-    Like `dvc queue start -j N`: the machine shared by N trainings at a time."""
-    workers = []
-    for index in range(jobs):
-        groups = ";".join(",".join(run.name for run in group) for group in plan[index::jobs])
-        command = [sys.executable, "-m", "study.population", *argv, "--worker", groups]
-        workers.append(subprocess.Popen(command, preexec_fn=_die_with_parent))
+    """The plan's populations from one shared queue, each in a Python of its own, at most `jobs` at
+    a time (like `dvc queue start -j N`: the machine shared by N trainings); the next population
+    starts as soon as one ends, so no worker idles while another has a queue left. A population's
+    bytes do not depend on the process it trains in. Returns the worst exit code."""
+    queue, running, worst = list(plan), [], 0
+
+    def start(group: list[Run]) -> subprocess.Popen:
+        command = [sys.executable, "-m", "study.population", *argv, "--worker", ",".join(run.name for run in group)]
+        return subprocess.Popen(command, preexec_fn=_die_with_parent)
+
     try:
-        return max(worker.wait() for worker in workers)
+        while queue or running:
+            while queue and len(running) < jobs:
+                running.append(start(queue.pop(0)))
+            time.sleep(0.5)
+            for worker in [w for w in running if w.poll() is not None]:
+                running.remove(worker)
+                worst = max(worst, worker.returncode)
+        return worst
     except KeyboardInterrupt:
-        for worker in workers:  # each ends its MLflow runs KILLED (its own SIGTERM handler)
+        for worker in running:  # each ends its MLflow runs KILLED (its own SIGTERM handler)
             with contextlib.suppress(ProcessLookupError):
                 worker.terminate()
-        for worker in workers:
+        for worker in running:
             worker.wait()
         raise
 

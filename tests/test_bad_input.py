@@ -291,3 +291,17 @@ def test_a_sweep_path_that_is_a_folder_is_one_line_naming_it(project, capsys):
     write_params(project, copy.deepcopy(TINY))
     (project / "studies").mkdir()
     refused_by(lambda: sweep_tool.main(["list", "--sweep", "studies"]), capsys, "studies: not a file")
+
+
+@pytest.mark.parametrize("size", ["0", "10000"])
+def test_a_population_size_out_of_bounds_is_one_line_before_any_folder(project, capsys, size):
+    from study import population as population_tool
+
+    write_params(project, copy.deepcopy(TINY))
+    (project / "bad_sweep.yaml").write_text(GOOD_SWEEP)
+    refused_by(
+        lambda: population_tool.main(["--sweep", "bad_sweep.yaml", "--size", size]),
+        capsys,
+        f"--size {size}: give 1 to 200 members per population",
+    )
+    assert not (project / "study" / "populations").exists()
