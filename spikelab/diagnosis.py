@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from spikelab.divergence import SpikeWatch, broken_from_start, held_epochs, is_spike
@@ -42,6 +42,10 @@ DEFAULT_PLATEAU = PlateauParams(ratio=5.0, min_epochs=20)
 # the spike rule's level: this quantile of the last LEVEL_WINDOW unflagged losses (docs/monitor.md)
 LEVEL_WINDOW = 5
 LEVEL_QUANTILE = 0.25
+# the per-step rule's (StepSpikeWatch): the mean of this many steps its level, the median of the
+# last STEP_CONFIRM steps the loss it judges (docs/monitor.md)
+STEP_WINDOW = 64
+STEP_CONFIRM = 5
 PRE_WINDOW = 10  # epochs before an onset that set the step's usual size
 AFTER_WINDOW = 20  # epochs from an onset in which the dead zone or a collapse must show
 # v's median at most this share of its peak: the lab's Adam spikes follow a decay well below it,
@@ -210,6 +214,72 @@ class RobustSpikeWatch:
             self.recent = [*self.recent, loss][-self.window :]
             self.lowest = min(self.lowest, self._level())
         return self.flagged
+
+
+class StepSpikeWatch:
+    """The spike rule over training steps (SpikeMonitor's per-step watch): the doctor's rule (the
+    lab's thresholds, a loss not finite or at least `rule.ratio` x the reference AND `rule.min_rise`
+    above it, measured from the lowest so far of a robust recent level; an episode lasting while the
+    loss stays at least sqrt(ratio) x it), read for batches:
+
+    - the level is the mean loss of the last `window` (64) unflagged steps, one of the lab's own
+      epochs wide (2,048 images at batch 32): one dipping batch moves it by 1/64, as the epoch
+      rule's second-lowest-of-5 ignores one dipping epoch; the reference is its lowest so far;
+    - the loss judged is the median of the last `confirm` (5) steps' losses, so one outlying batch (a
+      hard batch on a healthy model) is no spike: three of five must be high, the model got worse.
+
+    A non-finite loss is flagged at once. The onset (`onset_back` steps before the step that flagged
+    it) is the first of those `confirm` steps over the threshold: a spike is located to the step it
+    began at, and flagged when its third high step arrives (two steps after its start). Measured
+    against the alternatives in benchmarks/detectors.py (docs/monitor.md)."""
+
+    def __init__(self, rule: DivergenceParams, window: int | None = None, confirm: int | None = None):
+        window = STEP_WINDOW if window is None else window
+        confirm = STEP_CONFIRM if confirm is None else confirm
+        if window < 1 or confirm < 1:
+            raise ValueError(f"per-step spike rule window = {window}, confirm = {confirm}: use integers >= 1")
+        self.rule, self.window, self.confirm = rule, window, confirm
+        self.recent: deque[float] = deque()
+        self._sum = 0.0
+        self.last: deque[float] = deque(maxlen=confirm)
+        self.level = math.inf  # the mean of the last `window` unflagged losses
+        self.lowest = math.inf  # the reference: the lowest level so far
+        self.flagged = False
+        self.onset_back = 0  # at an onset: how many steps before the flagging step it began
+
+    def observe(self, loss: float) -> bool:
+        loss = float(loss) if math.isfinite(loss) else math.inf
+        self.last.append(loss)
+        now = loss if math.isinf(loss) else statistics.median(self.last)
+        before = self.flagged
+        held = before and now < math.inf and not now < math.sqrt(self.rule.ratio) * self.lowest
+        self.flagged = held or is_spike(now, self.lowest, self.rule)
+        if self.flagged and not before:
+            over = [is_spike(value, self.lowest, self.rule) for value in self.last]
+            self.onset_back = len(over) - 1 - (over.index(True) if any(over) else len(over) - 1)
+        if not self.flagged:
+            self.recent.append(loss)
+            self._sum += loss
+            if len(self.recent) > self.window:
+                self._sum -= self.recent.popleft()
+            self.level = self._sum / len(self.recent)
+            self.lowest = min(self.lowest, self.level)
+        return self.flagged
+
+
+def step_onsets(
+    losses: list[float], rule: DivergenceParams, window: int | None = None, confirm: int | None = None
+) -> list[tuple[int, int, float]]:
+    """(1-based onset step, the step that flagged it, the reference before it) of every episode
+    the per-step rule (StepSpikeWatch) flags in a sequence of per-step losses."""
+    watch, found, flagged_before = StepSpikeWatch(rule, window, confirm), [], False
+    for step, loss in enumerate(losses, start=1):
+        reference = watch.lowest
+        flagged = watch.observe(loss)
+        if flagged and not flagged_before:
+            found.append((step - watch.onset_back, step, reference))
+        flagged_before = flagged
+    return found
 
 
 def spike_watch(rule: DivergenceParams, window: int | None = LEVEL_WINDOW):

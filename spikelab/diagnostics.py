@@ -233,6 +233,31 @@ class Diagnostics(keras.callbacks.Callback):
             )
         )
 
+    def at_step(self) -> dict:
+        """The probe's reading now, inside an epoch (SpikeMonitor reads it at a spike's step): the
+        gradient norm, the optimizer's state (Adam's ratio and v, or RMSprop's and Adadelta's v) with
+        the lag g2_over_v_rms, and the saturation keys; not the epoch's weight change or weight norms.
+        Always this callback's own probe pass (the curvature's shared graph is the epoch end's)."""
+        optimizer = self.model.optimizer
+        grad_norm, logits, gradients = self._probe_pass()
+        is_adam = isinstance(optimizer, keras.optimizers.Adam)
+        slots = adam_slots(optimizer) if is_adam else second_moment_slots(optimizer)
+        found = {"grad_norm": float(grad_norm)}
+        if slots is not None:
+            found.update(adam_ratio_stats(slots) if is_adam else second_moment_stats(slots))
+            found.update(
+                second_moment_lag(
+                    [keras.ops.convert_to_numpy(g) for g in gradients],
+                    [layer_of(v.path) for v in self.model.trainable_variables],
+                    slots,
+                    per_layer=False,
+                )
+            )
+        if self.saturation and self._logits_and_output.has_logits:
+            activation = self._logits_and_output.activation or "softmax"
+            found.update(saturation_stats(keras.ops.convert_to_numpy(logits), self.probe_y, activation))
+        return found
+
 
 def probe_pass(model: keras.Model, head: LogitsAndOutput, x: np.ndarray, y: np.ndarray, loss_fn):
     """A function of no arguments: (|g|, logits, g per trainable variable) of the mean loss on the

@@ -22,6 +22,8 @@ from __future__ import annotations
 import math
 import sys
 import time
+from array import array
+from collections import OrderedDict
 from pathlib import Path
 
 import keras
@@ -36,7 +38,10 @@ from spikelab.diagnosis import (
     DEFAULT_DIVERGENCE,
     DEFAULT_PLATEAU,
     LEVEL_WINDOW,
+    STEP_CONFIRM,
+    STEP_WINDOW,
     Diagnosis,
+    StepSpikeWatch,
     describe,
     diagnose,
     spike_watch,
@@ -58,6 +63,7 @@ PART_NAMES = {
     "HistoryRows": "the history",
     "MlflowEpochLogger": "MLflow logging",
 }
+STEP_WATCH = "the per-step watch"
 
 # epochs after a flagged one at which the whole-sample pass runs too, so the diagnosis sees what
 # the spike did to the dead zone and the classes without waiting for the cadence
@@ -116,6 +122,78 @@ def _labels_fit(labels: np.ndarray, head: LogitsAndOutput, output_shape) -> str 
     return None
 
 
+STEP_KEYS = {  # what a step spike's line shows of the probe read right after it
+    "grad_norm": "|g| {:.3g}",
+    "v_sqrt_median": "v median {:.2g}",
+    "adam_ratio_max": "m/sqrt(v) max {:.3g}",
+    "g2_over_v_rms": "g^2/v {:.3g}",
+    "saturated_wrong_fraction": "{:.0%} of the probe saturated wrong",
+}
+
+
+def describe_step_spike(spike: dict) -> str:
+    numbers = ", ".join(form.format(spike[key]) for key, form in STEP_KEYS.items() if key in spike)
+    return (
+        f"step {spike['step']} (epoch {spike['epoch']}, batch {spike['batch']}): loss {spike['loss']:.3g}, "
+        f"{spike['jump']:.3g}x its level {spike['level']:.3g}" + (f"; right after it: {numbers}" if numbers else "")
+    )
+
+
+def describe_step_spikes(spikes: list[dict]) -> str:
+    """Every spike inside an epoch, one line each (monitor.details)."""
+    return "\n".join(["spikes inside epochs (per-step watch):", *("  " + describe_step_spike(s) for s in spikes)])
+
+
+def with_step_spikes(verdict: str, spikes: list[dict], steps: int) -> str:
+    """The five-line verdict with the per-step watch's finding: one more line when the epochs showed
+    no spike (the verdict is then one line), else the steps named in the first line."""
+    if not spikes:
+        return verdict
+    where = ", ".join(str(spike["step"]) for spike in spikes[:4]) + ("..." if len(spikes) > 4 else "")
+    if "\n" not in verdict:
+        count = f"{len(spikes)} spike{'s' if len(spikes) > 1 else ''}"
+        return (
+            f"{verdict}; inside them, {count} in {steps} steps (at {where})\n  first: {describe_step_spike(spikes[0])}"
+        )
+    head, rest = verdict.split("\n", 1)
+    return f"{head}; inside epochs at steps {where}\n{rest}"
+
+
+class BatchLosses:
+    """Each step's own loss, recovered from what Keras reports after it: `logs['loss']` at a batch's
+    end is the running mean of the epoch's batch losses so far, each batch weighted by its size (the
+    trainer's loss tracker, a keras.metrics.Mean updated with sample_weight = the batch's size, on
+    every backend). After n_k samples, mean m_k = T_k / n_k with T_k = sum of b_i l_i, so the batch's
+    own loss is l_k = (n_k m_k - n_{k-1} m_{k-1}) / (n_k - n_{k-1}).
+
+    Every batch of an epoch has the same size b but possibly the last; counted in batches (b = 1)
+    the formula needs no b: l_k = k m_k - (k - 1) m_{k-1}. The last batch's size comes from the
+    tracker's count, read at the epoch's last step (`samples`, in samples; `batch_size`, read once).
+    Where Keras runs several steps per call (steps_per_execution) the callback sees only every
+    s-th step: the value is those steps' mean loss. Exact in real arithmetic; in float32 the tracker's
+    running sum rounds, so l_k is good to about k x 1.2e-7 x the epoch's mean loss (5e-4 of it at
+    step 4,000: far below a spike's 10x)."""
+
+    def __init__(self):
+        self.start_epoch()
+
+    def start_epoch(self) -> None:
+        self.mean, self.done = 0.0, 0.0  # the last running mean, and how many batches (or samples/b) it covers
+
+    def read(
+        self, steps_done: int, mean: float, samples: float | None = None, batch_size: float | None = None
+    ) -> float:
+        """The loss of the steps since the last read; steps_done: the epoch's steps so far (batch + 1);
+        at the epoch's last step `samples` (the tracker's count) and `batch_size` make a short last
+        batch exact (None: read as full-sized)."""
+        done = samples / batch_size if samples is not None and batch_size else float(steps_done)
+        if done <= self.done:  # a repeated or out-of-order report: nothing new
+            return math.nan
+        loss = (done * mean - self.done * self.mean) / (done - self.done)
+        self.mean, self.done = mean, done
+        return loss
+
+
 class SpikeMonitor(keras.callbacks.Callback):
     """Per-epoch spike diagnostics, a snapshot ring buffer, logging, and a diagnosis at the end of fit.
 
@@ -128,7 +206,13 @@ class SpikeMonitor(keras.callbacks.Callback):
     snapshots, the last epoch's pass and those after a flagged spike always run; the curvature
     (lambda_grad, and lambda_max when due) and the whole-sample pass on its cadence run when their
     expected cost (the last measured, or a guess before the first) keeps the share within the budget. A pass or lambda_max that does not fit runs at the next epoch
-    that affords it; a skipped curvature epoch logs NaN. None: no limit, everything on its cadence."""
+    that affords it; a skipped curvature epoch logs NaN. None: no limit, everything on its cadence.
+
+    per_step: watch every batch's loss too (BatchLosses recovers it from Keras's running mean; the
+    rule is StepSpikeWatch over `step_window` steps, read from the median of the last `step_confirm`).
+    At a spike's step the probe diagnostics are read right after it (`step_spikes`, one dict per
+    spike), the whole-sample pass is forced at that epoch's end, and `step_snapshot_after` steps
+    after it the state is kept in a ring of the last `keep_step_snapshots` (`restore_step`)."""
 
     def __init__(
         self,
@@ -152,6 +236,11 @@ class SpikeMonitor(keras.callbacks.Callback):
         dvclive: bool = True,
         report: bool = True,
         budget: float | None = 0.10,
+        per_step: bool = True,
+        step_window: int = STEP_WINDOW,
+        step_confirm: int = STEP_CONFIRM,
+        step_snapshot_after: int = 2,
+        keep_step_snapshots: int = 2,
     ):
         super().__init__()
         x, y = np.asarray(x), np.asarray(y)
@@ -160,13 +249,20 @@ class SpikeMonitor(keras.callbacks.Callback):
             raise ValueError(
                 f"SpikeMonitor needs a sample of the training data: x has {len(x)} samples, y {len(y)}; pass equal, non-empty arrays"
             )
-        for name, value in (("probe_size", probe_size), ("keep_snapshots", keep_snapshots)):
+        for name, value in (
+            ("probe_size", probe_size),
+            ("keep_snapshots", keep_snapshots),
+            ("step_window", step_window),
+            ("step_confirm", step_confirm),
+        ):
             if value < 1:
                 raise ValueError(f"SpikeMonitor {name} = {value}: use an integer >= 1")
         for name, value in (
             ("eigen_every", eigen_every),
             ("dead_zone_every", dead_zone_every),
             ("snapshot_every", snapshot_every),
+            ("step_snapshot_after", step_snapshot_after),
+            ("keep_step_snapshots", keep_step_snapshots),
         ):
             if value < 0:
                 raise ValueError(f"SpikeMonitor {name} = {value}: use an integer >= 0 (0 = never)")
@@ -196,6 +292,15 @@ class SpikeMonitor(keras.callbacks.Callback):
         self._live = None
         self.failures: list[str] = []  # what failed inside the monitor and was turned off, one line each
         self._off = False  # the monitor's own bookkeeping failed: it watches no more of this fit
+        self.per_step, self.step_window, self.step_confirm = per_step, step_window, step_confirm
+        self.step_snapshot_after, self.keep_step_snapshots = step_snapshot_after, keep_step_snapshots
+        self.step_losses = array("d")  # every step's own loss, in order (BatchLosses)
+        self.step_spikes: list[dict] = []  # per spike inside an epoch: where, how large, the probe right after
+        self.step_snapshots: OrderedDict[int, dict] = OrderedDict()  # global step -> state after it
+        self.step_cpu_seconds = 0.0  # CPU seconds inside the per-step watch, this fit
+        self._step_watch: StepSpikeWatch | None = None
+        if not per_step:  # no batch hook: Keras keeps its asynchronous batch dispatch (JAX, torch)
+            self.on_train_batch_end = keras.callbacks.Callback.on_train_batch_end.__get__(self)
 
     # --- never the user's training's end ---------------------------------------------------------
 
@@ -302,8 +407,28 @@ class SpikeMonitor(keras.callbacks.Callback):
                 if isinstance(part, Diagnostics):
                     part.trace_own_probe()  # the budget turns the curvature off at some epochs
         self._watch = spike_watch(self.divergence, self.spike_window)
+        self._assemble_step_watch(model)
         if self.skipped and self.report:
             print("SpikeMonitor skips: " + "; ".join(self.skipped), flush=True)
+
+    def _assemble_step_watch(self, model) -> None:
+        self.step_losses = array("d")
+        self.step_spikes, self.step_cpu_seconds = [], 0.0
+        self.step_snapshots.clear()
+        self._step_watch = None
+        if not self.per_step:
+            return
+        self._step_watch = StepSpikeWatch(self.divergence, self.step_window, self.step_confirm)
+        self._batch_losses = BatchLosses()
+        self._step_flagged = False
+        self._steps_before = 0  # the steps of the epochs before this one (this fit)
+        self._epoch_steps = 0  # this epoch's steps so far
+        self._step_seconds = 0.0  # this epoch's CPU seconds inside the per-step watch
+        self._snapshot_at: list[int] = []  # global steps whose end takes a step snapshot
+        # the loss tracker's sample count sizes a short last batch (read once, then at each epoch's end)
+        self._loss_tracker = getattr(model, "_loss_tracker", None)
+        self._batch_size: float | None = None
+        self._diagnostics = next((part for part in self.parts if isinstance(part, Diagnostics)), None)
 
     def _whole_sample_stats(self, head, loss, labels_problem):
         """The whole-sample pass's statistics for this output and loss; None where it cannot run."""
@@ -365,10 +490,84 @@ class SpikeMonitor(keras.callbacks.Callback):
         started = time.process_time()
         if self._first_epoch is None:
             self._first_epoch = epoch + 1
+        self._epoch = epoch + 1
         for part in list(self.parts):
             self._part_hook(part, "on_epoch_begin", epoch, logs)
+        if self._step_watch is not None:
+            self._batch_losses.start_epoch()
+            self._steps_before += self._epoch_steps
+            self._epoch_steps = 0
         self._epoch_started = time.process_time()
         self.cpu_seconds[epoch + 1] = self._epoch_started - started
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._step_watch is not None and logs and not self._off:
+            if not self._guard(STEP_WATCH, self._batch_end, batch, logs):
+                self._step_watch = None
+
+    def _batch_end(self, batch: int, logs: dict) -> None:
+        """One step: its own loss, the rule, and at a spike the probe and a snapshot to come. It reads
+        nothing from the model but at a spike, a due snapshot and the epoch's last step (on JAX each
+        read brings the model's state back from the training loop)."""
+        started = time.process_time()
+        steps = batch + 1
+        last = steps == self.params.get("steps")
+        samples = None
+        if self._loss_tracker is not None and (last or self._batch_size is None):
+            count = float(keras.ops.convert_to_numpy(self.model._loss_tracker.count))
+            self._batch_size = self._batch_size or count / steps
+            samples = count if last else None
+        loss = self._batch_losses.read(steps, float(logs["loss"]), samples, self._batch_size)
+        self._epoch_steps = steps
+        step = self._steps_before + steps
+        self.step_losses.append(loss)
+        flagged = self._step_watch.observe(loss)
+        if flagged and not self._step_flagged:
+            self._step_spike(step, loss)
+        self._step_flagged = flagged
+        if self._snapshot_at and self._snapshot_at[0] <= step:
+            self._snapshot_at.pop(0)
+            self.step_snapshots[step] = training_state.capture(self.model, with_non_trainable=True)
+            while len(self.step_snapshots) > self.keep_step_snapshots:
+                self.step_snapshots.popitem(last=False)
+        self._step_seconds += time.process_time() - started
+
+    def _step_spike(self, step: int, loss: float) -> None:
+        """A spike inside an epoch: where it began, its size, the probe's reading right after it."""
+        watch, epoch = self._step_watch, self._epoch
+        onset = step - watch.onset_back
+        onset_loss = self.step_losses[onset - 1]
+        found = {
+            "step": onset,
+            "flagged_at": step,
+            "epoch": epoch,
+            "batch": onset - self._steps_before,
+            "loss": onset_loss,
+            "level": watch.lowest,
+            "jump": onset_loss / watch.lowest if watch.lowest > 0 else math.inf,
+        }
+        if self._diagnostics is not None and self._diagnostics in self.parts:
+            kept = [v.numpy() for v in self.model.non_trainable_variables]
+            if not self._guard("the probe diagnostics at a step", lambda: found.update(self._diagnostics.at_step())):
+                self._diagnostics = None
+            for variable, value in zip(self.model.non_trainable_variables, kept):
+                variable.assign(value)
+        self.step_spikes.append(found)
+        added = {epoch + after for after in AFTER_SPIKE_PASSES}  # the whole-sample pass at this epoch's end
+        self._passes.update(added)
+        self._forced.update(added)
+        self._snapshot_at.append(step + self.step_snapshot_after)
+
+    @property
+    def step_snapshot_steps(self) -> list[int]:
+        """The global steps (1-based, after that step) whose state the per-step ring holds."""
+        return list(self.step_snapshots)
+
+    def restore_step(self, step: int) -> None:
+        """Put the model and optimizer back to the state after `step` (a snapshot near a step spike)."""
+        if step not in self.step_snapshots:
+            raise ValueError(f"no snapshot of step {step}; the per-step ring holds {self.step_snapshot_steps}")
+        training_state.restore(self.model, self.step_snapshots[step])
 
     def _share_with(self, cost: float) -> float:
         """The monitor's share of the epochs' CPU (its own included) from the second epoch on (the
@@ -448,8 +647,10 @@ class SpikeMonitor(keras.callbacks.Callback):
 
     def _epoch_end(self, epoch, logs):
         started = time.process_time()
+        step_seconds, self._step_seconds = getattr(self, "_step_seconds", 0.0), 0.0
+        self.step_cpu_seconds += step_seconds
         if epoch + 1 > self._first_epoch:  # the first epoch's tracing is not the training's
-            self.training_cpu_seconds += started - self._epoch_started
+            self.training_cpu_seconds += started - self._epoch_started - step_seconds
         if self._watch.observe(logs.get("loss", math.nan)):
             added = {epoch + 1 + after for after in AFTER_SPIKE_PASSES}
             self._passes.update(added)
@@ -473,6 +674,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         self.cpu_seconds[epoch + 1] = self.cpu_seconds.get(epoch + 1, 0.0) + time.process_time() - started
         if epoch + 1 > self._first_epoch:
             self._learn_costs(self.cpu_seconds[epoch + 1], curvature, eigen, run_pass)
+        self.cpu_seconds[epoch + 1] += step_seconds  # the per-step watch always runs: in the share, not a cost to plan
 
     def _log_live(self, logs):
         for key, value in logs.items():
@@ -492,6 +694,8 @@ class SpikeMonitor(keras.callbacks.Callback):
         if self.history_path is not None:
             write_history_csv(self.history_path, self.history)
         text = describe(self.diagnosis)  # every number: monitor.details and MLflow's spike_diagnosis.txt
+        if self.step_spikes:
+            text += "\n" + describe_step_spikes(self.step_spikes)
         if self.budget is not None and (self.curvature_skipped or self.passes_deferred):
             times = "time" if self.passes_deferred == 1 else "times"
             text += (
@@ -503,7 +707,7 @@ class SpikeMonitor(keras.callbacks.Callback):
                 text += " (its probe diagnostics alone cost more at this epoch size: cheap=True, or a larger epoch)"
         self.details = text
         if self.report:  # the verdict in at most five lines
-            print(summary(self.diagnosis), flush=True)
+            print(with_step_spikes(summary(self.diagnosis), self.step_spikes, len(self.step_losses)), flush=True)
         if self._mlflow_run is not None:
             self._guard("MLflow logging", self._log_diagnosis, text)
         if self._live is not None:
