@@ -17,6 +17,15 @@ error, so it is a row of the report, not a hole (a later success removes it).
 
 collect: `dvc exp pull` of the study's experiments from the git remote (with their outputs), and
 the usual report (study/results/<prefix>.*), failed runs included.
+
+--engine population (issue 39): one Ray task per population (a cell's seeds, at most --size), each
+taking --cpus of a worker. The task clones the commit into a folder named after the population
+(a retry on the same worker finds the members' snapshots there and resumes them), runs
+`python -m study.population --worker <members>` (it dies with the worker), and pushes the members'
+result files (metrics/, params.json; not the models, which stay in that folder) as a commit to
+`refs/spikelab/populations/<population>` on the git remote. A population whose ref is there is not
+run again; a failed one leaves `refs/spikelab/failed/<population>`. collect --engine population
+unpacks those commits into study/populations/ and writes the report from them.
 """
 
 from __future__ import annotations
@@ -37,6 +46,8 @@ from study.sweep import SWEEP_FILE, expand, load_defaults, load_sweep, run_prefi
 from team.stack import RAY_LOOPBACK_ONLY
 
 FAILED_REFS = "refs/spikelab/failed/"
+POPULATION_REFS = "refs/spikelab/populations/"
+MEMBER_FILES = ("metrics", "params.json", "population.json")  # what a population pushes of each member
 DIE_WITH_WORKER = ["setpriv", "--pdeathsig", "TERM", "--"]  # util-linux: prctl(PR_SET_PDEATHSIG) then exec
 EXPERIMENT_REFS = "refs/exps/"
 
@@ -112,6 +123,66 @@ def run_one(spec: dict) -> dict:
             shutil.rmtree(clone, ignore_errors=True)
 
 
+def run_population(spec: dict) -> dict:
+    """One population on a worker: clone (or reuse the clone a killed try left), train, push its
+    members' result files. Returns {name, state, host, seconds, error}."""
+    started = time.monotonic()
+    name = spec["name"]
+    outcome = {"name": name, "host": f"{socket.gethostname()}:{os.getpid()}", "state": "success", "error": ""}
+    root = Path(spec["work_root"]).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    clone = root / f"{spec['commit'][:12]}-{name}"  # stable: a retry here resumes the members' snapshots
+    env = dict(os.environ, **spec["env"])
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(clone)
+    try:
+        if not (clone / ".git").is_dir():
+            shutil.rmtree(clone, ignore_errors=True)
+            sh(["git", "clone", "--quiet", spec["git_remote"], str(clone)], root)
+        else:
+            sh(["git", "fetch", "--quiet", "origin"], clone)
+        if name in remote_refs("origin", POPULATION_REFS, clone):
+            outcome["state"] = "skipped"  # a retry after the push, or another submission's population
+            return outcome
+        sh(["git", "checkout", "--quiet", "--detach", spec["commit"]], clone)
+        command = [
+            sys.executable,
+            "-m",
+            "study.population",
+            "--sweep",
+            spec["sweep"],
+            "--worker",
+            ",".join(spec["members"]),
+        ]
+        run = sh([*DIE_WITH_WORKER, *command, *(["--quick"] if spec["quick"] else [])], clone, env, check=False)
+        if run.returncode != 0:
+            said = [line for line in (run.stderr + run.stdout).strip().splitlines() if line.strip()][-20:]
+            error = [f"exit {run.returncode}", *said, f"(files kept in {clone})"]
+            outcome.update(state="failed", error="\n".join(error))
+            record_failure(clone, name, outcome["error"])
+            return outcome
+        push_members(clone, name, [Path("study/populations") / spec["prefix"] / member for member in spec["members"]])
+        sh(["git", "push", "--quiet", "origin", f":{FAILED_REFS}{name}"], clone, check=False)
+        return outcome
+    finally:
+        outcome["seconds"] = round(time.monotonic() - started, 1)
+
+
+def push_members(clone: Path, name: str, folders: list[Path]) -> None:
+    """A commit of the members' result files (git-ignored in the clone: added to a private index)
+    pushed to refs/spikelab/populations/<name>."""
+    env = dict(os.environ, GIT_INDEX_FILE=str(clone / ".git" / f"spikelab-{name}.index"))
+    env.update(GIT_AUTHOR_NAME="spikelab", GIT_AUTHOR_EMAIL="spikelab@localhost")
+    env.update(GIT_COMMITTER_NAME="spikelab", GIT_COMMITTER_EMAIL="spikelab@localhost")
+    paths = [str(folder / part) for folder in folders for part in MEMBER_FILES if (clone / folder / part).exists()]
+    sh(["git", "read-tree", "--empty"], clone, env)
+    sh(["git", "add", "--force", "--", *paths], clone, env)
+    tree = sh(["git", "write-tree"], clone, env).stdout.strip()
+    message = f"population {name}: {len(folders)} members' results"
+    commit = sh(["git", "commit-tree", tree, "-p", "HEAD", "-m", message], clone, env).stdout.strip()
+    sh(["git", "push", "--quiet", "--force", "origin", f"{commit}:{POPULATION_REFS}{name}"], clone)
+
+
 def record_failure(clone: Path, name: str, error: str) -> None:
     """refs/spikelab/failed/<name> on the git remote: a commit of the baseline's tree whose message is the error."""
     env = dict(os.environ, GIT_AUTHOR_NAME="spikelab", GIT_AUTHOR_EMAIL="spikelab@localhost")
@@ -129,7 +200,8 @@ def summary(error: str) -> str:
     lines = error.strip().splitlines()
     ours = [line for line in lines if line.startswith("error:")]
     kept = [line for line in lines if line.startswith("(files kept in ")]
-    return " ".join((ours or lines)[-1:] + kept)
+    said = [line for line in lines if line not in kept]
+    return " ".join((ours or said)[-1:] + kept)
 
 
 # ---- submit (on the head) ----------------------------------------------------------------------------
@@ -189,7 +261,7 @@ def submit(args) -> int:
     for run in runs:
         if run.name in done:
             print(f"team study: {run.name} is already on the git remote, not run again")
-    if not todo:
+    if not todo and args.engine == "dvc":
         print("team study: nothing to run")
         return 0
     address = args.address or os.environ.get("RAY_ADDRESS") or "auto"
@@ -212,6 +284,8 @@ def submit(args) -> int:
         for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
         if key in os.environ
     }
+    if args.engine == "population":
+        return submit_populations(args, ray, sweep, runs, commit, git_remote, tracking)
     task = ray.remote(run_one).options(num_cpus=1, max_retries=args.retries, retry_exceptions=False)
     pending = {
         task.remote(
@@ -248,13 +322,122 @@ def submit(args) -> int:
     return 1 if failed else 0
 
 
+def submit_populations(args, ray, sweep: dict, runs: list, commit: str, git_remote: str, tracking: dict) -> int:
+    """One Ray task per population, --cpus each; a population already on the remote is not run again."""
+    from study.population import populations
+
+    prefix = run_prefix(sweep, args.quick)
+    done = remote_refs(args.git_remote, POPULATION_REFS, Path.cwd())
+    groups = {f"{prefix}-{group[0].cell}-p{group[0].seed}": group for group in populations(runs, args.size)}
+    for name in groups.keys() & done.keys():
+        print(f"team study: population {name} is already on the git remote, not run again")
+    todo = {name: group for name, group in groups.items() if name not in done}
+    if not todo:
+        print("team study: nothing to run")
+        return 0
+    task = ray.remote(run_population).options(num_cpus=args.cpus, max_retries=args.retries, retry_exceptions=False)
+    pending = {
+        task.remote(
+            {
+                "name": name,
+                "members": [run.name for run in group],
+                "prefix": prefix,
+                "sweep": str(args.sweep),
+                "quick": args.quick,
+                "commit": commit,
+                "git_remote": git_remote,
+                "work_root": args.work_root,
+                "env": tracking,
+            }
+        ): name
+        for name, group in todo.items()
+    }
+    print(
+        f"team study: {len(pending)} populations submitted to Ray at commit {commit[:12]}, {args.cpus} CPUs each",
+        flush=True,
+    )
+    started, outcomes = time.monotonic(), []
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        name = pending.pop(ready[0])
+        try:
+            outcome = ray.get(ready[0])
+        except Exception as error:  # the task died more often than Ray retries it
+            outcome = {"name": name, "state": "failed", "error": str(error).splitlines()[0], "host": "?", "seconds": 0}
+        outcomes.append(outcome)
+        print(
+            f"team study: population {name} ({len(todo[name])} runs) {outcome['state']} on {outcome['host']} in "
+            f"{outcome['seconds']} s ({len(outcomes)}/{len(todo)}, {(time.monotonic() - started) / 60:.1f} min)"
+            + (f": {summary(outcome['error'])}" if outcome["error"] else ""),
+            flush=True,
+        )
+    failed = [o["name"] for o in outcomes if o["state"] == "failed"]
+    print(f"team study: {len(outcomes)} populations, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
+    return 1 if failed else 0
+
+
 # ---- collect (anywhere) ------------------------------------------------------------------------------
+
+
+def collect_populations(args, sweep: dict, cells: list, runs: list) -> int:
+    """The populations' result commits unpacked into study/populations/ (git-ignored: no index is
+    touched), then the report from those folders; a failed population's runs are failed rows."""
+    import io
+    import tarfile
+
+    from study.population import POPULATIONS, member_dir
+    from study.report import population_record
+
+    cwd = Path.cwd()
+    prefix = run_prefix(sweep, args.quick)
+    refs = remote_refs(args.git_remote, POPULATION_REFS, cwd)
+    failures = set(remote_refs(args.git_remote, FAILED_REFS, cwd))
+    mine = {name: sha for name, sha in refs.items() if name.startswith(f"{prefix}-")}
+    if mine:
+        sh(["git", "fetch", "--quiet", args.git_remote, *(f"{POPULATION_REFS}{name}" for name in mine)], cwd)
+    for name, sha in mine.items():
+        archive = subprocess.run(["git", "archive", sha, str(POPULATIONS / prefix)], cwd=cwd, capture_output=True)
+        if archive.returncode != 0:
+            raise TeamError(f"team study: cannot read population {name} ({sha[:12]}) from the git remote")
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(cwd, filter="data")
+    from study.population import populations
+
+    population_of = {
+        run.name: f"{prefix}-{group[0].cell}-p{group[0].seed}"
+        for group in populations(runs, args.size)
+        for run in group
+    }
+    failed = {name for name in failures if name in population_of.values() and name not in mine}
+    print(f"team study: unpacked {len(mine)} populations; {len(failed)} failed on the workers")
+    records = []
+    for run in runs:
+        record = population_record(run, member_dir(prefix, run.name))
+        if record["state"] == "missing" and population_of[run.name] in failed:
+            record["state"] = "failed"
+        records.append(record)
+    from spikelab.history import read_history_csv
+
+    histories = {
+        r["name"]: read_history_csv(member_dir(prefix, r["name"]) / "metrics" / "history.csv")
+        for r in records
+        if r["state"] == "success"
+    }
+    from study.report import write_histories
+    from study.tables import RESULTS
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_histories(RESULTS / f"{prefix}_histories.csv.gz", histories)
+    write_report(records, cells, prefix, RESULTS, histories)
+    return 0
 
 
 def collect(args) -> int:
     cwd = Path.cwd()
     sweep = load_sweep(args.sweep)
     cells, runs = expand(sweep, load_defaults(), quick=args.quick)
+    if args.engine == "population":
+        return collect_populations(args, sweep, cells, runs)
     names = {run.name for run in runs}
     remote_url("git", args.git_remote, cwd)
     on_remote = sorted(names & experiments_on_remote(args.git_remote, cwd))
@@ -285,6 +468,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default=None, help="the Ray head (default: RAY_ADDRESS)")
     parser.add_argument("--retries", type=int, default=3, help="Ray retries of a task whose worker died")
     parser.add_argument("--work-root", default="~/.cache/spikelab/team", help="where workers make their clones")
+    parser.add_argument(
+        "--engine",
+        choices=("dvc", "population"),
+        default="dvc",
+        help="dvc: a Ray task per run (a DVC experiment); population: a Ray task per population",
+    )
+    parser.add_argument("--size", type=int, default=20, help="population: most members per population")
+    parser.add_argument("--cpus", type=int, default=2, help="population: a task's CPUs (a worker's, on one machine)")
     args = parser.parse_args(argv)
     return submit(args) if args.command == "submit" else collect(args)
 
