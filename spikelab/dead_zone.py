@@ -31,7 +31,7 @@ if keras.backend.backend() == "tensorflow":  # the other backends never import T
     import tensorflow as tf
 
 from spikelab.losses import KERAS2_EPSILON
-from spikelab.model import logits_model, to_model_input
+from spikelab.model import logits_model, quiet_structure, to_model_input
 
 DEAD_ZONE_KEYS = (
     "dead_fraction",
@@ -182,7 +182,6 @@ class DeadZoneAccounting(keras.callbacks.Callback):
             graph = tf.function(lambda x: to_logits(x, training=False))
             self._logits = lambda x: graph(tf.constant(x)).numpy()
         else:  # eager: a compiled function would hold the weights it was traced with
-            from spikelab.diagnostics import quiet_structure
 
             def eager(x):
                 with quiet_structure():

@@ -24,10 +24,8 @@ everything else reads the variables as numpy arrays.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-import warnings
 
 import keras
 import numpy as np
@@ -35,7 +33,7 @@ import numpy as np
 from spikelab.adam_state import AdamSlots, adam_slots, second_moment_slots
 from spikelab.curvature import Curvature, ProbeHessian
 from spikelab.dead_zone import DeadZoneAccounting, class_view, saturated_and_wrong
-from spikelab.model import LogitsAndOutput
+from spikelab.model import LogitsAndOutput, quiet_structure
 
 BACKEND = keras.backend.backend()
 if BACKEND == "tensorflow":  # the other backends never import TensorFlow (it may not be installed)
@@ -311,15 +309,6 @@ def probe_pass(model: keras.Model, head: LogitsAndOutput, x: np.ndarray, y: np.n
 
         return torch_pass
     raise NotImplementedError(f"the probe gradient on the {BACKEND} backend")
-
-
-@contextlib.contextmanager
-def quiet_structure():
-    """Silence Keras's warning that a one-input model got a tensor, not a list of one (JAX and torch
-    warn at each eager call of a sub-model built on model.inputs; the call itself is right)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
-        yield
 
 
 def _with_norm(logits: np.ndarray, gradients: list[np.ndarray]) -> tuple:

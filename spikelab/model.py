@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import warnings
 
 import keras
 import numpy as np
@@ -149,3 +151,12 @@ def to_model_input(images: np.ndarray, data_format: str) -> np.ndarray:
     """uint8 (n, size, size) -> float32 in [0, 1] shaped for the model."""
     x = images.astype(np.float32) / 255.0
     return x[:, None, :, :] if data_format == "channels_first" else x[:, :, :, None]
+
+
+@contextlib.contextmanager
+def quiet_structure():
+    """Silence Keras's warning that a one-input model got a tensor, not a list of one (JAX and torch
+    warn at each eager call of a sub-model built on model.inputs; the call itself is right)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
+        yield
