@@ -422,7 +422,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         self._batch_losses = BatchLosses()
         self._step_flagged = False
         self._steps_before = 0  # the steps of the epochs before this one (this fit)
-        self._epoch_steps = 0  # this epoch's steps so far
+        self._epoch_steps = self._previous_epoch_steps = 0  # this epoch's steps so far, the last epoch's
         self._step_seconds = 0.0  # this epoch's CPU seconds inside the per-step watch
         self._snapshot_at: list[int] = []  # global steps whose end takes a step snapshot
         # the loss tracker's sample count sizes a short last batch (read once, then at each epoch's end)
@@ -496,7 +496,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         if self._step_watch is not None:
             self._batch_losses.start_epoch()
             self._steps_before += self._epoch_steps
-            self._epoch_steps = 0
+            self._previous_epoch_steps, self._epoch_steps = self._epoch_steps, 0
         self._epoch_started = time.process_time()
         self.cpu_seconds[epoch + 1] = self._epoch_started - started
 
@@ -537,11 +537,14 @@ class SpikeMonitor(keras.callbacks.Callback):
         watch, epoch = self._step_watch, self._epoch
         onset = step - watch.onset_back
         onset_loss = self.step_losses[onset - 1]
+        batch = onset - self._steps_before
+        if batch < 1:  # the five steps the rule read began in the epoch before
+            epoch, batch = epoch - 1, batch + self._previous_epoch_steps
         found = {
             "step": onset,
             "flagged_at": step,
             "epoch": epoch,
-            "batch": onset - self._steps_before,
+            "batch": batch,
             "loss": onset_loss,
             "level": watch.lowest,
             "jump": onset_loss / watch.lowest if watch.lowest > 0 else math.inf,
@@ -553,7 +556,7 @@ class SpikeMonitor(keras.callbacks.Callback):
             for variable, value in zip(self.model.non_trainable_variables, kept):
                 variable.assign(value)
         self.step_spikes.append(found)
-        added = {epoch + after for after in AFTER_SPIKE_PASSES}  # the whole-sample pass at this epoch's end
+        added = {self._epoch + after for after in AFTER_SPIKE_PASSES}  # the whole-sample pass at this epoch's end
         self._passes.update(added)
         self._forced.update(added)
         self._snapshot_at.append(step + self.step_snapshot_after)

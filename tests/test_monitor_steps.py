@@ -250,3 +250,25 @@ def test_per_step_off_leaves_keras_its_asynchronous_batch_dispatch():
     monitor = SpikeMonitor(x, y, per_step=False, report=False)
     _fit(monitor, epochs=2)
     assert len(monitor.step_losses) == 0 and len(monitor.history) == 2
+
+
+def test_a_spike_at_an_epochs_last_step_is_located_there_though_flagged_in_the_next():
+    class Kick(keras.callbacks.Callback):  # negates the output layer after step 63 of 64
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 62 and not hasattr(self, "done"):
+                self.done = True
+                layer = self.model.layers[-1]
+                layer.kernel.assign(layer.kernel.numpy() * -20)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 4)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(2, activation="softmax")]
+    )
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    monitor = SpikeMonitor(x, y, budget=None, report=False, snapshot_every=0)
+    model.fit(x, y, batch_size=8, epochs=2, shuffle=False, callbacks=[Kick(), monitor], verbose=0)
+    first = monitor.step_spikes[0]
+    assert (first["step"], first["flagged_at"], first["epoch"], first["batch"]) == (64, 66, 1, 64)
