@@ -65,7 +65,10 @@ SINGLE_KEY = {
     "nan": ({"optimizer": {"beta_1": float("nan")}}, "optimizer.beta_1 = nan"),
     "unknown_schedule": ({"optimizer": {"schedule": "linear"}}, "optimizer.schedule = 'linear'; allowed: one of"),
     "zero_warmup": ({"optimizer": {"warmup_epochs": 0}}, "optimizer.warmup_epochs = 0; allowed: an integer >= 1"),
-    "step_factor_one": ({"optimizer": {"step_factor": 1.0}}, "optimizer.step_factor = 1.0; allowed: a number in (0, 1)"),
+    "step_factor_one": (
+        {"optimizer": {"step_factor": 1.0}},
+        "optimizer.step_factor = 1.0; allowed: a number in (0, 1)",
+    ),
     "negative_global_clip": ({"optimizer": {"global_clipnorm": -1.0}}, "optimizer.global_clipnorm = -1.0"),
     "zero_clipvalue": ({"optimizer": {"clipvalue": 0.0}}, "optimizer.clipvalue = 0.0; allowed: null or a number > 0"),
     "smoothing_one": ({"loss": {"label_smoothing": 1.0}}, "loss.label_smoothing = 1.0; allowed: a number in [0, 1)"),
