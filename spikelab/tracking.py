@@ -499,6 +499,18 @@ def log_params(client: MlflowClient, run_id: str, params: dict) -> None:
         retry_locked(client.log_batch, run_id, params=items[start : start + 100])
 
 
+def run_exists(client: MlflowClient, run_id: str) -> bool:
+    """Whether the store still holds the run (a store copied without it, or the run deleted, answers no)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return retry_locked(client.get_run, run_id).info.lifecycle_stage != "deleted"
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+
+
 @contextlib.contextmanager
 def training_run(
     experiment: str, params: dict, name: str | None = None, tags: dict | None = None, reopen: str | None = None
@@ -520,6 +532,12 @@ def training_run(
         client = MlflowClient()
         for run_id in fail_orphans(experiment_id):
             print(f"train: marked run {run_id} FAILED: its process no longer exists", file=sys.stderr)
+        if reopen is not None and not run_exists(client, reopen):
+            print(
+                f"train: MLflow run {reopen} is gone from the store; the resumed training logs to a new run",
+                file=sys.stderr,
+            )
+            reopen = None
         if reopen is None:
             created = retry_locked(
                 client.create_run,

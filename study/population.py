@@ -167,7 +167,11 @@ def train_population(
             )
             for index, member in enumerate(members)
         ]
-        if resume is None:
+        # written again on a resume too: a run the store had lost continues in a new one, named here
+        if resume is None or any(
+            (opened.run_id, parent.run_id) != (found["member"], found["parent"])
+            for opened, found in zip(runs_open, resume[1])
+        ):
             for folder, params, run in zip(folders, member_params, runs_open):
                 write_json(
                     folder / RESUME_FILE,

@@ -244,3 +244,23 @@ def test_a_run_lost_after_its_training_finished_names_its_finished_mlflow_run(tm
     )
     assert "left no result" not in out
     assert client.get_run(trained).info.status == "FINISHED"  # not marked FAILED: its training did finish
+
+
+def test_a_resumed_run_the_store_lost_continues_in_a_new_run_with_one_line(tmp_path, monkeypatch, capsys):
+    """A population resumed beside a copied or rebuilt store: its members' runs are not there.
+    Training must go on in new runs, not stop on MLflow's 'Run with id=... not found'."""
+    import mlflow
+
+    from spikelab import tracking
+
+    monkeypatch.chdir(tmp_path)
+    with tracking.training_run("resumed", {"a": 1}, name="first") as first:
+        kept = first.run_id
+    with tracking.training_run("resumed", {"a": 1}, name="again", reopen=kept) as again:
+        assert again.run_id == kept
+    lost = "0" * 32
+    with tracking.training_run("resumed", {"a": 1}, name="lost", reopen=lost) as fresh:
+        assert fresh.run_id not in (lost, kept)
+    assert f"MLflow run {lost} is gone from the store" in capsys.readouterr().err
+    run = mlflow.MlflowClient().get_run(fresh.run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"a": "1"}
