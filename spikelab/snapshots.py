@@ -27,6 +27,8 @@ from spikelab.plumbing.files import atomic_path, project_root
 if TYPE_CHECKING:
     import keras
 
+    from spikelab.params import Params
+
 HISTORY = "history.csv"
 
 
@@ -120,6 +122,15 @@ def resume_history(path: str | os.PathLike, epoch: int) -> list[dict]:
     if [row.get("epoch") for row in rows] != list(range(1, epoch + 1)):
         raise _resume_error(path, f"{source} lacks rows for epochs 1..{epoch}")
     return rows
+
+
+def check_named_files(params: Params) -> None:
+    """What a Params cannot see alone: the files it names (train.resume_from, whether it is a
+    snapshot of this lab first), as the train stage will check them. The validate stage and
+    `make exp` call it before DVC deletes any output."""
+    if params.train.resume_from is not None:
+        check_resume(params.train.resume_from, params.train.resume_epoch)
+        check_resume_in_project(params.train.resume_from)
 
 
 def check_resume_in_project(path: str | os.PathLike) -> None:

@@ -19,23 +19,16 @@ DVC's words; run this stage's checks alone (the second form) for the lab's line.
 
 import sys
 
-from spikelab.params import Params, load_params
+from spikelab.params import load_params
 from spikelab.plumbing.errors import run_entry_point
 from spikelab.plumbing.files import atomic_path
-from spikelab.snapshots import check_resume, check_resume_in_project
+from spikelab.snapshots import check_named_files
 
 CHECKED = "params.yaml: valid\n"
 
 
-def check(params: Params) -> None:
-    """What load_params cannot see in params.yaml alone: the files it names."""
-    if params.train.resume_from is not None:  # as the train stage checks it (whether it is a snapshot first)
-        check_resume(params.train.resume_from, params.train.resume_epoch)
-        check_resume_in_project(params.train.resume_from)
-
-
 def main() -> None:
-    check(load_params())
+    check_named_files(load_params())
     if len(sys.argv) < 2:
         print("validate: params.yaml is valid")
         return

@@ -195,3 +195,23 @@ def test_compare_has_the_committed_row_and_counts_changes_against_it(lab_repo, m
     rows = [(name.strip(), changed.strip()) for name, changed in rows]
     assert rows[0] == (f"committed ({head[:7]})", "(none)")
     assert ("logcosh", "optimizer.epsilon=0.001 loss.name=log_cosh") in rows
+
+
+def test_make_exp_refuses_a_resume_from_that_is_no_snapshot_before_dvc_runs(lab_repo, exp_in):
+    """`make exp S="train.resume_from=/etc/passwd ..."` was refused as an invalid experiment name:
+    the name, not the value, was blamed. The validate stage's file checks now run first."""
+    from spikelab.plumbing.errors import InputError
+    from tools.exp import main
+
+    left = (lab_repo / "params.yaml").read_text()
+    with pytest.raises(InputError, match="a checkpoint of this lab is a snapshot"):
+        main(["train.resume_from=/etc/passwd", "train.resume_epoch=1"])
+    assert (lab_repo / "params.yaml").read_text() == left and not exp_in
+
+
+def test_a_resume_from_path_names_the_experiment_by_its_file():
+    from tools.exp import check_ref_name, experiment_name
+
+    name = experiment_name(["train.resume_from=models/snapshots/epoch_00010.npz", "train.resume_epoch=10"])
+    assert name == "resume_from=epoch_00010.npz,resume_epoch=10"
+    check_ref_name(name)  # a valid git ref name: DVC takes it

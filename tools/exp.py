@@ -28,6 +28,7 @@ from ruamel.yaml.error import YAMLError
 
 from spikelab.params import ParamsError, params_from_dict, read_yaml
 from spikelab.plumbing.errors import UserError, run_entry_point
+from spikelab.snapshots import check_named_files
 from study.dvc_calls import is_valid_ref_name, run_experiment
 from study.sweep import format_value
 
@@ -63,7 +64,8 @@ def checked_changes(changes: list[str], raw_params: dict) -> None:
         if key not in changed.get(section, {}):
             raise ExpError(f"{text!r}: params.yaml has no key {section}.{key}")
         changed[section][key] = value
-    params_from_dict(changed)
+    # the validate stage's checks of the files params name (train.resume_from), before DVC runs
+    check_named_files(params_from_dict(changed))
 
 
 def experiment_name(changes: list[str]) -> str:
@@ -72,8 +74,9 @@ def experiment_name(changes: list[str]) -> str:
     (`loss.name=log_cosh`: `name=log_cosh` would not say what was named)."""
     keys = [text.partition("=")[0] for text in changes]
     short = [key.rpartition(".")[2] for key in keys]
+    # a path names the experiment by its file (`resume_from=epoch_00010.npz`): a ref name has no '/'
     return ",".join(
-        (name if short.count(name) == 1 and name != "name" else key) + "=" + text.partition("=")[2]
+        (name if short.count(name) == 1 and name != "name" else key) + "=" + text.partition("=")[2].rpartition("/")[2]
         for key, name, text in zip(keys, short, changes)
     )
 
