@@ -90,56 +90,126 @@ def shared_limits(histories: list[list[dict]]) -> tuple[float, float]:
     return (min(values) / 1.4, max(values) * 1.4) if values else (1e-3, 1.0)
 
 
-def plot_study(
-    rows: list[dict], curves: dict[str, list[dict]], survival: dict[str, list[tuple]], path: Path, title: str
-) -> None:
-    """Left, top: divergence rate per distinct intervention (k/n, with its 95% Wilson interval; a cell
-    equal to an earlier one is not drawn again). Left, bottom: time to the first spike (Kaplan-Meier;
-    runs that never spiked censored at their last epoch). Right: small multiples, one typical loss
-    curve per intervention, on one shared log axis per loss: a bounded loss (log_cosh) gets its own,
-    never the cross-entropy's."""
-    shown = [row for row in rows if " (= " not in row["cell"]]
-    columns, grid_rows = curve_layout(len(curves))
-    figure = plt.figure(figsize=(7.5 + 3.4 * columns, max(7.0, 2.4 * grid_rows + 1)))
-    grid = figure.add_gridspec(grid_rows, columns + 1, width_ratios=[1.6] + [1] * columns)
-    half = grid_rows // 2
-    bars = figure.add_subplot(grid[:half, 0])
-    names = [row["cell"] for row in shown]
-    rates = [row["divergence_rate"] or 0.0 for row in shown]
+def not_drawn(row: dict) -> str | None:
+    """Why a cell's spike rate is no bar (None: it is one): the rule cannot fire on its loss (the
+    table's n/a), or none of its runs finished."""
+    if str(row.get("divergence_rate_text") or "").startswith("n/a"):
+        return "n/a: its bounded loss cannot reach the rule"
+    if row.get("divergence_rate") is None:
+        return "no finished run"
+    return None
+
+
+def label_log_ticks(axis, low: float, high: float) -> None:
+    """Numbers on a short log y axis: under a factor 30 the minor ticks at 2, 3 and 5 carry plain
+    labels (0.2, 0.3, 0.5), under a factor 3 every one does; a single major label ("1") says nothing."""
+    if high / low >= 30:
+        axis.yaxis.set_minor_formatter(NullFormatter())
+        return
+    every = high / low < 3
+    axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.yaxis.set_minor_formatter(
+        FuncFormatter(lambda value, _: f"{value:g}" if every or f"{value:.0e}"[0] in "235" else "")
+    )
+
+
+def _rate_panel(bars, shown: list[dict], colours: dict[str, str], notes: dict[str, str] | None) -> None:
+    """One bar per cell with a rate (k/n, 95% Wilson interval); a cell without one (n/a, nothing
+    finished) gets its reason as text where its bar would be, never a 0 bar with an interval. notes:
+    a text per cell in a column right of the bars, headed by notes[""]."""
+    drawn = [(place, row) for place, row in enumerate(shown) if not_drawn(row) is None]
+    rates = [row["divergence_rate"] for _, row in drawn]
     # whiskers from the Wilson bounds; clipped at 0: at k = n the bound can sit an ulp inside the rate
-    bounds = [(row.get("divergence_rate_low"), row.get("divergence_rate_high")) for row in shown]
-    low = [max(0.0, rate - lo) if lo is not None else 0.0 for rate, (lo, _) in zip(rates, bounds)]
-    high = [max(0.0, hi - rate) if hi is not None else 0.0 for rate, (_, hi) in zip(rates, bounds)]
+    low = [max(0.0, rate - row["divergence_rate_low"]) for rate, (_, row) in zip(rates, drawn)]
+    high = [max(0.0, row["divergence_rate_high"] - rate) for rate, (_, row) in zip(rates, drawn)]
+    bars.barh(
+        [place for place, _ in drawn],
+        rates,
+        xerr=[low, high],
+        color=[colours[row["cell"]] for _, row in drawn],
+        alpha=0.85,
+        capsize=3,
+    )
+    for place, row in enumerate(shown):
+        if not_drawn(row) is not None:
+            bars.text(0.01, place, not_drawn(row), va="center", fontsize=8, color="dimgray", style="italic")
     # the counts go in the labels: text inside the bars would sit under the interval whiskers
     labels = [
-        f"{row['cell']}  {row['n_diverged']}/{row['n_runs']}"
+        f"{row['cell']}  " + ("n/a" if not_drawn(row).startswith("n/a") else "0 runs")
+        if not_drawn(row)
+        else f"{row['cell']}  {row['n_diverged']}/{row['n_runs']}"
         + (f", {row['n_plateaued']} up" if row.get("n_plateaued") else "")
         + (f", {row['n_failed']} failed" if row["n_failed"] else "")
         for row in shown
     ]
-    groups = comparison_groups(shown)
-    colours = {cell: group_colour(cell, head, names[0]) for head, members in groups.items() for cell in members}
-    bars.barh(labels, rates, xerr=[low, high], color=[colours[name] for name in names], alpha=0.85, capsize=3)
-    bars.set_xlim(0, 1)
-    bars.invert_yaxis()
+    bars.set_yticks(range(len(shown)), labels)
+    bars.set_ylim(len(shown) - 0.4, -0.6)  # the first cell on top
+    bars.set_xlim(0, 1.75 if notes else 1)
+    bars.set_xticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     bars.tick_params(labelsize=9)
     bars.set_xlabel("share of finished runs that spiked (divergence rule), 95% interval", fontsize=9)
     bars.set_title("runs that spiked (k/n; 'up': stayed up by the plateau rule)", fontsize=10, loc="left")
+    if notes:
+        bars.axvline(1.0, color="gray", linewidth=0.8)
+        bars.text(1.04, -0.55, notes.get("", ""), fontsize=8, va="bottom")
+        for place, row in enumerate(shown):
+            bars.text(1.04, place, notes.get(row["cell"], ""), va="center", fontsize=8)
+
+
+def _survival_panel(survive, members: list[str], survival: dict, colours: dict, unjudged: dict[str, str]) -> None:
+    """Kaplan-Meier curves of the cells whose runs spiked; a cell that stayed at 1.0 to its last
+    epoch (no run spiked) is named, not drawn: several such lines would lie on one another and on the
+    frame. Cells the rule cannot judge are named too."""
+    flat = [cell for cell in members if cell in survival and min(f for _, f in survival[cell]) >= 1.0]
+    for cell in (cell for cell in members if cell in survival and cell not in flat and cell not in unjudged):
+        epochs, fractions = zip(*survival[cell])
+        survive.step(epochs, fractions, where="post", color=colours[cell], label=cell, linewidth=1.6)
+    flat = [cell for cell in flat if cell not in unjudged]
+    said = [f"never spiked (at 1.0 throughout):\n{', '.join(flat)}"] if flat else []
+    said += [f"not drawn, {why.split(':')[0]}:\n{cell}" for cell, why in unjudged.items() if cell in members]
+    survive.set_ylim(-0.03, 1.03)
+    survive.set_ylabel("share not yet spiked", fontsize=9)
+    survive.grid(alpha=0.3)
+    survive.tick_params(labelsize=8)
+    if survive.get_lines():
+        legend = survive.legend(fontsize=8, loc="best", framealpha=0.9, title="\n".join(said) or None)
+        legend.get_title().set_fontsize(8)
+    elif said:
+        survive.text(0.5, 0.5, "\n".join(said), transform=survive.transAxes, ha="center", va="center", fontsize=9)
+        last = [epoch for cell in flat for epoch, _ in survival[cell]]
+        survive.set_xlim(0, max(last, default=1))
+
+
+def study_figure(
+    rows: list[dict],
+    curves: dict[str, list[dict]],
+    survival: dict[str, list[tuple]],
+    title: str,
+    notes: dict[str, str] | None = None,
+):
+    """Left, top: divergence rate per distinct intervention (k/n, with its 95% Wilson interval; a cell
+    equal to an earlier one is not drawn again; one without a rate says why). Left, bottom: time to the
+    first spike (Kaplan-Meier; runs that never spiked censored at their last epoch). Right: small
+    multiples, one typical loss curve per intervention, on one shared log axis per loss: a bounded loss
+    (log_cosh) gets its own, never the cross-entropy's. notes: a short text per cell beside its bar
+    (the replication's judgements)."""
+    shown = [row for row in rows if " (= " not in row["cell"]]
+    columns, grid_rows = curve_layout(len(curves))
+    figure = plt.figure(figsize=(7.5 + 3.4 * columns + (2.5 if notes else 0), max(7.0, 2.4 * grid_rows + 1)))
+    grid = figure.add_gridspec(grid_rows, columns + 1, width_ratios=[1.6 + (1.0 if notes else 0)] + [1] * columns)
+    half = grid_rows // 2
+    names = [row["cell"] for row in shown]
+    groups = comparison_groups(shown)
+    colours = {cell: group_colour(cell, head, names[0]) for head, members in groups.items() for cell in members}
+    _rate_panel(figure.add_subplot(grid[:half, 0]), shown, colours, notes)
+    unjudged = {row["cell"]: not_drawn(row) for row in shown if not_drawn(row)}
     # one Kaplan-Meier panel per comparison group: thirteen curves in one panel repeat colours
     panels = grid[half:, 0].subgridspec(len(groups), 1, hspace=0.5)
     for index, (head, members) in enumerate(groups.items()):
         survive = figure.add_subplot(panels[index])
-        for cell in (cell for cell in members if cell in survival):
-            epochs, fractions = zip(*survival[cell])
-            survive.step(epochs, fractions, where="post", color=colours[cell], label=cell, linewidth=1.6)
-        survive.set_ylim(-0.03, 1.03)
-        survive.set_ylabel("share not yet spiked", fontsize=9)
+        _survival_panel(survive, members, survival, colours, unjudged)
         against = f"\n{head} and the cells compared with it" if len(groups) > 1 else ""
         survive.set_title(f"time to the first spike (Kaplan-Meier){against}", fontsize=9, loc="left")
-        survive.grid(alpha=0.3)
-        survive.tick_params(labelsize=8)
-        # every curve starts at 1 and falls later: the lower left is empty
-        survive.legend(fontsize=8, loc="lower left", ncol=2, framealpha=0.9)
     survive.set_xlabel("epoch", fontsize=9)
     row_of = {row["cell"]: row for row in rows}
     loss_of = {cell: loss_override(row_of.get(cell.split(" (")[0], {})) for cell in curves}
@@ -156,13 +226,7 @@ def plot_study(
         axis.set_yscale("log")
         low, high = limits[loss_of[cell]]
         axis.set_ylim(low, high)
-        if high / low < 10:  # under a decade the minor ticks carry the labels: plain 0.2, 0.3, 0.5
-            axis.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-            axis.yaxis.set_minor_formatter(
-                FuncFormatter(lambda value, _: f"{value:g}" if f"{value:.0e}"[0] in "235" else "")
-            )
-        else:
-            axis.yaxis.set_minor_formatter(NullFormatter())
+        label_log_ticks(axis, low, high)
         axis.set_ylabel(f"{loss_of[cell] or 'training'} loss (log)", fontsize=8)
         axis.set_title(cell, fontsize=9, loc="left")
         axis.grid(alpha=0.3)
@@ -175,7 +239,19 @@ def plot_study(
     )
     figure.suptitle(f"{title}: {what}", fontsize=11)
     figure.tight_layout()
-    save_figure(figure, path, dpi=100)
+    return figure
+
+
+def plot_study(
+    rows: list[dict],
+    curves: dict[str, list[dict]],
+    survival: dict[str, list[tuple]],
+    path: Path,
+    title: str,
+    notes: dict[str, str] | None = None,
+) -> None:
+    """The study's figure (study_figure) written to path."""
+    save_figure(study_figure(rows, curves, survival, title, notes), path, dpi=100)
 
 
 def plot_replay(curves: dict[str, list[dict]], epoch: int, label: str, path: Path) -> None:
@@ -244,20 +320,21 @@ def plot_dead_zone(history: list[dict], title: str, path: Path) -> None:
     save_figure(figure, path, dpi=100)
 
 
-def plot_thresholds(
-    rows: list[dict], curves: dict[str, list[float]], ratios, rule_ratio: float, path: Path, title: str
-) -> None:
+def thresholds_figure(rows: list[dict], curves: dict[str, list[float]], ratios, rule_ratio: float, title: str):
     """Top: the spike rate as a curve over the rule's ratio, one panel per comparison group (a curve
-    that drops only at high ratios means smaller spikes, one lower everywhere means rarer ones).
-    Bottom: every run's largest jump per cell (log), with the median; n/a cells are left out."""
+    that drops only at high ratios means smaller spikes, one lower everywhere means rarer ones); a
+    cell at 0 at every threshold is named, not drawn (such lines lie on one another). Bottom: every
+    run's largest jump per cell (log), with the median, in the same colours; n/a cells are left out."""
     groups = comparison_groups([row for row in rows if row["cell"] in curves])
     first = rows[0]["cell"]
+    colours = {cell: group_colour(cell, head, first) for head, members in groups.items() for cell in members}
     figure = plt.figure(figsize=(13, 8.5))
     grid = figure.add_gridspec(2, len(groups), height_ratios=[1, 1.1])
     for index, (head, members) in enumerate(groups.items()):
         axis = figure.add_subplot(grid[0, index])
-        for cell in members:
-            axis.plot(ratios, curves[cell], marker=".", color=group_colour(cell, head, first), label=cell)
+        never = [cell for cell in members if not any(curves[cell])]
+        for cell in (cell for cell in members if cell not in never):
+            axis.plot(ratios, curves[cell], marker=".", color=colours[cell], label=cell)
         axis.axvline(rule_ratio, color="gray", linestyle=":", label=f"the rule's {rule_ratio:g}x")
         axis.set_xscale("log")
         axis.set_xticks(list(ratios), [f"{r:g}" for r in ratios], fontsize=7)
@@ -267,19 +344,28 @@ def plot_thresholds(
         axis.set_ylabel("share of runs that reach it", fontsize=8)
         axis.set_title(f"spike rate over thresholds: {head} and the cells compared with it", fontsize=9, loc="left")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=7)
+        axis.set_xlim(min(ratios) / 1.1, max(ratios) * 1.1)
+        said = f"no run reached {min(ratios):g}x its lowest loss: {', '.join(never)}" if never else None
+        if len(never) == len(members):  # nothing drawn: say so where the curves would be
+            axis.text(
+                0.5, 0.5, said, transform=axis.transAxes, ha="center", va="center", fontsize=9, backgroundcolor="white"
+            )
+            said = None
+        legend = axis.legend(fontsize=7, title=said)
+        legend.get_title().set_fontsize(7)
     strip = figure.add_subplot(grid[1, :])
     shown = [row for row in rows if row["cell"] in curves]
     for position, row in enumerate(shown):
         jumps = row.get("jumps") or []
-        colour = colour_of(row["cell"].removeprefix("plateau-")) if row["cell"] != "plateau" else colour_of(first)
         offsets = [position + 0.25 * ((i % 7) - 3) / 3 for i in range(len(jumps))]
-        strip.scatter(offsets, _positive(jumps), s=10, color=colour, alpha=0.7)
+        strip.scatter(offsets, _positive(jumps), s=10, color=colours[row["cell"]], alpha=0.7)
         if row.get("median_jump"):
             strip.hlines(row["median_jump"], position - 0.35, position + 0.35, color="black", linewidth=1.5)
     strip.axhline(rule_ratio, color="gray", linestyle=":")
     strip.set_yscale("log")
+    strip.set_xlim(-0.6, len(shown) - 0.4)
     strip.set_xticks(range(len(shown)), [row["cell"] for row in shown], rotation=30, ha="right", fontsize=8)
+    label_log_ticks(strip, *strip.get_ylim())
     strip.set_ylabel("largest jump per run (x, log)", fontsize=8)
     strip.set_title(
         "every run's largest jump (black: the cell's median; dotted: the rule's threshold)", fontsize=9, loc="left"
@@ -287,4 +373,11 @@ def plot_thresholds(
     strip.grid(alpha=0.3, axis="y")
     figure.suptitle(f"{title}: spikes without the rule's one threshold", fontsize=11)
     figure.tight_layout()
-    save_figure(figure, path, dpi=100)
+    return figure
+
+
+def plot_thresholds(
+    rows: list[dict], curves: dict[str, list[float]], ratios, rule_ratio: float, path: Path, title: str
+) -> None:
+    """The threshold figure (thresholds_figure) written to path."""
+    save_figure(thresholds_figure(rows, curves, ratios, rule_ratio, title), path, dpi=100)

@@ -541,19 +541,37 @@ def write_report(
     write_text(results / f"{prefix}.md", text)
     if any(histories.values()):
         write_threshold_free(records, cells, prefix, results, unreachable, rule)
-    curves = {}
-    for cell in cells:
-        if cell.same_as is None:
-            typical = representative([r for r in records if r["cell"] == cell.name])
-            if typical and histories.get(typical["name"]):
-                curves[f"{cell.name} (seed {typical['seed']})"] = histories[typical["name"]]
-    plot_study(rows, curves, time_to_spike(records, cells), results / f"{prefix}.png", f"spikelab study: {prefix}")
+    draw_study(records, cells, rows, histories, results / f"{prefix}.png", f"spikelab study: {prefix}")
     plateaued = [r for r in records if r["state"] == "success" and r["plateaued"]]
     if plateaued:  # the mechanism, on the first plateaued run in sweep order
         first = plateaued[0]
         title = f"{first['name']}: the plateau is its dead samples"
         plot_dead_zone(histories[first["name"]], title, results / f"{prefix}_dead_zone.png")
     return rows
+
+
+def draw_study(records, cells, rows, histories, path: Path, title: str, notes: dict[str, str] | None = None) -> None:
+    """The study's figure: the rows' rates, time to the first spike, a typical run per distinct cell."""
+    curves = {}
+    for cell in cells:
+        if cell.same_as is None:
+            typical = representative([r for r in records if r["cell"] == cell.name])
+            if typical and histories.get(typical["name"]):
+                curves[f"{cell.name} (seed {typical['seed']})"] = histories[typical["name"]]
+    plot_study(rows, curves, time_to_spike(records, cells), path, title, notes)
+
+
+def redraw_study(sweep_file: Path, notes: dict[str, str]) -> Path:
+    """The study figure <prefix>.png redrawn from the committed rows with a note beside each cell's
+    bar (a later analysis's judgement); returns its path."""
+    sweep, results, rule = load_sweep(sweep_file), results_of(sweep_file), load_params().divergence
+    cells, _ = expand(sweep, load_defaults())
+    prefix = run_prefix(sweep, quick=False)
+    histories = read_histories(results / f"{prefix}_histories.csv.gz")
+    records = with_curve_facts(read_records(results / f"{prefix}_runs.csv"), histories, rule)
+    rows = aggregate(records, cells, unreachable_cells(records, cells, histories, rule))
+    draw_study(records, cells, rows, histories, results / f"{prefix}.png", f"spikelab study: {prefix}", notes)
+    return results / f"{prefix}.png"
 
 
 def histories_from_git(records: list[dict]) -> dict[str, list[dict]]:

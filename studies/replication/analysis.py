@@ -3,7 +3,8 @@ the rule PREREGISTRATION.md (beside this file) fixed before the replication ran.
 
     python -m studies.replication.analysis [--verdicts-only]
         # the spike predictors on the replication's runs (python -m study.predictors), then
-        # -> studies/replication/results/<replication prefix>_verdicts.md / .csv
+        # -> studies/replication/results/<replication prefix>_verdicts.md / .csv, and the study's
+        #    figure <replication prefix>.png redrawn with each cell's verdicts marked beside its bar
 
 Reads what `python -m study.report` and `python -m study.predictors` wrote for both sweeps, each in
 its own study's results (<prefix>.csv, <prefix>_jumps.csv, <prefix>_predictors.csv: the evidence
@@ -24,6 +25,7 @@ from pathlib import Path
 from spikelab.plumbing.errors import UserError, run_entry_point
 from study.predictors import main as predictors
 from study.predictors import verdict as predictor_verdict
+from study.report import redraw_study
 from study.sweep import STUDIES, load_sweep, results_of, run_prefix
 from study.tables import markdown_table, write_csv, write_text
 
@@ -31,6 +33,9 @@ NULL = "no detectable difference"
 NOT_SIGNIFICANT = ("no detectable difference", "not distinguishable from chance")
 OPPOSITE = {"fewer": "more", "more": "fewer", "smaller": "larger", "larger": "smaller"}
 OPPOSITE |= {"above chance": "below chance", "below chance": "above chance"} | {v: k for k, v in OPPOSITE.items()}
+# a cell's verdicts beside its bar: what the original study found, and whether the replication did
+MARKS = {"replicated": "✓", "not replicated": "✗", "contradicted": "✗ contradicted:"}
+WHAT = {"spike rate": "spikes", "stayed-up rate": "stay up", "largest jump": "jumps"}
 COLUMNS = ("family", "comparison", "original", "original verdict", "replication", "replication verdict", "judgement")
 
 
@@ -108,6 +113,26 @@ def table(original: dict, replication: dict) -> list[dict]:
     return sorted(rows, key=lambda row: order.index(row["family"]))
 
 
+def marks(rows: list[dict]) -> dict[str, str]:
+    """{cell: its significant verdicts, each marked replicated (✓) or not (✗)}, e.g. amsgrad:
+    "✗ fewer spikes  ✓ smaller jumps"; a verdict first found by the replication reads "new:"; cells
+    with no significant verdict in either study get none; "" heads the column. The predictors are no
+    cell's: not marked."""
+    found: dict[str, list[str]] = {}
+    for row in rows:
+        if row["family"] not in WHAT or row["judgement"] in ("still not significant", "not run"):
+            continue
+        cell = row["comparison"].split(" vs ")[0]
+        if row["judgement"].startswith("now significant"):
+            text = f"new: {row['replication verdict']} {WHAT[row['family']]}"
+        else:
+            mark = MARKS.get(row["judgement"], "✗")
+            text = f"{mark} {row['original verdict']} {WHAT[row['family']]}"
+        found.setdefault(cell, []).append(text)
+    heading = {"": "the first study's verdicts: ✓ replicated, ✗ not"}
+    return heading | {cell: "  ".join(texts) for cell, texts in found.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m studies.replication.analysis", description=__doc__.split("\n\n")[0]
@@ -135,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         + markdown_table(rows, [(key, key) for key in COLUMNS]),
     )
     print(markdown_table(rows, [(key, key) for key in COLUMNS]))
+    print(f"replicate: {redraw_study(args.replication, marks(rows))} marks each cell's verdicts")
     return 0
 
 
