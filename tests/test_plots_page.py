@@ -1,5 +1,6 @@
 """`dvc plots show` and `dvc plots diff` pages, loaded in a real headless Chromium with the network
-off (issue 24, item 2): no script error, every plot drawn, no image past the window's edge.
+off (issue 24, item 2): no script error, every plot drawn, no image past the window's edge; a legend
+that tells every line apart by colour (issue 37, item 4).
 
 DVC's own page loads Vega from a CDN (offline: nothing drawn, nothing said) and breaks on an
 apostrophe in a plot title; the project's page (templates/plots.html, the default in .dvc/config)
@@ -28,6 +29,8 @@ PAGE_STATE = """(() => {
     plots: Array.from(document.querySelectorAll('.vega-embed')).map(plot => ({
       lines: plot.querySelectorAll('.mark-line path').length,
       titles: Array.from(plot.querySelectorAll('.role-axis-title text')).map(t => t.textContent),
+      legend: Array.from(plot.querySelectorAll('.role-legend-label text')).map(t => t.textContent),
+      swatches: Array.from(plot.querySelectorAll('.role-legend-symbol path')).map(p => p.getAttribute('stroke')),
     })),
     images: Array.from(document.querySelectorAll('img')).map(image => ({
       loaded: image.complete && image.naturalWidth > 0,
@@ -88,6 +91,12 @@ def test_the_plots_page_draws_every_plot_offline(chromium, plots_lab, command):
     assert errors == [] and state["page_errors"] == "", errors or state["page_errors"]
     assert len(state["plots"]) == vega_plot_count(), state
     assert all(plot["lines"] >= 1 for plot in state["plots"]), state["plots"]
+    # the legend names every line, each in a colour of its own: DVC's default told loss from val_loss
+    # by a dash pattern on two grey swatches that look the same
+    loss = state["plots"][0]
+    revisions = ["workspace"] + (["HEAD"] if command[0] == "diff" else [])
+    assert loss["legend"] == [f"{rev} {key}" for rev in revisions for key in ("loss", "val_loss")], loss
+    assert len(set(loss["swatches"])) == len(loss["legend"]), loss
     # the loss axis names no particular loss: a log_cosh run is not "cross-entropy"
     assert not any("entropy" in title for plot in state["plots"] for title in plot["titles"]), state["plots"]
     images = state["images"]
