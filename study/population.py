@@ -45,6 +45,7 @@ from ruamel.yaml import YAML
 
 from spikelab.params import Params, flatten, params_from_dict, read_yaml
 from spikelab.plumbing.errors import UserError, run_entry_point
+from spikelab.plumbing.native_logs import quiet_native_startup
 from study.sweep import SWEEP_FILE, Cell, Run, expand, load_defaults, load_sweep, run_prefix, stop_after_spike
 
 POPULATIONS = Path("study/populations")
@@ -126,7 +127,8 @@ def train_population(
     from spikelab.tracking import evaluation_metrics, git_commit, log_metrics_at, summary_metrics, training_run
     from study.population_engine import Member, Population, cell_params
 
-    data_format = resolve_data_format(member_params[0].model.data_format)
+    with quiet_native_startup():  # TensorFlow's first op (a test convolution) prints noise, as in the stages
+        data_format = resolve_data_format(member_params[0].model.data_format)
     members = [Member(run_name, params, dataset(params, cache)) for run_name, params in zip(names, member_params)]
     snapshot_dirs = [folder / "models" / "snapshots" for folder in folders]
     resume = resumable(name, names, member_params, folders)
@@ -475,6 +477,8 @@ def study(argv: list[str] | None) -> int:
         )
     if args.jobs < 1:
         raise PopulationError(f"--jobs {args.jobs}: give at least 1")
+    with quiet_native_startup():  # TensorFlow's import prints noise: kept off the console, as in the stages
+        from study import population_engine  # noqa: F401
     sweep = load_sweep(args.sweep)
     prefix = run_prefix(sweep, args.quick)
     if args.replay:

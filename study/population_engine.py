@@ -32,6 +32,7 @@ end of its current steps_per_execution block: its last row's accuracy can differ
 from __future__ import annotations
 
 import math
+import statistics
 import time
 import types
 import zipfile
@@ -76,6 +77,18 @@ class PopulationResult:
     seconds: float = 0.0  # wall seconds of the whole population's training
     epoch_seconds: list[float] = field(default_factory=list)
     forms: dict[str, str] = field(default_factory=dict)  # StackedNetwork.forms(): what computed the members
+
+
+def progress_line(epoch: int, epochs: int, losses, seconds: float, spiking: list[str]) -> str:
+    """The console's line per epoch: the members' median loss (of two members their mean, not the
+    upper one, which is the max) and the largest, the epoch's seconds, who spiked."""
+    losses = [float(loss) for loss in losses]
+    width = len(f"epoch {epochs}/{epochs}")  # the columns stay put from epoch 1 to the last
+    mark = f"  <- spike: {', '.join(spiking)}" if spiking else ""
+    return (
+        f"{f'epoch {epoch}/{epochs}':<{width}}  {len(losses)} members: "
+        f"loss median {statistics.median(losses):<10.4g}max {max(losses):<10.4g} {seconds:5.2f}s{mark}"
+    )
 
 
 def cell_params(params: Params) -> dict:
@@ -639,7 +652,6 @@ class Population:
                     if watches[index].observe(row["loss"]):
                         first_spike[index] = first_spike[index] or row["epoch"]
         started, epoch_seconds = time.perf_counter(), []
-        width = len(f"epoch {epochs}/{epochs}")
         for epoch in range(self.first_epoch, epochs):
             epoch_start = time.perf_counter()
             before = [v.numpy() for v in self.variables] if params.diagnostics.enabled else None
@@ -689,12 +701,8 @@ class Population:
                 if not math.isfinite(logs["loss"]):
                     stopped[index] = True  # as TerminateOnNaN: this epoch is the member's last
             epoch_seconds.append(time.perf_counter() - epoch_start)
-            losses = sorted(float(x) for x in train_loss[: self.real_size])
-            mark = f"  <- spike: {', '.join(spiking)}" if spiking else ""
             print(
-                f"{f'epoch {epoch + 1}/{epochs}':<{width}}  {self.real_size} members: loss median {losses[len(losses) // 2]:<10.4g}"
-                f"max {losses[-1]:<10.4g} {epoch_seconds[-1]:5.2f}s{mark}",
-                flush=True,
+                progress_line(epoch + 1, epochs, train_loss[: self.real_size], epoch_seconds[-1], spiking), flush=True
             )
             if all(stopped[: self.real_size]):
                 break

@@ -31,7 +31,7 @@ from spikelab.history import write_history_csv
 from spikelab.model import resolve_data_format
 from spikelab.params import params_from_dict
 from spikelab.training import compile_model, seed_everything, train
-from study.population_engine import Member, Population, check_population
+from study.population_engine import Member, Population, check_population, progress_line
 from team.stack import alive, descendants
 
 EPOCHS = 3
@@ -324,6 +324,32 @@ def test_a_study_through_populations_reports_rows_and_nests_mlflow_runs(lab_repo
     assert float(replays["unchanged"]["max_loss_difference"]) == 0.0
     assert replays["unchanged"]["final_loss"] == replays["original"]["final_loss"]
     assert replays["eps-1e-2"]["final_loss"] != replays["original"]["final_loss"]
+
+
+# TensorFlow's start-up lines as they read without TF_CPP_MIN_LOG_LEVEL (absl, cpu_feature_guard, the
+# data-format probe's failed NCHW convolution)
+NATIVE_NOISE = ("absl::InitializeLog", "cpu_feature_guard", "Local rendezvous", "NHWC", "oneDNN custom operations")
+
+
+@pytest.mark.slow
+def test_a_populations_console_is_as_quiet_as_the_stages(lab_repo):
+    sweep = {"prefix": "quiet", "seeds": [0, 1], "cells": {"baseline": {}}}
+    (lab_repo / "study" / "quiet.yaml").write_text(yaml.safe_dump(sweep, sort_keys=False))
+    env = lab_env(lab_repo)
+    env.pop("TF_CPP_MIN_LOG_LEVEL")  # as a user's shell has it
+    command = ["python", "-m", "study.population", "--sweep", "study/quiet.yaml", "--size", "1"]
+    made = subprocess.run(command, cwd=lab_repo, env=env, capture_output=True, text=True, check=False)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.count("study: population quiet-baseline-") == 2  # two populations, each quiet
+    console = made.stdout + made.stderr
+    assert not [line for line in console.splitlines() if any(noise in line for noise in NATIVE_NOISE)], console
+
+
+def test_the_progress_lines_median_of_two_members_is_their_mean():
+    line = progress_line(3, 150, np.array([0.2, 0.5], np.float32), 1.25, [])
+    assert "2 members: loss median 0.35 " in line and "max 0.5 " in line, line
+    assert "loss median 0.2 " in progress_line(3, 150, [0.5, 0.1, 0.2], 1.25, ["run-s1"])
+    assert progress_line(3, 150, [0.1], 1.25, ["run-s1"]).endswith("<- spike: run-s1")
 
 
 def test_stop_after_spike_ends_the_population_once_every_member_is_past_its_first_spike(arrays, data_format):
