@@ -37,7 +37,10 @@ $(INSTALLED): pyproject.toml constraints.txt
 
 setup: $(INSTALLED) ## create .venv/ and install the pinned dependencies (the other targets do it when needed)
 
+# the lab's checks first: DVC parses params.yaml itself before any stage, and a file its parser
+# chokes on (a YAML alias bomb, a 5,000-digit integer) would stop it in DVC's words, or not at all
 repro: $(INSTALLED) ## run the pipeline (dvc repro) on params.yaml
+	@$(RUN) python -m stages.validate > /dev/null
 	$(RUN) dvc repro
 
 # lint + format check, then the whole suite; `make test-fast` skips the end-to-end (slow) tests

@@ -305,3 +305,36 @@ def test_a_population_size_out_of_bounds_is_one_line_before_any_folder(project, 
         f"--size {size}: give 1 to 200 members per population",
     )
     assert not (project / "study" / "populations").exists()
+
+
+@pytest.mark.parametrize(
+    "damage, fragment",
+    [
+        (lambda text: text + "bomb:\n" + alias_bomb(), "its aliases (*name) expand to"),
+        (lambda text: text.replace("seed: ", "seed: " + "7" * 5000 + "\n  zz: ", 1), "an integer of 5,000 digits"),
+    ],
+    ids=["alias_bomb", "seed_of_5000_digits"],
+)
+def test_make_repro_refuses_what_dvc_cannot_parse_in_one_line_before_dvc_runs(lab_repo, damage, fragment):
+    """DVC parses params.yaml itself before any stage: it grew for 141 s on an alias bomb and said
+    'unexpected error' on a 5,000-digit integer. `make repro` runs the lab's checks first."""
+    import os
+    import subprocess
+
+    params = lab_repo / "params.yaml"
+    params.write_text(damage(params.read_text()))
+    venv = Path(sys.executable).parent.parent
+    started = time.monotonic()
+    result = subprocess.run(
+        ["make", "-s", "repro", f"VENV={venv}", "INSTALLED="],
+        cwd=lab_repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"PYTHONPATH": str(lab_repo)},
+    )
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert fragment in errors[0]
+    assert time.monotonic() - started < 60
+    assert not (lab_repo / "data" / "params.checked").exists()  # DVC ran no stage
