@@ -15,7 +15,7 @@ training, as Lightning's does, is counted and the run goes on as if resumed):
   ruptures (its optional magnitude refinement) is not installed and changes no alarm;
 - trainpulse's loss alert (trainpulse.Monitor's LossSpikeDetector and NaNDetector, 0.4.0): a loss
   above 5x the mean of the last 50, or NaN/Inf;
-- SpikeMonitor: per epoch, its robust rule (spikelab.diagnosis.RobustSpikeWatch); per step, its
+- SpikeMonitor: per epoch, its robust rule (spikelab.verdict.RobustSpikeWatch); per step, its
   per-step rule (StepSpikeWatch: the median of 3 steps against the level of 64).
 
 Each detector's released code is used where its package imports (they do in a venv with torch,
@@ -51,7 +51,7 @@ from collections import deque
 
 from benchmarks.spike_rule import TOLERANCE, ordinary, read_generated, read_labelled
 from benchmarks.step_spikes import native_epoch, read_runs
-from spikelab.diagnosis import DEFAULT_DIVERGENCE, LEVEL_WINDOW, onsets, step_onsets
+from spikelab.verdict import DEFAULT_DIVERGENCE, LEVEL_WINDOW, onsets, step_onsets
 
 # --- the detectors: each a function of a loss sequence -> the 1-based positions it alarms at ----
 

@@ -3,7 +3,7 @@
     python -m benchmarks.spike_rule             # the table (docs/monitor.md), in a few seconds
     python -m benchmarks.spike_rule generate    # retrain the optimizer runs (~10 minutes on 2 cores)
 
-Two rules, both the lab's thresholds (ratio 10, min_rise 0.01; spikelab/diagnosis.py):
+Two rules, both the lab's thresholds (ratio 10, min_rise 0.01; spikelab/verdict.py):
 - the lab's: a loss >= 10x the lowest loss so far (spikelab/divergence.py);
 - the doctor's: a loss >= 10x a robust reference, the lowest so far of the 0.25 quantile of the
   last 5 unflagged losses (their second lowest), an episode lasting while the loss stays >= 3.2x
@@ -37,7 +37,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from spikelab.diagnosis import DEFAULT_DIVERGENCE, LEVEL_WINDOW, onsets
+from spikelab.verdict import DEFAULT_DIVERGENCE, LEVEL_WINDOW, onsets
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = Path(__file__).resolve().parent / "spike_rule_runs.csv.gz"

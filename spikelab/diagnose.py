@@ -1,10 +1,10 @@
 """The spike doctor on a finished run: `python -m spikelab.diagnose <history.csv | MLflow run id>`.
 
 Reads the run's per-epoch history (a history.csv as the lab's train stage or SpikeMonitor writes
-it, or an MLflow run's metric histories, step = epoch) and prints spikelab.diagnosis's verdict per
-spike. The rules are the lab's defaults unless --ratio / --min-rise / --plateau-ratio /
+it, or an MLflow run's metric histories, step = epoch) and prints the verdict per spike
+(spikelab.verdict). The rules are the lab's defaults unless --ratio / --min-rise / --plateau-ratio /
 --plateau-epochs say otherwise; spikes are measured from a robust level of the recent past
-(spikelab.diagnosis.RobustSpikeWatch), or with --lab-rule from the lowest loss so far.
+(spikelab.verdict.RobustSpikeWatch), or with --lab-rule from the lowest loss so far.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import argparse
 import re
 from pathlib import Path
 
-from spikelab.diagnosis import DEFAULT_DIVERGENCE, DEFAULT_PLATEAU, LEVEL_WINDOW, describe, diagnose, summary
 from spikelab.history import read_history_csv
 from spikelab.params import DivergenceParams, PlateauParams
 from spikelab.plumbing.errors import UserError, one_line, run_entry_point
+from spikelab.verdict import DEFAULT_DIVERGENCE, DEFAULT_PLATEAU, LEVEL_WINDOW, describe, diagnose, summary
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 

@@ -2,7 +2,7 @@
 
     monitor = SpikeMonitor(x_train[:2048], y_train[:2048])
     model.fit(x_train, y_train, epochs=100, callbacks=[monitor])   # prints the diagnosis at the end
-    monitor.diagnosis                                               # spikelab.diagnosis.Diagnosis
+    monitor.diagnosis                                               # spikelab.verdict.Diagnosis
 
 It is the lab's own callbacks, composed (the train stage runs the same classes): Diagnostics (the
 optimizer state and the probe gradient), Curvature (Bai et al.'s lambda_grad and lambda_max, on
@@ -34,7 +34,12 @@ from spikelab.adam_state import SECOND_MOMENT_SLOTS
 from spikelab.callbacks import HistoryRows, Snapshots
 from spikelab.curvature import Curvature
 from spikelab.dead_zone import accounting_epochs, dead_zone_stats, prediction_share
-from spikelab.diagnosis import (
+from spikelab.history import write_history_csv
+from spikelab.measurements import Diagnostics, diagnostic_callbacks
+from spikelab.model import LogitsAndOutput
+from spikelab.params import DivergenceParams, PlateauParams
+from spikelab.plumbing.errors import one_line
+from spikelab.verdict import (
     DEFAULT_DIVERGENCE,
     DEFAULT_PLATEAU,
     LEVEL_WINDOW,
@@ -47,11 +52,6 @@ from spikelab.diagnosis import (
     spike_watch,
     summary,
 )
-from spikelab.diagnostics import Diagnostics, diagnostic_callbacks
-from spikelab.history import write_history_csv
-from spikelab.model import LogitsAndOutput
-from spikelab.params import DivergenceParams, PlateauParams
-from spikelab.plumbing.errors import one_line
 
 BACKEND = keras.backend.backend()
 # what a failure line calls each part

@@ -18,8 +18,8 @@ import tensorflow as tf
 from spikelab import snapshots as training_state
 from spikelab.callbacks import BestState, DivergenceGuard, EpochClock, HistoryRows, ProgressLine, Snapshots
 from spikelab.dead_zone import accounting_epochs
-from spikelab.diagnostics import diagnostic_callbacks
 from spikelab.losses import make_loss
+from spikelab.measurements import diagnostic_callbacks
 from spikelab.model import build_model, to_model_input
 from spikelab.optimizers import make_optimizer, steps_per_epoch
 from spikelab.params import Params

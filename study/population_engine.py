@@ -48,9 +48,9 @@ from spikelab import snapshots as training_state
 from spikelab.adam_state import adam_slots
 from spikelab.curvature import curvature_along_step, power_iteration, power_start, preconditioner_of
 from spikelab.dead_zone import accounting_epochs, dead_zone_stats
-from spikelab.diagnostics import epoch_diagnostics, layer_of
 from spikelab.divergence import SpikeWatch
 from spikelab.losses import make_loss
+from spikelab.measurements import epoch_diagnostics, layer_of
 from spikelab.model import build_model
 from spikelab.optimizers import make_optimizer, steps_per_epoch
 from spikelab.params import Params, flatten

@@ -12,11 +12,11 @@ import pytest
 
 from conftest import REPO
 from spikelab import diagnose as diagnose_command
-from spikelab.diagnosis import DEFAULT_DIVERGENCE, DEFAULT_PLATEAU
 from spikelab.divergence import SpikeWatch
 from spikelab.history import read_history_csv
 from spikelab.monitor import AFTER_SPIKE_PASSES, SpikeMonitor
 from spikelab.params import load_params
+from spikelab.verdict import DEFAULT_DIVERGENCE, DEFAULT_PLATEAU
 from study.architectures import ARCHITECTURES, build, digits, inputs_for
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from spikelab import diagnostics
+from spikelab import measurements
 from spikelab.monitor import SpikeMonitor
 
 # run under KERAS_BACKEND=<backend>: the probe gradient against the analytic one, a fit watched with
@@ -23,7 +23,7 @@ from spikelab.monitor import SpikeMonitor
 SCRIPT = r"""
 import json, sys
 import keras, numpy as np
-from spikelab.diagnostics import probe_pass
+from spikelab.measurements import probe_pass
 from spikelab.model import LogitsAndOutput
 from spikelab.monitor import SpikeMonitor
 
@@ -120,7 +120,7 @@ def test_a_failing_part_is_turned_off_with_one_line_and_fit_goes_on(monkeypatch,
     def broken(self, logs, epoch):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(diagnostics.Diagnostics, "_add_diagnostics", broken)
+    monkeypatch.setattr(measurements.Diagnostics, "_add_diagnostics", broken)
     x, y = _separable()
     monitor = SpikeMonitor(x, y, budget=None)
     losses = _fit(monitor)

@@ -10,9 +10,9 @@ import numpy as np
 
 from conftest import REPO
 from spikelab import diagnose as diagnose_command
-from spikelab.diagnosis import LEVEL_WINDOW, diagnose, summary
 from spikelab.history import read_history_csv
 from spikelab.monitor import SpikeMonitor
+from spikelab.verdict import LEVEL_WINDOW, diagnose, summary
 
 
 def test_a_user_without_dvclive_hears_nothing_of_it_and_gets_five_lines_at_most(monkeypatch, capsys):

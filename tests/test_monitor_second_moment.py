@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from spikelab.diagnosis import diagnose
 from spikelab.monitor import SpikeMonitor
+from spikelab.verdict import diagnose
 
 
 def _separable():

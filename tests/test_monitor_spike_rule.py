@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from spikelab import diagnose as diagnose_command
-from spikelab.diagnosis import DEFAULT_DIVERGENCE, LEVEL_WINDOW, RobustSpikeWatch, describe, diagnose, onsets
 from spikelab.history import write_history_csv
+from spikelab.verdict import DEFAULT_DIVERGENCE, LEVEL_WINDOW, RobustSpikeWatch, describe, diagnose, onsets
 
 
 def noisy(epochs: int = 60, level: float = 0.2, seed: int = 0) -> list[float]:

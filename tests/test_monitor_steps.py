@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from spikelab.diagnosis import DEFAULT_DIVERGENCE, STEP_WINDOW, onsets, step_onsets
-from spikelab.diagnostics import Diagnostics
+from spikelab.measurements import Diagnostics
 from spikelab.monitor import BatchLosses, SpikeMonitor
+from spikelab.verdict import DEFAULT_DIVERGENCE, STEP_WINDOW, onsets, step_onsets
 
 # a spike made at a known step: the output layer's kernel negated (times 20) at the end of step
 # KICK - 1, so step KICK's loss (computed before its update) is the first that sees it

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import with_changes
 from spikelab import snapshots as training_state
-from spikelab.diagnostics import adam_state_stats
+from spikelab.measurements import adam_state_stats
 from spikelab.optimizers import make_optimizer
 from spikelab.params import params_from_dict
 from spikelab.training import compile_model

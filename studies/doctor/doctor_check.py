@@ -3,7 +3,7 @@
     python -m studies.doctor.doctor_check [--sweep studies/evidence/sweep.yaml]   # -> studies/doctor/results/doctor_confusion.md
 
 Reads the report's files (<prefix>_runs.csv, <prefix>_histories.csv.gz, in the sweep's own results), diagnoses every finished
-run from its history alone (spikelab.diagnosis, the rules of params.yaml) and compares with the
+run from its history alone (spikelab.verdict, the rules of params.yaml) and compares with the
 labels the study gave each run:
 - spiked: the run's `diverged` (the divergence rule, on the train stage's side);
 - stayed up: its `plateaued` (the plateau rule, the rules stage's side);
@@ -19,9 +19,9 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from spikelab.diagnosis import DEAD_FRACTION, MECHANISMS, diagnose
 from spikelab.params import load_params
 from spikelab.plumbing.errors import UserError, run_entry_point
+from spikelab.verdict import DEAD_FRACTION, MECHANISMS, diagnose
 from study.report import read_histories, read_records
 from study.stats import wilson_interval
 from study.sweep import STUDIES, load_sweep, results_of, run_prefix
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     text = (
         f"# The spike doctor on `{prefix}`: {len(records)} labelled runs\n\n"
         "Written by `python -m studies.doctor.doctor_check`; definitions in its docstring (studies/doctor/doctor_check.py) and in "
-        "spikelab/diagnosis.py. Rates with 95% Wilson intervals.\n\n"
+        "spikelab/verdict.py. Rates with 95% Wilson intervals.\n\n"
         "## Diagnosis against the study's labels\n\n" + "\n".join(sections) + "\n## Mechanism per cell (spikes)\n\n"
         "One verdict per spike onset (a run can spike more than once). The design's mechanism: the Adam spike "
         "in the default configuration's Adam cells, the dead zone in the clipped plateau configuration.\n\n"

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from spikelab.diagnosis import describe, diagnose
 from spikelab.history import read_history_csv, write_history_csv
+from spikelab.verdict import describe, diagnose
 
 
 def calm(epochs: int, loss: float = 0.01) -> list[dict]:
@@ -114,7 +114,7 @@ def test_the_doctor_check_table_is_what_the_committed_study_gives(tmp_path):
 def test_the_fixes_quote_the_committed_rows():
     """Every count the verdict's evidence quotes is the committed studies' (evidence, replication)."""
     from conftest import REPO
-    from spikelab.diagnosis import FIXES
+    from spikelab.verdict import FIXES
     from study.report import read_records
 
     def count(study: str, cell: str, key: str) -> str:

@@ -8,8 +8,8 @@ import tensorflow as tf
 from conftest import tiny_model_params
 from spikelab.adam_state import adam_slots
 from spikelab.data import generate, split
-from spikelab.diagnostics import adam_state_stats, layer_of, saturation_stats, second_moment_lag
 from spikelab.losses import clipped_binary_crossentropy
+from spikelab.measurements import adam_state_stats, layer_of, saturation_stats, second_moment_lag
 from spikelab.model import build_model
 from spikelab.params import params_from_dict
 from spikelab.training import train

@@ -1,4 +1,5 @@
-"""Per-epoch diagnostics of the optimizer state and the model: the mechanism behind a spike.
+"""Per-epoch measurements (the history's diagnostic columns) of the optimizer state and the model:
+the mechanism behind a spike, which spikelab.verdict reads.
 
 Computed at each epoch's end, from the real Keras variables:
 - grad_norm: global gradient norm of the training loss on a fixed probe batch (the first
