@@ -41,7 +41,7 @@ from spikelab.verdict import DEFAULT_DIVERGENCE, LEVEL_WINDOW, onsets
 
 REPO = Path(__file__).resolve().parent.parent
 RUNS = Path(__file__).resolve().parent / "spike_rule_runs.csv.gz"
-HISTORIES = ("study/results/*_histories.csv.gz", "studies/*/results/*_histories.csv.gz")
+HISTORIES = "studies/*/results/*_histories.csv.gz"  # every study's (study.sweep.results_of)
 TOLERANCE = 2  # epochs between a lab onset and the doctor's that still count as the same spike
 ORDINARY = 2.0
 MEDIAN_WINDOW = 10
@@ -61,10 +61,9 @@ EPOCHS = 60
 
 
 def read_labelled() -> dict[str, list[float]]:
-    """Every committed study history's per-epoch losses, by '<file>:<run>' (study/results/ or
-    studies/<name>/results/, wherever the studies live)."""
+    """Every committed study history's per-epoch losses, by '<file>:<run>' (studies/<name>/results/)."""
     losses: dict[str, list[float]] = {}
-    paths = {path.name: path for pattern in HISTORIES for path in REPO.glob(pattern)}
+    paths = {path.name: path for path in REPO.glob(HISTORIES)}
     for _, path in sorted(paths.items()):
         with gzip.open(path, "rt", newline="") as handle:
             for row in csv.DictReader(handle):

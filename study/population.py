@@ -46,7 +46,17 @@ from ruamel.yaml import YAML
 from spikelab.params import Params, flatten, params_from_dict, read_yaml
 from spikelab.plumbing.errors import UserError, run_entry_point
 from spikelab.plumbing.native_logs import quiet_native_startup
-from study.sweep import SWEEP_FILE, Cell, Run, expand, load_defaults, load_sweep, run_prefix, stop_after_spike
+from study.sweep import (
+    SWEEP_FILE,
+    Cell,
+    Run,
+    expand,
+    load_defaults,
+    load_sweep,
+    results_of,
+    run_prefix,
+    stop_after_spike,
+)
 
 POPULATIONS = Path("study/populations")
 DEFAULT_SIZE = 20  # members per population: the evidence study's seeds per cell
@@ -332,7 +342,7 @@ def replay(args, sweep: dict, prefix: str) -> int:
     size with the member at its slot: every original member resumed from its snapshot at the same
     epoch (a slot whose member has no such snapshot gets a copy of the replayed member's: a member's
     numbers do not depend on its neighbours). Same P, same slot: the unchanged control reproduces the
-    original's losses bit for bit. Writes study/results/<name>.{md,csv,png} as study.replay does."""
+    original's losses bit for bit. Writes <results>/<name>.{md,csv,png} as study.replay does."""
     from spikelab.history import read_history_csv
     from spikelab.params import DivergenceParams, PlateauParams
     from study.replay import continuation, max_difference, pick_snapshot_epoch, recovery_bar, write_replay
@@ -462,13 +472,14 @@ def study(argv: list[str] | None) -> int:
     parser.add_argument(
         "--results",
         type=Path,
-        default=Path("study/results"),
-        help="the study's results folder: runs with a finished row in its <prefix>_runs.csv are skipped; replays write there",
+        help="the study's results folder (default: results/ beside the sweep): runs with a finished row in its "
+        "<prefix>_runs.csv are skipped; replays write there",
     )
     parser.add_argument("--jobs", type=int, default=1, help="populations trained at once, each in a Python of its own")
     # a worker's populations, from the parent: run names joined by ',' within one, ';' between them
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.results = args.results or results_of(args.sweep)
     signal.signal(signal.SIGTERM, _interrupt)
     if not 1 <= args.size <= MAX_SIZE:
         raise PopulationError(

@@ -46,7 +46,7 @@ from study.sweep import (
     results_of,
     run_prefix,
 )
-from study.tables import RESULTS, markdown_table, write_csv, write_csv_gz, write_text
+from study.tables import markdown_table, write_csv, write_csv_gz, write_text
 from study.threshold_free import RATIOS, largest_jump, loss_bound, rate_curve, rule_can_fire
 
 LATE = 30  # epochs at the end over which the loss's slope says "still climbing" or "flat"
@@ -493,7 +493,7 @@ def write_report(
     records: list[dict],
     cells: list[Cell],
     prefix: str,
-    results: Path = RESULTS,
+    results: Path,
     histories: dict | None = None,
     rule=None,
 ) -> list[dict]:

@@ -232,9 +232,21 @@ def stop_after_spike(sweep: dict) -> int | None:
     return value
 
 
+def run_prefix(sweep: dict, quick: bool) -> str:
+    """The name part runs and result files share: `quick`, or the file's `prefix` (default `sweep`)."""
+    return "quick" if quick else sweep.get("prefix", "sweep")
+
+
 def results_of(sweep_file: Path) -> Path:
-    """A study's results folder: results/ beside its sweep file (studies/<name>/results)."""
+    """A study's results folder: results/ beside its sweep file (studies/<name>/results). The one place
+    the rule is written; every engine, report and study finds its results through it."""
     return sweep_file.parent / "results"
+
+
+def study_results(name: str) -> Path:
+    """studies/<name>/results, for a study's module that reads no sweep file (the doctor's, the leak's):
+    results/ where the study's sweep file is or would be."""
+    return results_of(STUDIES / name / "sweep.yaml")
 
 
 def load_sweep(path: Path = SWEEP_FILE) -> dict:
@@ -277,8 +289,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     run_entry_point(main)
-
-
-def run_prefix(sweep: dict, quick: bool) -> str:
-    """The name part runs and result files share: `quick`, or the file's `prefix` (default `sweep`)."""
-    return "quick" if quick else sweep.get("prefix", "sweep")

@@ -9,10 +9,6 @@ from pathlib import Path
 
 from spikelab.plumbing.files import atomic_path
 
-# The results folder of a sweep file kept in study/ (team mode's: team/study.py): the one place it
-# is named. A study's own is studies/<name>/results, beside its sweep file (study.sweep.results_of).
-RESULTS = Path("study/results")
-
 
 def format_cell(value) -> str:
     if value is None:

@@ -1,7 +1,7 @@
 """A study spread over machines by Ray: each run a normal DVC experiment in its own clone.
 
-    python -m team.study submit [--sweep study/sweep.yaml] [--quick]   # make team-study, on the head
-    python -m team.study collect [--sweep study/sweep.yaml] [--quick]  # make team-collect, anywhere
+    python -m team.study submit [--sweep studies/sweep/sweep.yaml] [--quick]   # make team-study, on the head
+    python -m team.study collect [--sweep studies/sweep/sweep.yaml] [--quick]  # make team-collect, anywhere
 
 submit: checks the tracking server and its credentials (MLFLOW_TRACKING_URI, _USERNAME, _PASSWORD)
 and creates the lab's MLflow experiment there once; pushes the current commit to the git remote
@@ -16,7 +16,7 @@ retry never doubles a row; a task whose worker dies is retried by Ray on another
 error, so it is a row of the report, not a hole (a later success removes it).
 
 collect: `dvc exp pull` of the study's experiments from the git remote (with their outputs), and
-the usual report (study/results/<prefix>.*), failed runs included.
+the usual report (results/<prefix>.* beside the sweep file), failed runs included.
 
 --engine population (issue 39): one Ray task per population (a cell's seeds, at most --size), each
 taking --cpus of a worker. The task clones the commit into a folder named after the population
@@ -42,7 +42,7 @@ from pathlib import Path
 
 from spikelab.plumbing.errors import UserError, run_entry_point
 from study.report import run_record, write_report
-from study.sweep import SWEEP_FILE, expand, load_defaults, load_sweep, run_prefix
+from study.sweep import SWEEP_FILE, expand, load_defaults, load_sweep, results_of, run_prefix
 from team.stack import RAY_LOOPBACK_ONLY
 
 FAILED_REFS = "refs/spikelab/failed/"
@@ -424,11 +424,11 @@ def collect_populations(args, sweep: dict, cells: list, runs: list) -> int:
         if r["state"] == "success"
     }
     from study.report import write_histories
-    from study.tables import RESULTS
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_histories(RESULTS / f"{prefix}_histories.csv.gz", histories)
-    write_report(records, cells, prefix, RESULTS, histories)
+    results = results_of(args.sweep)
+    results.mkdir(parents=True, exist_ok=True)
+    write_histories(results / f"{prefix}_histories.csv.gz", histories)
+    write_report(records, cells, prefix, results, histories)
     return 0
 
 
@@ -454,7 +454,7 @@ def collect(args) -> int:
         if experiment is None and run.name in failures:
             experiment = {"state": "failed", "rev": failures[run.name]}
         records.append(run_record(run, experiment))
-    write_report(records, cells, run_prefix(sweep, args.quick))
+    write_report(records, cells, run_prefix(sweep, args.quick), results_of(args.sweep))
     return 0
 
 

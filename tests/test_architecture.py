@@ -5,6 +5,7 @@ never imports another study, and each stage's dvc.yaml deps cover every project 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,21 @@ def test_no_study_imports_another(graph):
         if imported.startswith("studies.") and home(imported) != home(module)
     ]
     assert wrong == []
+
+
+def test_the_results_folder_is_named_in_one_place():
+    """Where a study's results go is study.sweep.results_of's rule (results/ beside the sweep file):
+    a module naming a results folder itself (Path("study/results"), HOME / "results") writes where
+    the study's report, its resume and its README do not look."""
+    named = [
+        (str(path.relative_to(REPO)), node.value)
+        for path in module_files().values()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and re.fullmatch(r"[\w./]*results", node.value)
+    ]
+    assert named == [("study/sweep.py", "results")]
 
 
 def test_every_study_is_a_package_of_its_own():

@@ -20,7 +20,7 @@ from pathlib import Path
 from spikelab.plumbing.errors import UserError, run_entry_point
 from study.report import read_records, summarize
 from study.stats import fisher_exact, holm, wilson_interval
-from study.sweep import STUDIES, load_sweep, results_of, run_prefix
+from study.sweep import STUDIES, load_sweep, results_of, run_prefix, study_results
 from study.tables import markdown_table, write_csv, write_text
 
 COLUMNS = (
@@ -77,7 +77,7 @@ def compare(population: list[dict], per_run: list[dict]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m studies.agreement.analysis", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", type=Path, default=STUDIES / "agreement" / "sweep.yaml")
-    parser.add_argument("--against", type=Path, default=STUDIES / "evidence" / "results" / "evidence_runs.csv")
+    parser.add_argument("--against", type=Path, default=study_results("evidence") / "evidence_runs.csv")
     parser.add_argument("--results", type=Path, help="the study's results folder (default: results/ beside the sweep)")
     args = parser.parse_args(argv)
     args.results = args.results or results_of(args.sweep)

@@ -31,13 +31,12 @@ from spikelab.figures import plt, save_figure
 from spikelab.params import params_from_dict, read_yaml
 from spikelab.plumbing.errors import UserError, run_entry_point
 from study.report import late_change, read_histories
-from study.sweep import expand, load_defaults, load_sweep
+from study.sweep import STUDIES, expand, load_defaults, load_sweep, study_results
 from study.tables import markdown_table, write_csv, write_text
 
-HOME = Path("studies/dead_dynamics")
-PLATEAU_SWEEP = Path("studies/plateau/sweep.yaml")  # its first cell is the plateau configuration
+PLATEAU_SWEEP = STUDIES / "plateau" / "sweep.yaml"  # its first cell is the plateau configuration
 # the committed evidence runs of the same configuration and seeds, whose curves each run is checked against
-EVIDENCE_HISTORIES = Path("studies/evidence/results/evidence_histories.csv.gz")
+EVIDENCE_HISTORIES = study_results("evidence") / "evidence_histories.csv.gz"
 MARGIN_EDGE = math.log((1 - 1e-7) / 1e-7)  # the margin where the smaller probability reaches the clip
 
 
@@ -249,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=("run", "report"))
     parser.add_argument("--seed", type=int, default=0, help="run: the train seed")
-    parser.add_argument("--results", type=Path, default=HOME / "results")
+    parser.add_argument("--results", type=Path, default=study_results("dead_dynamics"))
     args = parser.parse_args(argv)
     if args.command == "run":
         if args.seed < 0:

@@ -24,7 +24,7 @@ from spikelab.plumbing.errors import UserError, run_entry_point
 from spikelab.verdict import DEAD_FRACTION, MECHANISMS, diagnose
 from study.report import read_histories, read_records
 from study.stats import wilson_interval
-from study.sweep import STUDIES, load_sweep, results_of, run_prefix
+from study.sweep import STUDIES, load_sweep, results_of, run_prefix, study_results
 from study.tables import markdown_table, write_text
 
 # what the study's design puts in each cell (docs/findings.md): the Adam spike at the default
@@ -105,7 +105,7 @@ def mechanism_rows(cells: list[str], diagnoses: dict[str, tuple[str, object]]) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m studies.doctor.doctor_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", type=Path, default=STUDIES / "evidence" / "sweep.yaml")
-    parser.add_argument("--results", type=Path, default=STUDIES / "doctor" / "results", help="where the table goes")
+    parser.add_argument("--results", type=Path, default=study_results("doctor"), help="where the table goes")
     args = parser.parse_args(argv)
     sweep = load_sweep(args.sweep)
     prefix = run_prefix(sweep, quick=False)

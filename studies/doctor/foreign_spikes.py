@@ -21,9 +21,10 @@ from pathlib import Path
 
 from study.architectures import ARCHITECTURES, CONFIGURATIONS, Configuration, build, digits, inputs_for
 from study.stats import fisher_exact, wilson_interval
+from study.sweep import study_results
 from study.tables import markdown_table, write_csv, write_text
 
-RESULTS = Path("studies/doctor/results")
+RESULTS = study_results("doctor")
 
 
 def fix_for(mechanism: str, configuration: Configuration) -> Configuration | None:

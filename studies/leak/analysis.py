@@ -20,7 +20,7 @@ import numpy as np
 from spikelab.params import SplitParams, load_params
 from spikelab.plumbing.errors import UserError, run_entry_point
 from study.stats import wilson_interval
-from study.sweep import STUDIES
+from study.sweep import study_results
 from study.tables import markdown_table, write_text
 
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m studies.leak.analysis", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=Path("models/last.keras"))
     parser.add_argument("--split", type=Path, default=Path("data/split.npz"))
-    parser.add_argument("--results", type=Path, default=STUDIES / "leak" / "results")
+    parser.add_argument("--results", type=Path, default=study_results("leak"))
     args = parser.parse_args(argv)
     params = load_params()
     for path in (args.model, args.split):

@@ -25,13 +25,13 @@ from spikelab.divergence import divergence_epoch, plateau_metrics
 from spikelab.params import DivergenceParams, PlateauParams
 from spikelab.plumbing.errors import UserError, run_entry_point
 from study.stats import fisher_exact, holm, mann_whitney, wilson_interval
-from study.sweep import expand, load_defaults, load_sweep
+from study.sweep import expand, load_defaults, load_sweep, results_of
 from study.tables import markdown_table, write_csv, write_text
 from study.threshold_free import largest_jump
 
 HERE = Path(__file__).resolve().parent
 SWEEP = HERE / "sweep.yaml"
-RESULTS = HERE / "results"
+RESULTS = results_of(SWEEP)
 PREFIX = "remedies"
 
 # fixed by PREREGISTRATION.md

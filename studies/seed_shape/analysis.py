@@ -28,9 +28,9 @@ from spikelab.params import DivergenceParams, read_yaml
 from spikelab.plumbing.errors import run_entry_point
 from study.population import cells_with_params
 from study.report import read_histories, read_records
-from study.sweep import STUDIES, load_sweep, results_of
+from study.sweep import STUDIES, load_sweep, results_of, run_prefix, study_results
 
-HOME = STUDIES / "seed_shape"
+RESULTS = study_results("seed_shape")
 NEAR, WITHIN, STAY, AFTER = 2.0, 3, 5.0, 20
 DIVERGENCE = DivergenceParams(ratio=10.0, min_rise=0.01)  # params.yaml's rule; each run is judged by its own
 SHAPE_SHARE = 0.8
@@ -69,7 +69,7 @@ def sweeps(folder: Path = STUDIES) -> dict[str, Path]:
     for path in sorted(folder.glob("*/sweep.yaml")):
         sweep = read_yaml(path, "sweep")
         if isinstance(sweep, dict) and "cells" in sweep:
-            found.setdefault(sweep.get("prefix", "sweep"), path)
+            found.setdefault(run_prefix(sweep, quick=False), path)
     return found
 
 
@@ -109,7 +109,7 @@ def cell_rows(prefix: str, sweep_path: Path, results: Path) -> list[dict]:
     return rows
 
 
-def write_search(results: Path = HOME / "results", folder: Path = STUDIES) -> list[dict]:
+def write_search(results: Path = RESULTS, folder: Path = STUDIES) -> list[dict]:
     """seed-shape_search.{csv,md} in `results`: every study's cells under `folder`, each read from its own results."""
     rows = [row for prefix, path in sweeps(folder).items() for row in cell_rows(prefix, path, results_of(path))]
     with open(results / "seed-shape_search.csv", "w", newline="") as handle:
@@ -149,7 +149,7 @@ def write_search(results: Path = HOME / "results", folder: Path = STUDIES) -> li
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m studies.seed_shape.analysis", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=HOME / "results", help="where the search table goes")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the search table goes")
     parser.add_argument("--studies", type=Path, default=STUDIES, help="the folder whose studies are searched")
     args = parser.parse_args(argv)
     write_search(args.results, args.studies)
