@@ -74,9 +74,9 @@ bench: $(INSTALLED) ## training-loop speed, FLOP/s against the matmul peak, dvc 
 bench-study: $(INSTALLED) ## runs per hour of the study's DVC queue at -j 1 and -j 2, and where a run's seconds go
 	$(RUN) python -m benchmarks.study_throughput
 
-# The study's runs per hour, this code against an older commit's (BASELINE, default: the code
-# before issue 12), in one sitting, taking turns -> study_ab in benchmarks/results.json
-# (~30 minutes; quiet machine)
+# The study's runs per hour, this code against an older commit's (BASELINE, default: the code of
+# 2026-11-25, before the study's throughput work), in one sitting, taking turns -> study_ab in
+# benchmarks/results.json (~30 minutes; quiet machine)
 BASELINE ?= 3a31d71
 bench-before-after: $(INSTALLED) ## runs per hour of this code against BASELINE=<rev>, taking turns in one sitting
 	$(RUN) python -m benchmarks.study_ab --baseline-rev $(BASELINE) --rounds 3 --runs 4
@@ -91,7 +91,8 @@ seed-config: ## the original case at full scale (GPU advised): configs/seed-full
 	@$(MAKE) --no-print-directory preset NAME=seed-full-scale
 
 # The plateau configuration (configs/plateau.yaml: learning rate 0.01 for 200 epochs, where the
-# clipped loss climbs and stays up; docs/journal/plateau_search.md) as the DVC experiment `plateau`
+# clipped loss climbs and stays up; docs/journal/2026-11-25-plateau-search.md) as the DVC
+# experiment `plateau`
 plateau: ## the plateau configuration (configs/plateau.yaml: lr 0.01, 200 epochs) as one DVC experiment
 	@$(MAKE) --no-print-directory preset NAME=plateau
 

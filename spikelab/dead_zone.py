@@ -5,7 +5,7 @@ the Keras-2 clip (its smaller probability < 1e-7): the clipped cross-entropy the
 constant ~16.03 and gives it exactly zero gradient, so its own loss cannot pull it back. It is not
 gone for good: the weights it shares with the live samples keep moving under their gradients, and
 that can carry a dead sample back out (or throw more in); whether the dead set is a ratchet or a
-balance is measured image by image (`dead_sets`, python -m study.dead_dynamics). Each dead
+balance is measured image by image (`dead_sets`, python -m studies.dead_dynamics.analysis). Each dead
 sample costs exactly ~16.03, so 16.03 x the dead fraction matches most of the clipped loss by
 construction; what the accounting measures is the rest, the loss the live samples carry. The
 unclipped (Keras 3) form charges the same samples by their logits, and keeps a gradient.

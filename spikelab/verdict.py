@@ -90,12 +90,12 @@ FIXES = {
         "a lower learning rate, and a loss that keeps a gradient on saturated samples (the unclipped "
         "cross-entropy). Evidence: SGD collapsed to one class at lr >= 0.1 in 3/3 seeds per cell and never at "
         "lr 0.01 (0/20). A bounded loss (log_cosh) hides a collapse rather than preventing it",
-        "weak: a scan of 3 seeds per cell on the lab's network (docs/journal/plateau_search.md)",
+        "weak: a scan of 3 seeds per cell on the lab's network (docs/journal/2026-11-25-plateau-search.md)",
     ),
     "broken_from_start": (
         "lower the learning rate. Evidence: SGD at lr 0.3 and 1.0 collapsed inside the first epoch in 3/3 "
         "seeds per cell; at lr 0.01 it never blew up in 150 epochs (0/20)",
-        "weak: a scan of 3 seeds per cell on the lab's network (docs/journal/plateau_search.md)",
+        "weak: a scan of 3 seeds per cell on the lab's network (docs/journal/2026-11-25-plateau-search.md)",
     ),
     "unexplained": (
         "none the lab's evidence supports; replay from a snapshot before the onset to test interventions",

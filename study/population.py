@@ -1,6 +1,6 @@
 """A study through the population engine: each cell's runs trained together, beside DVC.
 
-    python -m study.population --sweep study/evidence.yaml [--quick] [--size 20] [--rerun]
+    python -m study.population --sweep studies/evidence/sweep.yaml [--quick] [--size 20] [--rerun]
     make evidence ENGINE=population                         # the same, then the report and predictors
 
 The sweep file, its cells, seeds and run names are the DVC path's (study/sweep.py expands them);

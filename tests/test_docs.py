@@ -13,6 +13,9 @@ from conftest import REPO
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*#*\s*$")
 FENCE = re.compile(r"^\s*```")
+DATED = re.compile(r"^\d{4}-\d{2}-\d{2}-[a-z0-9-]+\.md$")  # docs/journal/<date>-<subject>.md
+ISSUE = re.compile(r"\bissues? #?\d+", re.IGNORECASE)
+MODULE = re.compile(r"python -m ((?:spikelab|study|studies|stages|benchmarks|team|tools)(?:\.\w+)*)")
 
 
 def pages() -> list[Path]:
@@ -92,6 +95,48 @@ def test_a_broken_link_is_found(tmp_path):
 @pytest.mark.parametrize("page", pages(), ids=lambda page: str(page.relative_to(REPO)))
 def test_every_link_resolves(page):
     assert broken_links(page) == []
+
+
+def guides() -> list[Path]:
+    """The pages that say how things are now; docs/journal/ records how they were, dated, and a
+    pre-registration stays as it was committed."""
+    return [
+        page for page in pages() if "journal" not in page.relative_to(REPO).parts and page.name != "PREREGISTRATION.md"
+    ]
+
+
+def test_journal_entries_carry_their_date():
+    undated = [page.name for page in (REPO / "docs" / "journal").glob("*.md") if not DATED.match(page.name)]
+    assert undated == []
+
+
+def test_guides_name_no_issue_of_this_project():
+    """An issue number is a commit's or the journal's provenance; a guide says what is, not which
+    issue asked for it. Another project's issue (treeverse/dvc-task issue 73) is a reference."""
+
+    def ours(line: str, start: int) -> bool:
+        before = line[:start].split()
+        return not (before and "/" in before[-1])  # "owner/repo issue N" is another project's
+
+    found = [
+        f"{page.relative_to(REPO)}: {line.strip()[:80]}"
+        for page in guides()
+        for line in prose_lines(page.read_text())
+        for match in ISSUE.finditer(line)
+        if ours(line, match.start())
+    ]
+    assert found == []
+
+
+def test_every_command_a_guide_gives_names_a_module_that_exists():
+    """`python -m study.doctor_check` in a guide after the module moved is a command that fails."""
+    missing = [
+        f"{page.relative_to(REPO)}: python -m {module}"
+        for page in guides()
+        for module in MODULE.findall(page.read_text())
+        if not any((REPO / (module.replace(".", "/") + suffix)).is_file() for suffix in (".py", "/__init__.py"))
+    ]
+    assert missing == []
 
 
 def test_make_alone_lists_every_target_with_a_line_of_help():
