@@ -33,7 +33,7 @@ from spikelab.params import load_params
 from spikelab.plumbing.errors import UserError, run_entry_point
 from study.dvc_calls import experiments_by_name, history_of
 from study.figures import plot_dead_zone, plot_study, plot_thresholds
-from study.population import POPULATIONS, is_finished, member_dir
+from study.population_members import POPULATIONS, is_finished, member_dir
 from study.stats import bootstrap_interval, fisher_exact, holm, kaplan_meier, mann_whitney, wilson_interval
 from study.sweep import (
     SWEEP_FILE,
@@ -249,7 +249,7 @@ def _with_metrics(record: dict, train: dict, evaluate: dict) -> dict:
 
 
 def population_record(run: Run, folder: Path) -> dict:
-    """A planned run joined with its population member's folder (study/population.py): the same
+    """A planned run joined with its population member's folder (study/population_members.py): the same
     record as run_record's, from the same train.json and evaluate.json; engine `population`."""
     record = run_record(run, None) | {"engine": "population"}
     if not is_finished(folder):

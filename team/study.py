@@ -324,7 +324,7 @@ def submit(args) -> int:
 
 def submit_populations(args, ray, sweep: dict, runs: list, commit: str, git_remote: str, tracking: dict) -> int:
     """One Ray task per population, --cpus each; a population already on the remote is not run again."""
-    from study.population import populations
+    from study.population_members import populations
 
     prefix = run_prefix(sweep, args.quick)
     done = remote_refs(args.git_remote, POPULATION_REFS, Path.cwd())
@@ -385,7 +385,7 @@ def collect_populations(args, sweep: dict, cells: list, runs: list) -> int:
     import io
     import tarfile
 
-    from study.population import POPULATIONS, member_dir
+    from study.population_members import POPULATIONS, member_dir
     from study.report import population_record
 
     cwd = Path.cwd()
@@ -401,7 +401,7 @@ def collect_populations(args, sweep: dict, cells: list, runs: list) -> int:
             raise TeamError(f"team study: cannot read population {name} ({sha[:12]}) from the git remote")
         with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
             tar.extractall(cwd, filter="data")
-    from study.population import populations
+    from study.population_members import populations
 
     population_of = {
         run.name: f"{prefix}-{group[0].cell}-p{group[0].seed}"

@@ -459,7 +459,7 @@ def test_a_stopped_study_resumes_where_its_snapshots_are_and_ends_as_an_uninterr
 
 def test_a_study_resumes_from_its_committed_rows_where_no_member_folder_is_left(tmp_path):
     """Another machine's sitting: the committed rows and histories stand in for the members' folders."""
-    from study.population import committed_runs
+    from study.population_members import committed_runs
     from study.report import PROVENANCE, RUN_COLUMNS, read_records, with_committed, write_histories
     from study.tables import write_csv
 

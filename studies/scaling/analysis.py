@@ -31,7 +31,7 @@ import numpy as np
 
 from spikelab.optimizers import steps_per_epoch
 from spikelab.plumbing.errors import UserError, run_entry_point
-from study.population import cells_with_params
+from study.population_members import cells_with_params
 from study.report import read_records
 from study.stats import wilson_interval
 from study.sweep import load_sweep, results_of, run_prefix

@@ -26,7 +26,7 @@ from spikelab.divergence import SpikeWatch
 from spikelab.optimizers import steps_per_epoch
 from spikelab.params import DivergenceParams, read_yaml
 from spikelab.plumbing.errors import run_entry_point
-from study.population import cells_with_params
+from study.population_members import cells_with_params
 from study.report import read_histories, read_records
 from study.sweep import STUDIES, load_sweep, results_of, run_prefix, study_results
 
