@@ -27,7 +27,7 @@ help: ## list every target with what it does (the default), then the studies
 	  printf "  %-20s %s\n" "$$name" "$${title:-(no README.md yet)}"; \
 	done
 
-.PHONY: help ui relocate browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare preset plateau plateau-study evidence bench bench-study bench-before-after seed-config study quick-sweep report replay gpu-setup sync verify
+.PHONY: help ui exps relocate browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare preset plateau plateau-study evidence bench bench-study bench-before-after seed-config study quick-sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -108,14 +108,22 @@ PORT ?= 5000
 ui: $(INSTALLED) ## mlflow ui on the project's store (127.0.0.1:PORT) + the link to its runs table
 	$(RUN) python -m tools.ui --port $(PORT)
 
+# `dvc exp show` in a terminal: only the params that differ between the rows (--only-changed), every
+# column that is not a param dropped (the negative look-ahead) but the experiment and 4 metrics (--keep)
+EXPS_DROP := '(?!(data|split|model|optimizer|loss|train|divergence|plateau|guard|diagnostics)\.)'
+EXPS_KEEP := '(Experiment|diverged|jump_ratio|plateaued|final_loss)$$'
+exps: $(INSTALLED) ## dvc exp show trimmed to the params that differ and 4 metrics (more: dvc exp show --help)
+	$(RUN) dvc exp show --only-changed --drop $(EXPS_DROP) --keep $(EXPS_KEEP) $(ARGS)
+
 # after the project moved or was renamed: point the MLflow store's recorded artifact folders here
 relocate: $(INSTALLED) ## after the project moved or was renamed: point the MLflow store here
 	$(RUN) python -m tools.relocate
 
-# the committed baseline, the workspace's last run and this commit's experiments in one narrow
-# table: the params each changed against the committed params.yaml + the key metrics
-compare: $(INSTALLED) ## this commit's experiments against the committed baseline: changed params, key metrics
-	$(RUN) python -m tools.compare
+# your default run (this machine, this code), the committed one, the workspace's last run and this
+# commit's experiments in 100 columns: the params each changed against the committed params.yaml + the
+# key metrics (ARGS=--all: every column)
+compare: $(INSTALLED) ## your default run, the committed one, this commit's experiments (ARGS=--all: every column)
+	$(RUN) python -m tools.compare $(ARGS)
 
 # ---- studies: one folder each, studies/<name>/ (README.md, sweep.yaml, results/; studies/README.md) ---
 # The study engine: population (the default) trains each cell's seeds together, two populations at a

@@ -50,6 +50,7 @@ from spikelab.plumbing.errors import (
 )
 from spikelab.plumbing.files import project_root
 from spikelab.plumbing.lifetime import stat_fields
+from spikelab.plumbing.machine import cpu_model
 
 SYNC_COMMAND = "python -m tools.sync"
 # MLflow's own HTTP retries take minutes (7 retries, back-off factor 2) and a request may wait
@@ -197,6 +198,8 @@ def run_tags(root: Path) -> dict[str, str]:
         "spikelab.project_root": str(root),
         # who runs it: a later training on this host marks the run FAILED if this process is gone
         "spikelab.host": socket.gethostname(),
+        # the CPU model: `make compare` takes a baseline only from runs made on this one
+        "spikelab.machine": cpu_model(),
         "spikelab.pid": str(os.getpid()),
         "spikelab.pid_start": process_start(os.getpid()) or "unknown",
     }

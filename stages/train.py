@@ -17,6 +17,7 @@ from spikelab.plumbing.errors import DiskFullError, InputError, disk_full_error,
 from spikelab.plumbing.files import read_npz
 from spikelab.plumbing.lean_imports import without_sklearn
 from spikelab.plumbing.lifetime import die_with_parent
+from spikelab.plumbing.machine import cpu_model
 from spikelab.plumbing.native_logs import quiet_native_startup
 from spikelab.plumbing.timing import StageClock
 from spikelab.snapshots import check_resume, check_resume_in_project
@@ -47,7 +48,7 @@ def main() -> None:
     with quiet_native_startup(), without_sklearn():  # TensorFlow's import and first op (a test convolution) print noise
         from spikelab.model import resolve_data_format
         from spikelab.outputs import write_training_outputs
-        from spikelab.tracking import log_metrics_at, run_name, training_run
+        from spikelab.tracking import git_commit, log_metrics_at, run_name, training_run
         from spikelab.training import train
 
         try:
@@ -88,6 +89,9 @@ def main() -> None:
             "data_format": data_format,
             "train_seconds": seconds,
             "seconds_per_epoch": seconds / epochs_trained,
+            # where the run was made: `make compare` labels the committed run with these
+            "machine": cpu_model(),
+            "git_commit": git_commit(Path.cwd()),
         }
         try:
             metrics, metric_files, model_files = write_training_outputs(

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from spikelab.params import Params, flatten
+from spikelab.plumbing.machine import cpu_model
 from spikelab.plumbing.native_logs import quiet_native_startup
 
 
@@ -157,6 +158,7 @@ def finish_member(
         "slot": slot,
         "convolutions": result.forms,
         "git_commit": commit,
+        "machine": cpu_model(),
     }
     metrics, metric_files, model_files = write_training_outputs(
         replace(trained, model=result.template),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -146,7 +147,7 @@ def test_a_failed_dvc_exp_run_says_how_to_get_back(lab_repo):
 # ---- make compare: always against the committed baseline -----------------------------------------
 
 
-def exp_show_payload(head: str, defaults: dict, experiment_params: dict) -> list[dict]:
+def exp_show_payload(head: str, defaults: dict, experiment_params: dict, name: str = "logcosh") -> list[dict]:
     """`dvc exp show --json` as DVC 3 writes it: the workspace, then HEAD with one experiment."""
 
     def data(params: dict, final_loss: float) -> dict:
@@ -170,31 +171,120 @@ def exp_show_payload(head: str, defaults: dict, experiment_params: dict) -> list
             "name": "main",
             "data": data(defaults, 0.1),
             "experiments": [
-                {"name": "logcosh", "revs": [{"rev": "abc", "name": "logcosh", "data": data(experiment_params, 0.2)}]}
+                {"name": name, "revs": [{"rev": "abc", "name": name, "data": data(experiment_params, 0.2)}]}
             ],
         },
     ]
 
 
-def test_compare_has_the_committed_row_and_counts_changes_against_it(lab_repo, monkeypatch, capsys):
+def fake_exp_show(monkeypatch, payload: list[dict]) -> None:
     import tools.compare
-    from study.sweep import load_defaults
 
-    monkeypatch.chdir(lab_repo)
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=lab_repo, capture_output=True, text=True).stdout.strip()
-    defaults = load_defaults()
-    # an epsilon run left its change in params.yaml, then log_cosh ran on top of it
-    inherited = {**defaults, "optimizer.epsilon": 0.001, "loss.name": "log_cosh"}
-    leave_a_change_behind(lab_repo, "optimizer", "epsilon", 0.001)
-    payload = exp_show_payload(head, defaults, inherited)
     monkeypatch.setattr(
         tools.compare, "dvc", lambda *args, **kwargs: subprocess.CompletedProcess(args, 0, json.dumps(payload), "")
     )
+
+
+def head_of(root: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+
+
+def test_compare_has_the_committed_row_and_counts_changes_against_it(lab_repo, monkeypatch):
+    from study.sweep import load_defaults
+    from tools.compare import compare_rows
+
+    monkeypatch.chdir(lab_repo)
+    head, defaults = head_of(lab_repo), load_defaults()
+    # an epsilon run left its change in params.yaml, then log_cosh ran on top of it
+    inherited = {**defaults, "optimizer.epsilon": 0.001, "loss.name": "log_cosh"}
+    leave_a_change_behind(lab_repo, "optimizer", "epsilon", 0.001)
+    rows = [(row["name"], row["changed"]) for row in compare_rows(exp_show_payload(head, defaults, inherited), head)]
+    assert rows == [("default, committed", "(none)"), ("logcosh", "optimizer.epsilon=0.001 loss.name=log_cosh")]
+
+
+def log_a_run(root: Path, params: dict, machine: str, metrics: dict, name: str = "workspace") -> str:
+    """A finished run in the copy's MLflow store, tagged as the train stage tags it."""
+    import socket
+
+    from mlflow.entities import Metric, Param
+
+    from conftest import store_client
+    from spikelab.tracking import prepare_experiment
+
+    experiment_id = prepare_experiment(params["tracking.experiment"], root)
+    client = store_client(root)
+    tags = {
+        "spikelab.host": socket.gethostname(),
+        "spikelab.machine": machine,
+        "mlflow.source.git.commit": head_of(root),
+    }
+    run_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key, value, 0, 0) for key, value in metrics.items()],
+        params=[Param(key, str(value)) for key, value in params.items()],
+    )
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def test_compare_reads_experiments_against_your_own_default_run_in_100_columns(lab_repo, monkeypatch, capsys):
+    """The first row is the default run made here by this code (issue 37, item 1), found in the MLflow
+    store, so it survives a plain `dvc exp run -S` that replaced the workspace's outputs; the committed
+    run is the labelled reference; the table fits 100 columns (item 2), `--all` shows every column."""
+    import tools.compare
+    from spikelab.params import flatten
+    from spikelab.plumbing.machine import cpu_model
+
+    monkeypatch.chdir(lab_repo)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    head, defaults = head_of(lab_repo), flatten(load_params(lab_repo / "params.yaml"))
+    scores = {"summary.diverged": 1.0, "summary.divergence_epoch": 97.0, "summary.jump_ratio": 11.5}
+    scores |= {"summary.plateaued": 0.0, "summary.final_loss": 0.0123, "eval.last.accuracy": 0.625}
+    mine = log_a_run(lab_repo, defaults, cpu_model(), scores)
+    elsewhere = log_a_run(lab_repo, defaults, "Another CPU", scores | {"summary.jump_ratio": 50.0})
+    changed = log_a_run(lab_repo, defaults | {"optimizer.epsilon": 0.001}, cpu_model(), scores, "eps")
+    many = {"optimizer.epsilon": 0.001, "loss.name": "log_cosh", "train.seed": 12, "optimizer.learning_rate": 0.0003}
+    fake_exp_show(monkeypatch, exp_show_payload(head, defaults, defaults | many, "loss.name=log_cosh,seed=12,lr=3e-4"))
     assert tools.compare.main([]) == 0
-    rows = [line.split("|")[1:3] for line in capsys.readouterr().out.splitlines()[2:]]
-    rows = [(name.strip(), changed.strip()) for name, changed in rows]
-    assert rows[0] == (f"committed ({head[:7]})", "(none)")
-    assert ("logcosh", "optimizer.epsilon=0.001 loss.name=log_cosh") in rows
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 100, out
+    assert lines[2].split() == ["default,", "here", "(none)", "97", "11.5", "False", "0.0123", "0.625"]
+    assert lines[3].split()[:3] == ["default,", "committed", "(none)"]
+    text = " ".join(out.split())
+    assert f"MLflow run {mine[:8]}" in text and cpu_model() in text and f"commit {head[:7]}" in text
+    assert elsewhere[:8] not in text and changed[:8] not in text
+    # every change is in the table, wrapped
+    assert all(change.split("=")[0] in text for change in many)
+    assert tools.compare.main(["--all"]) == 0
+    wide = capsys.readouterr().out
+    unwrapped = [f"{key}={value}" for key, value in many.items()]
+    assert any(all(change in line for change in unwrapped) for line in wide.splitlines())
+    assert "min loss" in wide.splitlines()[0]
+
+
+@pytest.mark.slow
+def test_your_default_run_stays_the_baseline_after_a_plain_dvc_exp_run(lab_repo):
+    """`dvc repro` makes the default run here; a plain `dvc exp run -S` then replaces the workspace's
+    outputs: `make compare` still shows the default run first, the experiment below it."""
+    from spikelab.plumbing.machine import cpu_model
+
+    run(["dvc", "repro"], lab_repo)
+    default_run = json.loads((lab_repo / "metrics/run.json").read_text())["mlflow_run_id"]
+    assert json.loads((lab_repo / "metrics/run.json").read_text())["machine"] == cpu_model()
+    run(["dvc", "exp", "run", "-S", "optimizer.epsilon=0.001", "-n", "eps"], lab_repo)
+    out = run([sys.executable, "-m", "tools.compare"], lab_repo).stdout
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 100, out
+    assert lines[2].split()[:3] == ["default,", "here", "(none)"], out
+    assert lines[3].split()[:2] == ["default,", "committed"], out
+    # the workspace now holds the experiment's outputs
+    assert [line.split()[:2] for line in lines[4:6]] == [
+        ["workspace", "optimizer.epsilon=0.001"],
+        ["eps", "optimizer.epsilon=0.001"],
+    ], out
+    assert f"MLflow run {default_run[:8]}" in " ".join(out.split()), out
 
 
 def test_make_exp_refuses_a_resume_from_that_is_no_snapshot_before_dvc_runs(lab_repo, exp_in):

@@ -334,7 +334,10 @@ def test_compare_row_shows_only_the_changed_params(defaults):
         "jump_ratio": 104.0,
         "plateaued": False,
         "final_loss": 0.001,
+        **{key: None for key in ("min_epoch", "min_loss", "peak_loss", "plateau_start_epoch", "final_val_loss")},
+        "spiked_at": 84,
         "val_accuracy": 0.3,
+        "best_val_accuracy": None,
     }
     assert compare_row("ws", defaults, {}, {}, defaults)["changed"] == "(none)"
 
