@@ -38,6 +38,32 @@ def test_make_ui_without_a_store_says_how_to_make_one(tmp_path, monkeypatch, tin
         main(["--port", "5999"])
 
 
+def test_make_ui_stops_a_server_that_does_not_answer_in_one_line(tmp_path, monkeypatch, tiny_raw, capsys):
+    """The link is printed only once the server answers; a silent one fails in one line (issue 37)."""
+    import yaml
+
+    import tools.ui
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_raw))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    prepare_experiment(tiny_raw["tracking"]["experiment"], tmp_path)
+    monkeypatch.setattr(
+        tools.ui, "server_command", lambda uri, port: [sys.executable, "-c", "import time; time.sleep(60)"]
+    )
+    monkeypatch.setenv("SPIKELAB_UI_START_S", "2")
+    started = time.monotonic()
+    with pytest.raises(tools.ui.UiError, match="did not answer on 127.0.0.1:5998 within 2 s") as raised:
+        tools.ui.main(["--port", "5998"])
+    assert time.monotonic() - started < 30
+    assert "\n" not in str(raised.value)
+    out = capsys.readouterr().out
+    assert out.startswith("ui: starting") and "http://" not in out
+    monkeypatch.setenv("SPIKELAB_UI_START_S", "soon")
+    with pytest.raises(tools.ui.UiError, match="SPIKELAB_UI_START_S='soon'"):
+        tools.ui.main(["--port", "5998"])
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -51,24 +77,21 @@ def test_make_ui_serves_the_project_store_and_prints_the_training_view_link(lab_
     process = subprocess.Popen(
         [sys.executable, "-m", "tools.ui", "--port", str(port)],
         cwd=lab_repo,
-        env=lab_env(lab_repo),
+        env=lab_env(lab_repo) | {"SPIKELAB_UI_START_S": "300"},  # a test machine busy with other tests
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
     )
     try:
         first = process.stdout.readline()
-        assert f"http://127.0.0.1:{port}/#/experiments/1/runs?workflowType=machine_learning" in first
-        assert str(lab_repo / "mlflow.db") in first
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
-                    assert answer.status == 200
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "mlflow ui did not answer in 120 s"
-                time.sleep(1)
+        assert first.startswith("ui: starting") and str(lab_repo / "mlflow.db") in first
+        link = process.stdout.readline()
+        while link and not link.startswith("ui:"):  # mlflow's own lines come between
+            link = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}/#/experiments/1/runs?workflowType=machine_learning" in link
+        # the link comes once the server answers
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as answer:
+            assert answer.status == 200
         url = f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name=spikelab-test"
         with urllib.request.urlopen(url, timeout=10) as answer:
             assert b'"experiment_id": "1"' in answer.read().replace(b'":"', b'": "')

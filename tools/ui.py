@@ -5,15 +5,21 @@
 MLflow 3's UI starts in its GenAI view unless the URL says `?workflowType=machine_learning`, and
 `mlflow ui` started from another folder opens an empty store of its own. This starts it on the
 store the stages write to (spikelab.tracking: <project root>/mlflow.db, or MLFLOW_TRACKING_URI's
-server, which needs no UI started) and prints the one link to open.
+server, which needs no UI started), says it is starting, and prints the one link to open once the
+server answers; a server that does not answer within START_TIMEOUT_S (SPIKELAB_UI_START_S overrides
+it, for a slow machine) is stopped, in one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from spikelab.params import read_yaml
@@ -21,6 +27,9 @@ from spikelab.plumbing.errors import UserError, run_entry_point
 
 LOOPBACK = "127.0.0.1"
 TRAINING_VIEW = "?workflowType=machine_learning"
+# `mlflow ui` answered in seconds on a quiet machine and about 2 minutes after its start on a loaded one
+START_TIMEOUT_S = 60.0
+START_TIMEOUT_VARIABLE = "SPIKELAB_UI_START_S"
 
 
 class UiError(UserError, ValueError):
@@ -69,15 +78,60 @@ def main(argv: list[str] | None = None) -> int:
         raise UiError(f"port {args.port} on {LOOPBACK} is in use (another mlflow ui?): make ui PORT={args.port + 1}")
     uri = f"sqlite:///{store}"
     found = experiment_id(uri, name)
-    print(f"ui: MLflow UI on the store {store}; open {runs_url(f'http://{LOOPBACK}:{args.port}', found)}", flush=True)
-    if found is None:
-        print(
-            f"ui: the store has no experiment {name!r} (tracking.experiment) yet: the link opens the list", flush=True
-        )
-    print("ui: Ctrl-C stops it", flush=True)
+    timeout_s = start_timeout_s()
+    print(f"ui: starting MLflow's UI on the store {store} (up to {timeout_s:.0f} s) ...", flush=True)
+    process = subprocess.Popen(server_command(uri, args.port), start_new_session=True)
+    try:
+        wait_until_answered(process, args.port, timeout_s)
+        print(f"ui: open {runs_url(f'http://{LOOPBACK}:{args.port}', found)}", flush=True)
+        if found is None:
+            print(f"ui: the store has no experiment {name!r} (tracking.experiment) yet: the link opens the list")
+        print("ui: Ctrl-C stops it", flush=True)
+        return process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait()
+
+
+def start_timeout_s() -> float:
+    text = os.environ.get(START_TIMEOUT_VARIABLE, str(START_TIMEOUT_S))
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise UiError(f"{START_TIMEOUT_VARIABLE}={text!r}: give the seconds to wait for the UI, e.g. 300")
+    return value
+
+
+def server_command(uri: str, port: int) -> list[str]:
     mlflow = str(Path(sys.executable).parent / "mlflow")
-    command = [mlflow, "ui", "--backend-store-uri", uri, "--host", LOOPBACK, "--port", str(args.port)]
-    os.execv(mlflow, command)
+    return [mlflow, "ui", "--backend-store-uri", uri, "--host", LOOPBACK, "--port", str(port)]
+
+
+def wait_until_answered(server: subprocess.Popen, port: int, timeout_s: float) -> None:
+    """Poll the server's /health until it answers; UiError when it exits or stays silent past timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if server.poll() is not None:
+            raise UiError(
+                f"mlflow ui exited ({server.returncode}) before it answered on port {port}; its lines are above"
+            )
+        try:
+            with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise UiError(
+                f"mlflow ui did not answer on {LOOPBACK}:{port} within {timeout_s:.0f} s; stopped it "
+                f"(a loaded machine: {START_TIMEOUT_VARIABLE}=300 make ui)"
+            )
+        time.sleep(0.5)
 
 
 if __name__ == "__main__":
