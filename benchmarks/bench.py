@@ -43,9 +43,10 @@ from benchmarks.results_file import update_results  # noqa: E402
 from benchmarks.workspace import commit_fresh_repo, copy_tracked_files  # noqa: E402
 from spikelab.callbacks import EpochClock  # noqa: E402
 from spikelab.data import generate, split  # noqa: E402
+from spikelab.epoch_logging import MlflowEpochLogger
 from spikelab.model import resolve_data_format, to_model_input  # noqa: E402
 from spikelab.params import load_params  # noqa: E402
-from spikelab.tracking import MlflowEpochLogger, prepare_experiment  # noqa: E402
+from spikelab.tracking import prepare_experiment  # noqa: E402
 from spikelab.training import compile_model, seed_everything, steps_per_call, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -467,7 +467,7 @@ class SpikeMonitor(keras.callbacks.Callback):
         if run is None and self.tracking_uri is not None:
             run, self._started_run = mlflow.start_run(), True
         if run is not None:
-            from spikelab.tracking import MlflowEpochLogger
+            from spikelab.epoch_logging import MlflowEpochLogger
 
             self._mlflow_run = run.info.run_id
             loggers.append(MlflowEpochLogger(self._mlflow_run))

@@ -31,7 +31,6 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import keras
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities.lifecycle_stage import LifecycleStage
@@ -310,39 +309,6 @@ def evaluation_metrics(results: dict) -> dict:
     return {f"eval.{name}.{key}": value for name, scores in results.items() for key, value in scores.items()}
 
 
-class MlflowEpochLogger(keras.callbacks.Callback):
-    """Logs every numeric epoch log with step = epoch (1-based), in batches every few seconds.
-
-    Batching keeps sqlite writes (and lock contention between parallel workers) rare. Through a
-    TrainingRun, a failing store costs a few seconds once, then the logger only drops its batches
-    (history.csv keeps them; `python -m tools.sync` uploads them later).
-    """
-
-    def __init__(self, run_id: str, flush_every_s: float = 5.0, run: TrainingRun | None = None):
-        super().__init__()
-        self.run_id = run_id
-        self.flush_every_s = flush_every_s
-        self.run = run
-        self._pending: list[Metric] = []
-        self._last_flush = time.monotonic()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._pending += numeric_metrics(logs or {}, epoch + 1)
-        if time.monotonic() - self._last_flush >= self.flush_every_s:
-            self.flush()
-
-    def on_train_end(self, logs=None):
-        self.flush()
-
-    def flush(self):
-        if self.run is None:
-            log_metric_list(self.run_id, self._pending)
-        else:
-            self.run.call("log epoch metrics", log_metric_list, self.run_id, self._pending)
-        self._pending = []
-        self._last_flush = time.monotonic()
-
-
 class TrainingRun:
     """The open MLflow run of a training: its per-epoch logger, what it records at the end, and
     whether the store failed along the way (`failure`; then the run is incomplete)."""
@@ -392,9 +358,6 @@ class TrainingRun:
                     return False
                 time.sleep(pause)
         return False
-
-    def epoch_logger(self) -> MlflowEpochLogger:
-        return MlflowEpochLogger(self.run_id, run=self)
 
     def log_results(self, metrics: dict, metric_files: list[Path], model_files: list[Path]) -> None:
         """summary.<key> metrics (for searches and comparisons) and tags (the values, readable in the

@@ -46,6 +46,7 @@ def main() -> None:
     arrays = read_npz(split_path, ("x_train", "y_train", "x_val", "y_val"), produced_by="split")
 
     with quiet_native_startup(), without_sklearn():  # TensorFlow's import and first op (a test convolution) print noise
+        from spikelab.epoch_logging import MlflowEpochLogger
         from spikelab.model import resolve_data_format
         from spikelab.outputs import write_training_outputs
         from spikelab.tracking import git_commit, log_metrics_at, run_name, training_run
@@ -70,7 +71,9 @@ def main() -> None:
     with training_run(params.tracking.experiment, flatten(params) | {"model.data_format_used": data_format}) as run:
         clock.lap("startup")  # imports, checks, data, the MLflow run opened
         try:
-            result = train(params, arrays, data_format, models_dir / "snapshots", [run.epoch_logger()])
+            result = train(
+                params, arrays, data_format, models_dir / "snapshots", [MlflowEpochLogger(run.run_id, run=run)]
+            )
         except Exception as error:
             # an interrupt raised inside one of TensorFlow's context managers can come out as its
             # RuntimeError ("Exiting device scope ..."): still an interrupt, so the run ends KILLED

@@ -37,6 +37,7 @@ def train_population(
     stop_after_spike: int | None = None,
 ) -> float:
     """Train one population, write every member's outputs and MLflow run; returns the training seconds."""
+    from spikelab.epoch_logging import MlflowEpochLogger
     from spikelab.model import resolve_data_format
     from spikelab.plumbing.files import write_json
     from spikelab.tracking import git_commit, log_metrics_at, training_run
@@ -100,7 +101,7 @@ def train_population(
                         "member": run.run_id,
                     },
                 )
-        loggers = [run.epoch_logger() for run in runs_open]
+        loggers = [MlflowEpochLogger(run.run_id, run=run) for run in runs_open]
         for index, history in enumerate(population.histories[: len(members)]):
             for row in history[logged[index] :]:  # epochs the snapshot holds that the store lost
                 logs = {key: value for key, value in row.items() if key not in ("epoch", "learning_rate")}
