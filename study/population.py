@@ -57,7 +57,7 @@ from study.population_members import (
     run_params,
 )
 from study.population_replay import replay
-from study.population_training import train_population
+from study.population_training import interrupt, train_population
 from study.sweep import (
     SWEEP_FILE,
     Run,
@@ -71,11 +71,6 @@ from study.sweep import (
 
 DEFAULT_SIZE = 20  # members per population: the evidence study's seeds per cell
 MAX_SIZE = 200  # a bound on one process's members, far above any study's seeds per cell
-
-
-def _interrupt(signum, frame):
-    # SIGTERM as Ctrl-C: every open MLflow run (the population's and its members') ends KILLED
-    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
 
 def _die_with_parent() -> None:
@@ -127,7 +122,7 @@ def study(argv: list[str] | None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.results = args.results or results_of(args.sweep)
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     if not 1 <= args.size <= MAX_SIZE:
         raise PopulationError(
             f"--size {args.size}: give 1 to {MAX_SIZE} members per population (each member is a whole "

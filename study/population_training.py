@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +16,23 @@ import numpy as np
 from spikelab.params import Params, flatten
 from spikelab.plumbing.machine import cpu_model
 from spikelab.plumbing.native_logs import quiet_native_startup
+
+# the signal that asked this process to stop, kept: the KeyboardInterrupt the handler raises is
+# swallowed when it lands inside a garbage-collection callback or a __del__ (JAX's
+# _xla_gc_callback: "Exception ignored in ..."), and the training would go on
+STOP_REQUESTED: list[str] = []
+
+
+def interrupt(signum, frame):
+    """SIGTERM as Ctrl-C: every open MLflow run (the population's and its members') ends KILLED."""
+    STOP_REQUESTED.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt(f"signal {STOP_REQUESTED[-1]}")
+
+
+def raise_if_stop_requested() -> None:
+    """At each member's epoch end: a stop whose KeyboardInterrupt was swallowed stops here."""
+    if STOP_REQUESTED:
+        raise KeyboardInterrupt(f"signal {STOP_REQUESTED[0]}")
 
 
 def dataset(params: Params, cache: dict) -> dict[str, np.ndarray]:
@@ -109,6 +127,7 @@ def train_population(
             logged[index] = max(logged[index], len(history))
 
         def on_epoch(index: int, epoch: int, logs: dict) -> None:
+            raise_if_stop_requested()
             if epoch + 1 > logged[index]:  # a resumed run's store already holds the epochs it logged
                 loggers[index].on_epoch_end(epoch, logs)
 

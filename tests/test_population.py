@@ -497,3 +497,23 @@ def test_a_study_resumes_from_its_committed_rows_where_no_member_folder_is_left(
     )
     assert records[1]["state"] == "missing"
     assert [row["loss"] for row in histories["tiny-baseline-s0"]] == [0.5, 0.01]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed interrupt
+def test_a_stop_whose_interrupt_was_swallowed_still_stops_at_the_next_epoch_end(monkeypatch):
+    """SIGTERM's KeyboardInterrupt landed inside JAX's garbage-collection callback once ("Exception
+    ignored in: <function _xla_gc_callback ...>"): Python drops it there, and training went on."""
+    import gc
+
+    from study import population_training
+
+    monkeypatch.setattr(population_training, "STOP_REQUESTED", [])
+
+    class RaisesWhenCollected:
+        def __del__(self):  # where Python swallows an exception, as in a gc callback
+            population_training.interrupt(signal.SIGTERM, None)
+
+    RaisesWhenCollected()
+    gc.collect()
+    with pytest.raises(KeyboardInterrupt, match="signal SIGTERM"):
+        population_training.raise_if_stop_requested()
