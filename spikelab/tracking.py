@@ -180,8 +180,45 @@ def git_commit(root: Path) -> str:
 
 
 def run_name() -> str:
-    """The DVC experiment's name; `workspace` for a plain `dvc repro`."""
-    return os.environ.get("DVC_EXP_NAME") or "workspace"
+    """The DVC experiment's name. For a plain `dvc repro`: `default` when params.yaml is the
+    committed one, else `workspace` and what differs from it (`workspace epsilon=0.001`): the
+    runs table shows names, and a bare 'workspace' said nothing of what ran."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return os.environ["DVC_EXP_NAME"]
+    changed = params_changed_from_head()
+    if changed is None:
+        return "workspace"
+    if not changed:
+        return "default"
+    shown = ",".join(f"{key.rpartition('.')[2]}={value}" for key, value in changed.items())
+    return f"workspace {shown[:MAX_NAME_CHANGES]}{'...' if len(shown) > MAX_NAME_CHANGES else ''}"
+
+
+MAX_NAME_CHANGES = 120  # characters of changes in a run name (MLflow's table shows fewer)
+
+
+def params_changed_from_head(path: Path = Path("params.yaml")) -> dict | None:
+    """{section.key: value} where params.yaml differs from git HEAD's; None when either cannot be read."""
+    from ruamel.yaml import YAML
+
+    result = subprocess.run(["git", "show", f"HEAD:{path}"], capture_output=True, text=True)
+    try:
+        committed, current = (YAML(typ="safe").load(text) for text in (result.stdout, path.read_text()))
+    except Exception:  # noqa: BLE001 -- a name is cosmetic: never stop a training for it
+        return None
+    if result.returncode != 0 or not isinstance(committed, dict) or not isinstance(current, dict):
+        return None
+
+    def flat(raw: dict) -> dict:
+        return {
+            f"{section}.{key}": value
+            for section, values in raw.items()
+            if isinstance(values, dict)
+            for key, value in values.items()
+        }
+
+    old, new = flat(committed), flat(current)
+    return {key: new.get(key) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)}
 
 
 def process_start(pid: int) -> str | None:

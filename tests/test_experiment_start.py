@@ -59,7 +59,7 @@ def test_make_exp_starts_from_the_committed_params_not_an_earlier_experiments(la
     [started] = exp_in
     # in DVC's copy (--temp), the leftover reset to the committed value, then the change
     assert started["args"] == ["--temp", "-S", "optimizer.epsilon=1e-07", "-S", "loss.name=log_cosh"]
-    assert started["name"] == "loss.name=log_cosh"
+    assert started["name"] == "loss=log_cosh"
     said = capsys.readouterr().out
     assert "starting from the committed params.yaml" in said
     assert "optimizer.epsilon=0.001" in said  # what it did not start from
@@ -305,3 +305,16 @@ def test_a_resume_from_path_names_the_experiment_by_its_file():
     name = experiment_name(["train.resume_from=models/snapshots/epoch_00010.npz", "train.resume_epoch=10"])
     assert name == "resume_from=epoch_00010.npz,resume_epoch=10"
     check_ref_name(name)  # a valid git ref name: DVC takes it
+
+
+def test_a_plain_repro_run_is_named_default_or_by_what_differs_from_the_commit(lab_repo, monkeypatch):
+    """MLflow's runs table showed 'workspace' for every plain `dvc repro`, whatever params it ran."""
+    from spikelab.tracking import run_name
+
+    monkeypatch.chdir(lab_repo)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    assert run_name() == "default"
+    leave_a_change_behind(lab_repo, "optimizer", "epsilon", 0.001)
+    assert run_name() == "workspace epsilon=0.001"
+    monkeypatch.setenv("DVC_EXP_NAME", "epsilon=1e-3")
+    assert run_name() == "epsilon=1e-3"

@@ -70,7 +70,7 @@ def test_repro_then_experiments_land_in_dvc_and_the_one_mlflow_store(lab_repo):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     first = runs[0]
     assert first.data.params["optimizer.epsilon"] == "1e-07"
-    assert first.info.run_name == "workspace"  # a plain `dvc repro`; a DVC experiment gives its own name
+    assert first.info.run_name == "default"  # a plain `dvc repro` of the committed params; an experiment: its name
     # MLflow 3 opens the experiment on its runs table (model training), not the GenAI traces view
     experiment = client.get_experiment(first.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"

@@ -481,9 +481,11 @@ def test_an_experiment_is_named_after_its_changes():
     from tools.exp import experiment_name
 
     assert experiment_name(["optimizer.epsilon=1e-3", "train.seed=2"]) == "epsilon=1e-3,seed=2"
-    # two sections share the key `name`: both keep their section
-    assert experiment_name(["loss.name=log_cosh", "optimizer.name=sgd"]) == "loss.name=log_cosh,optimizer.name=sgd"
-    assert experiment_name(["loss.name=log_cosh", "train.seed=2"]) == "loss.name=log_cosh,seed=2"
+    # a `name` key is named by its section: short, and what was named stays said
+    assert experiment_name(["loss.name=log_cosh", "optimizer.name=sgd"]) == "loss=log_cosh,optimizer=sgd"
+    assert experiment_name(["loss.name=log_cosh", "train.seed=2"]) == "loss=log_cosh,seed=2"
+    # two sections share a key: both keep their section
+    assert experiment_name(["data.seed=1", "train.seed=2"]) == "data.seed=1,train.seed=2"
 
 
 @pytest.mark.parametrize(

@@ -70,13 +70,20 @@ def checked_changes(changes: list[str], raw_params: dict) -> None:
 
 def experiment_name(changes: list[str]) -> str:
     """`optimizer.epsilon=1e-3 train.seed=2` -> `epsilon=1e-3,seed=2`: the short key where it is
-    unique among the changes, the section too where two sections share a key name, and for `name`
-    (`loss.name=log_cosh`: `name=log_cosh` would not say what was named)."""
+    unique among the changes, the section too where two sections share a key name; a `name` key is
+    named by its section (`loss=log_cosh`): short, so two such runs differ early in MLflow's table,
+    which cuts names."""
     keys = [text.partition("=")[0] for text in changes]
     short = [key.rpartition(".")[2] for key in keys]
+
+    def label(key: str, name: str) -> str:
+        if name == "name":
+            return key.rpartition(".")[0]
+        return name if short.count(name) == 1 else key
+
     # a path names the experiment by its file (`resume_from=epoch_00010.npz`): a ref name has no '/'
     return ",".join(
-        (name if short.count(name) == 1 and name != "name" else key) + "=" + text.partition("=")[2].rpartition("/")[2]
+        label(key, name) + "=" + text.partition("=")[2].rpartition("/")[2]
         for key, name, text in zip(keys, short, changes)
     )
 
