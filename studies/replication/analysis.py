@@ -36,7 +36,26 @@ OPPOSITE |= {"above chance": "below chance", "below chance": "above chance"} | {
 # a cell's verdicts beside its bar: what the original study found, and whether the replication did
 MARKS = {"replicated": "✓", "not replicated": "✗", "contradicted": "✗ contradicted:"}
 WHAT = {"spike rate": "spikes", "stayed-up rate": "stay up", "largest jump": "jumps"}
-COLUMNS = ("family", "comparison", "original", "original verdict", "replication", "replication verdict", "judgement")
+COLUMNS = (
+    "claim",
+    "family",
+    "comparison",
+    "original",
+    "original verdict",
+    "replication",
+    "replication verdict",
+    "judgement",
+)
+# PREREGISTRATION.md's table lists every spike-rate, stayed-up and largest-jump comparison (rows
+# 1-27) but only these five of the 32 predictor rows (28-32): the other predictor rows are
+# exploratory, reported apart and never counted with the claims
+PREREGISTERED_PREDICTORS = (
+    "lambda_grad > 2/lr, first spike, K = 5",
+    "lambda_grad > 38/lr, first spike, K = 5",
+    "lambda_max > 2/lr, first spike, K = 5",
+    "g2_over_v_rms > 1, first spike, K = 5",
+    "naive: loss > 2x lowest so far, first spike, K = 5",
+)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -98,8 +117,10 @@ def table(original: dict, replication: dict) -> list[dict]:
     rows = []
     for (family, comparison), (measured, words) in original.items():
         again = replication.get((family, comparison))
+        preregistered = family != "predictors" or comparison in PREREGISTERED_PREDICTORS
         rows.append(
             {
+                "claim": "pre-registered" if preregistered else "exploratory",
                 "family": family,
                 "comparison": comparison,
                 "original": measured,
@@ -110,7 +131,29 @@ def table(original: dict, replication: dict) -> list[dict]:
             }
         )
     order = ("spike rate", "stayed-up rate", "largest jump", "predictors")
-    return sorted(rows, key=lambda row: order.index(row["family"]))
+    return sorted(rows, key=lambda row: (row["claim"] != "pre-registered", order.index(row["family"])))
+
+
+def headline(rows: list[dict]) -> str:
+    """The pre-registered claims first (the significant ones: replicated or not), the exploratory
+    rows apart: a tally of all rows together counted predictor rows that were never claims."""
+
+    def tally(claim: str, significant: bool) -> str:
+        counts: dict[str, int] = {}
+        for row in rows:
+            if row["claim"] == claim and (row["original verdict"] not in NOT_SIGNIFICANT) == significant:
+                counts[row["judgement"]] = counts.get(row["judgement"], 0) + 1
+        total = sum(counts.values())
+        return f"{total}" + (
+            " (" + ", ".join(f"{n} {name}" for name, n in sorted(counts.items())) + ")" if total else ""
+        )
+
+    return (
+        f"**Pre-registered claims** (the table of PREREGISTRATION.md): significant in the first study "
+        f"{tally('pre-registered', True)}; not significant {tally('pre-registered', False)}. "
+        f"**Exploratory rows** (predictor rows the pre-registration did not list; not claims): significant "
+        f"{tally('exploratory', True)}; not significant {tally('exploratory', False)}."
+    )
 
 
 def marks(rows: list[dict]) -> dict[str, str]:
@@ -146,17 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     first, second = (run_prefix(load_sweep(path), quick=False) for path in (args.original, args.replication))
     results = results_of(args.replication)
     rows = table(verdicts(results_of(args.original), first), verdicts(results, second))
-    counts = {}
-    for row in rows:
-        counts[row["judgement"]] = counts.get(row["judgement"], 0) + 1
     write_csv(results / f"{second}_verdicts.csv", rows, list(COLUMNS))
     write_text(
         results / f"{second}_verdicts.md",
         f"# Replication: `{first}` against `{second}`\n\n"
         "Judged by the rule studies/replication/PREREGISTRATION.md fixed before the replication ran "
         "(`python -m studies.replication.analysis`). "
-        + ", ".join(f"{n} {judgement}" for judgement, n in sorted(counts.items()))
-        + ".\n\n"
+        + headline(rows)
+        + "\n\n"
         + markdown_table(rows, [(key, key) for key in COLUMNS]),
     )
     print(markdown_table(rows, [(key, key) for key in COLUMNS]))
