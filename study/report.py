@@ -253,7 +253,9 @@ def population_record(run: Run, folder: Path) -> dict:
     record as run_record's, from the same train.json and evaluate.json; engine `population`."""
     record = run_record(run, None) | {"engine": "population"}
     if not is_finished(folder):
-        return record | {"state": "failed" if folder.exists() else "missing"}
+        # a member stopped with its snapshots kept resumes where it was: not a failed run
+        stopped = any((folder / "models" / "snapshots").glob("resume_*.npz"))
+        return record | {"state": "stopped" if stopped else "failed" if folder.exists() else "missing"}
     metrics = folder / "metrics"
     record["state"] = "success"
     facts = json.loads((metrics / "run.json").read_text())
@@ -522,7 +524,8 @@ def write_report(
         + ", ".join(f"{n} {state}" for state, n in states.items())
         + ". Divergence rate, medians: over finished runs; a NaN run counts as diverged; rates carry 95% Wilson"
         " intervals and Fisher's exact test (two-sided) against the cell named in 'compared with';"
-        " failed, queued and missing runs are counted in `n failed`. "
+        " failed, stopped (unfinished, resumable from snapshots), queued and missing runs are counted"
+        " in `n failed`. "
         + FAMILIES
         + " Verdict words follow the Holm-adjusted p (alpha 0.05). The same comparisons without the rule's"
         + f" one threshold: `{prefix}_jumps.md`. Per run: `{prefix}_runs.csv`.\n\n"

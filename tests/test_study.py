@@ -630,3 +630,18 @@ def test_a_bad_sweep_file_is_named_in_its_error_wherever_it_is(tmp_path, default
     with pytest.raises(SweepError) as raised:
         expand(load_sweep(path), defaults)
     assert str(raised.value).startswith(f"{path}: {message}")
+
+
+def test_a_population_member_stopped_with_snapshots_is_stopped_not_failed(tmp_path):
+    """The atlas's report called 40 members 'failed' that a SIGTERM had stopped with their snapshots
+    kept: the same command resumes them."""
+    from study.report import population_record
+    from study.sweep import Run
+
+    run = Run("s-cell-s0", "cell", 0, ("train.seed=0",))
+    assert population_record(run, tmp_path / "never")["state"] == "missing"
+    folder = tmp_path / "member"
+    (folder / "models" / "snapshots").mkdir(parents=True)
+    assert population_record(run, folder)["state"] == "failed"  # nothing to resume from
+    (folder / "models" / "snapshots" / "resume_00010.npz").write_bytes(b"")
+    assert population_record(run, folder)["state"] == "stopped"
