@@ -63,6 +63,18 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
+def use_store(uri: str) -> None:
+    """Point this process's MLflow at `uri`. mlflow.set_tracking_uri also writes MLFLOW_TRACKING_URI
+    into the environment, which tracking_uri reads as the user's choice: a process that served one
+    project would then send the next project's runs to the first store. The variable is put back."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail in seconds, with the URI in the message, when a tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
@@ -149,7 +161,7 @@ def prepare_experiment(experiment: str, root: Path) -> str:
     """Point MLflow at the store, create it and the experiment once; return the experiment id."""
     uri = tracking_uri(root)
     check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
+    use_store(uri)
     is_local_sqlite = uri.startswith("sqlite:///")
     lock = _store_lock(root) if is_local_sqlite else contextlib.nullcontext()
     with lock:

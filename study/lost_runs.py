@@ -5,10 +5,9 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-import mlflow
 from mlflow.tracking import MlflowClient
 
-from spikelab.tracking import mark_failed, process_gone, project_root, retry_locked, tracking_uri
+from spikelab.tracking import mark_failed, process_gone, project_root, retry_locked, tracking_uri, use_store
 
 
 def _runs_since(client: MlflowClient, experiments: list[str], name: str, since_ms: int) -> list:
@@ -22,7 +21,7 @@ def _runs_since(client: MlflowClient, experiments: list[str], name: str, since_m
 
 
 def _client(root: Path | None) -> tuple[MlflowClient, list[str]]:
-    mlflow.set_tracking_uri(tracking_uri(root or project_root()))
+    use_store(tracking_uri(root or project_root()))
     client = MlflowClient()
     return client, [e.experiment_id for e in retry_locked(client.search_experiments)]
 

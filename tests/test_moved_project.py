@@ -3,6 +3,7 @@ folder; the lab says so in one line with the fix, and the fix works."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -30,3 +31,17 @@ def test_a_moved_store_is_refused_in_one_line_and_relocate_repairs_it(tmp_path, 
     location = MlflowClient(f"sqlite:///{new / 'mlflow.db'}").get_experiment(experiment_id).artifact_location
     assert location == (new / "mlruns" / "moved").as_uri()
     assert relocate([]) == 0  # again: nothing left to change
+
+
+def test_one_process_serving_two_projects_sends_each_to_its_own_store(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri writes MLFLOW_TRACKING_URI into the environment; read back as the
+    user's choice, it sent the second project's experiment into the first project's store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    prepare_experiment("shared-name", first)
+    experiment_id = prepare_experiment("shared-name", second)
+    location = MlflowClient(f"sqlite:///{second / 'mlflow.db'}").get_experiment(experiment_id).artifact_location
+    assert location == (second / "mlruns" / "shared-name").as_uri()
+    assert "MLFLOW_TRACKING_URI" not in os.environ
