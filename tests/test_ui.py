@@ -14,6 +14,7 @@ import pytest
 
 from conftest import lab_env
 from spikelab.tracking import prepare_experiment, summary_tags
+from tools.ui import port_is_free
 
 
 def test_the_summary_is_tagged_with_its_values_as_train_json_writes_them():
@@ -98,3 +99,8 @@ def test_make_ui_serves_the_project_store_and_prints_the_training_view_link(lab_
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+    # the server runs in a session of its own: make ui's SIGTERM must take it down too
+    deadline = time.monotonic() + 60
+    while not port_is_free(port) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert port_is_free(port), f"mlflow ui still serves 127.0.0.1:{port} after make ui was stopped"

@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     timeout_s = start_timeout_s()
     print(f"ui: starting MLflow's UI on the store {store} (up to {timeout_s:.0f} s) ...", flush=True)
     process = subprocess.Popen(server_command(uri, args.port), start_new_session=True)
+    # the server is in a session of its own (Ctrl-C must not reach its workers first); a SIGTERM or
+    # a closed terminal would end this process without its `finally` and leave the server running
+    before = {stop: signal.signal(stop, stop_by_interrupt) for stop in (signal.SIGTERM, signal.SIGHUP)}
     try:
         wait_until_answered(process, args.port, timeout_s)
         print(f"ui: open {runs_url(f'http://{LOOPBACK}:{args.port}', found)}", flush=True)
@@ -94,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait()
+        for stop, handler in before.items():
+            signal.signal(stop, handler)
+
+
+def stop_by_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def start_timeout_s() -> float:
