@@ -38,3 +38,23 @@ def test_transitions_count_every_image_between_accountings():
     totals = summarize("run", [first, second], [1.0] * 40)  # 2 of 5 dead: past 1% from the start
     assert (totals["entered"], totals["left"], totals["intervals where the dead set shrank"]) == (3, 2, 0)
     assert totals["left / entered"] == pytest.approx(2 / 3)
+
+
+def test_the_revival_rate_is_pooled_by_the_dead_sets_size_with_an_interval():
+    from studies.dead_dynamics.analysis import revival_by_size
+
+    def interval(run, dead, left):
+        return {"run": run, "dead before": dead, "left": left, "revival rate": left / dead if dead else None}
+
+    rows = revival_by_size(
+        [interval("a", 0, 0), interval("a", 4, 4), interval("b", 8, 6), interval("a", 100, 60), interval("b", 300, 150)]
+    )
+    small, tens, hundreds, most = rows
+    assert (small["intervals"], small["runs"], small["dead images"], small["left"]) == (2, 2, 12, 10)
+    assert small["revival rate (pooled)"] == pytest.approx(10 / 12)
+    assert small["median of the intervals' rates"] == pytest.approx((1 + 0.75) / 2)
+    assert tens["intervals"] == 0 and tens["revival rate (pooled)"] is None and tens["95% interval"] is None
+    assert hundreds["revival rate (pooled)"] == pytest.approx(0.6) and hundreds["dead before"] == "100-299"
+    assert most["dead before"] == "300 or more" and most["revival rate (pooled)"] == pytest.approx(0.5)
+    low, high = (float(v) for v in most["95% interval"].strip("[]").split(", "))
+    assert low < 0.5 < high and high - low < 0.12  # Wilson's, 150 of 300

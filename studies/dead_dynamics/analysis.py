@@ -31,6 +31,7 @@ from spikelab.figures import plt, save_figure
 from spikelab.params import params_from_dict, read_yaml
 from spikelab.plumbing.errors import UserError, run_entry_point
 from study.report import late_change, read_histories
+from study.stats import wilson_interval
 from study.sweep import STUDIES, expand, load_defaults, load_sweep, study_results
 from study.tables import markdown_table, write_csv, write_text
 
@@ -150,6 +151,38 @@ def summarize(name: str, rows: list[dict], loss) -> dict:
     }
 
 
+# the dead set's size before an interval, in bins: its revival rate falls as the set grows
+SIZE_BINS = ((1, 9), (10, 99), (100, 299), (300, None))
+
+
+def revival_by_size(intervals: list[dict]) -> list[dict]:
+    """The revival rate by the dead set's size before the interval, pooled over runs: per bin the
+    intervals, the images dead before and those that left, left / dead before with a 95% Wilson
+    interval, and the median and range of the intervals' own rates. The Wilson interval treats the
+    images as independent; those of one interval move together, so it is narrower than the truth."""
+    rows = []
+    for low, high in SIZE_BINS:
+        inside = [r for r in intervals if r["dead before"] >= low and (high is None or r["dead before"] <= high)]
+        dead, left = sum(r["dead before"] for r in inside), sum(r["left"] for r in inside)
+        interval = wilson_interval(left, dead)
+        rates = [r["revival rate"] for r in inside]
+        rows.append(
+            {
+                "dead before": f"{low}-{high}" if high is not None else f"{low} or more",
+                "intervals": len(inside),
+                "runs": len({r["run"] for r in inside}),
+                "dead images": dead,
+                "left": left,
+                "revival rate (pooled)": left / dead if dead else None,
+                "95% interval": f"[{interval[0]:.3g}, {interval[1]:.3g}]" if interval else None,
+                "median of the intervals' rates": statistics.median(rates) if rates else None,
+                "lowest": min(rates) if rates else None,
+                "highest": max(rates) if rates else None,
+            }
+        )
+    return rows
+
+
 def plot_dead_dynamics(intervals: dict[str, list[dict]], path: Path, title: str) -> None:
     """One panel per run: per interval between accountings the images that entered the dead set
     (up) and left it (down), and the dead set's size (line): a ratchet would have no bars below 0."""
@@ -195,6 +228,7 @@ def report(results: Path, evidence_histories: Path = EVIDENCE_HISTORIES) -> list
     by_run: dict[str, list[dict]] = {}
     for row in intervals:
         by_run.setdefault(row["run"], []).append(row)
+    by_size = revival_by_size(intervals)
     plot_dead_dynamics(
         by_run, results / "dead_dynamics.png", "the dead set between accountings: images that entered (up), left (down)"
     )
@@ -209,6 +243,12 @@ def report(results: Path, evidence_histories: Path = EVIDENCE_HISTORIES) -> list
         "dead -> live. Totals over the intervals after the dead set formed; per interval: "
         "`dead_dynamics.csv`.\n\n"
         + markdown_table(per_run, [(key, key) for key in per_run[0]])
+        + "\n## The revival rate by the dead set's size\n\n"
+        "A run's median revival rate mixes intervals of a handful of dead images (where all of them "
+        "often leave) with intervals of hundreds: the rate by the size of the dead set before the "
+        "interval, pooled over the runs. The Wilson interval counts images as independent draws; "
+        "the images of one interval move together, so the truth is wider.\n\n"
+        + markdown_table(by_size, [(key, key) for key in by_size[0]])
         + "\n## Per interval\n\n"
         + markdown_table(
             intervals,
