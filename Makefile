@@ -27,7 +27,7 @@ help: ## list every target with what it does (the default), then the studies
 	  printf "  %-20s %s\n" "$$name" "$${title:-(no README.md yet)}"; \
 	done
 
-.PHONY: help ui exps relocate browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare preset plateau plateau-study evidence bench bench-study bench-before-after seed-config study quick-sweep report replay gpu-setup sync verify
+.PHONY: help tables ui exps relocate browser-setup plots-page team-setup team-up team-down team-study team-collect setup repro test test-fast exp compare preset plateau plateau-study evidence bench bench-study bench-before-after seed-config study quick-sweep report replay gpu-setup sync verify
 
 $(INSTALLED): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -153,6 +153,9 @@ study: $(INSTALLED) ## one study, resumable: make study NAME=<name> [ENGINE=dvc]
 	$(RUN) $(ENGINE_COMMAND) --sweep $(SWEEP_OF) $(if $(QUICK),--quick) || [ $$? -ne 2 ]
 	$(RUN) $(REPORT_COMMAND) --sweep $(SWEEP_OF) $(if $(QUICK),--quick)
 	$(if $(and $(ANALYSIS),$(if $(QUICK),,yes)),$(RUN) python -m $(ANALYSIS))
+
+tables: $(INSTALLED) ## every study's tables and figures recomputed from the committed rows, nothing trained
+	$(RUN) python -m tools.recompute
 
 report: $(INSTALLED) ## a study's report again from its runs, nothing trained: make report NAME=<name> [ENGINE=dvc]
 	@$(CHECK_STUDY)

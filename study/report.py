@@ -67,6 +67,7 @@ TRAIN_KEYS = (
 RUN_COLUMNS = ("name", "cell", "seed", "state", *TRAIN_KEYS, "val_accuracy", "rev", "engine")
 # where a row's numbers come from, beyond its code revision: written where the rows carry them
 PROVENANCE = ("data_seed", "split_seed", "convolutions")
+UNRECORDED = "unrecorded"  # a finished run's code revision that its files never kept
 TABLE_COLUMNS = (
     ("cell", "intervention"),
     ("overrides", "overrides"),
@@ -231,6 +232,8 @@ def run_record(run: Run, experiment: dict | None) -> dict:
     if experiment is None:
         return record
     record.update(state=experiment["state"], rev=experiment["rev"])
+    params = experiment.get("params") or {}
+    record.update(data_seed=params.get("data.seed"), split_seed=params.get("split.seed"))
     if experiment["state"] != "success":
         return record  # its metrics files are the start commit's, not its own
     return _with_metrics(
@@ -238,6 +241,33 @@ def run_record(run: Run, experiment: dict | None) -> dict:
         experiment["metrics"].get("metrics/train.json", {}) | experiment["metrics"].get("metrics/rules.json", {}),
         experiment["metrics"].get("metrics/evaluate.json", {}),
     )
+
+
+def planned_seeds(run: Run) -> dict:
+    """The data and split seeds the plan gave a run, where its overrides set them (a sweep with
+    data_seed_offset); None where the run took params.yaml's of its day, which the plan does not fix."""
+    given = dict(override.split("=", 1) for override in run.overrides)
+    return {
+        "data_seed": int(given["data.seed"]) if "data.seed" in given else None,
+        "split_seed": int(given["split.seed"]) if "split.seed" in given else None,
+    }
+
+
+def with_provenance(records: list[dict], runs: list[Run]) -> list[dict]:
+    """Every row names its data: rows made before the seeds were recorded take the ones their run was
+    queued with (the sweep's overrides); a finished row without a code revision says `unrecorded`
+    (made before run.json kept one: its code is at or before the commit that added the row)."""
+    plan = {run.name: planned_seeds(run) for run in runs}
+    completed = []
+    for record in records:
+        record = dict(record)
+        for key, value in plan.get(record["name"], {}).items():
+            if record.get(key) is None:
+                record[key] = value
+        if record["state"] == "success" and not record.get("rev"):
+            record["rev"] = UNRECORDED
+        completed.append(record)
+    return completed
 
 
 def _with_metrics(record: dict, train: dict, evaluate: dict) -> dict:
@@ -703,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"nothing written (run the study first, or recompute from the committed rows with --from-files)"
             )
         histories = histories_from_git(records)
+    records = with_provenance(records, runs)
     # then write: the histories archive (unless it is what was read), the rows, tables and figures
     if not args.from_files:
         args.results.mkdir(parents=True, exist_ok=True)

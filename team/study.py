@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 from spikelab.plumbing.errors import UserError, run_entry_point
-from study.report import run_record, write_report
+from study.report import run_record, with_provenance, write_report
 from study.sweep import SWEEP_FILE, expand, load_defaults, load_sweep, results_of, run_prefix
 from team.stack import RAY_LOOPBACK_ONLY
 
@@ -428,7 +428,7 @@ def collect_populations(args, sweep: dict, cells: list, runs: list) -> int:
     results = results_of(args.sweep)
     results.mkdir(parents=True, exist_ok=True)
     write_histories(results / f"{prefix}_histories.csv.gz", histories)
-    write_report(records, cells, prefix, results, histories)
+    write_report(with_provenance(records, runs), cells, prefix, results, histories)
     return 0
 
 
@@ -454,7 +454,7 @@ def collect(args) -> int:
         if experiment is None and run.name in failures:
             experiment = {"state": "failed", "rev": failures[run.name]}
         records.append(run_record(run, experiment))
-    write_report(records, cells, run_prefix(sweep, args.quick), results_of(args.sweep))
+    write_report(with_provenance(records, runs), cells, run_prefix(sweep, args.quick), results_of(args.sweep))
     return 0
 
 

@@ -74,6 +74,26 @@ def test_a_data_seed_offset_gives_each_seed_its_own_dataset_shared_by_its_cells(
     assert {run.overrides[-1] for run in runs if run.seed == 1} == {"split.seed=1001"}
 
 
+def test_every_row_names_its_data_and_says_when_its_code_revision_was_never_kept(defaults):
+    """Issue 35, correction 3: rows made before run.json kept a revision or the seeds had them empty;
+    the seeds the plan queued fill in, a missing revision reads `unrecorded`, recorded ones stay."""
+    from study.report import UNRECORDED, with_provenance
+
+    _, runs = expand({**SWEEP, "data_seed_offset": 1000}, defaults)
+    old = {"name": runs[-1].name, "state": "success", "rev": None, "data_seed": None, "split_seed": None}
+    kept = {"name": runs[0].name, "state": "success", "rev": "abc123", "data_seed": 7, "split_seed": 8}
+    unfinished = {"name": runs[1].name, "state": "failed", "rev": None}
+    filled = with_provenance([old, kept, unfinished], runs)
+    assert (filled[0]["rev"], filled[0]["data_seed"], filled[0]["split_seed"]) == (UNRECORDED, 1001, 1001)
+    assert (filled[1]["rev"], filled[1]["data_seed"], filled[1]["split_seed"]) == ("abc123", 7, 8)
+    assert filled[2]["rev"] is None and filled[2]["data_seed"] == 1000  # no revision to miss: it never finished
+    assert old["rev"] is None  # the caller's rows are not changed in place
+    _, plain = expand(SWEEP, defaults)  # params.yaml's data of its day: not in the plan, stays empty
+    assert with_provenance([{"name": plain[0].name, "state": "success", "rev": "r"}], plain)[0]["data_seed"] is None
+    dvc = run_record(plain[0], {"state": "failed", "rev": "r", "params": {"data.seed": 3, "split.seed": 4}})
+    assert (dvc["data_seed"], dvc["split_seed"]) == (3, 4)  # a DVC experiment's own params
+
+
 def test_the_replication_is_the_preregistered_design(defaults):
     """studies/replication/PREREGISTRATION.md: the 12 cells that carry a verdict, train seeds 20-39, data 1000 + seed."""
     sweep = load_sweep(REPO_SWEEP.parents[1] / "replication" / "sweep.yaml")
