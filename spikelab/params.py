@@ -498,6 +498,20 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ParamsError(str(error) + RECOVERY) from None
 
 
+def flat_raw(raw) -> dict:
+    """Params as parsed from YAML, unvalidated ({section: {key: value}}, or DVC's dotted keys)
+    -> {'section.key': value}; anything but a mapping -> {}."""
+    if not isinstance(raw, dict):
+        return {}
+    flat = {}
+    for key, value in raw.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{name}": item for name, item in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
 def flatten(params: Params) -> dict:
     """{'optimizer.epsilon': 1e-07, ...}: the keys MLflow and `dvc exp show` use."""
     return {

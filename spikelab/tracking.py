@@ -38,6 +38,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
+from spikelab.params import flat_raw
 from spikelab.plumbing.errors import (
     DiskFullError,
     TrackingError,
@@ -221,15 +222,7 @@ def params_changed_from_head(path: Path = Path("params.yaml")) -> dict | None:
     if result.returncode != 0 or not isinstance(committed, dict) or not isinstance(current, dict):
         return None
 
-    def flat(raw: dict) -> dict:
-        return {
-            f"{section}.{key}": value
-            for section, values in raw.items()
-            if isinstance(values, dict)
-            for key, value in values.items()
-        }
-
-    old, new = flat(committed), flat(current)
+    old, new = flat_raw(committed), flat_raw(current)
     return {key: new.get(key) for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)}
 
 
@@ -362,8 +355,9 @@ class TrainingRun:
     """The open MLflow run of a training: its per-epoch logger, what it records at the end, and
     whether the store failed along the way (`failure`; then the run is incomplete)."""
 
-    def __init__(self, run_id: str):
+    def __init__(self, run_id: str, name: str = ""):
         self.run_id = run_id
+        self.name = name  # the runs table's name, as the run was created with it
         self.failure: str | None = None
         self.training = True  # a full disk stops the training; once it wrote its outputs, it degrades the run
 
@@ -560,14 +554,15 @@ def training_run(
                 tags=resolve_tags(run_tags(root) | (tags or {})),
                 run_name=name or run_name(),
             )
-            run = TrainingRun(created.info.run_id)
+            run = TrainingRun(created.info.run_id, created.info.run_name)
         else:
             retry_locked(client.update_run, reopen, status="RUNNING")
             for key, value in (run_tags(root) | (tags or {})).items():
                 retry_locked(client.set_tag, reopen, key, value)
-            if ORPHAN_TAG in retry_locked(client.get_run, reopen).data.tags:
+            found = retry_locked(client.get_run, reopen)
+            if ORPHAN_TAG in found.data.tags:
                 retry_locked(client.delete_tag, reopen, ORPHAN_TAG)
-            run = TrainingRun(reopen)
+            run = TrainingRun(reopen, found.info.run_name)
     run.reserve()
     status, reason = "FAILED", None
     with bounded_http():

@@ -49,7 +49,7 @@ def main() -> None:
         from spikelab.epoch_logging import MlflowEpochLogger
         from spikelab.model import resolve_data_format
         from spikelab.outputs import write_training_outputs
-        from spikelab.tracking import git_commit, log_metrics_at, run_name, training_run
+        from spikelab.tracking import git_commit, log_metrics_at, training_run
         from spikelab.training import train
 
         try:
@@ -111,7 +111,7 @@ def main() -> None:
         first_epoch = result.epoch_seconds[0] if result.epoch_seconds else 0.0
         run.call("log timing", log_metrics_at, run.run_id, clock.metrics(first_epoch=first_epoch), 0)
     sentence = describe_training(metrics, result.history, params.divergence, params.plateau)
-    print(f"train: {sentence}; MLflow run {run_name()} ({run.run_id})")
+    print(f"train: {sentence}; MLflow run {run.name} ({run.run_id})")
     # an MLflow failure after the run opened exits 0 all the same: every output is written and valid,
     # DVC records it, and the one line below says how to complete the MLflow run from those files
     if run.incomplete_line():

@@ -22,6 +22,7 @@ import urllib.parse
 from pathlib import Path
 
 from spikelab.history import parse_history_csv
+from spikelab.params import flat_raw
 from spikelab.plumbing.errors import UserError
 
 ACTIVE = ("Queued", "Running")
@@ -91,12 +92,7 @@ def parse_exp_show(payload: list[dict]) -> list[dict]:
                 "metrics": {
                     path: (value or {}).get("data") or {} for path, value in (data.get("metrics") or {}).items()
                 },
-                "params": {
-                    f"{section}.{key}": value
-                    for section, values in params_file.items()
-                    if isinstance(values, dict)
-                    for key, value in values.items()
-                },
+                "params": flat_raw(params_file),
             }
             if record["name"] and record["timestamp"] >= found.get(record["name"], {}).get("timestamp", ""):
                 found[record["name"]] = record

@@ -129,3 +129,16 @@ def test_the_view_is_frozen(tiny_raw):
     params = params_from_dict(tiny_raw)
     with pytest.raises(ValueError, match="frozen"):
         params.train.epochs = 5
+
+
+def test_raw_params_flatten_the_same_way_everywhere():
+    """One flattener for params as parsed (tracking's run names, make compare, make exp, DVC's records)."""
+    from spikelab.params import flat_raw
+
+    assert flat_raw({"optimizer": {"epsilon": 1e-3, "beta_2": 0.95}, "train": {"seed": 1}}) == {
+        "optimizer.epsilon": 1e-3,
+        "optimizer.beta_2": 0.95,
+        "train.seed": 1,
+    }
+    assert flat_raw({"optimizer.epsilon": 1e-3, "train": {"seed": 1}}) == {"optimizer.epsilon": 1e-3, "train.seed": 1}
+    assert flat_raw(None) == {} and flat_raw(["a"]) == {}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from spikelab.params import flatten, params_from_dict
+from spikelab.params import flat_raw, flatten, params_from_dict
 from spikelab.plumbing.errors import run_entry_point
 from spikelab.plumbing.machine import cpu_model
 from study.dvc_calls import READ_RETRIES, dvc, parse_exp_show
@@ -91,17 +91,6 @@ def compare_row(name: str, params: dict, train: dict, evaluate: dict, defaults: 
     return row
 
 
-def flat_params(params_file: dict) -> dict:
-    """{section: {key: value}} or DVC's dotted keys {`section.key`: value} -> {`section.key`: value}."""
-    flat = {}
-    for key, value in (params_file or {}).items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{name}": item for name, item in value.items()})
-        else:
-            flat[key] = value
-    return flat
-
-
 def baselines(payload: list[dict]) -> dict[str, dict]:
     """`dvc exp show --json` -> {commit: {params, metrics}} of each baseline commit (not the workspace)."""
     found = {}
@@ -110,7 +99,7 @@ def baselines(payload: list[dict]) -> dict[str, dict]:
             continue
         data = commit.get("data") or {}
         found[commit.get("rev")] = {
-            "params": flat_params(((data.get("params") or {}).get("params.yaml") or {}).get("data")),
+            "params": flat_raw(((data.get("params") or {}).get("params.yaml") or {}).get("data")),
             "metrics": {path: (value or {}).get("data") or {} for path, value in (data.get("metrics") or {}).items()},
         }
     return found
@@ -124,7 +113,7 @@ def workspace_run_params(lock_path: Path = Path("dvc.lock")) -> dict | None:
     stages = (YAML(typ="safe", pure=True).load(lock_path.read_text()) or {}).get("stages") or {}
     params = {}
     for stage in stages.values():
-        params.update(flat_params(((stage or {}).get("params") or {}).get("params.yaml")))
+        params.update(flat_raw(((stage or {}).get("params") or {}).get("params.yaml")))
     return params
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from spikelab.params import ParamsError, params_from_dict, read_yaml
+from spikelab.params import ParamsError, flat_raw, params_from_dict, read_yaml
 from spikelab.plumbing.errors import UserError, run_entry_point
 from spikelab.snapshots import check_named_files
 from study.dvc_calls import is_valid_ref_name, run_experiment
@@ -133,14 +133,7 @@ def committed_params_text() -> str:
 
 def flat(raw) -> dict:
     """Parsed params -> {'section.key': value as `-S` writes it}."""
-    if not isinstance(raw, dict):
-        return {}
-    return {
-        f"{section}.{key}": format_value(value)
-        for section, values in raw.items()
-        if isinstance(values, dict)
-        for key, value in values.items()
-    }
+    return {key: format_value(value) for key, value in flat_raw(raw).items()}
 
 
 def differences(raw: dict, baseline: dict) -> list[str]:
