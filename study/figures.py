@@ -31,6 +31,8 @@ INTERVENTION_COLOURS = {
     "xla": "#e6ab02",
 }
 SPARE_COLOURS = ("#7f7f7f", "#8dd3c7", "#fb8072", "#80b1d3", "#fdb462", "#bc80bd")
+# taken in turn by a cell whose colour another cell of its panel already has
+MORE_SPARES = ("#1b9e77", "#7570b3", "#66a61e", "#a6761d", "#e7298a", "#386cb0")
 
 
 def colour_of(intervention: str) -> str:
@@ -64,6 +66,22 @@ def group_colour(cell: str, head: str, first: str) -> str:
     if cell == head:
         return colour_of(first)
     return colour_of(cell.removeprefix(f"{head}-"))
+
+
+def cell_colours(groups: dict[str, list[str]], first: str) -> dict[str, str]:
+    """Every cell's colour (group_colour), then within a group a cell whose colour an earlier cell
+    already took gets the first spare nobody in the group has: two names can hash to one spare
+    (the agreement study's plateau and plateau-amsgrad were one orange)."""
+    colours = {}
+    for head, members in groups.items():
+        taken: set[str] = set()
+        for cell in members:
+            colour = group_colour(cell, head, first)
+            if colour in taken:
+                colour = next((spare for spare in SPARE_COLOURS + MORE_SPARES if spare not in taken), colour)
+            taken.add(colour)
+            colours[cell] = colour
+    return colours
 
 
 def loss_override(row: dict) -> str | None:
@@ -200,7 +218,7 @@ def study_figure(
     half = grid_rows // 2
     names = [row["cell"] for row in shown]
     groups = comparison_groups(shown)
-    colours = {cell: group_colour(cell, head, names[0]) for head, members in groups.items() for cell in members}
+    colours = cell_colours(groups, names[0])
     _rate_panel(figure.add_subplot(grid[:half, 0]), shown, colours, notes)
     unjudged = {row["cell"]: not_drawn(row) for row in shown if not_drawn(row)}
     # one Kaplan-Meier panel per comparison group: thirteen curves in one panel repeat colours
@@ -327,7 +345,7 @@ def thresholds_figure(rows: list[dict], curves: dict[str, list[float]], ratios, 
     run's largest jump per cell (log), with the median, in the same colours; n/a cells are left out."""
     groups = comparison_groups([row for row in rows if row["cell"] in curves])
     first = rows[0]["cell"]
-    colours = {cell: group_colour(cell, head, first) for head, members in groups.items() for cell in members}
+    colours = cell_colours(groups, first)
     figure = plt.figure(figsize=(13, 8.5))
     grid = figure.add_gridspec(2, len(groups), height_ratios=[1, 1.1])
     for index, (head, members) in enumerate(groups.items()):

@@ -665,3 +665,13 @@ def test_a_population_member_stopped_with_snapshots_is_stopped_not_failed(tmp_pa
     assert population_record(run, folder)["state"] == "failed"  # nothing to resume from
     (folder / "models" / "snapshots" / "resume_00010.npz").write_bytes(b"")
     assert population_record(run, folder)["state"] == "stopped"
+
+
+def test_no_two_cells_of_one_panel_share_a_colour_even_when_their_names_hash_alike():
+    from study.figures import cell_colours, colour_of, comparison_groups
+
+    assert colour_of("plateau") == colour_of("plateau-amsgrad")  # both spares, one hash: the agreement figure
+    cells = ["baseline", "amsgrad", "plateau", "plateau-amsgrad", "plateau-eps-1e-2"]
+    colours = cell_colours(comparison_groups([{"cell": cell} for cell in cells]), "baseline")
+    assert len(set(colours.values())) == len(cells)
+    assert colours["plateau"] == colour_of("plateau") and colours["amsgrad"] == colour_of("amsgrad")
