@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def study(argv: list[str] | None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m study.population", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sweep", type=Path, default=SWEEP_FILE)
     parser.add_argument("--quick", action="store_true", help="the sweep's quick subset")
@@ -122,7 +122,6 @@ def study(argv: list[str] | None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.results = args.results or results_of(args.sweep)
-    signal.signal(signal.SIGTERM, interrupt)
     if not 1 <= args.size <= MAX_SIZE:
         raise PopulationError(
             f"--size {args.size}: give 1 to {MAX_SIZE} members per population (each member is a whole "
@@ -130,6 +129,12 @@ def study(argv: list[str] | None) -> int:
         )
     if args.jobs < 1:
         raise PopulationError(f"--jobs {args.jobs}: give at least 1")
+    return args
+
+
+def study(argv: list[str] | None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, interrupt)
     with quiet_native_startup():  # TensorFlow's import prints noise: kept off the console, as in the stages
         from study import population_engine  # noqa: F401
     sweep = load_sweep(args.sweep)
@@ -137,9 +142,29 @@ def study(argv: list[str] | None) -> int:
     if args.replay:
         return replay(args, sweep, prefix)
     cells, runs = expand(sweep, load_defaults(), quick=args.quick)
-    stop_after = stop_after_spike(sweep)
     raw = read_yaml("params.yaml", "params")
     params = {run.name: run_params(run, raw) for run in runs}  # every run's params checked before any work
+    plan = plan_populations(args, runs, params, prefix)
+    if args.worker is not None:  # the populations the parent gave this worker, as it grouped them
+        by_name = {run.name: run for run in runs}
+        plan = [[by_name[name] for name in group.split(",")] for group in args.worker.split(";")]
+    elif args.jobs > 1 and len(plan) > 1:
+        return run_workers(argv if argv is not None else sys.argv[1:], plan, min(args.jobs, len(plan)))
+    train_plan(plan, params, prefix, args.root, stop_after_spike(sweep))
+    return 0
+
+
+def needs_training(run: Run, params: dict, prefix: str, root: Path) -> bool:
+    """A member not finished, or finished with other params than the sweep's now."""
+    folder = member_dir(prefix, run.name, root)
+    if not is_finished(folder):
+        return True
+    return json.loads((folder / "params.json").read_text()) != json.loads(json.dumps(flatten(params)))
+
+
+def plan_populations(args: argparse.Namespace, runs: list[Run], params: dict, prefix: str) -> list[list[Run]]:
+    """The populations still to train, each checked to share one population's arithmetic; what is
+    skipped (a committed row, a member finished with these params) is said one line each."""
     from study.population_engine import check_population
 
     committed = set() if args.rerun else committed_runs(args.results / f"{prefix}_runs.csv")
@@ -148,15 +173,7 @@ def study(argv: list[str] | None) -> int:
         todo = [
             run
             for run in group
-            if args.rerun
-            or (
-                run.name not in committed
-                and (
-                    not is_finished(member_dir(prefix, run.name, args.root))
-                    or json.loads((member_dir(prefix, run.name, args.root) / "params.json").read_text())
-                    != json.loads(json.dumps(flatten(params[run.name])))
-                )
-            )
+            if args.rerun or (run.name not in committed and needs_training(run, params[run.name], prefix, args.root))
         ]
         for run in group:
             if run.name in committed and not is_finished(member_dir(prefix, run.name, args.root)):
@@ -171,18 +188,18 @@ def study(argv: list[str] | None) -> int:
             except ValueError as error:
                 raise PopulationError(str(error)) from None
             plan.append(todo)
-    if args.worker is not None:  # the populations the parent gave this worker, as it grouped them
-        by_name = {run.name: run for run in runs}
-        plan = [[by_name[name] for name in group.split(",")] for group in args.worker.split(";")]
-    elif args.jobs > 1 and len(plan) > 1:
-        return run_workers(argv if argv is not None else sys.argv[1:], plan, min(args.jobs, len(plan)))
+    return plan
+
+
+def train_plan(plan: list[list[Run]], params: dict, prefix: str, root: Path, stop_after: int | None) -> None:
+    """Each population of the plan in turn, in this process, with a progress line after each."""
     started, done = time.monotonic(), 0
     total = sum(len(group) for group in plan)
     cache: dict = {}
     for group in plan:
         name = f"{prefix}-{group[0].cell}-p{group[0].seed}"
         print(f"study: population {name}: {len(group)} runs ({', '.join(run.name for run in group)})", flush=True)
-        folders = [member_dir(prefix, run.name, args.root) for run in group]
+        folders = [member_dir(prefix, run.name, root) for run in group]
         names = [run.name for run in group]
         seconds = train_population(name, names, [params[run.name] for run in group], folders, cache, stop_after)
         done += len(group)
@@ -192,7 +209,6 @@ def study(argv: list[str] | None) -> int:
             f"{3600 * done / elapsed:.0f} runs/hour so far)",
             flush=True,
         )
-    return 0
 
 
 def run_workers(argv: list[str], plan: list[list[Run]], jobs: int) -> int:
