@@ -34,13 +34,17 @@ def write_history_csv(path: str | os.PathLike, history: list[dict]) -> None:
                 writer.writerow({key: row.get(key, "") for key in columns})
 
 
+# a column that epoch did not measure: the lab's files leave the cell empty, Keras's CSVLogger writes NA
+NOT_MEASURED = ("", "NA")
+
+
 def history_row(cells: dict[str, str], skip_empty: bool = False) -> dict:
-    """One history.csv row's text cells as numbers: the epoch an int, the rest floats; an empty cell
-    (a column that epoch did not measure) is NaN, or left out of the row with skip_empty."""
+    """One history.csv row's text cells as numbers: the epoch an int, the rest floats; a cell the
+    epoch did not measure (empty, or CSVLogger's NA) is NaN, or left out of the row with skip_empty."""
     return {
-        key: (int(value) if key == "epoch" else float(value)) if value != "" else math.nan
+        key: (int(value) if key == "epoch" else float(value)) if value not in NOT_MEASURED else math.nan
         for key, value in cells.items()
-        if value != "" or not skip_empty
+        if value not in NOT_MEASURED or not skip_empty
     }
 
 

@@ -142,3 +142,22 @@ def test_the_fixes_quote_the_committed_rows():
     assert f"({eps[0]}, then {eps[1]} on fresh datasets)" in dead
     amsgrad = [count(s, "plateau-amsgrad", "plateaued") for s in ("evidence", "replication")]
     assert f"AMSGrad ({amsgrad[0]} stayed up, then {amsgrad[1]} again)" in dead
+
+
+def test_the_command_reads_a_csvlogger_file_of_a_training_without_validation(tmp_path, capsys):
+    """Keras's CSVLogger adds a val_<key> column of NA to every row when fit has no validation data;
+    the command read only the lab's empty cells as 'not measured' and failed on the first NA."""
+    import keras
+    import numpy as np
+
+    from spikelab.diagnose import main
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 4)).astype("float32"), rng.integers(0, 2, 64).astype("float32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    path = tmp_path / "log.csv"
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[keras.callbacks.CSVLogger(str(path))])
+    assert ",NA" in path.read_text()  # what the file holds: val_loss NA on every row
+    assert main([str(path)]) == 0
+    assert capsys.readouterr().out.strip()
