@@ -17,6 +17,7 @@ from studies.scaling.analysis import (
     held_out_verdict,
     kaplan_meier,
     km_median,
+    km_median_conventions,
     load_points,
 )
 
@@ -39,6 +40,27 @@ def test_kaplan_meier_on_a_hand_worked_example():
 def test_a_median_not_reached_is_none_not_the_last_step():
     times, events = np.array([5, 6, 7, 8.0]), np.array([1, 0, 0, 0])
     assert km_median(times, events)[0] is None
+
+
+def test_the_median_conventions_where_the_curve_sits_at_exactly_a_half():
+    # 4 runs spiking at steps 10, 20, 30, 40: S = 3/4, 1/2, 1/4, 0. S <= 1/2 first at 20 (the report's
+    # median); S < 1/2 first at 30; R's midpoint of the stretch at 1/2 is 25
+    times, events = np.array([10, 20, 30, 40.0]), np.array([1, 1, 1, 1])
+    assert km_median(times, events)[0] == 20.0
+    assert km_median_conventions(times, events) == (30.0, 25.0)
+    # the stretch at 1/2 runs to the end (two runs still up at 30): no onset below 1/2; R ends it at the last time
+    times, events = np.array([10, 20, 30, 30.0]), np.array([1, 1, 0, 0])
+    assert km_median(times, events)[0] == 20.0
+    assert km_median_conventions(times, events) == (None, 25.0)
+    # 24 runs, one onset a step: after the 12th, S is 1/2, which the running product makes 0.5000000000000001
+    times, events = np.arange(1, 25.0), np.ones(24, int)
+    assert kaplan_meier(times, events)[11][1] > 0.5
+    assert km_median(times, events)[0] == 12.0
+    assert km_median_conventions(times, events) == (13.0, 12.5)
+    # S steps over 1/2 (2/3, then 1/3): all three conventions agree
+    times, events = np.array([10, 20, 30.0]), np.array([1, 1, 1])
+    assert km_median(times, events)[0] == 20.0
+    assert km_median_conventions(times, events) == (20.0, 20.0)
 
 
 def synthetic(rng, lr_values, n_values, cap, runs=40, exponent_lr=-1.0, exponent_n=0.5, sigma=0.3):

@@ -6,7 +6,9 @@ Each run's onset is the step at the end of its first flagged epoch (the divergen
 lowest loss before it), epoch x steps per epoch; a run that never spiked is censored at its last
 epoch. Per point (a cell of the sweep): the Kaplan-Meier median onset with its 95% interval (the
 log-log Greenwood band of S(t), read where it crosses 1/2), the stayed-up rate (the plateau rule)
-with its Wilson interval and the dead fraction at the last accounted epoch.
+with its Wilson interval and the dead fraction at the last accounted epoch. The median is the first
+onset where S falls to 1/2 or below; where S sits at exactly 1/2 between two onsets, the first onset
+below 1/2 and R survival's midpoint of that stretch are reported beside it.
 
 The law is a log-normal accelerated-failure-time model fitted by maximum likelihood, censored runs
 entering through their survival term:
@@ -46,6 +48,8 @@ SEED = {"learning_rate": 1e-5, "n_per_class": 250_000, "filters": 64, "batch_siz
 SEED_ONSET_EPOCH = 1500
 SEED_STEPS_PER_EPOCH = math.ceil(2 * 250_000 / 256)
 Z95 = 1.959963984540054
+# S is a running product of fractions: an exact 1/2 (4 of 8 left) can land a rounding step either side
+HALF_TOLERANCE = 1e-9
 
 
 class ScalingError(UserError, ValueError):
@@ -89,13 +93,29 @@ def kaplan_meier(times: np.ndarray, events: np.ndarray) -> list[tuple[float, flo
 
 def km_median(times: np.ndarray, events: np.ndarray) -> tuple[float | None, float | None, float | None]:
     """(median, its 95% lower, upper limit): the first event time where S, its band's lower and its
-    band's upper curve fall to 1/2 or below; None where the curve never gets there (censored beyond)."""
+    band's upper curve fall to 1/2 or below (S <= 1/2, the report's convention); None where the curve
+    never gets there (censored beyond)."""
     curve = kaplan_meier(times, events)
 
     def first(column: int) -> float | None:
-        return next((row[0] for row in curve if row[column] <= 0.5), None)
+        return next((row[0] for row in curve if row[column] <= 0.5 + HALF_TOLERANCE), None)
 
     return first(1), first(2), first(3)
+
+
+def km_median_conventions(times: np.ndarray, events: np.ndarray) -> tuple[float | None, float | None]:
+    """The median under the two other common conventions: (the first event time where S falls below
+    1/2, R survival's midpoint of the stretch where S is exactly 1/2). Both equal km_median's unless S
+    sits at exactly 1/2 between two event times; a stretch that runs to the curve's end has no event
+    below 1/2 (None) and, in R, ends at the last observed time."""
+    curve = kaplan_meier(times, events)
+    at = next((row for row in curve if row[1] <= 0.5 + HALF_TOLERANCE), None)
+    if at is None:
+        return None, None
+    below = next((row[0] for row in curve if row[1] < 0.5 - HALF_TOLERANCE), None)
+    if abs(at[1] - 0.5) > HALF_TOLERANCE:
+        return at[0], at[0]
+    return below, (at[0] + (below if below is not None else float(times.max()))) / 2
 
 
 # ---- the log-normal AFT model ---------------------------------------------------------------------------
@@ -268,6 +288,7 @@ def point_rows(points: list[Point], fit: Fit, left_out: list[Point]) -> list[dic
     rows = []
     for point in points:
         median, lower, upper = km_median(point.times, point.events)
+        median_below, median_midpoint = km_median_conventions(point.times, point.events)
         stayed_low, stayed_high = wilson_interval(point.stayed_up, point.spiked) if point.spiked else (None, None)
         config, moved = fit.project(point.config)
         predicted = fit.median_steps(config)
@@ -287,6 +308,9 @@ def point_rows(points: list[Point], fit: Fit, left_out: list[Point]) -> list[dic
                 "km_median_steps": median,
                 "km_lower": lower,
                 "km_upper": upper,
+                # the median under the other conventions (km_median_conventions): S < 1/2, R's midpoint
+                "km_median_below_steps": median_below,
+                "km_median_midpoint_steps": median_midpoint,
                 "lr_x_median_steps": point.config["learning_rate"] * median if median is not None else None,
                 # the same median in epochs (passes over the training set): exploratory, not the law's unit
                 "km_median_epochs": median / point.steps_per_epoch if median is not None else None,
@@ -360,6 +384,34 @@ def write_results(points: list[Point], results: Path) -> dict:
     return summary
 
 
+def _other_conventions(row: dict) -> str:
+    """The S < 1/2 and midpoint medians where either differs from the report's."""
+    below, midpoint = row["km_median_below_steps"], row["km_median_midpoint_steps"]
+    if below == row["km_median_steps"] and midpoint == row["km_median_steps"]:
+        return "="
+    return f"{_steps(below, row['last_time'])}; {_steps(midpoint)}"
+
+
+def _convention_lines(rows: list[dict]) -> list[str]:
+    moved = [row for row in rows if _other_conventions(row) != "="]
+    if not moved:
+        return ["", "No point's median depends on the convention: S never sits at exactly 1/2 between two onsets."]
+
+    def epochs(value: float | None, row: dict) -> str:
+        return f"{value / row['steps_per_epoch']:.1f}".removesuffix(".0") if value is not None else "not reached"
+
+    reached = sum(row["km_median_steps"] is not None for row in rows)
+    moves = "; ".join(
+        f"{row['point']} {epochs(row['km_median_steps'], row)} -> {epochs(row['km_median_below_steps'], row)} "
+        f"(midpoint {epochs(row['km_median_midpoint_steps'], row)})"
+        for row in moved
+    )
+    return [
+        "",
+        f"Under S < 1/2 the median moves at {len(moved)} of the {reached} points that reach one, in epochs: {moves}.",
+    ]
+
+
 def markdown(summary: dict) -> str:
     fit, rows = summary["fit"], summary["rows"]
     lines = [
@@ -368,9 +420,12 @@ def markdown(summary: dict) -> str:
         "Generated by `python -m studies.scaling.analysis` from studies/scaling/results/scaling_runs.csv (its sweep.yaml;",
         "docs/scaling.md: the design and the pre-registered checks). Onset: the step at the end of a run's",
         "first flagged epoch; runs that never spiked are censored at their last epoch. Intervals are 95%.",
+        "The median onset is the first onset where the Kaplan-Meier curve S falls to 1/2 or below (S <= 1/2);",
+        "where S sits at exactly 1/2 between two onsets, the first onset below 1/2 (S < 1/2) and R survival's",
+        "midpoint of that stretch differ from it, and the column *S < 1/2; midpoint* gives both (= where they agree).",
         "",
-        "| point | role | lr | n/class | filters | batch | spiked | median onset, steps [KM 95%] | in epochs | lr x median | fit's median [95%] | stayed up | dead at end |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| point | role | lr | n/class | filters | batch | spiked | median onset, steps [KM 95%] | S < 1/2; midpoint | in epochs | lr x median | fit's median [95%] | stayed up | dead at end |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         km = _steps(row["km_median_steps"], row["last_time"])
@@ -389,10 +444,12 @@ def markdown(summary: dict) -> str:
         )
         lines.append(
             f"| {row['point']} | {row['role']} | {row['learning_rate']:g} | {row['n_per_class']} | {row['filters']} "
-            f"| {row['batch_size']} | {row['spiked']}/{row['runs']} | {km} {band} | {epochs} | {lr_x} "
+            f"| {row['batch_size']} | {row['spiked']}/{row['runs']} | {km} {band} | {_other_conventions(row)} "
+            f"| {epochs} | {lr_x} "
             f"| {_steps(row['predicted_median_steps'])} [{_steps(row['predicted_lower'])}, {_steps(row['predicted_upper'])}] "
             f"| {stayed} | {dead} |"
         )
+    lines += _convention_lines(rows)
     lines += ["", "## The law", ""]
     law = " x ".join(f"{name}^{value:+.2f}" for name, (value, _, _) in summary["exponents"].items())
     lines.append(

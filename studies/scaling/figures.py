@@ -68,7 +68,7 @@ def _covariate_panel(axis, name: str, rows: list[dict], fit, summary: dict) -> N
     axis.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     axis.xaxis.set_minor_formatter(NullFormatter())
     axis.set_xlabel(SCALING_LABELS[name])
-    axis.set_ylabel("first-spike step (KM median, 95%)")
+    axis.set_ylabel("first-spike step (KM median, S <= 1/2; 95%)")
     axis.grid(alpha=0.3, which="both")
     exponent, low, high = summary["exponents"][name]
     axis.set_title(f"exponent {exponent:+.2f} [{low:+.2f}, {high:+.2f}]", fontsize=10, loc="left")
