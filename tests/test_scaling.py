@@ -11,6 +11,8 @@ import pytest
 from studies.scaling.analysis import (
     Fit,
     ScalingError,
+    against_median,
+    count_against_median,
     design,
     fit_aft,
     fit_points,
@@ -18,7 +20,11 @@ from studies.scaling.analysis import (
     kaplan_meier,
     km_median,
     km_median_conventions,
+    likelihood_and_gradient,
     load_points,
+    negative_log_likelihood,
+    profile_interval,
+    sign_test,
 )
 
 
@@ -90,6 +96,88 @@ def test_the_censored_fit_recovers_a_known_law_and_dropping_censored_runs_would_
     spiked = events == 1
     naive = np.linalg.lstsq(x[spiked], np.log(times[spiked]), rcond=None)[0]
     assert naive[1] > -0.9  # the onsets past the cap left out flatten the learning rate's exponent
+
+
+def test_the_likelihoods_gradient_matches_finite_differences():
+    from scipy.optimize import check_grad
+
+    rng = np.random.default_rng(4)
+    configs, times, events = synthetic(rng, [1e-2, 1e-3], [128, 512], cap=2.5e4, runs=10)
+    x, y = design(configs, ("learning_rate", "n_per_class")), np.log(times)
+    theta = np.array([1.5, -0.8, 0.4, math.log(0.5)])
+    assert 0 < events.sum() < len(events)  # both kinds of term enter
+    error = check_grad(
+        lambda t: negative_log_likelihood(t, x, y, events),
+        lambda t: likelihood_and_gradient(t, x, y, events)[1],
+        theta,
+    )
+    assert error < 1e-4 * np.linalg.norm(likelihood_and_gradient(theta, x, y, events)[1])
+
+
+def wald_half_width(x, y, events, theta, index):
+    """1.96 standard errors from the inverse of the observed information (central differences of the gradient)."""
+    step = 1e-5
+    hessian = np.array(
+        [
+            (
+                likelihood_and_gradient(theta + step * unit, x, y, events)[1]
+                - likelihood_and_gradient(theta - step * unit, x, y, events)[1]
+            )
+            / (2 * step)
+            for unit in np.eye(len(theta))
+        ]
+    )
+    return 1.959963984540054 * math.sqrt(np.linalg.inv(hessian)[index, index])
+
+
+def test_the_profile_interval_covers_a_known_exponent_and_is_about_as_wide_as_walds():
+    rng = np.random.default_rng(5)
+    # few runs and a real share censored: the intervals are wide enough to compare
+    configs, times, events = synthetic(rng, [1e-2, 3e-3, 1e-3], [128, 512], cap=2.5e4, runs=6, sigma=0.5)
+    assert 0.2 < 1 - events.mean() < 0.7
+    x, y = design(configs, ("learning_rate", "n_per_class")), np.log(times)
+    theta = fit_aft(x, y, events)
+    for index, truth in ((1, -1.0), (2, 0.5)):
+        low, high = profile_interval(x, y, events, index, theta)
+        assert low < truth < high
+        assert low < theta[index] < high
+        # the log-likelihood at each end lies 1.92 below its maximum
+        others = np.delete(x, index, axis=1)
+        for end in (low, high):
+            shifted = y - end * x[:, index]
+            drop = negative_log_likelihood(fit_aft(others, shifted, events), others, shifted, events)
+            assert drop - negative_log_likelihood(theta, x, y, events) == pytest.approx(1.9207, abs=1e-3)
+        wald = wald_half_width(x, y, events, theta, index)
+        assert 0.95 * wald <= (high - low) / 2 < 1.5 * wald
+
+
+def test_an_exponent_the_data_do_not_bound_has_an_open_profile_end():
+    # every run at lr 1e-3 still up at its cap: a steeper fall with lr fits them as well as any
+    points = {1e-2: ([900, 1000, 1100, 1200], [1, 1, 1, 1]), 1e-3: ([5000] * 4, [0] * 4)}
+    configs = [{"learning_rate": lr} for lr, (times, _) in points.items() for _ in times]
+    x = design(configs, ("learning_rate",))
+    y = np.log(np.concatenate([times for times, _ in points.values()]).astype(float))
+    events = np.concatenate([flags for _, flags in points.values()])
+    theta = fit_aft(x, y, events)
+    low, high = profile_interval(x, y, events, 1, theta)
+    assert low is None and high is not None
+
+
+def test_onsets_against_the_median_and_the_sign_test_on_a_hand_made_case():
+    # median 100: five onsets before it, one after, one run still up at 300 (after it)
+    times, events = np.array([10, 20, 30, 40, 50, 150, 300.0]), np.array([1, 1, 1, 1, 1, 1, 0])
+    assert against_median(times, events, 100.0) == (5, 2)
+    # a run censored at 80 hides whether it would have spiked before 100: the point is not counted
+    assert against_median(np.array([10, 80.0]), np.array([1, 0]), 100.0) is None
+    rows = [
+        {"runs_before_predicted": 5, "runs_after_predicted": 2},
+        {"runs_before_predicted": 8, "runs_after_predicted": 0},
+        {"runs_before_predicted": None, "runs_after_predicted": None},
+    ]
+    assert count_against_median(rows) == (13, 2)
+    # two-sided, 13 of 15: 2 x (1 + 15 + 105) / 2^15
+    assert sign_test(13, 2) == pytest.approx(2 * 121 / 2**15)
+    assert sign_test(5, 2) == pytest.approx(2 * 29 / 128)
 
 
 def point(cell, lr, n, times, events, held_out=False):
@@ -204,9 +292,20 @@ def test_write_results_tables_the_points_the_held_out_check_and_the_seed(tmp_pat
         made = point(cell, 0, 0, onsets, [1] * 8, held_out=cell.startswith("h-"))
         made.config = config
         points.append(made)
-    summary = write_results(points, tmp_path)
+    # a point stopped before its runs could reach the law's median: shown, not counted
+    stopped = point("h-stopped", 0, 0, [640, 640], [0, 0], held_out=True)
+    stopped.config = center | {"batch_size": 128}
+    summary = write_results(points, tmp_path, [stopped])
     text = (tmp_path / "scaling_law.md").read_text()
     assert "| h-b128 | held out |" in text and "## Held-out points" in text
+    assert "| h-stopped | held out, stopped at epoch 10 | 0/2 spiked | 640 |" in text
+    assert "| not counted | not counted |" in text
+    # the 8 held-out onsets of h-b128 are the only ones counted
+    held = next(row for row in summary["rows"] if row["point"] == "h-b128")
+    before, after = held["runs_before_predicted"], held["runs_after_predicted"]
+    assert before + after == 8 and f"**{before} of 8 onsets come before the law's median**" in text
+    assert "| learning_rate | " in text and "profile likelihood" in text
+    assert "The law puts the share of runs spiked by then at" in text
     assert "2,931,000 steps" in text
     assert summary["exponents"]["learning_rate"][1] < -0.3 < summary["exponents"]["learning_rate"][2]
     assert (tmp_path / "scaling_law.png").stat().st_size > 10_000

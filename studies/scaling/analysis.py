@@ -16,9 +16,12 @@ entering through their survival term:
     log(onset steps) = c + b_lr log(lr) + b_n log(n) + b_f log(filters) + b_B log(batch) + sigma * e,
 
 e standard normal, n the training images per class. Its exponents' intervals come from a run
-bootstrap (runs resampled within each point, the model refitted). Points named in HELD_OUT are left
-out of the fit and predicted (docs/scaling.md pre-registers the checks); the seed's configuration is
-extrapolated with a 95% interval for one run (the fit's uncertainty and the run-to-run spread).
+bootstrap (runs resampled within each point, the model refitted; its seed fixed, its ends also shown
+under OTHER_SEEDS) and from the profile likelihood. Points named in HELD_OUT are left out of the fit
+and predicted (docs/scaling.md pre-registers the checks); every onset the fit did not see is counted
+against its predicted median (a sign test), the law's share spiked by the end of a default run is set
+against the default's runs in other studies, and the seed's configuration is extrapolated with a 95%
+interval for one run (the fit's uncertainty and the run-to-run spread).
 """
 
 from __future__ import annotations
@@ -32,16 +35,27 @@ from pathlib import Path
 import numpy as np
 
 from spikelab.optimizers import steps_per_epoch
+from spikelab.params import load_params
 from spikelab.plumbing.errors import UserError, run_entry_point
 from study.population_members import cells_with_params
 from study.report import read_records
 from study.stats import wilson_interval
-from study.sweep import load_sweep, results_of, run_prefix
+from study.sweep import STUDIES, load_sweep, results_of, run_prefix
 
 SWEEP = Path("studies/scaling/sweep.yaml")
 COVARIATES = ("learning_rate", "n_per_class", "filters", "batch_size")
 # pre-registered in docs/scaling.md before any of their runs: predicted from the other points' fit
 HELD_OUT = ("h-lr1e-2-n512", "h-lr1e-2-f16", "h-b128")
+# a point stopped for the session's time before any run finished: its epochs, read back from MLflow
+STOPPED = {"h-b128": "scaling_h-b128_stopped.csv"}
+# the lab's default configuration (params.yaml) run for its 150 epochs in other studies: their baseline
+# cells, each on train seeds and datasets of its own (the agreement study repeats evidence's seeds and
+# dataset on the other engine, so it is not counted again)
+DEFAULT_STUDIES = tuple(STUDIES / name / "sweep.yaml" for name in ("evidence", "replication", "remedies"))
+DEFAULT_CELL = "baseline"
+RESAMPLES = 400
+# the bootstrap's seed is fixed at 0; its percentile ends are also shown under these
+OTHER_SEEDS = (1, 2, 3)
 # the seed's run (../shared/SEED.md): 250,000 training images per class, 64 filters, batch 256, lr 1e-5;
 # its loss shot up near epoch 1,500 of 500,000 / 256 = 1,954 steps
 SEED = {"learning_rate": 1e-5, "n_per_class": 250_000, "filters": 64, "batch_size": 256}
@@ -50,6 +64,11 @@ SEED_STEPS_PER_EPOCH = math.ceil(2 * 250_000 / 256)
 Z95 = 1.959963984540054
 # S is a running product of fractions: an exact 1/2 (4 of 8 left) can land a rounding step either side
 HALF_TOLERANCE = 1e-9
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+PROFILE_DROP = 1.920729410347062  # chi2(1)'s 95% quantile / 2
+# the profile is searched outward from the estimate in doubling steps, as far as 6.4 either side: an
+# exponent of that size would move the onset 2^6.4 = 84 times for a doubling of its covariate
+PROFILE_STEP, PROFILE_REACH = 0.05, 6.4
 
 
 class ScalingError(UserError, ValueError):
@@ -125,13 +144,27 @@ def design(configs: list[dict], names: tuple[str, ...]) -> np.ndarray:
     return np.array([[1.0] + [math.log(config[name]) for name in names] for config in configs])
 
 
-def negative_log_likelihood(theta: np.ndarray, x: np.ndarray, y: np.ndarray, events: np.ndarray) -> float:
-    from scipy.stats import norm
+def likelihood_and_gradient(theta: np.ndarray, x: np.ndarray, y: np.ndarray, events: np.ndarray):
+    """(the negative censored log-normal log-likelihood, its gradient in theta = (beta..., log sigma)).
+    A spiked run enters through its density, a censored one through its survival term."""
+    from scipy.special import log_ndtr
 
     beta, log_sigma = theta[:-1], theta[-1]
     sigma = math.exp(log_sigma)
     z = (y - x @ beta) / sigma
-    return -float(np.sum(np.where(events == 1, norm.logpdf(z) - log_sigma, norm.logsf(z))))
+    spiked = events == 1
+    log_density = -0.5 * z * z - HALF_LOG_2PI
+    log_survival = log_ndtr(-z)
+    value = -float(np.sum(np.where(spiked, log_density - log_sigma, log_survival)))
+    # d(log-likelihood)/dz: -z for an onset, minus the hazard for a run still up at its last step
+    slope = np.where(spiked, -z, -np.exp(log_density - log_survival))
+    # z = (y - x beta) / sigma: dz/dbeta = -x / sigma, dz/d(log sigma) = -z; an onset's -log sigma adds -1
+    gradient = np.append(x.T @ slope / sigma, float(np.sum(slope * z)) + float(spiked.sum()))
+    return value, gradient
+
+
+def negative_log_likelihood(theta: np.ndarray, x: np.ndarray, y: np.ndarray, events: np.ndarray) -> float:
+    return likelihood_and_gradient(theta, x, y, events)[0]
 
 
 def fit_aft(x: np.ndarray, y: np.ndarray, events: np.ndarray) -> np.ndarray:
@@ -144,10 +177,39 @@ def fit_aft(x: np.ndarray, y: np.ndarray, events: np.ndarray) -> np.ndarray:
     )
     residual = y[spiked] - x[spiked] @ start_beta if spiked.any() else np.ones(1)
     start = np.append(start_beta, math.log(max(float(np.std(residual)), 0.05)))
-    best = minimize(negative_log_likelihood, start, args=(x, y, events), method="BFGS")
+    best = minimize(likelihood_and_gradient, start, args=(x, y, events), method="BFGS", jac=True)
     if not np.all(np.isfinite(best.x)):
         raise ScalingError("the onset model did not converge: too few spiked runs in the fitted points")
     return best.x
+
+
+def profile_interval(
+    x: np.ndarray, y: np.ndarray, events: np.ndarray, index: int, theta: np.ndarray, reach: float = PROFILE_REACH
+) -> tuple[float | None, float | None]:
+    """The 95% profile-likelihood interval of coefficient `index`: the values where the log-likelihood,
+    maximised over every other parameter with this one fixed, lies 1.92 (chi2(1, 0.95) / 2) below its
+    maximum. An end the profile does not reach within `reach` of the estimate is None: the data do
+    not bound the coefficient on that side."""
+    from scipy.optimize import brentq
+
+    best = negative_log_likelihood(theta, x, y, events)
+    others = np.delete(x, index, axis=1)
+
+    def drop(value: float) -> float:
+        shifted = y - value * x[:, index]
+        return negative_log_likelihood(fit_aft(others, shifted, events), others, shifted, events) - best - PROFILE_DROP
+
+    ends = []
+    for direction in (-1.0, 1.0):
+        inner, step, end = float(theta[index]), PROFILE_STEP, None
+        while step <= reach:
+            outer = float(theta[index]) + direction * step
+            if drop(outer) > 0:
+                end = brentq(drop, inner, outer, xtol=1e-4)
+                break
+            inner, step = outer, 2 * step
+        ends.append(end)
+    return ends[0], ends[1]
 
 
 @dataclass
@@ -156,6 +218,7 @@ class Fit:
     theta: np.ndarray
     draws: np.ndarray  # bootstrap refits, (B, len(theta))
     fixed: dict = field(default_factory=dict)  # covariates every fitted point shared: the law says nothing of them
+    profile: dict = field(default_factory=dict)  # exponent's name -> its 95% profile-likelihood (lower, upper)
 
     def median_steps(self, config: dict, theta: np.ndarray | None = None) -> float:
         _, moved = self.project(config)
@@ -186,9 +249,20 @@ class Fit:
         )
         return float(math.exp(np.percentile(logs, 2.5))), float(math.exp(np.percentile(logs, 97.5)))
 
-    def exponent(self, name: str) -> tuple[float, float, float]:
+    def spiked_by(self, config: dict, steps: float) -> tuple[float, float, float]:
+        """The law's share of runs spiked by `steps`, with its bootstrap 95% interval."""
+        from scipy.stats import norm
+
+        def share(theta: np.ndarray) -> float:
+            return float(norm.cdf(math.log(steps / self.median_steps(config, theta)) / math.exp(theta[-1])))
+
+        values = [share(draw) for draw in self.draws]
+        return share(self.theta), float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
+
+    def exponent(self, name: str, draws: np.ndarray | None = None) -> tuple[float, float, float]:
+        """(estimate, the bootstrap's 2.5 and 97.5 percentiles), from these draws or the fit's own."""
         index = 1 + self.names.index(name)
-        column = self.draws[:, index]
+        column = (self.draws if draws is None else draws)[:, index]
         return float(self.theta[index]), float(np.percentile(column, 2.5)), float(np.percentile(column, 97.5))
 
 
@@ -204,30 +278,49 @@ def identified(points: list[Point]) -> tuple[list[Point], list[Point]]:
     return inside, [p for p in points if p not in inside]
 
 
-def fit_points(points: list[Point], resamples: int = 400, seed: int = 0) -> Fit:
-    """The model on these points, with covariates that vary among them; a run bootstrap within points."""
-    names = tuple(name for name in COVARIATES if len({p.config[name] for p in points}) > 1)
+def _arrays(chosen: list[tuple[Point, np.ndarray]], names: tuple[str, ...]):
+    """(design, log onset steps, events) of the chosen runs of each point."""
+    x = np.concatenate([design([p.config] * len(index), names) for p, index in chosen])
+    y = np.log(np.concatenate([p.times[index] for p, index in chosen]))
+    events = np.concatenate([p.events[index] for p, index in chosen])
+    return x, y, events
 
-    def arrays(chosen: list[tuple[Point, np.ndarray]]):
-        x = np.concatenate([design([p.config] * len(index), names) for p, index in chosen])
-        y = np.log(np.concatenate([p.times[index] for p, index in chosen]))
-        events = np.concatenate([p.events[index] for p, index in chosen])
-        return x, y, events
 
-    theta = fit_aft(*arrays([(p, np.arange(len(p.times))) for p in points]))
+def bootstrap(points: list[Point], names: tuple[str, ...], resamples: int, seed: int) -> np.ndarray:
+    """The model refitted on runs resampled within each point, (refits, parameters); a resample with no
+    more spikes than the model has coefficients is skipped."""
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(resamples):
-        chosen = [(p, rng.integers(0, len(p.times), len(p.times))) for p in points]
-        x, y, events = arrays(chosen)
+        x, y, events = _arrays([(p, rng.integers(0, len(p.times), len(p.times))) for p in points], names)
         if events.sum() <= x.shape[1]:
             continue
         draws.append(fit_aft(x, y, events))
+    return np.array(draws)
+
+
+def fit_points(points: list[Point], resamples: int = RESAMPLES, seed: int = 0) -> Fit:
+    """The model on these points, with covariates that vary among them; a run bootstrap within points
+    and each exponent's profile-likelihood interval."""
+    names = tuple(name for name in COVARIATES if len({p.config[name] for p in points}) > 1)
+    x, y, events = _arrays([(p, np.arange(len(p.times))) for p in points], names)
+    theta = fit_aft(x, y, events)
+    profile = {name: profile_interval(x, y, events, 1 + index, theta) for index, name in enumerate(names)}
     fixed = {name: points[0].config[name] for name in COVARIATES if name not in names}
-    return Fit(names, theta, np.array(draws), fixed)
+    return Fit(names, theta, bootstrap(points, names, resamples, seed), fixed, profile)
 
 
 # ---- the rows ---------------------------------------------------------------------------------------
+
+
+def config_of(params) -> dict:
+    """The law's covariates of a run's params."""
+    return {
+        "learning_rate": params.optimizer.learning_rate,
+        "n_per_class": params.data.per_class - params.split.val_per_class,
+        "filters": params.model.filters,
+        "batch_size": params.train.batch_size,
+    }
 
 
 def load_points(sweep_path: Path, runs_csv: Path) -> list[Point]:
@@ -239,14 +332,7 @@ def load_points(sweep_path: Path, runs_csv: Path) -> list[Point]:
     records = {record["name"]: record for record in read_records(runs_csv)}
     points = []
     for cell, cell_runs, params in cells_with_params(load_sweep(sweep_path)):
-        n = params.data.per_class - params.split.val_per_class
-        steps = steps_per_epoch(params)
-        config = {
-            "learning_rate": params.optimizer.learning_rate,
-            "n_per_class": n,
-            "filters": params.model.filters,
-            "batch_size": params.train.batch_size,
-        }
+        steps, config = steps_per_epoch(params), config_of(params)
         done = [records[run.name] for run in cell_runs if records.get(run.name, {}).get("state") == "success"]
         if not done:
             continue
@@ -275,6 +361,91 @@ def load_points(sweep_path: Path, runs_csv: Path) -> list[Point]:
     return points
 
 
+def load_stopped(sweep_path: Path, results: Path, finished: list[Point]) -> list[Point]:
+    """The points in STOPPED that have no finished runs: each run's onset is the first epoch the
+    divergence rule flags in its logged losses, or it is censored at its last logged epoch."""
+    from spikelab.divergence import divergence_epoch
+
+    done = {p.cell for p in finished}
+    stopped = []
+    for cell, _, params in cells_with_params(load_sweep(sweep_path)):
+        if cell.name not in STOPPED or cell.name in done:
+            continue
+        path = results / STOPPED[cell.name]
+        if not path.is_file():
+            raise ScalingError(f"{path} is missing: it holds the epochs of {cell.name}, stopped before its runs ended")
+        histories: dict[str, list[tuple[int, float]]] = {}
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                histories.setdefault(row["run"], []).append((int(row["epoch"]), float(row["loss"])))
+        steps = steps_per_epoch(params)
+        times, events = [], []
+        for run, history in histories.items():
+            history.sort()
+            if [epoch for epoch, _ in history] != list(range(1, len(history) + 1)):
+                raise ScalingError(f"{path}: {run}'s epochs are not 1, 2, ... without a gap")
+            epoch = divergence_epoch([loss for _, loss in history], params.divergence)
+            times.append(float((epoch if epoch is not None else len(history)) * steps))
+            events.append(0 if epoch is None else 1)
+        # the plateau rule and the dead zone were not judged on a stopped point: no stayed-up count
+        stopped.append(
+            Point(
+                cell.name,
+                config_of(params),
+                steps,
+                params.train.epochs,
+                np.array(times),
+                np.array(events),
+                0,
+                sum(events),
+                [],
+                cell.name in HELD_OUT,
+            )
+        )
+    return stopped
+
+
+def default_runs(epochs: int, sweeps: tuple[Path, ...] = DEFAULT_STUDIES) -> list[tuple[str, int, int]]:
+    """(study, runs spiked by `epochs`, finished runs) of each study's default cell, from its committed rows."""
+    counts = []
+    for sweep in sweeps:
+        path = results_of(sweep) / f"{run_prefix(load_sweep(sweep), quick=False)}_runs.csv"
+        if not path.is_file():
+            raise ScalingError(f"{path} is missing: the default configuration's runs are counted from it")
+        done = [r for r in read_records(path) if r["cell"] == DEFAULT_CELL and r["state"] == "success"]
+        spiked = [r for r in done if r["divergence_epoch"] is not None and r["divergence_epoch"] <= epochs]
+        if any(r["epochs_run"] < epochs for r in done if r not in spiked):
+            raise ScalingError(f"{path}: a {DEFAULT_CELL} run ended before epoch {epochs} without a spike")
+        counts.append((sweep.parent.name, len(spiked), len(done)))
+    return counts
+
+
+# ---- the checks on onsets the fit did not see -----------------------------------------------------------
+
+
+def against_median(times: np.ndarray, events: np.ndarray, median: float) -> tuple[int, int] | None:
+    """(runs that spiked before the predicted median, runs still up after it), or None where a run was
+    censored before the median: a point stopped that early shows only its early onsets, and counting
+    them alone would call any point followed for too short a time early."""
+    if np.any((events == 0) & (times < median)):
+        return None
+    return int(np.sum((events == 1) & (times < median))), int(np.sum(times > median))
+
+
+def count_against_median(rows: list[dict]) -> tuple[int, int]:
+    """(onsets before, after their point's predicted median), summed over the rows against_median counted."""
+    counted = [row for row in rows if row["runs_before_predicted"] is not None]
+    return sum(row["runs_before_predicted"] for row in counted), sum(row["runs_after_predicted"] for row in counted)
+
+
+def sign_test(below: int, above: int) -> float:
+    """Two-sided: the chance of a split at least this uneven if each onset were equally likely to fall
+    either side of its predicted median."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(below, below + above, 0.5).pvalue)
+
+
 # ---- output -----------------------------------------------------------------------------------------
 
 
@@ -294,6 +465,8 @@ def point_rows(points: list[Point], fit: Fit, left_out: list[Point]) -> list[dic
         predicted = fit.median_steps(config)
         predicted_low, predicted_high = fit.median_interval(config)
         role = "held out" if point.held_out else "left out (never spiked)" if point in left_out else "fit"
+        # the bias check counts only the onsets the fit did not see
+        split = against_median(point.times, point.events, predicted) if role != "fit" else None
         rows.append(
             {
                 "point": point.cell,
@@ -317,6 +490,8 @@ def point_rows(points: list[Point], fit: Fit, left_out: list[Point]) -> list[dic
                 "predicted_median_steps": predicted,
                 "predicted_lower": predicted_low,
                 "predicted_upper": predicted_high,
+                "runs_before_predicted": split[0] if split else None,
+                "runs_after_predicted": split[1] if split else None,
                 "stayed_up": point.stayed_up,
                 "stayed_up_lower": stayed_low,
                 "stayed_up_upper": stayed_high,
@@ -341,12 +516,17 @@ def held_out_verdict(row: dict) -> str:
     )
 
 
-def write_results(points: list[Point], results: Path) -> dict:
+def write_results(points: list[Point], results: Path, stopped: list[Point] | None = None) -> dict:
+    """The law on the points, its tables, checks and figure; `stopped` points (load_stopped) enter only
+    the count of onsets the fit did not see."""
     fitted, left_out = identified([p for p in points if not p.held_out])
     if sum(p.spiked for p in fitted) < 5:
         raise ScalingError("fewer than 5 spiked runs among the fitted points: run more of the scaling study first")
     fit = fit_points(fitted)
     rows = point_rows(points, fit, left_out)
+    stopped_rows = point_rows(stopped or [], fit, [])
+    for row in stopped_rows:
+        row["role"] += f", stopped at epoch {row['last_time'] / row['steps_per_epoch']:.0f}"
     results.mkdir(parents=True, exist_ok=True)
     with open(results / "scaling_law.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -358,15 +538,24 @@ def write_results(points: list[Point], results: Path) -> dict:
     seed_median_low, seed_median_high = fit.median_interval(seed)
     seed_low, seed_high = fit.run_interval(seed)
     exponents = {name: fit.exponent(name) for name in fit.names}
+    reseeded = {seed: bootstrap(fitted, fit.names, RESAMPLES, seed) for seed in OTHER_SEEDS}
+    seed_ends = {
+        name: {0: exponents[name][1:], **{seed: fit.exponent(name, draws)[1:] for seed, draws in reseeded.items()}}
+        for name in fit.names
+    }
     with open(results / "scaling_law_fit.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["term", "estimate", "lower", "upper"])
+        writer.writerow(["term", "estimate", "bootstrap_lower", "bootstrap_upper", "profile_lower", "profile_upper"])
         writer.writerow(["intercept", fit.theta[0], *np.percentile(fit.draws[:, 0], [2.5, 97.5])])
         for name, (value, low, high) in exponents.items():
-            writer.writerow([f"exponent of {name}", value, low, high])
+            writer.writerow([f"exponent of {name}", value, low, high, *fit.profile[name]])
+            for other in OTHER_SEEDS:
+                writer.writerow([f"exponent of {name}, bootstrap seed {other}", value, *seed_ends[name][other]])
         writer.writerow(["sigma", math.exp(fit.theta[-1]), *np.exp(np.percentile(fit.draws[:, -1], [2.5, 97.5]))])
         writer.writerow(["seed median onset steps", seed_median, seed_median_low, seed_median_high])
         writer.writerow(["seed one run's onset steps", seed_median, seed_low, seed_high])
+    default = load_params()
+    default_steps = default.train.epochs * steps_per_epoch(default)
     summary = {
         "fit": fit,
         "rows": rows,
@@ -374,14 +563,31 @@ def write_results(points: list[Point], results: Path) -> dict:
         "seed_median": (seed_median, seed_median_low, seed_median_high),
         "seed_run": (seed_low, seed_high),
         "exponents": exponents,
+        "seed_ends": seed_ends,
         "seed_as": ", ".join(f"{name} {fit.fixed[name]:g} (the seed's: {SEED[name]:g})" for name in seed_moved),
         "left_out": left_out,
+        "unseen": [row for row in rows if row["role"] != "fit"] + stopped_rows,
+        "default": {
+            "config": config_of(default),
+            "epochs": default.train.epochs,
+            "steps": default_steps,
+            "predicted": fit.spiked_by(fit.project(config_of(default))[0], default_steps),
+            "observed": default_runs(default.train.epochs),
+        },
     }
     (results / "scaling_law.md").write_text(markdown(summary))
     from studies.scaling.figures import plot_scaling
 
     plot_scaling(rows, fit, summary, results / "scaling_law.png")
     return summary
+
+
+def _ends(low: float | None, high: float | None) -> str:
+    return f"[{'unbounded' if low is None else f'{low:+.3f}'}, {'unbounded' if high is None else f'{high:+.3f}'}]"
+
+
+def _includes_zero(low: float | None, high: float | None) -> bool:
+    return (low is None or low <= 0) and (high is None or high >= 0)
 
 
 def _other_conventions(row: dict) -> str:
@@ -412,8 +618,123 @@ def _convention_lines(rows: list[dict]) -> list[str]:
     ]
 
 
-def markdown(summary: dict) -> str:
+def _law_lines(summary: dict) -> list[str]:
     fit, rows = summary["fit"], summary["rows"]
+    law = " x ".join(f"{name}^{value:+.2f}" for name, (value, _, _) in summary["exponents"].items())
+    seeds = ", ".join(str(seed) for seed in (0, *OTHER_SEEDS))
+    lines = [
+        "",
+        "## The law",
+        "",
+        f"median onset steps = {math.exp(fit.theta[0]):.3g} x {law}; run-to-run spread sigma = "
+        f"{math.exp(fit.theta[-1]):.2f} (log scale), from {sum(r['role'] == 'fit' for r in rows)} points, "
+        f"{len(fit.draws)} bootstrap refits.",
+        "",
+        "Two 95% intervals per exponent. *Bootstrap*: the 2.5 and 97.5 percentiles of the exponent over "
+        f"{RESAMPLES} refits on runs resampled within each point (seed 0; the pre-registered interval), and the "
+        f"range of each end under seeds {seeds}. *Profile likelihood*: the values where the log-likelihood, "
+        "maximised over every other parameter with the exponent fixed, lies chi2(1, 0.95) / 2 = 1.92 below its "
+        "maximum.",
+        "",
+        f"| exponent of | estimate | bootstrap 95% (seed 0) | bootstrap ends, seeds {seeds} | profile likelihood 95% |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (value, low, high) in summary["exponents"].items():
+        ends = list(summary["seed_ends"][name].values())
+        lows, highs = [end[0] for end in ends], [end[1] for end in ends]
+        lines.append(
+            f"| {name} | {value:+.3f} | {_ends(low, high)} | lower {min(lows):+.3f} to {max(lows):+.3f}, "
+            f"upper {min(highs):+.3f} to {max(highs):+.3f} | {_ends(*fit.profile[name])} |"
+        )
+
+    def with_zero(names: list[str]) -> str:
+        return ", ".join(names) if names else "none"
+
+    bootstrap_zero = [name for name, (_, low, high) in summary["exponents"].items() if _includes_zero(low, high)]
+    reseeded_zero = [
+        f"{name} (seed {seed})"
+        for name, ends in summary["seed_ends"].items()
+        for seed, (low, high) in ends.items()
+        if seed and _includes_zero(low, high)
+    ]
+    profile_zero = [name for name, ends in fit.profile.items() if _includes_zero(*ends)]
+    lines += [
+        "",
+        f"Intervals that include 0: bootstrap (seed 0) {with_zero(bootstrap_zero)}; bootstrap under the other seeds "
+        f"{with_zero(reseeded_zero)}; profile likelihood {with_zero(profile_zero)}.",
+    ]
+    for point in summary["left_out"]:
+        lines.append(
+            f"\nLeft out of the fit: {point.cell}, whose runs never spiked (0/{len(point.times)}, onset later than "
+            f"{point.times.max():,.0f} steps) and is alone in its value of a covariate, so no finite exponent fits it best; "
+            "the law has no term for that covariate."
+        )
+    return lines
+
+
+def _unseen_lines(summary: dict) -> list[str]:
+    unseen = summary["unseen"]
+    if not unseen:
+        return []
+    lines = [
+        "",
+        "## Onsets the fit did not see, against the law's median",
+        "",
+        "Each run of a point outside the fit is before the law's predicted median (it spiked earlier) or after it "
+        "(it spiked later, or was still up past it). A point with a run censored before the median is not counted: "
+        "only its early onsets could be seen.",
+        "",
+        "| point | role | runs | followed to, steps | predicted median | before | after |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in unseen:
+        counted = row["runs_before_predicted"] is not None
+        lines.append(
+            f"| {row['point']} | {row['role']} | {row['spiked']}/{row['runs']} spiked | {row['last_time']:,.0f} "
+            f"| {_steps(row['predicted_median_steps'])} "
+            f"| {row['runs_before_predicted'] if counted else 'not counted'} "
+            f"| {row['runs_after_predicted'] if counted else 'not counted'} |"
+        )
+    counted = [row for row in unseen if row["runs_before_predicted"] is not None]
+    before, after = count_against_median(unseen)
+    if before + after:
+        points_before = sum(
+            row["km_median_steps"] is not None and row["km_median_steps"] < row["predicted_median_steps"]
+            for row in counted
+        )
+        lines += [
+            "",
+            f"**{before} of {before + after} onsets come before the law's median** (two-sided sign test p = "
+            f"{sign_test(before, after):.2g}, if each were equally likely either side). The runs of a point share "
+            f"its predicted median, so the test takes the law's estimate as exact; point by point, {points_before} of "
+            f"{len(counted)} Kaplan-Meier medians lie below the prediction.",
+        ]
+    return lines
+
+
+def _default_lines(summary: dict) -> list[str]:
+    default = summary["default"]
+    share, low, high = default["predicted"]
+    spiked = sum(count for _, count, _ in default["observed"])
+    runs = sum(total for _, _, total in default["observed"])
+    observed_low, observed_high = wilson_interval(spiked, runs)
+    config = default["config"]
+    sources = ", ".join(f"{study} {count}/{total}" for study, count, total in default["observed"])
+    return [
+        "",
+        "## The lab's default configuration",
+        "",
+        f"params.yaml (lr {config['learning_rate']:g}, {config['n_per_class']:,} training images per class, "
+        f"{config['filters']} filters, batch {config['batch_size']}) trains {default['epochs']} epochs, "
+        f"{default['steps']:,} steps. The law puts the share of runs spiked by then at {share:.2f} "
+        f"[{low:.2f}, {high:.2f}] (bootstrap); the default's baseline runs of other studies spiked by then in "
+        f"**{spiked}/{runs} = {spiked / runs:.2f} [{observed_low:.2f}, {observed_high:.2f}]** (Wilson; studies/<name>/results, "
+        f"cell {DEFAULT_CELL}: {sources}).",
+    ]
+
+
+def markdown(summary: dict) -> str:
+    rows = summary["rows"]
     lines = [
         "# When the spike comes: onset steps across learning rate, data, width and batch",
         "",
@@ -450,22 +771,7 @@ def markdown(summary: dict) -> str:
             f"| {stayed} | {dead} |"
         )
     lines += _convention_lines(rows)
-    lines += ["", "## The law", ""]
-    law = " x ".join(f"{name}^{value:+.2f}" for name, (value, _, _) in summary["exponents"].items())
-    lines.append(
-        f"median onset steps = {math.exp(fit.theta[0]):.3g} x {law}; run-to-run spread sigma = "
-        f"{math.exp(fit.theta[-1]):.2f} (log scale), from {sum(r['role'] == 'fit' for r in rows)} points, "
-        f"{len(fit.draws)} bootstrap refits."
-    )
-    lines += ["", "| exponent of | estimate | 95% interval |", "|---|---|---|"]
-    for name, (value, low, high) in summary["exponents"].items():
-        lines.append(f"| {name} | {value:+.3f} | [{low:+.3f}, {high:+.3f}] |")
-    for point in summary["left_out"]:
-        lines.append(
-            f"\nLeft out of the fit: {point.cell}, whose runs never spiked (0/{len(point.times)}, onset later than "
-            f"{point.times.max():,.0f} steps) and is alone in its value of a covariate, so no finite exponent fits it best; "
-            "the law has no term for that covariate."
-        )
+    lines += _law_lines(summary)
     held = [row for row in rows if row["role"] == "held out"]
     if held:
         lines += [
@@ -481,6 +787,8 @@ def markdown(summary: dict) -> str:
                 f"[{_steps(row['km_lower'], row['last_time'])}, {_steps(row['km_upper'], row['last_time'])}] "
                 f"| {_steps(row['predicted_median_steps'])} | {held_out_verdict(row)} |"
             )
+    lines += _unseen_lines(summary)
+    lines += _default_lines(summary)
     median, low, high = summary["seed_median"]
     run_low, run_high = summary["seed_run"]
     seed = summary["seed_steps"]
@@ -508,7 +816,7 @@ def main(argv: list[str] | None = None) -> int:
     args.results = args.results or results_of(args.sweep)
     prefix = run_prefix(load_sweep(args.sweep), quick=False)
     points = load_points(args.sweep, args.results / f"{prefix}_runs.csv")
-    write_results(points, args.results)
+    write_results(points, args.results, load_stopped(args.sweep, args.results, points))
     print((args.results / "scaling_law.md").read_text())
     return 0
 

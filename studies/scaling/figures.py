@@ -71,7 +71,10 @@ def _covariate_panel(axis, name: str, rows: list[dict], fit, summary: dict) -> N
     axis.set_ylabel("first-spike step (KM median, S <= 1/2; 95%)")
     axis.grid(alpha=0.3, which="both")
     exponent, low, high = summary["exponents"][name]
-    axis.set_title(f"exponent {exponent:+.2f} [{low:+.2f}, {high:+.2f}]", fontsize=10, loc="left")
+    profile = ", ".join("unbounded" if end is None else f"{end:+.2f}" for end in fit.profile[name])
+    axis.set_title(
+        f"exponent {exponent:+.2f}: bootstrap [{low:+.2f}, {high:+.2f}], profile [{profile}]", fontsize=9, loc="left"
+    )
     axis.legend(fontsize=7)
 
 
