@@ -504,8 +504,9 @@ def point_rows(points: list[Point], fit: Fit, left_out: list[Point]) -> list[dic
 
 def held_out_verdict(row: dict) -> str:
     """Pre-registered (docs/scaling.md): the prediction passes where the predicted median lies inside
-    the point's Kaplan-Meier 95% interval (an upper limit not reached counts as unbounded)."""
-    if row["km_lower"] is None:
+    the point's Kaplan-Meier 95% interval (an upper limit not reached counts as unbounded; a median
+    not reached is untestable, even where the band's lower curve reached 1/2)."""
+    if row["km_median_steps"] is None:
         return "untestable (median not reached)"
     upper = row["km_upper"] if row["km_upper"] is not None else math.inf
     verdict = "passes" if row["km_lower"] <= row["predicted_median_steps"] <= upper else "fails"
