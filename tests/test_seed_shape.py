@@ -42,3 +42,23 @@ def test_three_epochs_from_near_the_minimum_is_still_sudden():
     shape = shape_of(FALL + [0.15, 0.5, 0.9] + [2.0] * 25)
     assert (shape.jump_epoch, shape.climb_epochs) == (9, 3)
     assert shape.sudden
+
+
+def test_a_study_still_under_way_is_left_out_of_the_search_until_its_runs_are_in(tmp_path):
+    """The search reads every committed study; one whose runs are still training (missing or
+    stopped rows) would change its counts with every cell that lands."""
+    import shutil
+
+    from studies.seed_shape.analysis import cell_rows
+    from study.sweep import STUDIES
+
+    sweep = STUDIES / "seed_shape" / "sweep.yaml"
+    source = STUDIES / "seed_shape" / "results"
+    shutil.copy(source / "seed-shape_histories.csv.gz", tmp_path)
+    runs = (source / "seed-shape_runs.csv").read_text()
+    (tmp_path / "seed-shape_runs.csv").write_text(runs)
+    finished = cell_rows("seed-shape", sweep, tmp_path)
+    assert finished and sum(row["runs"] for row in finished) == 5
+    header, first, *rest = runs.splitlines(keepends=True)
+    (tmp_path / "seed-shape_runs.csv").write_text(header + first.replace(",success,", ",stopped,", 1) + "".join(rest))
+    assert cell_rows("seed-shape", sweep, tmp_path) == []
