@@ -54,13 +54,13 @@ from study.population_members import (
     is_finished,
     member_dir,
     populations,
-    run_params,
 )
 from study.population_replay import replay
 from study.population_training import interrupt, train_population
 from study.sweep import (
     SWEEP_FILE,
     Run,
+    checked_params,
     expand,
     load_defaults,
     load_sweep,
@@ -143,7 +143,7 @@ def study(argv: list[str] | None) -> int:
         return replay(args, sweep, prefix)
     cells, runs = expand(sweep, load_defaults(), quick=args.quick)
     raw = read_yaml("params.yaml", "params")
-    params = {run.name: run_params(run, raw) for run in runs}  # every run's params checked before any work
+    params = checked_params(args.sweep, runs, raw)  # every run's params checked before any work
     plan = plan_populations(args, runs, params, prefix)
     if args.worker is not None:  # the populations the parent gave this worker, as it grouped them
         by_name = {run.name: run for run in runs}

@@ -11,11 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ruamel.yaml import YAML
-
-from spikelab.params import Params, params_from_dict, read_yaml
+from spikelab.params import Params, read_yaml
 from spikelab.plumbing.errors import UserError
-from study.sweep import Cell, Run, expand, load_defaults
+from study.sweep import Cell, Run, expand, load_defaults, run_params
 
 POPULATIONS = Path("study/populations")
 
@@ -31,17 +29,6 @@ def member_dir(prefix: str, name: str, root: Path = POPULATIONS) -> Path:
 def is_finished(folder: Path) -> bool:
     """evaluate.json is written last: a member with it has every output."""
     return (folder / "metrics" / "evaluate.json").is_file() and (folder / "params.json").is_file()
-
-
-def run_params(run: Run, raw: dict) -> Params:
-    """params.yaml (raw, parsed) with the run's `-S` overrides, each value read as DVC reads it (YAML 1.2)."""
-    raw = json.loads(json.dumps(raw))
-    yaml = YAML(typ="safe", pure=True)
-    for override in run.overrides:
-        key, text = override.split("=", 1)
-        section, name = key.split(".", 1)
-        raw[section][name] = yaml.load(text)
-    return params_from_dict(raw)
 
 
 def cells_with_params(sweep: dict) -> list[tuple[Cell, list[Run], Params]]:

@@ -20,11 +20,14 @@ the current commit and re-queues failed ones (`dvc exp run -f`); --rerun re-queu
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from spikelab.params import flatten, load_params, read_yaml
+from ruamel.yaml import YAML
+
+from spikelab.params import Params, ParamsError, flatten, load_params, params_from_dict, read_yaml
 from spikelab.plumbing.errors import UserError, run_entry_point
 from study.dvc_calls import queue_and_wait
 
@@ -256,6 +259,31 @@ def load_sweep(path: Path = SWEEP_FILE) -> dict:
     return SweepFile(raw, path)
 
 
+def run_params(run: Run, raw: dict) -> Params:
+    """params.yaml (raw, parsed) with the run's `-S` overrides, each value read as DVC reads it (YAML 1.2)."""
+    raw = json.loads(json.dumps(raw))
+    yaml = YAML(typ="safe", pure=True)
+    for override in run.overrides:
+        key, text = override.split("=", 1)
+        section, name = key.split(".", 1)
+        raw[section][name] = yaml.load(text)
+    return params_from_dict(raw)
+
+
+def checked_params(sweep_file: Path, runs: list[Run], raw: dict) -> dict[str, Params]:
+    """Every run's params, validated as the train stage would, before anything is queued or trained:
+    a bad cell value fails here in one line naming the sweep file and the cell, not in each of its
+    queued runs. {run name: its params}."""
+    found = {}
+    for run in runs:
+        try:
+            found[run.name] = run_params(run, raw)
+        except ParamsError as error:
+            reason = str(error).removeprefix("params.yaml: ")
+            raise SweepError(f"{sweep_file}: cells.{run.cell}: {reason}") from None
+    return found
+
+
 def load_defaults(path: Path = Path("params.yaml")) -> dict:
     """params.yaml flattened, validated: a bad params.yaml fails here, not in 45 queued runs."""
     return flatten(load_params(path))
@@ -271,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sweep = load_sweep(args.sweep)
     cells, runs = expand(sweep, load_defaults(), quick=args.quick)
+    checked_params(args.sweep, runs, read_yaml(Path("params.yaml"), "params"))
     if stop_after_spike(sweep) is not None and args.command == "queue":
         raise SweepError(
             f"{args.sweep}: stop_after_spike needs the population engine (a DVC run cannot see its neighbours): "

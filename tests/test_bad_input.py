@@ -276,6 +276,15 @@ SWEEPS = {
     "unknown_key": (GOOD_SWEEP + "seed: [3]\n", "unknown keys ['seed']"),
     "string_seed": (GOOD_SWEEP.replace("[0, 1]", "[0, one]"), "seeds must be a non-empty list of integers"),
     "unknown_params_key": (GOOD_SWEEP + "  bad: {optimizer.epsilonn: 1}\n", "unknown params key 'optimizer.epsilonn'"),
+    # a value the train stage refuses: refused for the whole sweep, not queued to fail in each run
+    "bad_cell_value": (
+        GOOD_SWEEP + "  neg: {optimizer.learning_rate: -1}\n",
+        "bad_sweep.yaml: cells.neg: optimizer.learning_rate = -1.0; allowed: a number > 0",
+    ),
+    "cell_value_too_large": (
+        GOOD_SWEEP + "  wide: {model.filters: 100000}\n",
+        "bad_sweep.yaml: cells.wide: data.per_class = 96",
+    ),
 }
 
 
