@@ -128,10 +128,11 @@ def test_batch_losses_from_running_means_is_exact_arithmetic():
     assert math.isnan(reader.read(4, means[3]))  # a repeated report: nothing new
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+# torch is not in the lab's install: SPIKELAB_BACKENDS=torch in a venv that has it (docs/monitor.md)
+@pytest.mark.parametrize("backend", [*os.environ.get("SPIKELAB_BACKENDS", "tensorflow jax").split()])
 def test_a_spike_inside_an_epoch_is_located_to_its_step_read_and_kept(backend):
-    if backend == "jax" and importlib_missing("jax"):
-        pytest.skip("jax is not installed (the test extra installs it)")
+    if importlib_missing(backend):
+        pytest.skip(f"{backend} is not installed (the test extra installs jax)")
     found = run_spike_script(backend)
     assert found["backend"] == backend and found["failures"] == []
     assert found["loss_at_kick"] > 20 * found["loss_before"]
