@@ -10,7 +10,7 @@ Runs per hour = runs / wall seconds x 3600, the wall from the first `dvc exp run
 wait seeing the last experiment done (the study's own `queue_and_wait`, run by the copy's code).
 
 The split of a run comes from the stages' own clocks (`spikelab/plumbing/timing.py`, MLflow metrics
-`time.<stage>.<phase>`): train start-up (imports, checks, data, MLflow run opened), the first epoch
+`time/<stage>.<phase>`): train start-up (imports, checks, data, MLflow run opened), the first epoch
 (tracing), the other epochs, outputs; evaluate start-up and scoring. What is left of a worker's
 time per run (wall x workers / runs, minus both stages) is DVC's: copying the repo into its temp
 folder, checking out, running the stage commands, committing the experiment.
@@ -107,8 +107,10 @@ def run_study(root: Path, names_seeds: list[tuple[str, int]], jobs: int, extra: 
 
 
 def stage_seconds(root: Path, names: list[str]) -> list[dict[str, float]]:
-    """Each run's phase seconds, from its MLflow run's time.* metrics."""
+    """Each run's phase seconds, from its MLflow run's time/ metrics."""
     from mlflow.tracking import MlflowClient
+
+    from spikelab.metric_names import lab_name
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -116,7 +118,7 @@ def stage_seconds(root: Path, names: list[str]) -> list[dict[str, float]]:
     for run_record in client.search_runs(experiments, max_results=1000):
         if run_record.data.tags.get("dvc.exp_name") not in names:
             continue
-        m = run_record.data.metrics
+        m = {lab_name(key): value for key, value in run_record.data.metrics.items()}  # time.<stage>.<phase>
         rows.append(
             {
                 "train.startup": m["time.train.startup"],

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from spikelab.history import read_history_csv
+from spikelab.metric_names import lab_name
 from spikelab.params import DivergenceParams, PlateauParams
 from spikelab.plumbing.errors import UserError, one_line, run_entry_point
 from spikelab.verdict import DEFAULT_DIVERGENCE, DEFAULT_PLATEAU, LEVEL_WINDOW, describe, diagnose, summary
@@ -22,7 +23,8 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 def mlflow_history(run_id: str, tracking_uri: str | None) -> list[dict]:
-    """The run's metrics as history rows, one per step >= 1 (step 0 holds the lab's run summaries)."""
+    """The run's metrics as history rows, one per step >= 1 (step 0 holds the lab's run summaries),
+    each under its history.csv name."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -35,7 +37,7 @@ def mlflow_history(run_id: str, tracking_uri: str | None) -> list[dict]:
     for key in keys:
         for metric in client.get_metric_history(run_id, key):
             if metric.step >= 1:
-                rows.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value
+                rows.setdefault(metric.step, {"epoch": metric.step})[lab_name(key)] = metric.value
     if not rows:
         raise UserError(f"MLflow run {run_id} has no per-epoch metrics (step >= 1) to diagnose")
     return [rows[step] for step in sorted(rows)]

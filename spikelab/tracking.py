@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -38,6 +39,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
+from spikelab.metric_names import mlflow_key
 from spikelab.params import flat_raw
 from spikelab.plumbing.errors import (
     DiskFullError,
@@ -125,19 +127,56 @@ logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 # 4 KB pages); with less room left at the start, the largest of the halves down to 16 KB that fits
 RESERVE_BYTES = 256_000
 
+# the runs table's columns: MLflow 3 shows none of a run's params, metrics or tags until chosen,
+# and keeps the choice in the browser; a view shared through the UI is an experiment tag
+# mlflow.sharedViewState.<key>, opened by a link with ?viewStateShareKey=<key> (tools/ui.py)
+VIEW_KEY = "spikelab"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+RUNS_TABLE_COLUMNS = (
+    *(f"params.`{key}`" for key in ("optimizer.epsilon", "loss.name", "loss.form")),
+    "tags.`diverged`",
+    *(
+        f"metrics.`{mlflow_key(name)}`"
+        for name in (
+            "summary.divergence_epoch",
+            "summary.jump_ratio",
+            "summary.plateaued",
+            "summary.final_loss",
+            "eval.last.accuracy",
+        )
+    ),
+)
+
 # MLflow 3's UI shows an experiment without a kind as GenAI work (traces, evaluations); this kind
 # opens it on its runs table. The note is the experiment's description on that page.
+NOTE_START = "spikelab: "  # the lab's descriptions start so: an older one is replaced, the user's own kept
 EXPERIMENT_TAGS = {
     "mlflow.experimentKind": "custom_model_development",
     "mlflow.note.content": (
-        "spikelab: why does the training loss fall for a long time, then shoot up? One run per training "
+        f"{NOTE_START}why does the training loss fall for a long time, then shoot up? One run per training "
         "(a DVC experiment, named after it; `workspace` for a plain `dvc repro`). Params are params.yaml's "
-        "keys; per-epoch metrics: loss, val_loss, the Adam diagnostics, the dead zone; summary.* from "
-        "metrics/train.json (diverged, divergence_epoch, jump_ratio, final_loss) and metrics/rules.json "
-        "(plateaued), eval.* from "
-        "metrics/evaluate.json."
+        "keys. Metrics are section/name, the name as the DVC files have it: per epoch (metrics/history.csv) "
+        "Loss/ (loss, val_loss), Training/ (accuracy), adam/, curvature/, dead_zone/, weights/; once, summary/ "
+        "(metrics/train.json: diverged, divergence_epoch, jump_ratio, final_loss; metrics/rules.json: "
+        "plateaued), eval/ (metrics/evaluate.json: last.accuracy), time/ (each stage's phases). The summary.* "
+        "tags hold train.json's values as the file writes them."
     ),
+    VIEW_TAG: json.dumps({"selectedColumns": list(RUNS_TABLE_COLUMNS)}),
 }
+
+
+def stale_experiment_tags(tags: dict) -> dict:
+    """The lab's experiment tags that `tags` lack (a store made before they existed) or hold as an
+    older lab wrote them (its view; its description, not one the user wrote instead)."""
+    return {
+        key: value
+        for key, value in EXPERIMENT_TAGS.items()
+        if tags.get(key) is None
+        or (
+            tags[key] != value
+            and (key == VIEW_TAG or (key == "mlflow.note.content" and tags[key].startswith(NOTE_START)))
+        )
+    }
 
 
 RELOCATE_COMMAND = "make relocate"
@@ -178,8 +217,7 @@ def prepare_experiment(experiment: str, root: Path) -> str:
                 )
             if is_local_sqlite:
                 check_store_location(found.artifact_location, experiment, root)
-            missing = {key: value for key, value in EXPERIMENT_TAGS.items() if found.tags.get(key) is None}
-            for key, value in missing.items():  # a store made before these tags existed
+            for key, value in stale_experiment_tags(found.tags).items():
                 retry_locked(client.set_experiment_tag, found.experiment_id, key, value)
             return found.experiment_id
         # absolute artifact folder: a relative one would resolve inside DVC's throw-away copy
@@ -319,9 +357,10 @@ def _is_number(value) -> bool:
 
 
 def numeric_metrics(metrics: dict, step: int) -> list[Metric]:
-    """The numeric values of `metrics` at `step`; NaN and inf are kept as they are (they show a blow-up)."""
+    """The numeric values of `metrics` at `step`, under their MLflow keys (spikelab.metric_names);
+    NaN and inf are kept as they are (they show a blow-up)."""
     stamp = int(time.time() * 1000)
-    return [Metric(key, float(value), stamp, step) for key, value in metrics.items() if _is_number(value)]
+    return [Metric(mlflow_key(key), float(value), stamp, step) for key, value in metrics.items() if _is_number(value)]
 
 
 def log_metrics_at(run_id: str, metrics: dict, step: int) -> None:
@@ -329,8 +368,8 @@ def log_metrics_at(run_id: str, metrics: dict, step: int) -> None:
 
 
 def summary_metrics(metrics: dict) -> dict:
-    """metrics/train.json or rules.json as the run's summary.<key> metrics (step 0; bools as 0/1, nulls left out)."""
-    return {f"summary.{key}": value for key, value in metrics.items() if value is not None}
+    """metrics/train.json or rules.json as the run's summary/<key> metrics (step 0; bools as 0/1, nulls left out)."""
+    return {mlflow_key(f"summary.{key}"): value for key, value in metrics.items() if value is not None}
 
 
 def summary_tags(metrics: dict) -> dict:
@@ -347,8 +386,10 @@ def summary_tags(metrics: dict) -> dict:
 
 
 def evaluation_metrics(results: dict) -> dict:
-    """metrics/evaluate.json as the run's eval.<model>.<key> metrics."""
-    return {f"eval.{name}.{key}": value for name, scores in results.items() for key, value in scores.items()}
+    """metrics/evaluate.json as the run's eval/<model>.<key> metrics."""
+    return {
+        mlflow_key(f"eval.{name}.{key}"): value for name, scores in results.items() for key, value in scores.items()
+    }
 
 
 class TrainingRun:
@@ -403,9 +444,9 @@ class TrainingRun:
         return False
 
     def log_results(self, metrics: dict, metric_files: list[Path], model_files: list[Path]) -> None:
-        """summary.<key> metrics (for searches and comparisons) and tags (the values, readable in the
-        UI), the files as artifacts, a `diverged` tag; first, the mark that the training finished (an
-        empty file: it fits where a full disk fits nothing else)."""
+        """summary/<key> metrics (for searches and comparisons) and summary.<key> tags (the values,
+        readable in the UI), the files as artifacts, a `diverged` tag; first, the mark that the
+        training finished (an empty file: it fits where a full disk fits nothing else)."""
         self.training = False
         try:
             finished_marker(self.run_id).parent.mkdir(parents=True, exist_ok=True)

@@ -146,7 +146,7 @@ def train_population(
                 data_format=data_format,
                 commit=commit,
             )
-        parent.call("log cell summary", log_metrics_at, parent.run_id, {"population_size": len(members)}, 0)
+        parent.call("log cell summary", log_metrics_at, parent.run_id, {"summary.population_size": len(members)}, 0)
     return result.seconds
 
 
@@ -244,7 +244,9 @@ def logged_epochs(run_id: str) -> int:
     """The last epoch whose loss the MLflow run holds (0: none, or the store cannot say)."""
     from mlflow.tracking import MlflowClient
 
+    from spikelab.metric_names import mlflow_key
+
     try:
-        return max((metric.step for metric in MlflowClient().get_metric_history(run_id, "loss")), default=0)
+        return max((metric.step for metric in MlflowClient().get_metric_history(run_id, mlflow_key("loss"))), default=0)
     except Exception:  # noqa: BLE001 -- a store that cannot answer: log every epoch again
         return 0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from browser import chromium_binary
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
@@ -79,6 +80,15 @@ def run(args: list[str], cwd: Path, check: bool = True, **kwargs) -> subprocess.
 
 def write_params(root: Path, raw: dict) -> None:
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """A test that drives the real browser (tests/browser.py) needs Chromium."""
+    if chromium_binary() is None:
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is missing on CI: .ci/run runs `make browser-setup` first")
+        pytest.skip("Chromium is not installed (make browser-setup installs it from the OS packages)")
 
 
 @pytest.fixture

@@ -203,13 +203,14 @@ def test_compare_has_the_committed_row_and_counts_changes_against_it(lab_repo, m
 
 
 def log_a_run(root: Path, params: dict, machine: str, metrics: dict, name: str = "workspace") -> str:
-    """A finished run in the copy's MLflow store, tagged as the train stage tags it."""
+    """A finished run in the copy's MLflow store, tagged as the train stage tags it; metrics by
+    their names in the files (summary.jump_ratio), logged under their MLflow keys."""
     import socket
 
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Param
 
     from conftest import store_client
-    from spikelab.tracking import prepare_experiment
+    from spikelab.tracking import numeric_metrics, prepare_experiment
 
     experiment_id = prepare_experiment(params["tracking.experiment"], root)
     client = store_client(root)
@@ -221,7 +222,7 @@ def log_a_run(root: Path, params: dict, machine: str, metrics: dict, name: str =
     run_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
     client.log_batch(
         run_id,
-        metrics=[Metric(key, value, 0, 0) for key, value in metrics.items()],
+        metrics=numeric_metrics(metrics, 0),
         params=[Param(key, str(value)) for key, value in params.items()],
     )
     client.set_terminated(run_id, "FINISHED")

@@ -14,6 +14,7 @@ from conftest import REPO
 from spikelab import diagnose as diagnose_command
 from spikelab.divergence import SpikeWatch
 from spikelab.history import read_history_csv
+from spikelab.metric_names import mlflow_key
 from spikelab.monitor import AFTER_SPIKE_PASSES, SpikeMonitor
 from spikelab.params import load_params
 from spikelab.verdict import DEFAULT_DIVERGENCE, DEFAULT_PLATEAU
@@ -225,7 +226,9 @@ def test_logs_to_mlflow_and_dvclive(tmp_path, monkeypatch):
     fit(model, x, y, monitor, 2, optimizer=keras.optimizers.Adam(0.05))
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, mlflow_key("grad_norm"))] == [1, 2]
+    # the spike doctor reads the run back under history.csv's names
+    assert {"epoch", "loss", "grad_norm"} <= diagnose_command.mlflow_history(run.info.run_id, uri)[0].keys()
     assert run.data.tags["spike_doctor.mechanisms"] == "none"
     assert mlflow.active_run() is None  # the run it started, it ended
     assert logged.count("step") == 2 and logged[-1] == "end" and "spikemonitor/grad_norm" in logged

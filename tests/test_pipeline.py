@@ -7,6 +7,7 @@ import subprocess
 import pytest
 
 from conftest import lab_env, mlflow_runs, run, store_client, wait_for_queue
+from spikelab.metric_names import mlflow_key
 
 pytestmark = pytest.mark.slow
 
@@ -75,9 +76,14 @@ def test_repro_then_experiments_land_in_dvc_and_the_one_mlflow_store(lab_repo):
     experiment = client.get_experiment(first.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert "spikelab" in experiment.tags["mlflow.note.content"]
-    assert [m.step for m in client.get_metric_history(first.info.run_id, "loss")] == [1, 2, 3]
-    assert "eval.best.accuracy" in first.data.metrics and first.data.tags["diverged"] == "false"
-    assert "summary.plateaued" in first.data.metrics  # the rules stage's, into train's run
+    assert [m.step for m in client.get_metric_history(first.info.run_id, mlflow_key("loss"))] == [1, 2, 3]
+    assert mlflow_key("eval.best.accuracy") in first.data.metrics and first.data.tags["diverged"] == "false"
+    assert mlflow_key("summary.plateaued") in first.data.metrics  # the rules stage's, into train's run
+    assert mlflow_key("time.evaluate.scoring") in first.data.metrics
+    # every per-epoch column of history.csv, under its section (spikelab.metric_names)
+    assert {mlflow_key(column) for column in rows[0] if column not in ("epoch", "learning_rate")} <= set(
+        first.data.metrics
+    )
     artifacts = {a.path for a in client.list_artifacts(first.info.run_id, "checkpoints")}
     assert artifacts == {"checkpoints/best.keras", "checkpoints/last.keras"}
     assert {a.path for a in client.list_artifacts(first.info.run_id)} >= {"loss_curve.png", "train.json", "history.csv"}

@@ -9,12 +9,11 @@ carries its own Vega.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import pytest
-from browser import Browser, chromium_binary
+from browser import Browser
 
 from conftest import REPO, run
 from spikelab.params import read_yaml
@@ -41,14 +40,6 @@ PAGE_STATE = """(() => {
     page_errors: (document.getElementById('page-errors') || {}).textContent || '',
   };
 })()"""
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if chromium_binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is missing on CI: .ci/run runs `make browser-setup` first")
-        pytest.skip("Chromium is not installed (make browser-setup installs it from the OS packages)")
 
 
 def vega_plot_count() -> int:

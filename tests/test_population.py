@@ -28,6 +28,7 @@ from conftest import TINY, lab_env, run
 from spikelab.data import generate, split
 from spikelab.divergence import divergence_epoch
 from spikelab.history import write_history_csv
+from spikelab.metric_names import mlflow_key
 from spikelab.model import resolve_data_format
 from spikelab.params import params_from_dict
 from spikelab.training import compile_model, seed_everything, train
@@ -298,8 +299,8 @@ def test_a_study_through_populations_reports_rows_and_nests_mlflow_runs(lab_repo
     assert child.data.tags["spikelab.engine"] == "population"
     assert child.data.params["train.seed"] == "1" and child.data.params["optimizer.epsilon"] == "1e-07"
     assert child.info.status == "FINISHED"
-    assert "summary.diverged" in child.data.metrics and "eval.last.accuracy" in child.data.metrics
-    assert child.data.metrics["loss"] == pytest.approx(
+    assert {mlflow_key("summary.diverged"), mlflow_key("eval.last.accuracy")} <= child.data.metrics.keys()
+    assert child.data.metrics[mlflow_key("loss")] == pytest.approx(
         json.loads((member / "metrics" / "train.json").read_text())["final_loss"]
     )
 
@@ -453,7 +454,7 @@ def test_a_stopped_study_resumes_where_its_snapshots_are_and_ends_as_an_uninterr
     assert facts["mlflow_run_id"] == started["member"]
     runs = {r.info.run_id: r for r in mlflow_runs(lab_repo)}
     assert runs[started["member"]].info.status == "FINISHED"
-    steps = [m.step for m in store_client(lab_repo).get_metric_history(started["member"], "loss")]
+    steps = [m.step for m in store_client(lab_repo).get_metric_history(started["member"], mlflow_key("loss"))]
     assert sorted(steps) == list(range(1, 9))
 
 

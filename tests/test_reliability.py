@@ -23,6 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import TINY, lab_env, make_lab, mlflow_runs, run, stage_command, wait_for_queue, write_params
+from spikelab.metric_names import lab_name, mlflow_key
 from spikelab.params import read_yaml
 from spikelab.plumbing.integrity import file_md5
 from team.stack import free_port
@@ -334,7 +335,7 @@ def test_six_queued_experiments_on_two_workers_all_land_in_dvc_and_one_mlflow_st
 
     runs = mlflow_runs(lab)  # the copy's root store, although each ran under .dvc/tmp/exps/
     assert sorted(r.data.tags.get("dvc.exp_name") for r in runs) == names
-    assert all(r.info.status == "FINISHED" and "eval.best.accuracy" in r.data.metrics for r in runs)
+    assert all(r.info.status == "FINISHED" and mlflow_key("eval.best.accuracy") in r.data.metrics for r in runs)
 
 
 # ---- issue 15: MLflow failing mid-training, orphan runs, a stage outliving its parent ----------------
@@ -408,10 +409,10 @@ def test_mlflow_server_dying_mid_training_costs_nothing_and_sync_completes_the_r
         def logged_run():  # the epoch logger has flushed at least once (it does every 5 s)
             experiment = client.get_experiment_by_name(EXPERIMENT)
             runs = client.search_runs([experiment.experiment_id]) if experiment else []
-            return runs[0] if runs and "loss" in runs[0].data.metrics else None
+            return runs[0] if runs and mlflow_key("loss") in runs[0].data.metrics else None
 
         run_id = wait_until(logged_run, 120, "the first metrics on the server").info.run_id
-        logged_before = len(client.get_metric_history(run_id, "loss"))
+        logged_before = len(client.get_metric_history(run_id, mlflow_key("loss")))
         kill_group(server)
         killed_at = time.monotonic()
         seen += list(iter(lambda: lines.get(timeout=300), None))
@@ -440,7 +441,9 @@ def test_mlflow_server_dying_mid_training_costs_nothing_and_sync_completes_the_r
         first = sync(lab, uri)
         assert first.returncode == 0, first.stderr
         run_after = client.get_run(run_id)
-        histories = {key: client.get_metric_history(run_id, key) for key in ("loss", "val_loss", "grad_norm")}
+        histories = {
+            key: client.get_metric_history(run_id, key) for key in map(mlflow_key, ("loss", "val_loss", "grad_norm"))
+        }
         artifacts = {a.path for a in client.list_artifacts(run_id)} | {
             a.path for a in client.list_artifacts(run_id, "checkpoints")
         }
@@ -453,7 +456,7 @@ def test_mlflow_server_dying_mid_training_costs_nothing_and_sync_completes_the_r
     assert run_after.info.status == "FINISHED"
     for key, history in histories.items():
         assert sorted(m.step for m in history) == list(range(1, epochs + 1)), key  # every epoch, once
-    assert run_after.data.metrics["summary.epochs_run"] == epochs and run_after.data.tags["diverged"] in (
+    assert run_after.data.metrics[mlflow_key("summary.epochs_run")] == epochs and run_after.data.tags["diverged"] in (
         "true",
         "false",
     )
@@ -468,7 +471,8 @@ def test_mlflow_server_dying_mid_training_costs_nothing_and_sync_completes_the_r
     assert {key: len(history) for key, history in again.items()} == {key: epochs for key in histories}
     # metrics/evaluate.json is still the baseline's (3 epochs): it scored other models, so none of it
     # joins this run, and the line says why
-    assert not [key for key in run_after.data.metrics if key.startswith("eval.")], sorted(run_after.data.metrics)
+    logged = sorted(map(lab_name, run_after.data.metrics))
+    assert not [name for name in logged if name.startswith("eval.")], logged
     assert "metrics/evaluate.json left out: it scored other models (`dvc repro evaluate`" in first.stdout
 
 
@@ -846,9 +850,9 @@ def test_sync_into_a_store_without_the_run_creates_one_run_and_reuses_it(lab):
     assert created.info.status == "FINISHED" and created.data.params["train.epochs"] == "3"
     assert f"sync: run {created.info.run_id} (a new run for {old_id})" in second.stdout
     assert "0 metric values and 0 files uploaded" in second.stdout
-    history = MlflowClient(tracking_uri=uri).get_metric_history(created.info.run_id, "loss")
+    history = MlflowClient(tracking_uri=uri).get_metric_history(created.info.run_id, mlflow_key("loss"))
     assert sorted(m.step for m in history) == [1, 2, 3]
-    assert created.data.metrics["eval.best.accuracy"] >= 0  # evaluate.json's scores too
+    assert created.data.metrics[mlflow_key("eval.best.accuracy")] >= 0  # evaluate.json's scores too
 
 
 def test_a_corrupt_dvc_cache_object_is_named_with_the_repair_that_works(lab):

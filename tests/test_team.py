@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, lab_env, make_lab, run
+from spikelab.metric_names import mlflow_key
 
 pytestmark = pytest.mark.slow
 
@@ -418,7 +419,7 @@ def test_a_study_runs_through_ray_into_the_shared_server_and_remotes_and_is_coll
             assert name in runs, sorted(runs)
             info = runs[name].info
             assert info.artifact_uri.startswith("mlflow-artifacts:")
-            assert [m.step for m in client.get_metric_history(info.run_id, "loss")] == [1, 2, 3]
+            assert [m.step for m in client.get_metric_history(info.run_id, mlflow_key("loss"))] == [1, 2, 3]
             paths = {a.path for a in client.list_artifacts(info.run_id, "checkpoints")}
             assert {"checkpoints/best.keras", "checkpoints/last.keras"} <= paths
             stored = stack_dir / "artifacts" / experiment.experiment_id / info.run_id / "artifacts"
@@ -535,7 +536,7 @@ def test_populations_run_as_ray_tasks_resume_after_a_killed_worker_and_are_colle
         assert names == sorted(f"teampop-{cell}-s{seed}" for cell in ("baseline", "eps-1e-2") for seed in (0, 1))
         for member in members:
             assert member.info.status == "FINISHED"
-            steps = [m.step for m in client.get_metric_history(member.info.run_id, "loss")]
+            steps = [m.step for m in client.get_metric_history(member.info.run_id, mlflow_key("loss"))]
             assert sorted(steps) == list(range(1, 31)), member.info.run_name
     finally:
         for key in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):

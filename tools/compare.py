@@ -29,6 +29,7 @@ from pathlib import Path
 
 from ruamel.yaml import YAML
 
+from spikelab.metric_names import lab_name, mlflow_key
 from spikelab.params import flat_raw, flatten, params_from_dict
 from spikelab.plumbing.errors import run_entry_point
 from spikelab.plumbing.machine import cpu_model
@@ -149,8 +150,9 @@ def committed_params() -> dict[str, str]:
 
 
 def mlflow_row(name: str, metrics: dict, defaults: dict) -> dict:
-    """A run's row from its MLflow metrics: summary.<key> (train.json, rules.json; flags as 0/1) and
-    eval.<model>.<key> (evaluate.json)."""
+    """A run's row from its MLflow metrics: summary/<key> (train.json, rules.json; flags as 0/1) and
+    eval/<model>.<key> (evaluate.json)."""
+    metrics = {lab_name(key): value for key, value in metrics.items()}
     train = {key.removeprefix("summary."): value for key, value in metrics.items() if key.startswith("summary.")}
     train |= {key: bool(train[key]) for key in FLAGS if key in train}
     train |= {key: int(value) for key, value in train.items() if key.endswith("_epoch")}
@@ -186,7 +188,7 @@ def local_default_run(experiment: str, head: str, defaults: dict) -> dict | None
         if (
             tags.get("spikelab.machine", machine) != machine  # runs made before the tag: the host says it
             or "mlflow.parentRunId" in tags  # a study's population member, trained beside others
-            or "eval.last.accuracy" not in run.data.metrics  # its rules and evaluate stages never ran
+            or mlflow_key("eval.last.accuracy") not in run.data.metrics  # its rules and evaluate stages never ran
             or any(params.get(key) != value for key, value in wanted.items())
             or not same_code(tags.get("mlflow.source.git.commit", ""), head)
         ):

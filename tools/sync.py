@@ -4,14 +4,15 @@
 
 For a run the stage reported incomplete (the store failed mid-training). Into the run named in
 metrics/run.json, in the store the stages use (MLFLOW_TRACKING_URI, else the project's sqlite
-store), it logs what the run lacks: the per-epoch metrics of history.csv (only the steps missing
-per key), train.json's summary.* and evaluate.json's eval.* metrics, the PNG/JSON/CSV artifacts
-and models/*.keras checkpoints (missing, or of another size than the file), the `diverged` tag;
-then it ends the run FINISHED. evaluate.json is uploaded only when it scored this run's models:
-dvc.lock's evaluate stage must name the current models/*.keras and run.json (by hash) and this
-evaluate.json; a `dvc repro -s train` leaves the last evaluation of other models, which is left out
-(`dvc repro evaluate` scores these and logs them). Running it again adds nothing. When the store has no such run (a
-new store), it creates one, tagged study.synced_from = the old id, and reuses it next time.
+store), it logs what the run lacks, under the keys the stages log (spikelab.metric_names): the
+per-epoch metrics of history.csv (only the steps missing per key), train.json's summary/ and
+evaluate.json's eval/ metrics, the PNG/JSON/CSV artifacts and models/*.keras checkpoints (missing,
+or of another size than the file), the `diverged` tag; then it ends the run FINISHED. evaluate.json
+is uploaded only when it scored this run's models: dvc.lock's evaluate stage must name the current
+models/*.keras and run.json (by hash) and this evaluate.json; a `dvc repro -s train` leaves the last
+evaluation of other models, which is left out (`dvc repro evaluate` scores these and logs them).
+Running it again adds nothing. When the store has no such run (a new store), it creates one, tagged
+study.synced_from = the old id, and reuses it next time.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
 
 from spikelab.history import read_history_csv
+from spikelab.metric_names import mlflow_key
 from spikelab.outputs import output_files
 from spikelab.params import flatten, load_params, read_yaml
 from spikelab.plumbing.errors import InputError, disk_full_error, disk_full_in, run_entry_point
@@ -68,12 +70,13 @@ def missing_epoch_metrics(client: MlflowClient, run_id: str, history: list[dict]
     """history.csv's values at the (key, epoch) pairs the run lacks; step = epoch, as the epoch logger logs."""
     stamp = int(time.time() * 1000)
     missing = []
-    for key in sorted({key for row in history for key in row} - {"epoch"}):
+    for name in sorted({name for row in history for name in row} - {"epoch"}):
+        key = mlflow_key(name)
         logged = {metric.step for metric in retry_locked(client.get_metric_history, run_id, key)}
         missing += [
-            Metric(key, row[key], stamp, int(row["epoch"]))
+            Metric(key, row[name], stamp, int(row["epoch"]))
             for row in history
-            if key in row and int(row["epoch"]) not in logged
+            if name in row and int(row["epoch"]) not in logged
         ]
     return missing
 

@@ -2,12 +2,14 @@
 
     python -m tools.ui [--port 5000]
 
-MLflow 3's UI starts in its GenAI view unless the URL says `?workflowType=machine_learning`, and
-`mlflow ui` started from another folder opens an empty store of its own. This starts it on the
-store the stages write to (spikelab.tracking: <project root>/mlflow.db, or MLFLOW_TRACKING_URI's
-server, which needs no UI started), says it is starting, and prints the one link to open once the
-server answers; a server that does not answer within START_TIMEOUT_S (SPIKELAB_UI_START_S overrides
-it, for a slow machine) is stopped, in one line.
+MLflow 3's UI starts in its GenAI view unless the URL says `?workflowType=machine_learning`, shows
+no metric column in the runs table unless the URL names a view (`viewStateShareKey`, the lab's
+columns: spikelab.tracking.RUNS_TABLE_COLUMNS), and `mlflow ui` started from another folder opens an
+empty store of its own. This starts it on the store the stages write to (spikelab.tracking:
+<project root>/mlflow.db, or MLFLOW_TRACKING_URI's server, which needs no UI started), says it is
+starting, and prints the one link to open once the server answers; a server that does not answer
+within START_TIMEOUT_S (SPIKELAB_UI_START_S overrides it, for a slow machine) is stopped, in one
+line.
 """
 
 from __future__ import annotations
@@ -37,9 +39,13 @@ class UiError(UserError, ValueError):
 
 
 def runs_url(base: str, experiment_id: str | None) -> str:
-    """The runs table of the experiment in the training view (the experiments list without an id)."""
-    path = f"#/experiments/{experiment_id}/runs" if experiment_id else "#/experiments"
-    return f"{base.rstrip('/')}/{path}{TRAINING_VIEW}"
+    """The runs table of the experiment in the training view, with the lab's columns (the
+    experiments list without an id)."""
+    from spikelab.tracking import VIEW_KEY
+
+    if experiment_id is None:
+        return f"{base.rstrip('/')}/#/experiments{TRAINING_VIEW}"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs{TRAINING_VIEW}&viewStateShareKey={VIEW_KEY}"
 
 
 def experiment_id(uri: str, name: str) -> str | None:

@@ -1,9 +1,10 @@
 """Where a run's seconds go: each stage's wall-clock phases, as MLflow metrics of the run.
 
 `time.<stage>.<phase>` (seconds) and `time.<stage>.started_at` / `ended_at` (unix seconds, from the
-process's own start, so interpreter start-up and imports count). benchmarks/study_throughput.py
-reads them to split a study run's time between the stages and DVC. They stay out of the DVC
-metrics files: they differ from run to run. Kept free of heavy imports: stages start it first.
+process's own start, so interpreter start-up and imports count), logged as `time/<stage>.<phase>`
+(spikelab.metric_names). benchmarks/study_throughput.py reads them to split a study run's time
+between the stages and DVC. They stay out of the DVC metrics files: they differ from run to run.
+Kept free of heavy imports: stages start it first.
 """
 
 from __future__ import annotations
