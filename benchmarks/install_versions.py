@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.workspace import copy_tracked_files
+
 REPO = Path(__file__).resolve().parent.parent
 # trains in seconds on 2 cores; lr high enough that Adam's loss spikes within 40 epochs
 CHECK = r"""
@@ -82,12 +84,7 @@ def check_version(version: str, work: Path) -> dict:
     # a copy of the tracked files: pip builds in the source folder, and the repo's own venv stays out
     source = work / "source"
     if not source.exists():
-        files = run(["git", "ls-files"], cwd=REPO).stdout.split()
-        for name in files:
-            target = source / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if (REPO / name).is_file():
-                shutil.copy2(REPO / name, target)
+        copy_tracked_files(REPO, source)
     installed = run([*pip, "install", "-q", f"{source}[jax]"])
     row["install_s"] = round(time.monotonic() - started)
     if installed.returncode != 0:

@@ -62,10 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.recompute", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="fail if a committed table came out different")
     args = parser.parse_args(argv)
-    if args.check and changed_tables():
+    before = changed_tables() if args.check else []
+    if before:
         raise UserError(
-            f"recompute --check: {len(changed_tables())} result tables differ from git before anything ran "
-            f"({changed_tables()[0]}, ...): commit or restore them first (git checkout -- studies)"
+            f"recompute --check: {len(before)} result tables differ from git before anything ran "
+            f"({before[0]}, ...): commit or restore them first (git checkout -- studies)"
         )
     env = os.environ | {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     steps = commands()
